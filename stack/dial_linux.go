@@ -1,0 +1,49 @@
+package stack
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// newDialer returns the upstream dialler: keepalive on, and a control hook
+// that re-checks the address actually dialled against the policy and applies
+// SO_MARK and SO_BINDTODEVICE before connect.
+func (s *Stack) newDialer() *net.Dialer {
+	ka := s.cfg.Keepalive
+	return &net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Count},
+		Control:         s.controlUpstream,
+	}
+}
+
+func (s *Stack) controlUpstream(network, address string, c syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("upstream address %q: %w", address, err)
+	}
+	if v := s.policy.Load().Check(ap.Addr().Unmap()); !v.Allowed {
+		return fmt.Errorf("%w: %s (%s)", errDialDenied, ap.Addr(), v.Reason)
+	}
+	var serr error
+	err = c.Control(func(fd uintptr) {
+		if s.cfg.Mark != 0 {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(s.cfg.Mark)); e != nil {
+				serr = fmt.Errorf("set SO_MARK %d: %w", s.cfg.Mark, e)
+				return
+			}
+		}
+		if s.cfg.Interface != "" {
+			if e := unix.BindToDevice(int(fd), s.cfg.Interface); e != nil {
+				serr = fmt.Errorf("bind to device %s: %w", s.cfg.Interface, e)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

@@ -1,0 +1,245 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// request wraps a ForwarderRequest so that it is completed exactly once on
+// every path: the handler completes it explicitly, and a deferred finish
+// answers RST if a panic or an early return left it open.
+type request struct {
+	r    *tcp.ForwarderRequest
+	done bool
+}
+
+func (q *request) complete(rst bool) {
+	if q.done {
+		return
+	}
+	q.done = true
+	q.r.Complete(rst)
+}
+
+// handle runs on its own goroutine for every SYN the forwarder accepts. It
+// checks policy and limits, dials the destination, and only then completes
+// the client's handshake, so that a client of a closed port sees RST exactly
+// as it would from the destination itself.
+func (s *Stack) handle(fr *tcp.ForwarderRequest) {
+	s.conns.Add(1)
+	defer s.conns.Done()
+	req := &request{r: fr}
+	id := fr.ID()
+	client := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
+	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	log := s.log
+	defer func() {
+		if p := recover(); p != nil {
+			s.stats.Panics.Add(1)
+			log.Error("connection handler panicked; connection reset",
+				zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Any("panic", p))
+		}
+		req.complete(true)
+	}()
+
+	if s.draining.Load() {
+		s.refuse(req, DropShuttingDown)
+		return
+	}
+	if v := s.policy.Load().Check(dst.Addr()); !v.Allowed {
+		s.refuse(req, DropDeniedDestination)
+		if ce := log.Check(zap.DebugLevel, "destination denied"); ce != nil {
+			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Stringer("reason", v.Reason))
+		}
+		return
+	}
+	if reason, ok := s.admit(client.Addr()); !ok {
+		if reason == DropMaxInFlightPerClient {
+			// Like a full SYN queue: say nothing, the client retries.
+			s.stats.Dropped[reason].Add(1)
+			req.complete(false)
+			return
+		}
+		s.refuse(req, reason)
+		return
+	}
+	admitted := true
+	defer func() {
+		if admitted {
+			s.release(client.Addr(), false)
+		}
+	}()
+
+	start := time.Now()
+	upstream, err := s.dial(dst)
+	if err != nil {
+		s.stats.Connections[ResultUpstreamFailed].Add(1)
+		s.stats.DialFailures[classifyDial(err)].Add(1)
+		req.complete(true)
+		if ce := log.Check(zap.DebugLevel, "upstream dial failed"); ce != nil {
+			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Error(err))
+		}
+		return
+	}
+	dialed := time.Since(start)
+
+	var wq waiter.Queue
+	ep, terr := fr.CreateEndpoint(&wq)
+	req.complete(false)
+	if terr != nil {
+		// The client went away or never finished its handshake.
+		upstream.Close()
+		s.stats.Connections[ResultHandshakeFailed].Add(1)
+		if ce := log.Check(zap.DebugLevel, "client handshake failed"); ce != nil {
+			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.String("error", terr.String()))
+		}
+		return
+	}
+	s.stats.Connections[ResultRelayed].Add(1)
+	s.setKeepalive(ep)
+
+	// The handshake is done: the slot moves from in-flight to connections.
+	s.release(client.Addr(), true)
+	admitted = false
+	defer s.releaseConn(client.Addr())
+
+	if ce := log.Check(zap.DebugLevel, "connection established"); ce != nil {
+		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Duration("dial", dialed))
+	}
+	r := newRelay(s, ep, &wq, upstream)
+	s.track(r, true)
+	defer s.track(r, false)
+	r.run()
+	if ce := log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst),
+			zap.Uint64("bytes_in", r.bytes[In].Load()), zap.Uint64("bytes_out", r.bytes[Out].Load()),
+			zap.Stringer("end", r.end))
+	}
+}
+
+// refuse answers the SYN with RST and counts why.
+func (s *Stack) refuse(req *request, reason DropReason) {
+	s.stats.Dropped[reason].Add(1)
+	s.stats.Connections[ResultDenied].Add(1)
+	req.complete(true)
+}
+
+// admit reserves an in-flight slot for client, checking the connection caps.
+func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int(s.stats.Active.Load()+s.stats.InFlight.Load()) >= s.cfg.MaxConnections {
+		return DropMaxConnections, false
+	}
+	c := s.perClient[client]
+	if c == nil {
+		c = new(clientCount)
+		s.perClient[client] = c
+	}
+	switch {
+	case c.conns+c.inFlight >= s.cfg.MaxConnectionsPerClient:
+		s.forgetClientLocked(client, c)
+		return DropMaxConnectionsPerClient, false
+	case c.inFlight >= s.cfg.MaxInFlightPerClient:
+		return DropMaxInFlightPerClient, false
+	}
+	c.inFlight++
+	s.stats.InFlight.Add(1)
+	return 0, true
+}
+
+// release gives back an in-flight slot; established moves it to the
+// client's connection count.
+func (s *Stack) release(client netip.Addr, established bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.perClient[client]
+	c.inFlight--
+	s.stats.InFlight.Add(-1)
+	if established {
+		c.conns++
+		s.stats.Active.Add(1)
+	}
+	s.forgetClientLocked(client, c)
+}
+
+func (s *Stack) releaseConn(client netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.perClient[client]
+	c.conns--
+	s.stats.Active.Add(-1)
+	s.forgetClientLocked(client, c)
+}
+
+func (s *Stack) forgetClientLocked(client netip.Addr, c *clientCount) {
+	if c.conns == 0 && c.inFlight == 0 {
+		delete(s.perClient, client)
+	}
+}
+
+func (s *Stack) track(r *relay, add bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		s.active[r] = struct{}{}
+	} else {
+		delete(s.active, r)
+	}
+}
+
+// dial connects to dst with the configured timeout.
+func (s *Stack) dial(dst netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	defer cancel()
+	return s.dialer(ctx, "tcp", dst.String())
+}
+
+// setKeepalive turns on keepalive for the client leg of a connection.
+func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
+	ka := s.cfg.Keepalive
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(ka.Idle)
+	interval := tcpip.KeepaliveIntervalOption(ka.Interval)
+	// Errors are impossible for these options on a TCP endpoint; a failure
+	// would leave the stack default, which is still keepalive.
+	_ = ep.SetSockOpt(&idle)
+	_ = ep.SetSockOpt(&interval)
+	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, ka.Count)
+}
+
+// classifyDial maps a dial error to its failure class.
+func classifyDial(err error) DialFailure {
+	var ne net.Error
+	switch {
+	case errors.Is(err, errDialDenied):
+		return DialDenied
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return DialRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.Is(err, syscall.ETIMEDOUT), errors.As(err, &ne) && ne.Timeout():
+		return DialTimeout
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
+		errors.Is(err, syscall.EHOSTDOWN), errors.Is(err, syscall.ENETDOWN):
+		return DialUnreachable
+	}
+	return DialOther
+}
+
+// addrFrom converts a netstack address to netip.
+func addrFrom(a tcpip.Address) netip.Addr {
+	if a.Len() == 4 {
+		return netip.AddrFrom4(a.As4())
+	}
+	return netip.AddrFrom16(a.As16())
+}

@@ -1,0 +1,258 @@
+package stack
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// writeHeadroom is reserved in front of every outbound packet. wireguard's
+// TUN writes its 10-byte virtio-net header there when offload is on; without
+// offload the bytes are simply unused.
+const writeHeadroom = 16
+
+// maxSegment is the largest packet the write path may be asked to carry: an
+// IP packet is at most 64 KiB. Write buffers have this capacity so that the
+// TUN's GRO can coalesce consecutive segments into one super-packet in place.
+const maxSegment = 1 << 16
+
+// link is the gvstack.LinkEndpoint between the TUN device and the netstack.
+// One goroutine (readTUN) reads batches of packets from the device and
+// delivers them; WritePackets is called by the netstack from any goroutine
+// and writes its batch to the device, blocking while the device is busy
+// rather than dropping.
+type link struct {
+	dev   tun.Device
+	mtu   atomic.Uint32
+	stats *Stats
+
+	// clients is immutable after newLink: the source prefixes allowed in.
+	clients []netip.Prefix
+
+	mu         sync.RWMutex
+	dispatcher gvstack.NetworkDispatcher
+
+	// writeBufs recycles outbound batches.
+	writeBufs sync.Pool
+
+	done chan struct{}
+}
+
+var _ gvstack.LinkEndpoint = (*link)(nil)
+
+func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats) *link {
+	l := &link{
+		dev:     dev,
+		stats:   stats,
+		clients: clients,
+		done:    make(chan struct{}),
+	}
+	l.mtu.Store(mtu)
+	l.writeBufs.New = func() any { return new(writeBatch) }
+	return l
+}
+
+// writeBatch holds the buffers of one WritePackets call.
+type writeBatch struct {
+	bufs [][]byte
+	// store keeps the full-capacity buffers so that they are reused even
+	// after the TUN's GRO swapped or extended the slices in bufs.
+	store [][]byte
+}
+
+func (l *link) start() { go l.readTUN() }
+
+func (l *link) wait() { <-l.done }
+
+// readTUN delivers every packet read from the device to the netstack until
+// the device is closed.
+func (l *link) readTUN() {
+	defer close(l.done)
+	batch := l.dev.BatchSize()
+	// A read returns packets no longer than the device MTU; the slack covers
+	// a device whose MTU was raised under us until the next MTU event.
+	size := int(l.mtu.Load()) + 256
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+	}
+	sizes := make([]int, batch)
+	failures := 0
+	for {
+		n, err := l.dev.Read(bufs, sizes, 0)
+		for i := 0; i < n; i++ {
+			l.deliver(bufs[i][:sizes[i]])
+		}
+		if err != nil {
+			if isClosedErr(err) {
+				return
+			}
+			// A malformed virtio-net frame or an oversized packet loses
+			// that read only. A device that keeps failing (its link was
+			// deleted under us) must not spin a core.
+			l.stats.Dropped[DropTUNReadError].Add(1)
+			failures++
+			if failures > 100 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		failures = 0
+	}
+}
+
+// deliver checks the IP version and the source address of one inbound packet
+// and hands it to the netstack.
+func (l *link) deliver(pkt []byte) {
+	l.stats.TUNPackets[In].Add(1)
+	l.stats.TUNBytes[In].Add(uint64(len(pkt)))
+	if len(pkt) == 0 {
+		l.stats.Dropped[DropMalformed].Add(1)
+		return
+	}
+	var (
+		proto tcpip.NetworkProtocolNumber
+		src   netip.Addr
+	)
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < header.IPv4MinimumSize {
+			l.stats.Dropped[DropMalformed].Add(1)
+			return
+		}
+		proto = header.IPv4ProtocolNumber
+		src = netip.AddrFrom4([4]byte(pkt[12:16]))
+	case 6:
+		if len(pkt) < header.IPv6MinimumSize {
+			l.stats.Dropped[DropMalformed].Add(1)
+			return
+		}
+		proto = header.IPv6ProtocolNumber
+		src = netip.AddrFrom16([16]byte(pkt[8:24]))
+	default:
+		l.stats.Dropped[DropMalformed].Add(1)
+		return
+	}
+	if !l.clientAllowed(src) {
+		l.stats.Dropped[DropSpoofedSource].Add(1)
+		return
+	}
+	l.mu.RLock()
+	d := l.dispatcher
+	l.mu.RUnlock()
+	if d == nil {
+		return
+	}
+	p := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	d.DeliverNetworkPacket(proto, p)
+	p.DecRef()
+}
+
+func (l *link) clientAllowed(src netip.Addr) bool {
+	for _, p := range l.clients {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
+}
+
+// WritePackets implements gvstack.LinkWriter. It copies each packet behind
+// writeHeadroom bytes and writes the batch to the device in one call.
+func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
+	wb := l.writeBufs.Get().(*writeBatch)
+	defer l.writeBufs.Put(wb)
+	wb.bufs = wb.bufs[:0]
+	var bytes uint64
+	for i, pkt := range pkts.AsSlice() {
+		if i == len(wb.store) {
+			wb.store = append(wb.store, make([]byte, writeHeadroom+maxSegment))
+		}
+		b := wb.store[i][:writeHeadroom]
+		for _, s := range pkt.AsSlices() {
+			b = append(b, s...)
+		}
+		bytes += uint64(len(b) - writeHeadroom)
+		wb.bufs = append(wb.bufs, b)
+	}
+	n := len(wb.bufs)
+	if _, err := l.dev.Write(wb.bufs, writeHeadroom); err != nil {
+		if isClosedErr(err) {
+			return 0, &tcpip.ErrClosedForSend{}
+		}
+		l.stats.Dropped[DropTUNWriteError].Add(1)
+		return 0, &tcpip.ErrAborted{}
+	}
+	l.stats.TUNPackets[Out].Add(uint64(n))
+	l.stats.TUNBytes[Out].Add(bytes)
+	return n, nil
+}
+
+// MTU implements gvstack.NetworkLinkEndpoint.
+func (l *link) MTU() uint32 { return l.mtu.Load() }
+
+// SetMTU implements gvstack.NetworkLinkEndpoint.
+func (l *link) SetMTU(mtu uint32) { l.mtu.Store(mtu) }
+
+// MaxHeaderLength implements gvstack.NetworkLinkEndpoint: a TUN carries bare
+// IP packets.
+func (*link) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements gvstack.NetworkLinkEndpoint: a TUN has none.
+func (*link) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements gvstack.NetworkLinkEndpoint.
+func (*link) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements gvstack.NetworkLinkEndpoint. The netstack computes
+// and verifies every checksum itself: packets from the TUN may come from
+// anywhere, and a bad checksum must be caught and counted.
+func (*link) Capabilities() gvstack.LinkEndpointCapabilities { return 0 }
+
+// Attach implements gvstack.NetworkLinkEndpoint.
+func (l *link) Attach(d gvstack.NetworkDispatcher) {
+	l.mu.Lock()
+	l.dispatcher = d
+	l.mu.Unlock()
+}
+
+// IsAttached implements gvstack.NetworkLinkEndpoint.
+func (l *link) IsAttached() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.dispatcher != nil
+}
+
+// Wait implements gvstack.NetworkLinkEndpoint. The read loop is stopped by
+// closing the device; Stack.Close waits for it.
+func (*link) Wait() {}
+
+// ARPHardwareType implements gvstack.NetworkLinkEndpoint.
+func (*link) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements gvstack.NetworkLinkEndpoint.
+func (*link) AddHeader(*gvstack.PacketBuffer) {}
+
+// ParseHeader implements gvstack.NetworkLinkEndpoint.
+func (*link) ParseHeader(*gvstack.PacketBuffer) bool { return true }
+
+// Close implements gvstack.NetworkLinkEndpoint.
+func (*link) Close() {}
+
+// SetOnCloseAction implements gvstack.NetworkLinkEndpoint.
+func (*link) SetOnCloseAction(func()) {}
+
+// isClosedErr reports whether err means the device was closed.
+func isClosedErr(err error) bool {
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed)
+}

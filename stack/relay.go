@@ -1,0 +1,232 @@
+package stack
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// relayBufSize is the size of one pooled relay buffer: large enough that a
+// bulk transfer moves tens of segments per system call.
+const relayBufSize = 64 << 10
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// End says how a relay ended.
+type End int
+
+const (
+	// EndClean: both sides closed with FIN.
+	EndClean End = iota
+	// EndClientReset: the client reset or its leg failed (keepalive, RTO).
+	EndClientReset
+	// EndUpstreamReset: the destination reset or its leg failed.
+	EndUpstreamReset
+	// EndTimeout: the idle or half-close timeout expired.
+	EndTimeout
+	// EndAborted: tcpd reset it (shutdown, a kill, a panic).
+	EndAborted
+	numEnds
+)
+
+func (e End) String() string {
+	switch e {
+	case EndClean:
+		return "clean"
+	case EndClientReset:
+		return "client_reset"
+	case EndUpstreamReset:
+		return "upstream_reset"
+	case EndTimeout:
+		return "timeout"
+	case EndAborted:
+		return "aborted"
+	}
+	return "unknown"
+}
+
+// relay carries the bytes of one connection both ways. Two goroutines run
+// it: the handler's own (client → destination) and relayUpstream
+// (destination → client). EOF on one side becomes a half-close (FIN) on the
+// other; any error becomes a reset of both legs.
+type relay struct {
+	s        *Stack
+	ep       tcpip.Endpoint
+	client   *gonet.TCPConn
+	upstream net.Conn
+
+	bytes [numDirections]atomic.Uint64
+	// lastActive is the UnixNano time of the last byte moved either way.
+	lastActive atomic.Int64
+	// halfClosed is set once either direction has finished with EOF.
+	halfClosed atomic.Bool
+
+	abortOnce sync.Once
+	// end is written once, by the first direction to fail or by abort, and
+	// read after both directions have returned.
+	endOnce sync.Once
+	end     End
+}
+
+func newRelay(s *Stack, ep tcpip.Endpoint, wq *waiter.Queue, upstream net.Conn) *relay {
+	r := &relay{s: s, ep: ep, client: gonet.NewTCPConn(wq, ep), upstream: upstream}
+	r.lastActive.Store(time.Now().UnixNano())
+	return r
+}
+
+// run relays until both directions are done, then closes both legs.
+func (r *relay) run() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.relayUpstream()
+	}()
+	r.relayClient()
+	<-done
+	r.endOnce.Do(func() { r.end = EndClean })
+	r.s.stats.Ended[r.end].Add(1)
+	if r.end == EndClean {
+		r.client.Close()
+		r.upstream.Close()
+	}
+}
+
+func (r *relay) relayClient() {
+	defer r.recoverPanic()
+	r.copy(In, r.upstream, r.client)
+}
+
+func (r *relay) relayUpstream() {
+	defer r.recoverPanic()
+	r.copy(Out, r.client, r.upstream)
+}
+
+// closeWriter is the half-close both legs support.
+type closeWriter interface {
+	CloseWrite() error
+}
+
+// copy moves bytes from src to dst until EOF or an error.
+func (r *relay) copy(d Direction, dst, src net.Conn) {
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	buf := *bp
+	srcEnd, dstEnd := EndClientReset, EndUpstreamReset
+	if d == Out {
+		srcEnd, dstEnd = EndUpstreamReset, EndClientReset
+	}
+	r.armDeadline(src)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			r.lastActive.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				r.fail(dstEnd)
+				return
+			}
+			r.bytes[d].Add(uint64(n))
+			r.s.stats.RelayBytes[d].Add(uint64(n))
+		}
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, io.EOF):
+			if cw, ok := dst.(closeWriter); ok {
+				if cerr := cw.CloseWrite(); cerr != nil {
+					r.fail(dstEnd)
+					return
+				}
+			}
+			r.halfClosed.Store(true)
+			// The other direction now runs under the half-close timeout.
+			r.armDeadline(r.other(src))
+			return
+		case isTimeout(err):
+			if r.stillActive() {
+				r.armDeadline(src)
+				continue
+			}
+			r.fail(EndTimeout)
+			return
+		default:
+			r.fail(srcEnd)
+			return
+		}
+	}
+}
+
+// isTimeout reports a read deadline expiry, from either leg (gonet's
+// timeout error is its own type, not os.ErrDeadlineExceeded).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+func (r *relay) other(c net.Conn) net.Conn {
+	if c == r.upstream {
+		return r.client
+	}
+	return r.upstream
+}
+
+// timeout is the inactivity limit in force: the half-close timeout once a
+// direction has finished, else the idle timeout (zero: none).
+func (r *relay) timeout() time.Duration {
+	if r.halfClosed.Load() {
+		return r.s.cfg.HalfCloseTimeout
+	}
+	return r.s.cfg.IdleTimeout
+}
+
+// armDeadline sets c's read deadline to the inactivity limit counted from
+// the last byte moved. Deadlines are only re-armed when they fire, so a busy
+// connection pays nothing per read.
+func (r *relay) armDeadline(c net.Conn) {
+	t := r.timeout()
+	if t == 0 {
+		return
+	}
+	c.SetReadDeadline(time.Unix(0, r.lastActive.Load()).Add(t))
+}
+
+func (r *relay) stillActive() bool {
+	t := r.timeout()
+	return t == 0 || time.Since(time.Unix(0, r.lastActive.Load())) < t
+}
+
+// fail ends the relay with a reset of both legs.
+func (r *relay) fail(e End) {
+	r.endOnce.Do(func() { r.end = e })
+	r.abort()
+}
+
+// abort resets both legs: RST to the client from the netstack, RST to the
+// destination through SO_LINGER 0. Blocked reads and writes return at once.
+func (r *relay) abort() {
+	r.endOnce.Do(func() { r.end = EndAborted })
+	r.abortOnce.Do(func() {
+		r.ep.Abort()
+		if tc, ok := r.upstream.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		r.upstream.Close()
+		r.ep.Close()
+	})
+}
+
+func (r *relay) recoverPanic() {
+	if p := recover(); p != nil {
+		r.s.stats.Panics.Add(1)
+		r.s.log.Error("relay panicked; connection reset", zap.Any("panic", p), zap.Stack("stack"))
+		r.fail(EndAborted)
+	}
+}

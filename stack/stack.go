@@ -1,0 +1,408 @@
+// Package stack owns tcpd's data path: the TUN device, the gVisor netstack
+// attached to it, the TCP forwarder that terminates each client connection,
+// and the relay that carries its bytes to a real host socket dialled to the
+// connection's original destination. It reports what it sees into conntrack
+// and counts everything else in Stats; it never touches Prometheus, never
+// reads files or flags, and converts every tcpip.Error at its edge.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"tcpd/policy"
+)
+
+// Offload selects how the TUN device exchanges packets with the kernel.
+type Offload int
+
+const (
+	// OffloadAuto uses the virtio-net header with TSO when the kernel offers
+	// it and falls back to one packet per read otherwise.
+	OffloadAuto Offload = iota
+	// OffloadOn requires the virtio-net header path.
+	OffloadOn
+	// OffloadOff uses one plain IP packet per read and write.
+	OffloadOff
+)
+
+// TUNConfig describes the TUN device tcpd creates.
+type TUNConfig struct {
+	// Name of the device. Empty means "tcpd0".
+	Name string
+	// MTU of the device. Zero means 1500.
+	MTU int
+	// Addresses given to the device. They must not cover the client prefixes,
+	// or replies to clients would be routed back into the TUN.
+	Addresses []netip.Prefix
+	// Offload selects the virtio-net header path. The zero value is OffloadAuto.
+	Offload Offload
+	// TxQueueLen is the device's transmit queue length (the queue of packets
+	// the kernel hands to tcpd). Zero means 10000, so that a burst of client
+	// segments is queued rather than dropped.
+	TxQueueLen int
+}
+
+// Keepalive configures TCP keepalive on both legs of every connection.
+type Keepalive struct {
+	// Idle time before the first probe. Zero means 120s.
+	Idle time.Duration
+	// Interval between probes. Zero means 30s.
+	Interval time.Duration
+	// Count of unanswered probes before the connection is reset. Zero means 4.
+	Count int
+}
+
+// Config configures a Stack. The zero value works except for Clients, which
+// must name at least one prefix.
+type Config struct {
+	TUN TUNConfig
+	// Clients are the source prefixes tcpd serves. Packets from any other
+	// source are dropped before they reach the netstack.
+	Clients []netip.Prefix
+	// Policy decides which destinations may be dialled. Nil means the
+	// built-in secure default for Clients (policy.New with no allow list).
+	Policy *policy.Policy
+
+	// DialTimeout bounds the upstream connect. Zero means 10s.
+	DialTimeout time.Duration
+	// Interface, when set, binds upstream sockets to it (SO_BINDTODEVICE).
+	Interface string
+	// Mark, when non-zero, is set on upstream sockets (SO_MARK).
+	Mark uint32
+
+	// Keepalive applies to both legs.
+	Keepalive Keepalive
+	// HalfCloseTimeout bounds how long a half-closed connection may go without
+	// moving a byte in its open direction. Zero means 60s.
+	HalfCloseTimeout time.Duration
+	// IdleTimeout, when non-zero, closes a connection that moves no byte in
+	// either direction for that long.
+	IdleTimeout time.Duration
+	// TimeWait is how long the netstack holds a closed connection in
+	// TIME_WAIT. Zero means 30s.
+	TimeWait time.Duration
+
+	// MaxConnections caps relayed connections. Zero means 65536.
+	MaxConnections int
+	// MaxConnectionsPerClient caps relayed connections per client address.
+	// Zero means 4096.
+	MaxConnectionsPerClient int
+	// MaxInFlight caps handshakes in progress (SYN received, not yet
+	// established). Zero means 4096.
+	MaxInFlight int
+	// MaxInFlightPerClient caps handshakes in progress per client address.
+	// Zero means 256.
+	MaxInFlightPerClient int
+
+	// Logger receives the stack's logs. Nil means no logging.
+	Logger *zap.Logger
+
+	// dev replaces the real TUN device in tests.
+	dev tun.Device
+	// dial replaces the upstream dialer in tests.
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+const nicID tcpip.NICID = 1
+
+func (c *Config) setDefaults() {
+	if c.TUN.Name == "" {
+		c.TUN.Name = "tcpd0"
+	}
+	if c.TUN.MTU == 0 {
+		c.TUN.MTU = 1500
+	}
+	if c.TUN.TxQueueLen == 0 {
+		c.TUN.TxQueueLen = 10000
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.Keepalive.Idle == 0 {
+		c.Keepalive.Idle = 120 * time.Second
+	}
+	if c.Keepalive.Interval == 0 {
+		c.Keepalive.Interval = 30 * time.Second
+	}
+	if c.Keepalive.Count == 0 {
+		c.Keepalive.Count = 4
+	}
+	if c.HalfCloseTimeout == 0 {
+		c.HalfCloseTimeout = 60 * time.Second
+	}
+	if c.TimeWait == 0 {
+		c.TimeWait = 30 * time.Second
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 65536
+	}
+	if c.MaxConnectionsPerClient == 0 {
+		c.MaxConnectionsPerClient = 4096
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 4096
+	}
+	if c.MaxInFlightPerClient == 0 {
+		c.MaxInFlightPerClient = 256
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Stack is a running data path: TUN, netstack, forwarder and relays.
+type Stack struct {
+	cfg    Config
+	log    *zap.Logger
+	dev    tun.Device
+	link   *link
+	ns     *gvstack.Stack
+	policy atomic.Pointer[policy.Policy]
+	stats  Stats
+	dialer func(ctx context.Context, network, address string) (net.Conn, error)
+
+	// draining is set once shutdown has begun: new SYNs are refused.
+	draining atomic.Bool
+
+	// ctx is cancelled when the stack closes; every dial and relay watches it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// conns tracks every goroutine that handles a connection.
+	conns sync.WaitGroup
+	// bg tracks the stack's own background loop (maintain).
+	bg sync.WaitGroup
+
+	mu sync.Mutex
+	// active holds the relays in progress, for draining and for reset at
+	// shutdown.
+	active map[*relay]struct{}
+	// perClient counts relays and handshakes per client address.
+	perClient map[netip.Addr]*clientCount
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type clientCount struct {
+	conns, inFlight int
+}
+
+// New creates the TUN device (or uses the test device), builds the netstack
+// over it and starts reading packets. The stack serves until Close.
+func New(cfg Config) (*Stack, error) {
+	cfg.setDefaults()
+	if len(cfg.Clients) == 0 {
+		return nil, errors.New("stack: no client prefixes configured")
+	}
+	s := &Stack{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		active:    make(map[*relay]struct{}),
+		perClient: make(map[netip.Addr]*clientCount),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	pol := cfg.Policy
+	if pol == nil {
+		var err error
+		pol, err = policy.New(policy.Config{Clients: cfg.Clients})
+		if err != nil {
+			return nil, fmt.Errorf("stack: default policy: %w", err)
+		}
+	}
+	s.policy.Store(pol)
+
+	s.dialer = cfg.dial
+	if s.dialer == nil {
+		s.dialer = s.newDialer().DialContext
+	}
+
+	dev := cfg.dev
+	if dev == nil {
+		var err error
+		dev, err = createTUN(cfg.TUN)
+		if err != nil {
+			return nil, err
+		}
+	}
+	s.dev = dev
+
+	if err := s.buildNetstack(); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	s.link.start()
+	s.bg.Add(1)
+	go s.maintain()
+	return s, nil
+}
+
+// hostAddrRefresh is how often the policy re-reads the host's addresses, so
+// that an address added to any interface is denied as a destination within
+// this time.
+const hostAddrRefresh = 5 * time.Second
+
+// maintain runs the stack's periodic work until Close.
+func (s *Stack) maintain() {
+	defer s.bg.Done()
+	t := time.NewTicker(hostAddrRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			if err := s.policy.Load().RefreshHostAddrs(); err != nil {
+				s.log.Warn("refresh host addresses for the destination policy", zap.Error(err))
+			}
+		}
+	}
+}
+
+// Offload reports whether the TUN exchanges batches with the virtio-net
+// header (TSO/GRO) rather than one plain packet per call.
+func (s *Stack) Offload() bool { return s.dev.BatchSize() > 1 }
+
+// buildNetstack creates the gVisor stack with one NIC over the TUN link,
+// promiscuous and spoofing so that it terminates connections to any
+// destination, and the TCP forwarder.
+func (s *Stack) buildNetstack() error {
+	mtu, err := s.dev.MTU()
+	if err != nil {
+		return fmt.Errorf("read TUN MTU: %w", err)
+	}
+	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats)
+	s.ns = gvstack.New(gvstack.Options{
+		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	if err := s.setTCPOptions(); err != nil {
+		return err
+	}
+	if terr := s.ns.CreateNICWithOptions(nicID, s.link, gvstack.NICOptions{Name: s.cfg.TUN.Name}); terr != nil {
+		return fmt.Errorf("create NIC: %s", terr)
+	}
+	if terr := s.ns.SetPromiscuousMode(nicID, true); terr != nil {
+		return fmt.Errorf("promiscuous mode: %s", terr)
+	}
+	if terr := s.ns.SetSpoofing(nicID, true); terr != nil {
+		return fmt.Errorf("spoofing: %s", terr)
+	}
+	s.ns.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+	// The receive window of a half-open connection is the default receive
+	// buffer; zero asks the forwarder for exactly that.
+	fwd := tcp.NewForwarder(s.ns, 0, s.cfg.MaxInFlight, s.handle)
+	s.ns.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	return nil
+}
+
+// setTCPOptions applies the stack-wide TCP settings: SACK, buffer ranges
+// with receive moderation, and the TIME_WAIT duration.
+func (s *Stack) setTCPOptions() error {
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
+	// 4 KiB minimum, 1 MiB default, 4 MiB maximum: DESIGN.md's defaults. The
+	// default is what a new connection starts with; moderation grows it.
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
+	opts := []struct {
+		name string
+		opt  tcpip.SettableTransportProtocolOption
+	}{
+		{"SACK", &sack},
+		{"receive moderation", &moderate},
+		{"TIME_WAIT timeout", &tw},
+		{"receive buffer range", &rcv},
+		{"send buffer range", &snd},
+	}
+	for _, o := range opts {
+		if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); terr != nil {
+			return fmt.Errorf("set TCP %s: %s", o.name, terr)
+		}
+	}
+	return nil
+}
+
+// SetPolicy replaces the destination policy for new connections.
+func (s *Stack) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
+
+// Policy returns the destination policy in force.
+func (s *Stack) Policy() *policy.Policy { return s.policy.Load() }
+
+// Stats returns the stack's counters.
+func (s *Stack) Stats() *Stats { return &s.stats }
+
+// Name returns the TUN device's name.
+func (s *Stack) Name() string {
+	name, err := s.dev.Name()
+	if err != nil {
+		return s.cfg.TUN.Name
+	}
+	return name
+}
+
+// Shutdown stops accepting new connections and waits until the live ones
+// finish or ctx is done; then it resets whatever is left and closes the
+// stack. It returns the number of connections that had to be reset.
+func (s *Stack) Shutdown(ctx context.Context) (reset int, err error) {
+	s.draining.Store(true)
+	done := make(chan struct{})
+	go func() {
+		s.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for r := range s.active {
+			r.abort()
+			reset++
+		}
+		s.mu.Unlock()
+	}
+	return reset, s.Close()
+}
+
+// Close resets every connection, stops the netstack and removes the TUN. It
+// is idempotent and waits for every goroutine the stack started.
+func (s *Stack) Close() error {
+	s.closeOnce.Do(func() {
+		s.draining.Store(true)
+		s.cancel() // ends dials in progress and the maintain loop
+		s.bg.Wait()
+		s.mu.Lock()
+		for r := range s.active {
+			r.abort() // RST to both legs while the TUN is still there
+		}
+		s.mu.Unlock()
+		// Aborting the netstack's endpoints also ends handshakes that a
+		// handler is still waiting for.
+		s.ns.Close()
+		s.conns.Wait()
+		// Closing the device ends the read loop.
+		s.closeErr = s.dev.Close()
+		s.link.wait()
+		s.ns.Wait()
+	})
+	return s.closeErr
+}

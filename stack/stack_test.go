@@ -1,0 +1,427 @@
+package stack
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/netstack"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+// Tier A: tcpd's stack runs over an in-memory TUN (wireguard's ChannelTUN);
+// the client is a second, independent gVisor stack (wireguard's netstack)
+// whose packets are pumped into that TUN; upstreams are real loopback
+// listeners reached through a fake dialler that records what it was asked.
+
+var (
+	clientAddr = netip.MustParseAddr("100.64.1.2")
+	clientNet  = netip.MustParsePrefix("100.64.0.0/10")
+	dstAddr    = netip.MustParseAddr("198.18.1.2")
+)
+
+type harness struct {
+	s      *Stack
+	client *netstack.Net
+
+	mu     sync.Mutex
+	dialed []string
+	// upstream is where the fake dialler connects instead of the real
+	// destination; nil makes every dial fail with dialErr.
+	upstream net.Addr
+	dialErr  error
+}
+
+func newHarness(t *testing.T, cfg Config, src netip.Addr) *harness {
+	t.Helper()
+	h := &harness{dialErr: syscall.ECONNREFUSED}
+	ch := tuntest.NewChannelTUN()
+	cfg.dev = ch.TUN()
+	if cfg.Clients == nil {
+		cfg.Clients = []netip.Prefix{clientNet}
+	}
+	cfg.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+		h.mu.Lock()
+		h.dialed = append(h.dialed, address)
+		up, derr := h.upstream, h.dialErr
+		h.mu.Unlock()
+		if up == nil {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: derr}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", up.String())
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	h.s = s
+
+	dev, cnet, err := netstack.CreateNetTUN([]netip.Addr{src}, nil, tuntest.DefaultMTU)
+	if err != nil {
+		t.Fatalf("client stack: %v", err)
+	}
+	h.client = cnet
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // client → tcpd
+		defer wg.Done()
+		bufs := [][]byte{make([]byte, 65536)}
+		sizes := []int{0}
+		for {
+			n, err := dev.Read(bufs, sizes, 0)
+			if err != nil {
+				return
+			}
+			for i := 0; i < n; i++ {
+				p := append([]byte(nil), bufs[i][:sizes[i]]...)
+				select {
+				case ch.Outbound <- p:
+				case <-done:
+					return
+				}
+			}
+		}
+	}()
+	go func() { // tcpd → client
+		defer wg.Done()
+		for {
+			select {
+			case p, ok := <-ch.Inbound:
+				if !ok {
+					return
+				}
+				dev.Write([][]byte{p}, 0)
+			case <-done:
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		// tcpd resets what is left while the pumps still carry its RSTs.
+		s.Close()
+		close(done)
+		dev.Close()
+		wg.Wait()
+	})
+	return h
+}
+
+// listen starts a loopback upstream that runs serve for every connection.
+func (h *harness) listen(t *testing.T, serve func(net.Conn)) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer c.Close(); serve(c) }()
+		}
+	}()
+	h.mu.Lock()
+	h.upstream = ln.Addr()
+	h.mu.Unlock()
+}
+
+func (h *harness) dial(t *testing.T, port uint16) (*tcpConn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, port))
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	return &tcpConn{c}, nil
+}
+
+func (h *harness) dialedAddrs() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.dialed...)
+}
+
+type tcpConn struct{ net.Conn }
+
+func (c *tcpConn) CloseWrite() error { return c.Conn.(interface{ CloseWrite() error }).CloseWrite() }
+
+func TestRelayBothWays(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	// The upstream echoes every byte back, then half-closes on EOF.
+	h.listen(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatalf("dial through tcpd: %v", err)
+	}
+	payload := make([]byte, 4<<20)
+	rand.Read(payload)
+	go func() {
+		c.Write(payload)
+		c.CloseWrite()
+	}()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(payload) {
+		t.Fatalf("echo differs: got %d bytes, sent %d", len(got), len(payload))
+	}
+	if d := h.dialedAddrs(); len(d) != 1 || d[0] != "198.18.1.2:80" {
+		t.Fatalf("dialled %v, want [198.18.1.2:80]", d)
+	}
+	waitFor(t, "relay byte counters", func() bool {
+		st := h.s.Stats()
+		return st.RelayBytes[In].Load() == uint64(len(payload)) && st.RelayBytes[Out].Load() == uint64(len(payload))
+	})
+	if got := h.s.Stats().Connections[ResultRelayed].Load(); got != 1 {
+		t.Fatalf("relayed connections = %d, want 1", got)
+	}
+}
+
+func TestHalfClose(t *testing.T) {
+	t.Run("client closes first, upstream keeps sending", func(t *testing.T) {
+		h := newHarness(t, Config{}, clientAddr)
+		h.listen(t, func(c net.Conn) {
+			req, _ := io.ReadAll(c) // until the client's FIN
+			for i := 0; i < 100; i++ {
+				c.Write(bytes.Repeat(req, 1000))
+			}
+		})
+		c, err := h.dial(t, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x"))
+		c.CloseWrite()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("read after half-close: %v", err)
+		}
+		if len(got) != 100*1000 {
+			t.Fatalf("got %d bytes after half-close, want %d", len(got), 100*1000)
+		}
+	})
+	t.Run("upstream closes first, client keeps sending", func(t *testing.T) {
+		h := newHarness(t, Config{}, clientAddr)
+		received := make(chan int, 1)
+		h.listen(t, func(c net.Conn) {
+			c.Write([]byte("bye"))
+			c.(*net.TCPConn).CloseWrite()
+			n, _ := io.Copy(io.Discard, c)
+			received <- int(n)
+		})
+		c, err := h.dial(t, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "bye" {
+			t.Fatalf("read = %q, %v; want \"bye\", nil", got, err)
+		}
+		// The client's side is still open: it keeps sending after the FIN.
+		if _, err := c.Write(make([]byte, 1<<20)); err != nil {
+			t.Fatalf("write after upstream FIN: %v", err)
+		}
+		c.CloseWrite()
+		select {
+		case n := <-received:
+			if n != 1<<20 {
+				t.Fatalf("upstream received %d bytes, want %d", n, 1<<20)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("upstream never saw the client's FIN")
+		}
+	})
+}
+
+func TestHalfCloseTimeout(t *testing.T) {
+	h := newHarness(t, Config{HalfCloseTimeout: 300 * time.Millisecond}, clientAddr)
+	h.listen(t, func(c net.Conn) {
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); err != nil { // up to the upstream's FIN
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// The client now sends nothing: after the half-close timeout tcpd
+	// resets both legs.
+	waitFor(t, "a relay ended by timeout", func() bool { return h.s.Stats().Ended[EndTimeout].Load() == 1 })
+	if el := time.Since(start); el < 250*time.Millisecond || el > 5*time.Second {
+		t.Fatalf("relay ended after %v, want about 300ms", el)
+	}
+	// The client's side was open, so a write succeeds unless tcpd reset the
+	// connection.
+	var err2 error
+	for i := 0; i < 50 && err2 == nil; i++ {
+		_, err2 = c.Write([]byte("late"))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err2 == nil {
+		t.Fatal("writes after the half-close timeout still succeed, want the connection reset")
+	}
+}
+
+func TestDialFailureResetsClient(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.dialErr = syscall.ECONNREFUSED
+	start := time.Now()
+	_, err := h.dial(t, 81)
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial a refusing destination = %v, want connection refused", err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("refusal took %v", el)
+	}
+	st := h.s.Stats()
+	if got := st.DialFailures[DialRefused].Load(); got != 1 {
+		t.Fatalf("refused dial failures = %d, want 1", got)
+	}
+	if got := st.Connections[ResultUpstreamFailed].Load(); got != 1 {
+		t.Fatalf("upstream_failed connections = %d, want 1", got)
+	}
+}
+
+func TestUpstreamResetResetsClient(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.listen(t, func(c net.Conn) {
+		c.Write([]byte("partial"))
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0) // close → RST
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadAll(c)
+	if err == nil {
+		t.Fatal("upstream RST reached the client as a clean close")
+	}
+	if !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("client read error %v, want a reset", err)
+	}
+}
+
+func TestPolicyDenied(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.listen(t, func(c net.Conn) {})
+	// Loopback is not here: no client stack sends 127.0.0.0/8 out of an
+	// interface, and the netstack drops it as a martian before the policy.
+	for _, dst := range []string{"169.254.169.254:80", "10.1.2.3:443", "100.64.1.9:22"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := h.client.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort(dst))
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("dial %s = %v, want connection refused", dst, err)
+		}
+	}
+	if d := h.dialedAddrs(); len(d) != 0 {
+		t.Fatalf("denied destinations were dialled: %v", d)
+	}
+	if got := h.s.Stats().Dropped[DropDeniedDestination].Load(); got != 3 {
+		t.Fatalf("denied_destination drops = %d, want 3", got)
+	}
+}
+
+func TestSpoofedSourceDropped(t *testing.T) {
+	h := newHarness(t, Config{}, netip.MustParseAddr("203.0.113.7"))
+	h.listen(t, func(c net.Conn) {})
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	if _, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, 80)); err == nil {
+		t.Fatal("a source outside the client prefixes got a connection")
+	}
+	if d := h.dialedAddrs(); len(d) != 0 {
+		t.Fatalf("spoofed SYN caused a dial: %v", d)
+	}
+	if got := h.s.Stats().Dropped[DropSpoofedSource].Load(); got == 0 {
+		t.Fatal("spoofed SYNs were not counted")
+	}
+}
+
+func TestPerClientCap(t *testing.T) {
+	h := newHarness(t, Config{MaxConnectionsPerClient: 2}, clientAddr)
+	hold := make(chan struct{})
+	defer close(hold) // before the cleanups, which wait for the upstreams
+	h.listen(t, func(c net.Conn) { <-hold })
+	for i := 0; i < 2; i++ {
+		if _, err := h.dial(t, 80); err != nil {
+			t.Fatalf("connection %d under the cap: %v", i, err)
+		}
+	}
+	waitFor(t, "two active relays", func() bool { return h.s.Stats().Active.Load() == 2 })
+	if _, err := h.dial(t, 80); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("connection over the per-client cap = %v, want refused", err)
+	}
+	if got := h.s.Stats().Dropped[DropMaxConnectionsPerClient].Load(); got != 1 {
+		t.Fatalf("max_connections_per_client drops = %d, want 1", got)
+	}
+}
+
+func TestShutdownDrainsThenResets(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	hold := make(chan struct{})
+	defer close(hold)
+	h.listen(t, func(c net.Conn) { <-hold })
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "one active relay", func() bool { return h.s.Stats().Active.Load() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	reset, err := h.s.Shutdown(ctx)
+	if err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if reset != 1 {
+		t.Fatalf("Shutdown reset %d connections, want 1", reset)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection survived shutdown")
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,170 @@
+package stack
+
+import "sync/atomic"
+
+// Direction names the two directions of the TUN and of a relay.
+type Direction int
+
+const (
+	// In is client → tcpd on the TUN; client → destination in a relay.
+	In Direction = iota
+	// Out is tcpd → client on the TUN; destination → client in a relay.
+	Out
+	numDirections
+)
+
+// String gives the Prometheus label value.
+func (d Direction) String() string {
+	switch d {
+	case In:
+		return "in"
+	case Out:
+		return "out"
+	}
+	return "unknown"
+}
+
+// DropReason says why a packet or a connection attempt was dropped or
+// refused.
+type DropReason int
+
+const (
+	// DropSpoofedSource: the source address is outside the client prefixes.
+	DropSpoofedSource DropReason = iota
+	// DropDeniedDestination: the destination policy denied it (answered RST).
+	DropDeniedDestination
+	// DropMaxConnections: the global connection cap (answered RST).
+	DropMaxConnections
+	// DropMaxConnectionsPerClient: the per-client connection cap (RST).
+	DropMaxConnectionsPerClient
+	// DropMaxInFlightPerClient: the per-client handshake cap (SYN ignored,
+	// the client retransmits).
+	DropMaxInFlightPerClient
+	// DropShuttingDown: SYN during shutdown (answered RST).
+	DropShuttingDown
+	// DropMalformed: not an IPv4 or IPv6 packet, or shorter than its header.
+	DropMalformed
+	// DropTUNReadError: a read from the TUN failed (a malformed virtio-net
+	// frame, for example).
+	DropTUNReadError
+	// DropTUNWriteError: a write to the TUN failed.
+	DropTUNWriteError
+	numDropReasons
+)
+
+var dropReasonNames = [numDropReasons]string{
+	DropSpoofedSource:           "spoofed_source",
+	DropDeniedDestination:       "denied_destination",
+	DropMaxConnections:          "max_connections",
+	DropMaxConnectionsPerClient: "max_connections_per_client",
+	DropMaxInFlightPerClient:    "max_in_flight_per_client",
+	DropShuttingDown:            "shutting_down",
+	DropMalformed:               "malformed",
+	DropTUNReadError:            "tun_read_error",
+	DropTUNWriteError:           "tun_write_error",
+}
+
+// String gives the Prometheus label value.
+func (r DropReason) String() string { return dropReasonNames[r] }
+
+// DropReasons lists every reason, for exporters that must show all of them.
+func DropReasons() []DropReason {
+	rs := make([]DropReason, numDropReasons)
+	for i := range rs {
+		rs[i] = DropReason(i)
+	}
+	return rs
+}
+
+// Result is how a connection attempt ended.
+type Result int
+
+const (
+	// ResultRelayed: the handshake completed and the relay ran.
+	ResultRelayed Result = iota
+	// ResultDenied: refused by policy or a cap.
+	ResultDenied
+	// ResultUpstreamFailed: the upstream dial failed; the client got RST.
+	ResultUpstreamFailed
+	// ResultHandshakeFailed: the upstream was dialled but the client's
+	// handshake did not complete.
+	ResultHandshakeFailed
+	numResults
+)
+
+var resultNames = [numResults]string{
+	ResultRelayed:         "relayed",
+	ResultDenied:          "denied",
+	ResultUpstreamFailed:  "upstream_failed",
+	ResultHandshakeFailed: "handshake_failed",
+}
+
+// String gives the Prometheus label value.
+func (r Result) String() string { return resultNames[r] }
+
+// Results lists every result.
+func Results() []Result {
+	rs := make([]Result, numResults)
+	for i := range rs {
+		rs[i] = Result(i)
+	}
+	return rs
+}
+
+// DialFailure classifies an upstream dial failure.
+type DialFailure int
+
+const (
+	// DialRefused: the destination answered RST (ECONNREFUSED).
+	DialRefused DialFailure = iota
+	// DialTimeout: no answer within the dial timeout.
+	DialTimeout
+	// DialUnreachable: no route, or an ICMP unreachable.
+	DialUnreachable
+	// DialDenied: the dialler's control hook refused the address.
+	DialDenied
+	// DialOther: anything else.
+	DialOther
+	numDialFailures
+)
+
+var dialFailureNames = [numDialFailures]string{
+	DialRefused:     "refused",
+	DialTimeout:     "timeout",
+	DialUnreachable: "unreachable",
+	DialDenied:      "denied",
+	DialOther:       "other",
+}
+
+// String gives the Prometheus label value.
+func (f DialFailure) String() string { return dialFailureNames[f] }
+
+// DialFailures lists every dial failure class.
+func DialFailures() []DialFailure {
+	fs := make([]DialFailure, numDialFailures)
+	for i := range fs {
+		fs[i] = DialFailure(i)
+	}
+	return fs
+}
+
+// Stats are the stack's counters. Every field is updated atomically on the
+// data path and read at scrape time.
+type Stats struct {
+	TUNPackets [numDirections]atomic.Uint64
+	TUNBytes   [numDirections]atomic.Uint64
+	// RelayBytes counts payload bytes relayed: In is client → destination.
+	RelayBytes     [numDirections]atomic.Uint64
+	Dropped        [numDropReasons]atomic.Uint64
+	Connections    [numResults]atomic.Uint64
+	DialFailures   [numDialFailures]atomic.Uint64
+	// Ended counts finished relays by how they ended.
+	Ended [numEnds]atomic.Uint64
+	// Panics counts connection handlers that panicked; each reset its own
+	// connection only.
+	Panics atomic.Uint64
+	// Active is the number of relays in progress.
+	Active atomic.Int64
+	// InFlight is the number of handshakes in progress in tcpd's handler.
+	InFlight atomic.Int64
+}

@@ -1,0 +1,11 @@
+//go:build !linux
+
+package stack
+
+import (
+	"errors"
+
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+func createTUN(TUNConfig) (tun.Device, error) { return nil, errors.ErrUnsupported }
