@@ -154,10 +154,10 @@ type Stats struct {
 	TUNPackets [numDirections]atomic.Uint64
 	TUNBytes   [numDirections]atomic.Uint64
 	// RelayBytes counts payload bytes relayed: In is client → destination.
-	RelayBytes     [numDirections]atomic.Uint64
-	Dropped        [numDropReasons]atomic.Uint64
-	Connections    [numResults]atomic.Uint64
-	DialFailures   [numDialFailures]atomic.Uint64
+	RelayBytes   [numDirections]atomic.Uint64
+	Dropped      [numDropReasons]atomic.Uint64
+	Connections  [numResults]atomic.Uint64
+	DialFailures [numDialFailures]atomic.Uint64
 	// Ended counts finished relays by how they ended.
 	Ended [numEnds]atomic.Uint64
 	// Panics counts connection handlers that panicked; each reset its own
