@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCLI(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("tun:\n  mtu: 70000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		args   []string
+		code   int
+		stdout string // substring
+		stderr string // substring
+	}{
+		{nil, 2, "", "Usage:"},
+		{[]string{"--help"}, 0, "tcpd run [--config FILE]", ""},
+		{[]string{"help"}, 0, "tcpd check-config FILE", ""},
+		{[]string{"version"}, 0, "tcpd ", ""},
+		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{[]string{"run", "--help"}, 0, "", "Runs the daemon"},
+		{[]string{"run", "extra"}, 2, "", "Usage: tcpd run"},
+		{[]string{"check-config", "--help"}, 0, "", "Validates FILE"},
+		{[]string{"check-config"}, 2, "", "Usage: tcpd check-config FILE"},
+		{[]string{"check-config", "../../configs/tcpd.yaml"}, 0, "valid", ""},
+		{[]string{"check-config", bad}, 1, "", "line 2: tun.mtu: 70000 is out of range"},
+		{[]string{"check-config", filepath.Join(dir, "missing.yaml")}, 1, "", "no such file"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := runMain(c.args, &out, &errb)
+			if code != c.code {
+				t.Errorf("exit status %d, want %d (stderr %q)", code, c.code, errb.String())
+			}
+			if !strings.Contains(out.String(), c.stdout) {
+				t.Errorf("stdout %q does not contain %q", out.String(), c.stdout)
+			}
+			if !strings.Contains(errb.String(), c.stderr) {
+				t.Errorf("stderr %q does not contain %q", errb.String(), c.stderr)
+			}
+		})
+	}
+}

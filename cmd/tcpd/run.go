@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"tcpd/policy"
+	"tcpd/stack"
+)
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := newFlagSet("run", "Usage: tcpd run [--config FILE] [--log-level LEVEL] [--log-format FORMAT]\n\nRuns the daemon: creates the TUN, terminates client TCP connections in the\nnetstack and relays them. With no --config, the embedded default\nconfiguration (configs/tcpd.yaml) is used. SIGTERM or SIGINT drains live\nconnections for shutdown_grace, then resets the rest, removes the TUN and\nexits 0. SIGHUP re-reads the configuration.", stderr)
+	path := fs.String("config", "", "configuration `file` (default: the embedded default)")
+	level := fs.String("log-level", "", "override log.level: debug, info, warn or error")
+	format := fs.String("log-format", "", "override log.format: auto, json or console")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return errUsage
+	}
+	d := &daemon{path: *path, levelFlag: *level, formatFlag: *format}
+	return d.run()
+}
+
+// daemon is one run of tcpd: its configuration, logger and stack.
+type daemon struct {
+	path       string
+	levelFlag  string
+	formatFlag string
+
+	cfg   *config
+	level zap.AtomicLevel
+	log   *zap.Logger
+	st    *stack.Stack
+}
+
+// load reads the configuration and applies the command-line overrides.
+func (d *daemon) load() (*config, error) {
+	cfg, err := loadConfig(d.path)
+	if err != nil {
+		return nil, err
+	}
+	if d.levelFlag != "" {
+		if err := cfg.setLogLevel(d.levelFlag); err != nil {
+			return nil, fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	if d.formatFlag != "" {
+		if err := cfg.setLogFormat(d.formatFlag); err != nil {
+			return nil, fmt.Errorf("--log-format: %w", err)
+		}
+	}
+	return cfg, nil
+}
+
+func (d *daemon) run() error {
+	cfg, err := d.load()
+	if err != nil {
+		return err
+	}
+	d.cfg = cfg
+	d.level = zap.NewAtomicLevelAt(cfg.logLevel())
+	d.log, err = newLogger(cfg.logFormat(), d.level)
+	if err != nil {
+		return err
+	}
+	defer d.log.Sync()
+
+	pol, err := policy.New(cfg.policyConfig())
+	if err != nil {
+		return fmt.Errorf("destination policy: %w", err)
+	}
+	d.st, err = stack.New(cfg.stackConfig(pol, d.log))
+	if err != nil {
+		d.log.Error("start failed", zap.Error(err))
+		return err
+	}
+	if w := stack.RPFilterWarning(); w != "" {
+		d.log.Warn(w)
+	}
+	d.log.Info("ready",
+		zap.String("version", buildVersion()),
+		zap.String("tun", d.st.Name()),
+		zap.Int("mtu", cfg.tunMTU()),
+		zap.Bool("offload", d.st.Offload()),
+		zap.Strings("addresses", prefixStrings(cfg.tunAddresses())),
+		zap.Strings("clients", prefixStrings(cfg.clientPrefixes())),
+		zap.String("policy", pol.Summary()),
+		zap.String("config", d.source()),
+	)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			d.reload()
+		case <-ctx.Done():
+			return d.shutdown()
+		}
+	}
+}
+
+func (d *daemon) source() string {
+	if d.path == "" {
+		return "embedded default"
+	}
+	return d.path
+}
+
+// shutdown stops accepting, drains for shutdown_grace, resets the rest and
+// removes the TUN.
+func (d *daemon) shutdown() error {
+	grace := d.cfg.shutdownGrace()
+	active := d.st.Stats().Active.Load()
+	d.log.Info("shutting down", zap.Int64("active_connections", active), zap.Duration("grace", grace))
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	reset, err := d.st.Shutdown(ctx)
+	if err != nil {
+		d.log.Error("close TUN", zap.Error(err))
+	}
+	d.log.Info("stopped", zap.Int("reset_connections", reset))
+	return nil
+}
+
+// reload re-reads the configuration and applies what can change live: the
+// log level and the destination policy. A bad file changes nothing.
+func (d *daemon) reload() {
+	start := time.Now()
+	cfg, err := d.load()
+	if err != nil {
+		d.log.Error("reload rejected; the running configuration stays in force",
+			zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
+		return
+	}
+	pol, err := policy.New(cfg.policyConfig())
+	if err != nil {
+		d.log.Error("reload rejected: destination policy", zap.Error(err))
+		return
+	}
+	if fixed := d.cfg.restartOnlyChanges(cfg); len(fixed) > 0 {
+		d.log.Warn("reload: these settings need a restart and keep their running values",
+			zap.Strings("keys", fixed))
+	}
+	d.st.SetPolicy(pol)
+	d.level.SetLevel(cfg.logLevel())
+	d.cfg = cfg
+	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", zapcore.Level(cfg.logLevel())),
+		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
+}
+
+func prefixStrings[T fmt.Stringer](ps []T) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
