@@ -1,0 +1,232 @@
+// Package e2e_test holds tcpd's tier B tests: the real binary on a real TUN in
+// network namespaces the tests create and remove, driven by the kernel's own
+// TCP clients and servers. They skip, saying why, when not run as root.
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"tcpd/internal/netlab"
+)
+
+// gwConfig is the part of tcpd's configuration a test varies; the rest is the
+// embedded default.
+type gwConfig struct {
+	MTU              int
+	Offload          string
+	Clients          []string
+	DialTimeout      string
+	HalfCloseTimeout string
+}
+
+func (c gwConfig) yaml() string {
+	if c.MTU == 0 {
+		c.MTU = 1500
+	}
+	if c.Offload == "" {
+		c.Offload = "auto"
+	}
+	if c.Clients == nil {
+		c.Clients = []string{"100.64.0.0/10", "fd64::/64"}
+	}
+	if c.DialTimeout == "" {
+		c.DialTimeout = "10s"
+	}
+	if c.HalfCloseTimeout == "" {
+		c.HalfCloseTimeout = "60s"
+	}
+	return fmt.Sprintf(`tun:
+  name: tcpd0
+  mtu: %d
+  addresses: ["100.64.0.1/32", "fd64::1/128"]
+  offload: %s
+clients: ["%s"]
+upstream:
+  dial_timeout: %s
+tcp:
+  half_close_timeout: %s
+metrics:
+  listen: ""
+admin:
+  socket: ""
+log:
+  level: debug
+`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.HalfCloseTimeout)
+}
+
+// gateway is a lab with tcpd running in its gateway namespace and the
+// client's traffic routed into tcpd's TUN.
+type gateway struct {
+	*netlab.Lab
+	tcpd *netlab.Proc
+}
+
+func startGateway(t *testing.T, opts netlab.Options, cfg gwConfig) *gateway {
+	t.Helper()
+	lab := netlab.NewT(t, opts)
+	bin := netlab.BuildTCPD(t)
+	// The context bounds tcpd's whole life, which the cleanup below ends.
+	p, err := lab.StartTCPD(context.Background(), bin, cfg.yaml())
+	if err != nil {
+		t.Fatalf("start tcpd: %v", err)
+	}
+	g := &gateway{Lab: lab, tcpd: p}
+	t.Cleanup(func() {
+		err := p.Stop()
+		if t.Failed() {
+			t.Logf("tcpd log:\n%s", p.Logs())
+		}
+		if err != nil {
+			t.Errorf("tcpd did not stop cleanly: %v", err)
+		}
+		if logs := p.Logs(); strings.Contains(logs, "panic") {
+			t.Errorf("tcpd logged a panic:\n%s", logs)
+		}
+	})
+	return g
+}
+
+// server runs handler for every connection accepted on [::]:port in the
+// server namespace (dual-stack, so IPv4 and IPv6 clients both reach it).
+func serve(t *testing.T, ns *netlab.NS, handler func(net.Conn)) int {
+	t.Helper()
+	ln, err := ns.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handler(c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// stream is a deterministic pseudo-random byte stream whose SHA-256 both ends
+// can know in advance.
+func stream(seed uint64, n int64) io.Reader {
+	var key [32]byte
+	key[0] = byte(seed)
+	key[1] = byte(seed >> 8)
+	return io.LimitReader(rand.NewChaCha8(key), n)
+}
+
+func streamSum(seed uint64, n int64) [32]byte {
+	h := sha256.New()
+	io.Copy(h, stream(seed, n))
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s
+}
+
+// exchange sends n bytes of stream(send) on c while receiving until EOF, and
+// returns the SHA-256 and length of what it received. It half-closes c after
+// sending.
+func exchange(c net.Conn, send uint64, n int64) (sum [32]byte, got int64, err error) {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, stream(send, n))
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		errc <- err
+	}()
+	h := sha256.New()
+	got, rerr := io.Copy(h, c)
+	werr := <-errc
+	copy(sum[:], h.Sum(nil))
+	return sum, got, errors.Join(rerr, werr)
+}
+
+// bulkServer answers every connection by sending n bytes of stream(seed)
+// while hashing what it receives; the hashes reach the test through sums.
+func bulkServer(seed uint64, n int64, sums chan<- [32]byte) func(net.Conn) {
+	return func(c net.Conn) {
+		sum, _, err := exchange(c, seed, n)
+		if err != nil {
+			return
+		}
+		sums <- sum
+	}
+}
+
+// assertBulk moves n bytes each way through addr and checks both SHA-256s.
+func assertBulk(t *testing.T, g *gateway, host string, n int64) {
+	t.Helper()
+	sums := make(chan [32]byte, 1)
+	port := serve(t, g.Server, bulkServer(2, n, sums))
+	addr := net.JoinHostPort(host, fmt.Sprint(port))
+	c, err := g.Client.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Minute))
+	sum, got, err := exchange(c, 1, n)
+	if err != nil {
+		t.Fatalf("exchange with %s: %v (received %d of %d bytes)", addr, err, got, n)
+	}
+	if got != n || sum != streamSum(2, n) {
+		t.Fatalf("client received %d bytes with sha256 %x, want %d bytes with %x", got, sum[:8], n, streamSum(2, n))
+	}
+	select {
+	case s := <-sums:
+		if s != streamSum(1, n) {
+			t.Fatalf("server received sha256 %x, want %x", s[:8], streamSum(1, n))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("server never finished")
+	}
+}
+
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+func isReset(err error) bool   { return errors.Is(err, syscall.ECONNRESET) }
+
+// noAccept asserts that ln accepts nothing within d.
+func noAccept(t *testing.T, ln net.Listener, d time.Duration) {
+	t.Helper()
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(d))
+	c, err := ln.Accept()
+	if err == nil {
+		c.Close()
+		t.Fatalf("%s accepted a connection from %s; the policy must keep it unreachable", ln.Addr(), c.RemoteAddr())
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("accept on %s: %v", ln.Addr(), err)
+	}
+}
+
+func readAllString(c net.Conn) (string, error) {
+	var b bytes.Buffer
+	_, err := io.Copy(&b, c)
+	return b.String(), err
+}
