@@ -230,3 +230,12 @@ func (r *relay) recoverPanic() {
 		r.fail(EndAborted)
 	}
 }
+
+// Ends lists every End, for exporters that show all of them.
+func Ends() []End {
+	es := make([]End, numEnds)
+	for i := range es {
+		es[i] = End(i)
+	}
+	return es
+}

@@ -1,0 +1,144 @@
+package conntrack
+
+import (
+	"math"
+	"sync/atomic"
+	"time"
+)
+
+// ClassicBounds are the upper bounds, in seconds, of the classic buckets of
+// every latency histogram: 100 µs to 10 s in 1-2.5-5 steps, the range a
+// handshake can take between a LAN and a lossy mobile link.
+var ClassicBounds = []float64{
+	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+	0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+}
+
+// NativeSchema is the Prometheus native-histogram schema of the sparse
+// buckets: schema 3 grows each bucket by 2^(1/8) ≈ 1.09, the closest schema
+// to the conventional factor 1.1.
+const NativeSchema = 3
+
+// Native buckets cover 2^nativeMinExp s (≈ 7.6 µs) to 2^nativeMaxExp s (128 s);
+// observations below go to the zero bucket, above to the last bucket. That
+// bounds the bucket count at (nativeMaxExp-nativeMinExp)·8 = 192.
+const (
+	nativeMinExp        = -17
+	nativeMaxExp        = 7
+	nativePerOctave     = 1 << NativeSchema
+	numNativeBuckets    = (nativeMaxExp - nativeMinExp) * nativePerOctave
+	nativeFirstIndex    = nativeMinExp*nativePerOctave + 1
+	NativeZeroThreshold = 1.0 / (1 << -nativeMinExp)
+)
+
+// Histogram counts durations in fixed classic buckets and in native
+// (exponential) buckets at once. Observe is lock-free and allocation-free.
+type Histogram struct {
+	count   atomic.Uint64
+	sumNano atomic.Int64
+	classic [17]atomic.Uint64 // len(ClassicBounds) + the +Inf bucket
+	zero    atomic.Uint64
+	native  [numNativeBuckets]atomic.Uint64
+}
+
+// Observe records one duration. Negative durations count as zero.
+func (h *Histogram) Observe(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	s := d.Seconds()
+	h.count.Add(1)
+	h.sumNano.Add(int64(d))
+	i := 0
+	for i < len(ClassicBounds) && s > ClassicBounds[i] {
+		i++
+	}
+	h.classic[i].Add(1)
+	if s <= NativeZeroThreshold {
+		h.zero.Add(1)
+		return
+	}
+	h.native[nativeSlot(s)].Add(1)
+}
+
+// nativeSlot maps s > NativeZeroThreshold to its bucket's slot. Bucket index
+// k (Prometheus' convention) covers (2^((k-1)/8), 2^(k/8)].
+func nativeSlot(s float64) int {
+	frac, exp := math.Frexp(s) // s = frac·2^exp, frac in [0.5, 1)
+	// Index within the octave: the smallest j with frac ≤ 2^((j-8)/8).
+	j := int(math.Ceil(math.Log2(frac)*nativePerOctave)) + nativePerOctave
+	k := (exp-1)*nativePerOctave + j
+	slot := k - nativeFirstIndex
+	if slot < 0 {
+		return 0
+	}
+	if slot >= numNativeBuckets {
+		return numNativeBuckets - 1
+	}
+	return slot
+}
+
+// HistogramSnapshot is a consistent-enough copy of a Histogram for export:
+// each field is read atomically, and Count is read last so that it is never
+// smaller than the sum of the buckets read before it.
+type HistogramSnapshot struct {
+	Count uint64
+	Sum   float64 // seconds
+	// Cumulative counts for ClassicBounds, as Prometheus wants them.
+	Buckets []uint64
+	// ZeroCount counts observations at or below NativeZeroThreshold.
+	ZeroCount uint64
+	// Native maps a native bucket index (schema NativeSchema) to its count;
+	// only non-empty buckets are present.
+	Native map[int]uint64
+}
+
+// Snapshot copies the histogram.
+func (h *Histogram) Snapshot() HistogramSnapshot {
+	s := HistogramSnapshot{Buckets: make([]uint64, len(ClassicBounds)), Native: map[int]uint64{}}
+	var cum uint64
+	for i := range ClassicBounds {
+		cum += h.classic[i].Load()
+		s.Buckets[i] = cum
+	}
+	cum += h.classic[len(ClassicBounds)].Load()
+	s.ZeroCount = h.zero.Load()
+	for i := range h.native {
+		if n := h.native[i].Load(); n > 0 {
+			s.Native[i+nativeFirstIndex] = n
+		}
+	}
+	s.Sum = time.Duration(h.sumNano.Load()).Seconds()
+	s.Count = max(h.count.Load(), cum)
+	return s
+}
+
+// Quantile estimates the q-quantile (0..1) from the native buckets, for
+// tests and `tcpd conns -s`. It returns 0 for an empty histogram.
+func (s HistogramSnapshot) Quantile(q float64) float64 {
+	total := s.ZeroCount
+	for _, n := range s.Native {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := q * float64(total)
+	seen := float64(s.ZeroCount)
+	if rank <= seen {
+		return 0
+	}
+	for k := nativeFirstIndex; k < nativeFirstIndex+numNativeBuckets; k++ {
+		n := float64(s.Native[k])
+		if n == 0 {
+			continue
+		}
+		if seen+n >= rank {
+			lo := math.Exp2(float64(k-1) / nativePerOctave)
+			hi := math.Exp2(float64(k) / nativePerOctave)
+			return lo + (hi-lo)*(rank-seen)/n
+		}
+		seen += n
+	}
+	return math.Exp2(float64(nativeFirstIndex+numNativeBuckets-1) / nativePerOctave)
+}
