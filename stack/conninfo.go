@@ -1,0 +1,21 @@
+package stack
+
+import (
+	"time"
+
+	"tcpd/conntrack"
+)
+
+// ConnInfo is one row of `tcpd conns`: conntrack's view of a connection
+// joined with what the netstack's endpoint knows about it.
+type ConnInfo struct {
+	conntrack.Conn
+	// RTT is the netstack's smoothed round-trip time to the client, and
+	// RTTVar its variation; zero when no endpoint exists (yet).
+	RTT, RTTVar time.Duration
+	// Retransmits counts segments the netstack retransmitted to the client.
+	Retransmits uint64
+	// Upstream is the local address of the upstream socket, "" before the
+	// dial completed.
+	Upstream string
+}
