@@ -13,6 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"tcpd/conntrack"
 )
 
 // request wraps a ForwarderRequest so that it is completed exactly once on
@@ -39,10 +41,12 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	s.conns.Add(1)
 	defer s.conns.Done()
 	req := &request{r: fr}
-	id := fr.ID()
-	client := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
-	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	tid := fr.ID()
+	client := netip.AddrPortFrom(addrFrom(tid.RemoteAddress), tid.RemotePort)
+	dst := netip.AddrPortFrom(addrFrom(tid.LocalAddress), tid.LocalPort)
 	log := s.log
+	id := s.table.Claim(conntrack.Tuple{Client: client, Dst: dst})
+	var ep tcpip.Endpoint
 	defer func() {
 		if p := recover(); p != nil {
 			s.stats.Panics.Add(1)
@@ -50,6 +54,12 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 				zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Any("panic", p))
 		}
 		req.complete(true)
+		if ep == nil && id != 0 {
+			// No endpoint and no segment will end this entry: the SYN was
+			// refused (its RST usually closed the entry already) or the
+			// handshake failed.
+			s.table.Gone(id)
+		}
 	}()
 
 	if s.draining.Load() {
@@ -65,9 +75,12 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	}
 	if reason, ok := s.admit(client.Addr()); !ok {
 		if reason == DropMaxInFlightPerClient {
-			// Like a full SYN queue: say nothing, the client retries.
+			// Like a full SYN queue: say nothing, the client retries, and
+			// the retransmitted SYN may be claimed by another handler.
 			s.stats.Dropped[reason].Add(1)
 			req.complete(false)
+			s.table.Unclaim(id)
+			id = 0
 			return
 		}
 		s.refuse(req, reason)
@@ -92,9 +105,10 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		return
 	}
 	dialed := time.Since(start)
+	s.table.Dialled(id, dialed, true)
 
 	var wq waiter.Queue
-	ep, terr := fr.CreateEndpoint(&wq)
+	newEP, terr := fr.CreateEndpoint(&wq)
 	req.complete(false)
 	if terr != nil {
 		// The client went away or never finished its handshake.
@@ -105,6 +119,8 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		}
 		return
 	}
+	ep = newEP
+	s.register(id, ep, upstream.LocalAddr().String())
 	s.stats.Connections[ResultRelayed].Add(1)
 	s.setKeepalive(ep)
 

@@ -14,6 +14,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"tcpd/conntrack"
 )
 
 // writeHeadroom is reserved in front of every outbound packet. wireguard's
@@ -39,6 +41,12 @@ type link struct {
 	// clients is immutable after newLink: the source prefixes allowed in.
 	clients []netip.Prefix
 
+	// table sees every TCP segment in both directions. retire tears down
+	// the netstack endpoint of a connection conntrack retired from
+	// TIME_WAIT; now says it must be gone before the caller continues.
+	table  *conntrack.Table
+	retire func(id conntrack.ID, now bool)
+
 	mu         sync.RWMutex
 	dispatcher gvstack.NetworkDispatcher
 
@@ -50,11 +58,13 @@ type link struct {
 
 var _ gvstack.LinkEndpoint = (*link)(nil)
 
-func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats) *link {
+func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats, table *conntrack.Table, retire func(conntrack.ID, bool)) *link {
 	l := &link{
 		dev:     dev,
 		stats:   stats,
 		clients: clients,
+		table:   table,
+		retire:  retire,
 		done:    make(chan struct{}),
 	}
 	l.mtu.Store(mtu)
@@ -147,6 +157,16 @@ func (l *link) deliver(pkt []byte) {
 		l.stats.Dropped[DropSpoofedSource].Add(1)
 		return
 	}
+	if src, dst, seg, ok := parseTCP(pkt); ok {
+		a := l.table.Segment(conntrack.FromClient, conntrack.Tuple{Client: src, Dst: dst}, seg)
+		if a.Kind == conntrack.ActionRetire {
+			// A SYN reopening a 4-tuple held in TIME_WAIT: the old
+			// endpoint must leave the netstack's demuxer before the SYN
+			// arrives, or the netstack drops it (its TIME_WAIT reuse only
+			// serves listeners, not the forwarder).
+			l.retire(a.ID, true)
+		}
+	}
 	l.mu.RLock()
 	d := l.dispatcher
 	l.mu.RUnlock()
@@ -181,6 +201,14 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		b := wb.store[i][:writeHeadroom]
 		for _, s := range pkt.AsSlices() {
 			b = append(b, s...)
+		}
+		// Observed before the write: the TUN's GRO may merge buffers.
+		if src, dst, seg, ok := parseTCP(b[writeHeadroom:]); ok {
+			if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionRetire {
+				// The netstack may hold locks while it writes: tear the
+				// endpoint down from the maintenance loop instead.
+				l.retire(a.ID, false)
+			}
 		}
 		bytes += uint64(len(b) - writeHeadroom)
 		wb.bufs = append(wb.bufs, b)

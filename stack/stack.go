@@ -25,6 +25,7 @@ import (
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"tcpd/conntrack"
 	"tcpd/policy"
 )
 
@@ -97,6 +98,9 @@ type Config struct {
 	// TimeWait is how long the netstack holds a closed connection in
 	// TIME_WAIT. Zero means 30s.
 	TimeWait time.Duration
+	// TimeWaitLimit caps connections in TIME_WAIT; more are cut short and
+	// counted. Zero means 16384; negative means none are kept.
+	TimeWaitLimit int
 
 	// MaxConnections caps relayed connections. Zero means 65536.
 	MaxConnections int
@@ -195,6 +199,19 @@ type Stack struct {
 	// perClient counts relays and handshakes per client address.
 	perClient map[netip.Addr]*clientCount
 
+	// table is the connection manager every segment and lifecycle event
+	// reaches.
+	table *conntrack.Table
+	// retireQ carries endpoints to tear down from the maintenance loop.
+	retireQ chan conntrack.ID
+	epMu    sync.Mutex
+	// eps maps every tracked connection to its netstack endpoint until the
+	// endpoint is closed.
+	eps map[conntrack.ID]*endpoint
+	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.
+	reconcileIDs []conntrack.ID
+	reconcileEPs []tcpip.Endpoint
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -215,6 +232,12 @@ func New(cfg Config) (*Stack, error) {
 		log:       cfg.Logger,
 		active:    make(map[*relay]struct{}),
 		perClient: make(map[netip.Addr]*clientCount),
+		retireQ:   make(chan conntrack.ID, retireQueue),
+		eps:       make(map[conntrack.ID]*endpoint),
+		table: conntrack.New(conntrack.Config{
+			TimeWait:      cfg.TimeWait,
+			TimeWaitLimit: cfg.TimeWaitLimit,
+		}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	pol := cfg.Policy
@@ -260,13 +283,19 @@ const hostAddrRefresh = 5 * time.Second
 // maintain runs the stack's periodic work until Close.
 func (s *Stack) maintain() {
 	defer s.bg.Done()
-	t := time.NewTicker(hostAddrRefresh)
-	defer t.Stop()
+	hosts := time.NewTicker(hostAddrRefresh)
+	defer hosts.Stop()
+	tick := time.NewTicker(reconcileEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-t.C:
+		case id := <-s.retireQ:
+			s.retire(id, true)
+		case <-tick.C:
+			s.reconcile()
+		case <-hosts.C:
 			if err := s.policy.Load().RefreshHostAddrs(); err != nil {
 				s.log.Warn("refresh host addresses for the destination policy", zap.Error(err))
 			}
@@ -286,7 +315,7 @@ func (s *Stack) buildNetstack() error {
 	if err != nil {
 		return fmt.Errorf("read TUN MTU: %w", err)
 	}
-	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats)
+	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table, s.retire)
 	s.ns = gvstack.New(gvstack.Options{
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},

@@ -726,12 +726,23 @@ func (c *config) stackConfig(pol *policy.Policy, log *zap.Logger) stack.Config {
 		HalfCloseTimeout:        c.tcp.halfCloseTimeout,
 		IdleTimeout:             c.tcp.idleTimeout,
 		TimeWait:                c.tcp.timeWait,
+		TimeWaitLimit:           stackTimeWaitLimit(c.tcp.timeWaitLimit),
 		MaxConnections:          c.limits.maxConnections,
 		MaxConnectionsPerClient: c.limits.maxConnectionsPerClient,
 		MaxInFlight:             c.limits.maxInFlight,
 		MaxInFlightPerClient:    c.limits.maxInFlightPerClient,
 		Logger:                  log,
 	}
+}
+
+// stackTimeWaitLimit maps tcp.time_wait_limit, where 0 keeps no connection
+// in TIME_WAIT (as Linux's tcp_max_tw_buckets=0 does), to stack.Config,
+// where zero means the default.
+func stackTimeWaitLimit(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // tunMTU returns tun.mtu.

@@ -431,6 +431,7 @@ limits:
 		HalfCloseTimeout:        45 * time.Second,
 		IdleTimeout:             time.Hour,
 		TimeWait:                15 * time.Second,
+		TimeWaitLimit:           16384,
 		MaxConnections:          1000,
 		MaxConnectionsPerClient: 10,
 		MaxInFlight:             500,
@@ -446,5 +447,15 @@ limits:
 		if got := c.stackConfig(pol, log).TUN.Offload; got != want {
 			t.Errorf("tun.offload %s: got %v, want %v", s, got, want)
 		}
+	}
+}
+
+func TestTimeWaitLimitZeroKeepsNone(t *testing.T) {
+	c, err := parseConfig([]byte("tcp:\n  time_wait_limit: 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.stackConfig(nil, nil).TimeWaitLimit; got != -1 {
+		t.Fatalf("time_wait_limit 0 maps to stack TimeWaitLimit %d, want -1 (none kept)", got)
 	}
 }

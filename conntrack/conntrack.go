@@ -1,0 +1,695 @@
+// Package conntrack is tcpd's connection manager. It keeps one entry per
+// terminated TCP connection and runs the RFC 9293 state machine for both of
+// its ends — tcpd's netstack and the client behind the TUN — from the
+// segments that cross the TUN and from lifecycle events the stack reports.
+// It times handshakes and TIME_WAIT, caps TIME_WAIT like Linux's
+// tcp_max_tw_buckets, lets a new SYN reuse a 4-tuple held in TIME_WAIT
+// (RFC 6191), and answers with snapshots. It is pure: standard library only,
+// no goroutines, time from an injected clock; it must never import gVisor or
+// Prometheus.
+package conntrack
+
+import (
+	"sync"
+	"time"
+)
+
+// TCP header flags, as the link endpoint passes them in Segment.Flags.
+const (
+	FlagFIN uint8 = 1 << 0
+	FlagSYN uint8 = 1 << 1
+	FlagRST uint8 = 1 << 2
+	FlagPSH uint8 = 1 << 3
+	FlagACK uint8 = 1 << 4
+)
+
+// Dir says which way a segment crossed the TUN.
+type Dir uint8
+
+const (
+	// FromClient: the client sent it; tcpd's netstack receives it.
+	FromClient Dir = iota
+	// ToClient: tcpd's netstack sent it; the client receives it.
+	ToClient
+)
+
+// Segment is the part of a TCP segment the state machine needs.
+type Segment struct {
+	Flags uint8
+	Seq   uint32
+	Ack   uint32
+	// Len is the payload length (SYN and FIN not included).
+	Len uint32
+}
+
+// Config configures a Table. The zero value works.
+type Config struct {
+	// TimeWait is how long tcpd holds a connection in TIME_WAIT; it must
+	// match the netstack's timer. Zero means 30s.
+	TimeWait time.Duration
+	// TimeWaitLimit caps entries in TIME_WAIT; one more is cut short and
+	// counted, as Linux does beyond tcp_max_tw_buckets. Zero means 16384;
+	// negative means none are kept.
+	TimeWaitLimit int
+	// MaxEntries bounds the table; SYNs beyond it are not tracked and are
+	// counted. Zero means 1<<20.
+	MaxEntries int
+	// Unclaimed is how long an entry whose SYN no handler took (the
+	// netstack dropped it) is kept after its last segment. Zero means 5s.
+	Unclaimed time.Duration
+	// Now returns the current time. Nil means time.Now.
+	Now func() time.Time
+}
+
+// ActionKind tells the caller of Segment what the netstack must do.
+type ActionKind uint8
+
+const (
+	// ActionNone: nothing.
+	ActionNone ActionKind = iota
+	// ActionRetire: tear down the netstack endpoint of Action.ID, which
+	// conntrack has retired from TIME_WAIT (reuse or overflow). For reuse
+	// it must happen before the SYN is delivered to the netstack.
+	ActionRetire
+)
+
+// Action is Segment's answer.
+type Action struct {
+	Kind ActionKind
+	ID   ID
+}
+
+const (
+	sideTCPD   = 0
+	sideClient = 1
+)
+
+// end is one end's view of the connection, built from the segments it sent
+// and those it acknowledged.
+type end struct {
+	state State
+	since time.Time
+	// iss is the end's initial sequence number; synSent says it is known.
+	iss     uint32
+	synSent bool
+	// nxt is the highest sequence number the end has sent plus one
+	// (SND.NXT as seen on the wire); dataNxt the same without SYN and FIN.
+	nxt, dataNxt uint32
+	// ack is the highest acknowledgment the end has sent: its RCV.NXT as
+	// last advertised.
+	ack     uint32
+	ackSent bool
+	// finSeq is the sequence number of the end's FIN.
+	finSeq   uint32
+	finSent  bool
+	finAcked bool // the peer acknowledged finSeq+1
+	finRcvd  bool // the end acknowledged the peer's FIN
+	bytes    uint64
+}
+
+type entry struct {
+	id    ID
+	tuple Tuple
+	ends  [2]end
+
+	opened      time.Time
+	lastSeen    time.Time
+	synAckAt    time.Time
+	established time.Time
+	dial        time.Duration
+	handshake   time.Duration
+	claimed     bool
+	lifetimeObs bool
+
+	// TIME_WAIT list, ordered by deadline (the timeout is the same for all,
+	// so entry order is deadline order).
+	twDeadline     time.Time
+	twSince        time.Time
+	twPrev, twNext *entry
+	inTW           bool
+
+	// mismatch is the netstack state seen differing at the last reconcile.
+	mismatch    State
+	hasMismatch bool
+}
+
+// Table tracks connections. All methods are safe for concurrent use.
+type Table struct {
+	cfg Config
+
+	mu       sync.Mutex
+	byTuple  map[Tuple]*entry
+	byID     map[ID]*entry
+	nextID   ID
+	counts   [2][NumStates]int
+	counters Counters
+	twHead   *entry
+	twTail   *entry
+	twCount  int
+
+	handshake, dial, setup, twDwell, lifetime Histogram
+}
+
+// New returns an empty table.
+func New(cfg Config) *Table {
+	if cfg.TimeWait == 0 {
+		cfg.TimeWait = 30 * time.Second
+	}
+	if cfg.TimeWaitLimit == 0 {
+		cfg.TimeWaitLimit = 16384
+	}
+	if cfg.TimeWaitLimit < 0 {
+		cfg.TimeWaitLimit = 0
+	}
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = 1 << 20
+	}
+	if cfg.Unclaimed == 0 {
+		cfg.Unclaimed = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Table{cfg: cfg, byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}}
+}
+
+// Sequence-number comparisons modulo 2^32 (RFC 9293 3.4).
+func seqLT(a, b uint32) bool  { return int32(a-b) < 0 }
+func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
+func seqGT(a, b uint32) bool  { return int32(a-b) > 0 }
+func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
+
+func (t *Table) setStateLocked(e *entry, side int, s State, now time.Time) {
+	old := e.ends[side].state
+	if old == s {
+		return
+	}
+	if side == sideTCPD && e.inTW {
+		t.twUnlinkLocked(e)
+	}
+	t.counts[side][old]--
+	t.counts[side][s]++
+	e.ends[side].state = s
+	e.ends[side].since = now
+}
+
+func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
+	if len(t.byTuple) >= t.cfg.MaxEntries {
+		t.counters.TableFull++
+		return nil
+	}
+	t.nextID++
+	e := &entry{id: t.nextID, tuple: tu, opened: now, lastSeen: now}
+	// tcpd's netstack is conceptually LISTEN and takes the SYN to
+	// SYN-RECEIVED (RFC 9293 3.10.7.2); the client has sent it: SYN-SENT.
+	e.ends[sideTCPD] = end{state: StateSynRecv, since: now}
+	c := &e.ends[sideClient]
+	*c = end{state: StateSynSent, since: now, iss: s.Seq, synSent: true, nxt: s.Seq + 1, dataNxt: s.Seq + 1}
+	t.counts[sideTCPD][StateSynRecv]++
+	t.counts[sideClient][StateSynSent]++
+	t.byTuple[tu] = e
+	t.byID[e.id] = e
+	t.counters.Opened++
+	return e
+}
+
+// removeLocked forgets e. The caller has already counted why.
+func (t *Table) removeLocked(e *entry, now time.Time) {
+	if e.inTW {
+		t.twUnlinkLocked(e)
+	}
+	t.observeLifetimeLocked(e, now)
+	for side := range e.ends {
+		t.counts[side][e.ends[side].state]--
+	}
+	if t.byTuple[e.tuple] == e {
+		delete(t.byTuple, e.tuple)
+	}
+	delete(t.byID, e.id)
+	t.counters.Closed++
+}
+
+func (t *Table) observeLifetimeLocked(e *entry, now time.Time) {
+	if !e.lifetimeObs && !e.established.IsZero() {
+		e.lifetimeObs = true
+		t.lifetime.Observe(now.Sub(e.established))
+	}
+}
+
+// Segment records one TCP segment that crossed the TUN. tu is always the
+// client's view (Client = the client's address and port), whatever dir is.
+func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+
+	bareSYN := s.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN
+	e := t.byTuple[tu]
+	if e == nil {
+		if dir == FromClient && bareSYN {
+			t.createLocked(tu, s, now)
+			return Action{}
+		}
+		t.counters.Untracked++
+		return Action{}
+	}
+	e.lastSeen = now
+	if dir == FromClient && bareSYN && e.ends[sideTCPD].state == StateTimeWait &&
+		seqGT(s.Seq, e.ends[sideClient].nxt) {
+		// RFC 6191 / RFC 1122 4.2.2.13: a new SYN whose sequence number is
+		// beyond the old connection's may reopen a 4-tuple in TIME_WAIT.
+		old := e.id
+		t.counters.TimeWaitReused++
+		t.twDwell.Observe(now.Sub(e.twSince))
+		t.removeLocked(e, now)
+		t.createLocked(tu, s, now)
+		return Action{Kind: ActionRetire, ID: old}
+	}
+
+	xs, ys := sideClient, sideTCPD
+	if dir == ToClient {
+		xs, ys = sideTCPD, sideClient
+	}
+	x, y := &e.ends[xs], &e.ends[ys]
+
+	if s.Flags&FlagRST != 0 {
+		return t.rstLocked(e, xs, ys, s, now)
+	}
+
+	syn := s.Flags&FlagSYN != 0
+	if syn {
+		if !x.synSent {
+			x.iss, x.synSent = s.Seq, true
+			x.nxt, x.dataNxt = s.Seq+1, s.Seq+1
+		}
+		switch {
+		case s.Flags&FlagACK == 0:
+			// A SYN from an end that has not synchronized: simultaneous
+			// open takes the receiver from SYN-SENT to SYN-RECEIVED
+			// (RFC 9293 3.5, figure 8).
+			if x.state == StateClosed || x.state == StateListen {
+				t.setStateLocked(e, xs, StateSynSent, now)
+			}
+			if y.state == StateSynSent && y.synSent {
+				t.setStateLocked(e, ys, StateSynRecv, now)
+			}
+		default:
+			// SYN-ACK: the sender is in SYN-RECEIVED.
+			if xs == sideTCPD && e.synAckAt.IsZero() {
+				e.synAckAt = now
+			}
+			if x.state == StateListen || x.state == StateSynSent {
+				t.setStateLocked(e, xs, StateSynRecv, now)
+			}
+			// The receiver in SYN-SENT whose SYN it acknowledges is
+			// established (RFC 9293 3.10.7.3).
+			if y.state == StateSynSent && y.synSent && s.Ack == y.iss+1 {
+				t.setStateLocked(e, ys, StateEstablished, now)
+			}
+		}
+	}
+
+	if s.Flags&FlagACK != 0 {
+		if !x.ackSent || seqGT(s.Ack, x.ack) {
+			x.ack, x.ackSent = s.Ack, true
+		}
+		// The ACK of the receiver's SYN completes its handshake
+		// (RFC 9293 3.10.7.4, SYN-RECEIVED).
+		if y.state == StateSynRecv && y.synSent && seqGEQ(s.Ack, y.iss+1) && seqLEQ(s.Ack, y.nxt) {
+			t.setStateLocked(e, ys, StateEstablished, now)
+			if ys == sideTCPD {
+				t.establishedLocked(e, now)
+			}
+		}
+		// A FIN counts as acknowledged only by an ACK of FIN.SEQ+1.
+		if y.finSent && !y.finAcked && seqGEQ(s.Ack, y.finSeq+1) {
+			y.finAcked = true
+			x.finRcvd = true
+			// The sender has consumed the receiver's FIN.
+			switch x.state {
+			case StateSynRecv, StateEstablished:
+				t.setStateLocked(e, xs, StateCloseWait, now)
+			case StateFinWait1:
+				if x.finAcked {
+					t.setStateLocked(e, xs, StateTimeWait, now)
+				} else {
+					t.setStateLocked(e, xs, StateClosing, now) // simultaneous close
+				}
+			case StateFinWait2:
+				t.setStateLocked(e, xs, StateTimeWait, now)
+			}
+			// The receiver's FIN is acknowledged.
+			switch y.state {
+			case StateFinWait1:
+				if y.finRcvd {
+					t.setStateLocked(e, ys, StateTimeWait, now)
+				} else {
+					t.setStateLocked(e, ys, StateFinWait2, now)
+				}
+			case StateClosing:
+				t.setStateLocked(e, ys, StateTimeWait, now)
+			case StateLastAck:
+				t.setStateLocked(e, ys, StateClosed, now)
+			}
+		}
+	}
+
+	// Sequence space and payload bytes.
+	dataStart := s.Seq
+	if syn {
+		dataStart++
+	}
+	if x.synSent {
+		if dataEnd := dataStart + s.Len; s.Len > 0 && seqGT(dataEnd, x.dataNxt) {
+			x.bytes += uint64(dataEnd - x.dataNxt)
+			x.dataNxt = dataEnd
+		}
+		segEnd := dataStart + s.Len
+		if s.Flags&FlagFIN != 0 {
+			segEnd++
+		}
+		if seqGT(segEnd, x.nxt) {
+			x.nxt = segEnd
+		}
+	}
+
+	if s.Flags&FlagFIN != 0 {
+		finSeq := dataStart + s.Len
+		switch {
+		case !x.finSent:
+			x.finSent, x.finSeq = true, finSeq
+			switch x.state {
+			case StateSynRecv, StateEstablished:
+				t.setStateLocked(e, xs, StateFinWait1, now)
+			case StateCloseWait:
+				t.setStateLocked(e, xs, StateLastAck, now)
+			}
+		case finSeq == x.finSeq && ys == sideTCPD && e.inTW:
+			// A retransmitted FIN in TIME_WAIT restarts the 2MSL timer
+			// (RFC 9293 3.10.7.4, TIME-WAIT).
+			t.twUnlinkLocked(e)
+			t.twPushLocked(e, now)
+		}
+	}
+
+	return t.afterLocked(e, now)
+}
+
+// afterLocked applies what tcpd's new state implies: TIME_WAIT accounting
+// and removal once closed.
+func (t *Table) afterLocked(e *entry, now time.Time) Action {
+	switch e.ends[sideTCPD].state {
+	case StateTimeWait:
+		if e.inTW {
+			return Action{}
+		}
+		t.observeLifetimeLocked(e, now)
+		if t.twCount >= t.cfg.TimeWaitLimit {
+			t.counters.TimeWaitOverflow++
+			id := e.id
+			t.removeLocked(e, now)
+			return Action{Kind: ActionRetire, ID: id}
+		}
+		t.counters.TimeWaitEntered++
+		e.twSince = now
+		t.twPushLocked(e, now)
+	case StateClosed:
+		t.removeLocked(e, now)
+	}
+	return Action{}
+}
+
+func (t *Table) establishedLocked(e *entry, now time.Time) {
+	if !e.established.IsZero() {
+		return
+	}
+	e.established = now
+	t.counters.Established++
+	if !e.synAckAt.IsZero() {
+		e.handshake = now.Sub(e.synAckAt)
+		t.handshake.Observe(e.handshake)
+	}
+	t.setup.Observe(now.Sub(e.opened))
+}
+
+// rstLocked handles a RST from side xs. RFC 5961 3.2: the receiver accepts
+// it only if its sequence number is exactly RCV.NXT; on the wire RCV.NXT lies
+// between the last ACK the receiver sent and what the sender has sent, so a
+// RST in that range is taken, and anything else (out of window, or in window
+// but not at RCV.NXT, which earns a challenge ACK) is ignored. In SYN-SENT it
+// is acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
+func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now time.Time) Action {
+	x, y := &e.ends[xs], &e.ends[ys]
+	// A RST that acknowledges nothing of the receiver's current connection
+	// comes from an older incarnation of the 4-tuple (a TIME_WAIT endpoint
+	// retired for reuse): it belongs to no end here.
+	if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.nxt)) {
+		t.counters.RSTIgnored++
+		return Action{}
+	}
+	var acceptable bool
+	switch {
+	case y.state == StateSynSent:
+		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
+	case y.ackSent:
+		hi := x.nxt
+		if seqLT(hi, y.ack) {
+			hi = y.ack
+		}
+		acceptable = seqGEQ(s.Seq, y.ack) && seqLEQ(s.Seq, hi)
+	default:
+		// The receiver has acknowledged nothing yet (tcpd before its
+		// SYN-ACK): RCV.NXT is the sender's ISS+1.
+		acceptable = x.synSent && (s.Seq == x.iss+1 || s.Seq == x.nxt)
+	}
+	if !acceptable {
+		t.counters.RSTIgnored++
+		// The sender has aborted its end all the same.
+		t.setStateLocked(e, xs, StateClosed, now)
+		return t.afterLocked(e, now)
+	}
+	t.counters.Resets++
+	t.setStateLocked(e, xs, StateClosed, now)
+	t.setStateLocked(e, ys, StateClosed, now)
+	return t.afterLocked(e, now)
+}
+
+func (t *Table) twPushLocked(e *entry, now time.Time) {
+	e.inTW = true
+	e.twDeadline = now.Add(t.cfg.TimeWait)
+	e.twPrev, e.twNext = t.twTail, nil
+	if t.twTail != nil {
+		t.twTail.twNext = e
+	} else {
+		t.twHead = e
+	}
+	t.twTail = e
+	t.twCount++
+}
+
+func (t *Table) twUnlinkLocked(e *entry) {
+	if e.twPrev != nil {
+		e.twPrev.twNext = e.twNext
+	} else {
+		t.twHead = e.twNext
+	}
+	if e.twNext != nil {
+		e.twNext.twPrev = e.twPrev
+	} else {
+		t.twTail = e.twPrev
+	}
+	e.twPrev, e.twNext, e.inTW = nil, nil, false
+	t.twCount--
+}
+
+// Tick runs the timers: TIME_WAIT expiry and entries no handler claimed.
+// The stack calls it periodically; it returns how many entries it removed.
+func (t *Table) Tick() int {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for e := t.twHead; e != nil && !now.Before(e.twDeadline); e = t.twHead {
+		t.twDwell.Observe(now.Sub(e.twSince))
+		t.removeLocked(e, now)
+		n++
+	}
+	for _, e := range t.byID {
+		if !e.claimed && e.ends[sideTCPD].state == StateSynRecv && !e.ends[sideTCPD].synSent &&
+			now.Sub(e.lastSeen) >= t.cfg.Unclaimed {
+			t.counters.Expired++
+			t.removeLocked(e, now)
+			n++
+		}
+	}
+	return n
+}
+
+// Claim is called by the handler that took the connection's SYN from the
+// netstack. It returns the entry's ID, or 0 when the SYN is not tracked
+// (the table was full).
+func (t *Table) Claim(tu Tuple) ID {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.byTuple[tu]
+	if e == nil || e.claimed || e.ends[sideTCPD].state != StateSynRecv {
+		return 0
+	}
+	e.claimed = true
+	return e.id
+}
+
+// Unclaim hands id back: its handler dropped the SYN silently, and the
+// client's retransmission may be claimed by another. Unclaimed entries expire.
+func (t *Table) Unclaim(id ID) {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.byID[id]; e != nil {
+		e.claimed = false
+		e.lastSeen = now
+	}
+}
+
+// Dialled records the upstream connect of id, which took d.
+func (t *Table) Dialled(id ID, d time.Duration, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.byID[id]; e != nil && ok {
+		e.dial = d
+		t.dial.Observe(d)
+	}
+}
+
+// Gone reports that the netstack holds no endpoint for id any more and no
+// segment will close it: the handshake failed or was abandoned, the handler
+// dropped the SYN silently, or a netstack timer reaped the endpoint. The
+// entry is removed.
+func (t *Table) Gone(id ID) {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.byID[id]
+	if e == nil {
+		return
+	}
+	if e.inTW {
+		// The netstack's TIME_WAIT timer, which runs with ours, fired
+		// first: an ordinary expiry.
+		t.twDwell.Observe(now.Sub(e.twSince))
+	} else {
+		t.counters.Expired++
+	}
+	t.removeLocked(e, now)
+}
+
+// Reconcile compares tcpd's state for id with the netstack endpoint's own
+// state ns. A disagreement seen at two consecutive calls is corrected to ns
+// and counted. Two lags are not disagreements: the netstack enters
+// FIN-WAIT-1 or LAST-ACK when it queues its FIN, before the FIN crosses the
+// TUN. StateClosed means the endpoint is gone, as Gone. It returns whether
+// it corrected the entry.
+func (t *Table) Reconcile(id ID, ns State) bool {
+	if ns == StateClosed {
+		t.Gone(id)
+		return false
+	}
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.byID[id]
+	if e == nil {
+		return false
+	}
+	ours := e.ends[sideTCPD].state
+	if ours == ns || (ours == StateEstablished && ns == StateFinWait1) || (ours == StateCloseWait && ns == StateLastAck) {
+		e.hasMismatch = false
+		return false
+	}
+	if !e.hasMismatch || e.mismatch != ns {
+		e.hasMismatch, e.mismatch = true, ns
+		return false
+	}
+	e.hasMismatch = false
+	t.counters.Corrections++
+	t.setStateLocked(e, sideTCPD, ns, now)
+	if ns == StateEstablished {
+		t.establishedLocked(e, now)
+	}
+	t.afterLocked(e, now)
+	return true
+}
+
+// Snapshot returns counts, counters and histograms.
+func (t *Table) Snapshot() Snapshot {
+	t.mu.Lock()
+	var s Snapshot
+	for st := range NumStates {
+		s.States[st] = uint64(t.counts[sideTCPD][st])
+		s.ClientStates[st] = uint64(t.counts[sideClient][st])
+	}
+	s.Live = len(t.byID)
+	s.TimeWait = t.twCount
+	s.Counters = t.counters
+	t.mu.Unlock()
+	s.TimeWaitLimit = t.cfg.TimeWaitLimit
+	s.TimeWaitTimeout = t.cfg.TimeWait
+	s.Handshake = t.handshake.Snapshot()
+	s.Dial = t.dial.Snapshot()
+	s.Setup = t.setup.Snapshot()
+	s.TimeWaitDwell = t.twDwell.Snapshot()
+	s.Lifetime = t.lifetime.Snapshot()
+	return s
+}
+
+// Conns returns the live table, in ID order, keeping the rows keep accepts
+// (nil keeps all).
+func (t *Table) Conns(keep func(*Conn) bool) []Conn {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	out := make([]Conn, 0, len(t.byID))
+	for _, e := range t.byID {
+		c := Conn{
+			ID:          e.id,
+			Tuple:       e.tuple,
+			State:       e.ends[sideTCPD].state,
+			ClientState: e.ends[sideClient].state,
+			Opened:      e.opened,
+			Since:       e.ends[sideTCPD].since,
+			BytesIn:     e.ends[sideClient].bytes,
+			BytesOut:    e.ends[sideTCPD].bytes,
+			Handshake:   e.handshake,
+			Dial:        e.dial,
+		}
+		if e.inTW {
+			c.TimeWaitLeft = max(e.twDeadline.Sub(now), 0)
+		}
+		if keep == nil || keep(&c) {
+			out = append(out, c)
+		}
+	}
+	t.mu.Unlock()
+	sortConns(out)
+	return out
+}
+
+// Lookup returns the ID of the live entry for tu.
+func (t *Table) Lookup(tu Tuple) (ID, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.byTuple[tu]; e != nil {
+		return e.id, true
+	}
+	return 0, false
+}
+
+// IDs returns the IDs of all live entries, for the stack's reconciliation.
+func (t *Table) IDs(buf []ID) []ID {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	buf = buf[:0]
+	for id := range t.byID {
+		buf = append(buf, id)
+	}
+	return buf
+}

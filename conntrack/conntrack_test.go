@@ -1,0 +1,558 @@
+package conntrack_test
+
+import (
+	"math"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	ct "tcpd/conntrack"
+)
+
+// clock is a manual clock for the table.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+var tuple = ct.Tuple{
+	Client: netip.MustParseAddrPort("100.64.1.2:40000"),
+	Dst:    netip.MustParseAddrPort("198.18.1.2:80"),
+}
+
+func flags(s string) uint8 {
+	var f uint8
+	for _, c := range s {
+		switch c {
+		case 'S':
+			f |= ct.FlagSYN
+		case 'A':
+			f |= ct.FlagACK
+		case 'F':
+			f |= ct.FlagFIN
+		case 'R':
+			f |= ct.FlagRST
+		case 'P':
+			f |= ct.FlagPSH
+		}
+	}
+	return f
+}
+
+// Client and tcpd initial sequence numbers in every script.
+const (
+	cISS = 1000
+	tISS = 5000
+)
+
+// step is one segment and the states expected after it. gone means the entry
+// must have left the table.
+type step struct {
+	dir          ct.Dir
+	flags        string
+	seq, ack, n  uint32
+	tcpd, client ct.State
+	gone         bool
+	action       ct.ActionKind
+}
+
+func c(fl string, seq, ack, n uint32, tcpd, client ct.State) step {
+	return step{dir: ct.FromClient, flags: fl, seq: seq, ack: ack, n: n, tcpd: tcpd, client: client}
+}
+
+func s(fl string, seq, ack, n uint32, tcpd, client ct.State) step {
+	return step{dir: ct.ToClient, flags: fl, seq: seq, ack: ack, n: n, tcpd: tcpd, client: client}
+}
+
+func gone(st step) step { st.gone = true; return st }
+
+const (
+	Closed = ct.StateClosed
+	SynS   = ct.StateSynSent
+	SynR   = ct.StateSynRecv
+	Est    = ct.StateEstablished
+	FW1    = ct.StateFinWait1
+	FW2    = ct.StateFinWait2
+	Clsg   = ct.StateClosing
+	TW     = ct.StateTimeWait
+	CW     = ct.StateCloseWait
+	LA     = ct.StateLastAck
+)
+
+// handshake is the three-way handshake every script starts with.
+var handshake = []step{
+	c("S", cISS, 0, 0, SynR, SynS),
+	s("SA", tISS, cISS+1, 0, SynR, Est),
+	c("A", cISS+1, tISS+1, 0, Est, Est),
+}
+
+func run(t *testing.T, tab *ct.Table, steps []step) {
+	t.Helper()
+	for i, st := range steps {
+		a := tab.Segment(st.dir, tuple, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack, Len: st.n})
+		if a.Kind != st.action {
+			t.Fatalf("step %d (%s): action %v, want %v", i, st.flags, a.Kind, st.action)
+		}
+		conns := tab.Conns(nil)
+		if st.gone {
+			if len(conns) != 0 {
+				t.Fatalf("step %d (%s): entry still present: tcpd %v client %v", i, st.flags, conns[0].State, conns[0].ClientState)
+			}
+			continue
+		}
+		if len(conns) != 1 {
+			t.Fatalf("step %d (%s): %d entries, want 1", i, st.flags, len(conns))
+		}
+		if conns[0].State != st.tcpd || conns[0].ClientState != st.client {
+			t.Fatalf("step %d (%s seq=%d ack=%d): tcpd %v client %v, want tcpd %v client %v",
+				i, st.flags, st.seq, st.ack, conns[0].State, conns[0].ClientState, st.tcpd, st.client)
+		}
+	}
+	checkCounts(t, tab)
+}
+
+// checkCounts asserts that per-state counts add up to the live entries.
+func checkCounts(t *testing.T, tab *ct.Table) {
+	t.Helper()
+	snap := tab.Snapshot()
+	var a, b uint64
+	for i := range ct.NumStates {
+		a += snap.States[i]
+		b += snap.ClientStates[i]
+	}
+	if a != uint64(snap.Live) || b != uint64(snap.Live) {
+		t.Fatalf("state counts %d (tcpd) and %d (client) do not add up to %d live entries", a, b, snap.Live)
+	}
+	if snap.States[ct.StateTimeWait] != uint64(snap.TimeWait) {
+		t.Fatalf("time_wait gauge %d but %d entries in time_wait", snap.TimeWait, snap.States[ct.StateTimeWait])
+	}
+	if got := len(tab.Conns(nil)); got != snap.Live {
+		t.Fatalf("Conns returned %d rows, Live says %d", got, snap.Live)
+	}
+}
+
+func newTable(cfg ct.Config) (*ct.Table, *clock) {
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg.Now = clk.now
+	return ct.New(cfg), clk
+}
+
+func TestTransitions(t *testing.T) {
+	scripts := map[string][]step{
+		"client closes first (CLOSE_WAIT, LAST_ACK)": {
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+2, 0, CW, FW2),
+			s("FA", tISS+1, cISS+2, 0, LA, FW2),
+			gone(c("A", cISS+2, tISS+2, 0, 0, 0)),
+		},
+		"tcpd closes first (FIN_WAIT_1, FIN_WAIT_2, TIME_WAIT)": {
+			s("FA", tISS+1, cISS+1, 0, FW1, Est),
+			c("A", cISS+1, tISS+2, 0, FW2, CW),
+			c("FA", cISS+1, tISS+2, 0, FW2, LA),
+			s("A", tISS+2, cISS+2, 0, TW, Closed),
+		},
+		"FIN acknowledged only by FIN.SEQ+1": {
+			s("PA", tISS+1, cISS+1, 100, Est, Est),
+			s("FA", tISS+101, cISS+1, 0, FW1, Est),
+			c("A", cISS+1, tISS+51, 0, FW1, Est),  // acks half the data
+			c("A", cISS+1, tISS+101, 0, FW1, Est), // acks the data, not the FIN
+			c("A", cISS+1, tISS+102, 0, FW2, CW),  // FIN.SEQ+1
+		},
+		"FIN with data in the same segment": {
+			s("FPA", tISS+1, cISS+1, 10, FW1, Est),
+			c("A", cISS+1, tISS+11, 0, FW1, Est),
+			c("A", cISS+1, tISS+12, 0, FW2, CW),
+		},
+		"simultaneous close (CLOSING)": {
+			s("FA", tISS+1, cISS+1, 0, FW1, Est),
+			c("FA", cISS+1, tISS+1, 0, FW1, FW1),
+			s("A", tISS+2, cISS+2, 0, Clsg, FW2),
+			c("A", cISS+2, tISS+2, 0, TW, TW),
+		},
+		"FIN-ACK that acknowledges our FIN goes straight to TIME_WAIT": {
+			s("FA", tISS+1, cISS+1, 0, FW1, Est),
+			c("FA", cISS+1, tISS+2, 0, FW2, LA),
+			s("A", tISS+2, cISS+2, 0, TW, Closed),
+		},
+		"retransmitted FIN changes nothing": {
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+2, 0, CW, FW2),
+			c("FA", cISS+1, tISS+1, 0, CW, FW2),
+		},
+		"RST from the client at RCV.NXT": {
+			c("PA", cISS+1, tISS+1, 100, Est, Est),
+			s("A", tISS+1, cISS+101, 0, Est, Est),
+			gone(c("R", cISS+101, 0, 0, 0, 0)),
+		},
+		"RST between the last ACK and SND.NXT is accepted (ACK delayed)": {
+			c("PA", cISS+1, tISS+1, 100, Est, Est),
+			gone(c("R", cISS+101, 0, 0, 0, 0)),
+		},
+		"RST in window but not at RCV.NXT is ignored (RFC 5961)": {
+			c("PA", cISS+1, tISS+1, 100, Est, Est),
+			s("A", tISS+1, cISS+101, 0, Est, Est),
+			c("R", cISS+50, 0, 0, Est, Closed),
+		},
+		"RST out of window is ignored": {
+			c("R", cISS+1_000_000, 0, 0, Est, Closed),
+		},
+		"RST from tcpd resets both": {
+			c("PA", cISS+1, tISS+1, 10, Est, Est),
+			gone(s("RA", tISS+1, cISS+11, 0, 0, 0)),
+		},
+		"RST in CLOSE_WAIT and FIN_WAIT_2": {
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+2, 0, CW, FW2),
+			gone(s("RA", tISS+1, cISS+2, 0, 0, 0)),
+		},
+		"RST in TIME_WAIT from the client": {
+			s("FA", tISS+1, cISS+1, 0, FW1, Est),
+			c("FA", cISS+1, tISS+2, 0, FW2, LA),
+			s("A", tISS+2, cISS+2, 0, TW, Closed),
+			gone(c("R", cISS+2, 0, 0, 0, 0)),
+		},
+	}
+	for name, script := range scripts {
+		t.Run(name, func(t *testing.T) {
+			tab, _ := newTable(ct.Config{})
+			run(t, tab, append(append([]step{}, handshake...), script...))
+		})
+	}
+}
+
+func TestHandshakeFailures(t *testing.T) {
+	cases := map[string][]step{
+		"refused: RST-ACK to the SYN": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			gone(s("RA", 0, cISS+1, 0, 0, 0)),
+		},
+		"RST to SYN-SENT that does not ack the SYN is ignored": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			s("RA", 0, cISS+7, 0, SynR, SynS),
+		},
+		"client RST before the SYN-ACK": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			gone(c("R", cISS+1, 0, 0, 0, 0)),
+		},
+		"client RST in SYN_RCVD after the SYN-ACK": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			s("SA", tISS, cISS+1, 0, SynR, Est),
+			gone(c("R", cISS+1, 0, 0, 0, 0)),
+		},
+		"retransmitted SYN and SYN-ACK": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			c("S", cISS, 0, 0, SynR, SynS),
+			s("SA", tISS, cISS+1, 0, SynR, Est),
+			s("SA", tISS, cISS+1, 0, SynR, Est),
+			c("A", cISS+1, tISS+1, 0, Est, Est),
+		},
+		"ACK that does not ack the SYN-ACK keeps SYN_RCVD": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			s("SA", tISS, cISS+1, 0, SynR, Est),
+			c("A", cISS+1, tISS+9, 0, SynR, Est),
+			c("A", cISS+1, tISS+1, 0, Est, Est),
+		},
+		"simultaneous open on the client's end": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			s("S", tISS, 0, 0, SynR, SynR),
+			s("SA", tISS, cISS+1, 0, SynR, Est),
+			c("SA", cISS, tISS+1, 0, Est, Est),
+		},
+		"client FIN in SYN_RCVD": {
+			c("S", cISS, 0, 0, SynR, SynS),
+			s("SA", tISS, cISS+1, 0, SynR, Est),
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+2, 0, CW, FW2),
+		},
+	}
+	for name, script := range cases {
+		t.Run(name, func(t *testing.T) {
+			tab, _ := newTable(ct.Config{})
+			run(t, tab, script)
+		})
+	}
+}
+
+// tcpdTimeWait is a server-closes-first close that leaves tcpd in TIME_WAIT.
+var tcpdTimeWait = []step{
+	s("FA", tISS+1, cISS+1, 0, FW1, Est),
+	c("FA", cISS+1, tISS+2, 0, FW2, LA),
+	s("A", tISS+2, cISS+2, 0, TW, Closed),
+}
+
+func TestTimeWaitExpiry(t *testing.T) {
+	tab, clk := newTable(ct.Config{TimeWait: 30 * time.Second})
+	run(t, tab, append(append([]step{}, handshake...), tcpdTimeWait...))
+	conns := tab.Conns(nil)
+	if conns[0].TimeWaitLeft != 30*time.Second {
+		t.Fatalf("TimeWaitLeft %v, want 30s", conns[0].TimeWaitLeft)
+	}
+	clk.advance(20 * time.Second)
+	// The client retransmits its FIN (our ACK was lost): 2MSL restarts.
+	run(t, tab, []step{c("FA", cISS+1, tISS+2, 0, TW, Closed)})
+	clk.advance(29 * time.Second)
+	if n := tab.Tick(); n != 0 {
+		t.Fatalf("Tick removed %d entries 29s after the restart", n)
+	}
+	clk.advance(time.Second)
+	if n := tab.Tick(); n != 1 {
+		t.Fatalf("Tick removed %d entries at expiry, want 1", n)
+	}
+	snap := tab.Snapshot()
+	if snap.Live != 0 || snap.TimeWait != 0 || snap.TimeWaitEntered != 1 || snap.Closed != 1 {
+		t.Fatalf("after expiry: %+v", snap.Counters)
+	}
+	if snap.TimeWaitDwell.Count != 1 || snap.TimeWaitDwell.Sum != 50 {
+		t.Fatalf("dwell histogram count %d sum %v, want 1 and 50s", snap.TimeWaitDwell.Count, snap.TimeWaitDwell.Sum)
+	}
+}
+
+func TestTimeWaitReuse(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	run(t, tab, append(append([]step{}, handshake...), tcpdTimeWait...))
+	old, _ := tab.Lookup(tuple)
+
+	// A SYN at or below the old connection's sequence space is not a new
+	// incarnation: TIME_WAIT stays.
+	run(t, tab, []step{c("S", cISS+1, 0, 0, TW, SynS)})
+
+	// A SYN beyond it retires the old entry at once.
+	reuse := c("S", cISS+100000, 0, 0, SynR, SynS)
+	reuse.action = ct.ActionRetire
+	run(t, tab, []step{reuse})
+	id, _ := tab.Lookup(tuple)
+	if id == old {
+		t.Fatal("the new connection kept the old ID")
+	}
+	// The retired endpoint's own RST (acknowledging the old sequence
+	// space) must not touch the new connection.
+	run(t, tab, []step{
+		s("RA", tISS+2, cISS+2, 0, SynR, SynS),
+		s("SA", 90000, cISS+100001, 0, SynR, Est),
+		c("A", cISS+100001, 90001, 0, Est, Est),
+	})
+	snap := tab.Snapshot()
+	if snap.TimeWaitReused != 1 || snap.TimeWait != 0 || snap.Opened != 2 || snap.RSTIgnored != 1 {
+		t.Fatalf("counters after reuse: %+v", snap.Counters)
+	}
+}
+
+func TestTimeWaitLimit(t *testing.T) {
+	tab, _ := newTable(ct.Config{TimeWaitLimit: 2})
+	for i := range 3 {
+		tu := tuple
+		tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(50000+i))
+		var last ct.Action
+		for _, st := range append(append([]step{}, handshake...), tcpdTimeWait...) {
+			last = tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
+		}
+		want := ct.ActionNone
+		if i == 2 {
+			want = ct.ActionRetire
+		}
+		if last.Kind != want {
+			t.Fatalf("connection %d entering TIME_WAIT: action %v, want %v", i, last.Kind, want)
+		}
+	}
+	snap := tab.Snapshot()
+	if snap.TimeWait != 2 || snap.TimeWaitOverflow != 1 || snap.Live != 2 || snap.TimeWaitLimit != 2 {
+		t.Fatalf("time_wait %d overflow %d live %d", snap.TimeWait, snap.TimeWaitOverflow, snap.Live)
+	}
+	checkCounts(t, tab)
+}
+
+func TestUnclaimedExpiry(t *testing.T) {
+	tab, clk := newTable(ct.Config{Unclaimed: 5 * time.Second})
+	other := ct.Tuple{Client: netip.MustParseAddrPort("100.64.1.3:1"), Dst: tuple.Dst}
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
+	tab.Segment(ct.FromClient, other, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
+	if id := tab.Claim(other); id == 0 {
+		t.Fatal("Claim returned 0 for a tracked SYN")
+	}
+	if id := tab.Claim(other); id != 0 {
+		t.Fatal("a second Claim succeeded")
+	}
+	clk.advance(3 * time.Second)
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: 1}) // retransmission keeps it
+	clk.advance(3 * time.Second)
+	if n := tab.Tick(); n != 0 {
+		t.Fatalf("expired %d entries early", n)
+	}
+	clk.advance(2 * time.Second)
+	if n := tab.Tick(); n != 1 {
+		t.Fatalf("expired %d entries, want the unclaimed one", n)
+	}
+	if _, ok := tab.Lookup(other); !ok {
+		t.Fatal("the claimed entry was expired")
+	}
+	if snap := tab.Snapshot(); snap.Expired != 1 {
+		t.Fatalf("expired counter %d", snap.Expired)
+	}
+}
+
+func TestLatencyHistograms(t *testing.T) {
+	tab, clk := newTable(ct.Config{})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+	id := tab.Claim(tuple)
+	clk.advance(5 * time.Millisecond)
+	tab.Dialled(id, 5*time.Millisecond, true)
+	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1})
+	clk.advance(20 * time.Millisecond)
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 1, Ack: tISS + 1})
+	snap := tab.Snapshot()
+	check := func(name string, h ct.HistogramSnapshot, want time.Duration) {
+		t.Helper()
+		if h.Count != 1 || math.Abs(h.Sum-want.Seconds()) > 1e-9 {
+			t.Fatalf("%s: count %d sum %v, want 1 and %v", name, h.Count, h.Sum, want)
+		}
+		if q := h.Quantile(0.5); math.Abs(q-want.Seconds())/want.Seconds() > 0.1 {
+			t.Fatalf("%s: median %v, want within 10%% of %v", name, q, want)
+		}
+	}
+	check("handshake", snap.Handshake, 20*time.Millisecond)
+	check("dial", snap.Dial, 5*time.Millisecond)
+	check("setup", snap.Setup, 25*time.Millisecond)
+	conns := tab.Conns(nil)
+	if conns[0].Handshake != 20*time.Millisecond || conns[0].Dial != 5*time.Millisecond {
+		t.Fatalf("row handshake %v dial %v", conns[0].Handshake, conns[0].Dial)
+	}
+}
+
+func TestBytesBySequenceSpace(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	run(t, tab, append(append([]step{}, handshake...),
+		c("PA", cISS+1, tISS+1, 100, Est, Est),
+		c("PA", cISS+1, tISS+1, 100, Est, Est),   // retransmission
+		c("PA", cISS+201, tISS+1, 50, Est, Est),  // after a gap
+		c("PA", cISS+101, tISS+1, 100, Est, Est), // fills the gap
+		s("PA", tISS+1, cISS+251, 1460, Est, Est),
+	))
+	conns := tab.Conns(nil)
+	if conns[0].BytesIn != 250 || conns[0].BytesOut != 1460 {
+		t.Fatalf("bytes in %d out %d, want 250 and 1460", conns[0].BytesIn, conns[0].BytesOut)
+	}
+}
+
+func TestSequenceWraparound(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	var ciss, tiss uint32 = math.MaxUint32 - 10, math.MaxUint32 - 5
+	steps := []step{
+		c("S", ciss, 0, 0, SynR, SynS),
+		s("SA", tiss, ciss+1, 0, SynR, Est),
+		c("A", ciss+1, tiss+1, 0, Est, Est),
+		s("PA", tiss+1, ciss+1, 100, Est, Est),
+		s("FA", tiss+101, ciss+1, 0, FW1, Est),
+		c("A", ciss+1, tiss+102, 0, FW2, CW),
+	}
+	run(t, tab, steps)
+	if got := tab.Conns(nil)[0].BytesOut; got != 100 {
+		t.Fatalf("bytes out across wraparound: %d", got)
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	run(t, tab, handshake)
+	id, _ := tab.Lookup(tuple)
+	// FIN queued in the netstack but not yet on the wire: a lag, never a
+	// correction.
+	for range 3 {
+		if tab.Reconcile(id, ct.StateFinWait1) {
+			t.Fatal("FIN_WAIT_1 lag counted as a correction")
+		}
+	}
+	// A real disagreement is corrected only when it persists.
+	if tab.Reconcile(id, ct.StateCloseWait) {
+		t.Fatal("corrected on first sight")
+	}
+	if tab.Reconcile(id, ct.StateEstablished) {
+		t.Fatal("agreement counted as a correction")
+	}
+	if tab.Reconcile(id, ct.StateCloseWait) {
+		t.Fatal("corrected a disagreement that did not persist")
+	}
+	if !tab.Reconcile(id, ct.StateCloseWait) {
+		t.Fatal("persistent disagreement not corrected")
+	}
+	if st := tab.Conns(nil)[0].State; st != CW {
+		t.Fatalf("state after correction %v", st)
+	}
+	if tab.Snapshot().Corrections != 1 {
+		t.Fatal("correction not counted")
+	}
+	// The endpoint is gone: the entry goes, without a correction.
+	tab.Reconcile(id, ct.StateClosed)
+	if snap := tab.Snapshot(); snap.Live != 0 || snap.Corrections != 1 {
+		t.Fatalf("after endpoint gone: live %d corrections %d", snap.Live, snap.Corrections)
+	}
+}
+
+func TestTableFull(t *testing.T) {
+	tab, _ := newTable(ct.Config{MaxEntries: 1})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
+	other := ct.Tuple{Client: netip.MustParseAddrPort("100.64.1.3:1"), Dst: tuple.Dst}
+	tab.Segment(ct.FromClient, other, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
+	if snap := tab.Snapshot(); snap.Live != 1 || snap.TableFull != 1 {
+		t.Fatalf("live %d table_full %d", snap.Live, snap.TableFull)
+	}
+	if tab.Claim(other) != 0 {
+		t.Fatal("claimed an untracked SYN")
+	}
+}
+
+func TestUntrackedSegments(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: 1, Ack: 1})
+	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
+	if snap := tab.Snapshot(); snap.Live != 0 || snap.Untracked != 2 {
+		t.Fatalf("live %d untracked %d", snap.Live, snap.Untracked)
+	}
+}
+
+func TestStateNames(t *testing.T) {
+	want := "close listen syn_sent syn_recv established fin_wait1 fin_wait2 closing time_wait close_wait last_ack"
+	var got []string
+	for _, st := range ct.States() {
+		got = append(got, st.String())
+		for _, name := range []string{st.String(), st.SSName(), strings.ToUpper(st.String())} {
+			if p, ok := ct.ParseState(name); !ok || p != st {
+				t.Fatalf("ParseState(%q) = %v, %v", name, p, ok)
+			}
+		}
+	}
+	if strings.Join(got, " ") != want {
+		t.Fatalf("states %q, want node_exporter's %q", got, want)
+	}
+}
+
+func TestSegmentDoesNotAllocate(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	run(t, tab, handshake)
+	seq := uint32(cISS + 1)
+	n := testing.AllocsPerRun(1000, func() {
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK | ct.FlagPSH, Seq: seq, Ack: tISS + 1, Len: 100})
+		seq += 100
+	})
+	if n != 0 {
+		t.Fatalf("Segment allocates %.1f times per call", n)
+	}
+}
+
+func BenchmarkSegment(b *testing.B) {
+	tab, _ := newTable(ct.Config{})
+	for i := range 1000 {
+		tu := tuple
+		tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(10000+i))
+		for _, st := range handshake {
+			tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
+		}
+	}
+	seq := uint32(cISS + 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: seq, Ack: tISS + 1, Len: 1448})
+		seq += 1448
+	}
+}

@@ -1,0 +1,98 @@
+package stack
+
+import (
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"tcpd/conntrack"
+)
+
+// buildV4 returns an IPv4 TCP packet with the given flags and payload.
+func buildV4(src, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, payload int) []byte {
+	pkt := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize+payload)
+	ip := header.IPv4(pkt)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(pkt)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4())})
+	header.TCP(pkt[header.IPv4MinimumSize:]).Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(),
+		SeqNum: seq, AckNum: ack, DataOffset: header.TCPMinimumSize, Flags: flags})
+	return pkt
+}
+
+func buildV6(src, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, payload int) []byte {
+	pkt := make([]byte, header.IPv6MinimumSize+header.TCPMinimumSize+payload)
+	header.IPv6(pkt).Encode(&header.IPv6Fields{PayloadLength: uint16(header.TCPMinimumSize + payload),
+		TransportProtocol: header.TCPProtocolNumber, HopLimit: 64,
+		SrcAddr: tcpip.AddrFrom16(src.Addr().As16()), DstAddr: tcpip.AddrFrom16(dst.Addr().As16())})
+	header.TCP(pkt[header.IPv6MinimumSize:]).Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(),
+		SeqNum: seq, AckNum: ack, DataOffset: header.TCPMinimumSize, Flags: flags})
+	return pkt
+}
+
+func TestParseTCP(t *testing.T) {
+	c4, d4 := netip.MustParseAddrPort("100.64.1.2:40000"), netip.MustParseAddrPort("198.18.1.2:80")
+	c6, d6 := netip.MustParseAddrPort("[fd64::2]:40000"), netip.MustParseAddrPort("[2001:db8:1::2]:443")
+	for _, tc := range []struct {
+		name     string
+		pkt      []byte
+		src, dst netip.AddrPort
+		seg      conntrack.Segment
+	}{
+		{"v4 SYN", buildV4(c4, d4, header.TCPFlagSyn, 7, 0, 0), c4, d4, conntrack.Segment{Flags: conntrack.FlagSYN, Seq: 7}},
+		{"v4 data", buildV4(d4, c4, header.TCPFlagAck|header.TCPFlagPsh, 9, 8, 100), d4, c4,
+			conntrack.Segment{Flags: conntrack.FlagACK | conntrack.FlagPSH, Seq: 9, Ack: 8, Len: 100}},
+		{"v6 FIN", buildV6(c6, d6, header.TCPFlagFin|header.TCPFlagAck, 1, 2, 3), c6, d6,
+			conntrack.Segment{Flags: conntrack.FlagFIN | conntrack.FlagACK, Seq: 1, Ack: 2, Len: 3}},
+	} {
+		src, dst, seg, ok := parseTCP(tc.pkt)
+		if !ok || src != tc.src || dst != tc.dst || seg != tc.seg {
+			t.Errorf("%s: parseTCP = %v %v %+v %v", tc.name, src, dst, seg, ok)
+		}
+	}
+
+	good := buildV4(c4, d4, header.TCPFlagSyn, 7, 0, 10)
+	bad := map[string]func([]byte){
+		"truncated IP header":  func(p []byte) { copy(p, p[:10]) },
+		"IHL below 5":          func(p []byte) { p[0] = 0x44 },
+		"total length too big": func(p []byte) { p[2], p[3] = 0xff, 0xff },
+		"later fragment":       func(p []byte) { p[7] = 1 },
+		"more fragments":       func(p []byte) { p[6] = 0x20 },
+		"UDP":                  func(p []byte) { p[9] = 17 },
+		"TCP offset past end":  func(p []byte) { p[20+12] = 0xf0 },
+		"TCP offset below 5":   func(p []byte) { p[20+12] = 0x40 },
+		"version 5":            func(p []byte) { p[0] = 0x55 },
+	}
+	for name, mutate := range bad {
+		p := append([]byte(nil), good...)
+		mutate(p)
+		if name == "truncated IP header" {
+			p = p[:10]
+		}
+		if _, _, _, ok := parseTCP(p); ok {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
+
+func FuzzParseTCP(f *testing.F) {
+	c4, d4 := netip.MustParseAddrPort("100.64.1.2:40000"), netip.MustParseAddrPort("198.18.1.2:80")
+	c6, d6 := netip.MustParseAddrPort("[fd64::2]:40000"), netip.MustParseAddrPort("[2001:db8:1::2]:443")
+	f.Add(buildV4(c4, d4, header.TCPFlagSyn, 7, 0, 0))
+	f.Add(buildV6(c6, d6, header.TCPFlagAck, 7, 9, 20))
+	f.Add([]byte{0x45})
+	f.Add([]byte{0x60, 0, 0, 0, 0, 0, 6})
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		_, _, seg, ok := parseTCP(pkt)
+		if !ok {
+			return
+		}
+		if int(seg.Len) > len(pkt) {
+			t.Fatalf("payload length %d exceeds the packet's %d bytes", seg.Len, len(pkt))
+		}
+		if seg.Flags&^0x1f != 0 {
+			t.Fatalf("flags %#x outside FIN..ACK", seg.Flags)
+		}
+	})
+}

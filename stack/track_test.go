@@ -1,0 +1,116 @@
+package stack
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"tcpd/conntrack"
+)
+
+// states returns conntrack's tcpd-side count for each named state.
+func states(s *Stack) map[string]uint64 {
+	snap := s.Snapshot()
+	out := map[string]uint64{}
+	for _, st := range conntrack.States() {
+		if n := snap.States[st]; n > 0 {
+			out[st.String()] = n
+		}
+	}
+	return out
+}
+
+func TestConntrackFollowsServerClosesFirst(t *testing.T) {
+	h := newHarness(t, Config{TimeWait: 2 * time.Second}, clientAddr)
+	closeNow := make(chan struct{})
+	h.listen(t, func(c net.Conn) {
+		io.WriteString(c, "hi")
+		<-closeNow
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(c, make([]byte, 2))
+	waitFor(t, "established", func() bool { return states(h.s)["established"] == 1 })
+	conns := h.s.Conns()
+	if len(conns) != 1 || conns[0].ClientState != conntrack.StateEstablished || conns[0].BytesOut != 2 || conns[0].Upstream == "" {
+		t.Fatalf("conns: %+v", conns)
+	}
+	if conns[0].Handshake <= 0 || conns[0].Dial <= 0 {
+		t.Fatalf("handshake %v dial %v not recorded", conns[0].Handshake, conns[0].Dial)
+	}
+
+	// The upstream closes: tcpd sends FIN first and ends in TIME_WAIT once
+	// the client closes too.
+	close(closeNow)
+	waitFor(t, "fin_wait2", func() bool { return states(h.s)["fin_wait2"] == 1 })
+	if cs := h.s.Conns()[0].ClientState; cs != conntrack.StateCloseWait {
+		t.Fatalf("client state %v, want close_wait", cs)
+	}
+	c.Close()
+	waitFor(t, "time_wait", func() bool { return states(h.s)["time_wait"] == 1 })
+	waitFor(t, "time_wait to expire", func() bool { return h.s.Snapshot().Live == 0 })
+	snap := h.s.Snapshot()
+	if snap.Corrections != 0 {
+		t.Fatalf("%d corrections", snap.Corrections)
+	}
+	if snap.TimeWaitDwell.Count != 1 || snap.TimeWaitDwell.Sum < 1.9 || snap.TimeWaitDwell.Sum > 3.5 {
+		t.Fatalf("time_wait dwell count %d sum %.2fs, want one of about 2s", snap.TimeWaitDwell.Count, snap.TimeWaitDwell.Sum)
+	}
+	if snap.Handshake.Count != 1 || snap.Dial.Count != 1 || snap.Setup.Count != 1 {
+		t.Fatalf("histogram counts handshake %d dial %d setup %d", snap.Handshake.Count, snap.Dial.Count, snap.Setup.Count)
+	}
+}
+
+func TestConntrackFollowsClientClosesFirst(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	hold := make(chan struct{})
+	defer close(hold)
+	h.listen(t, func(c net.Conn) {
+		io.Copy(io.Discard, c) // reads to EOF, then holds its side open
+		<-hold
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	waitFor(t, "close_wait", func() bool { return states(h.s)["close_wait"] == 1 })
+	if cs := h.s.Conns()[0].ClientState; cs != conntrack.StateFinWait2 {
+		t.Fatalf("client state %v, want fin_wait2", cs)
+	}
+}
+
+func TestConntrackRefusedAndKilled(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	if _, err := h.dial(t, 80); err == nil {
+		t.Fatal("dial succeeded with no upstream")
+	}
+	waitFor(t, "refused entry to go", func() bool { return h.s.Snapshot().Live == 0 })
+
+	hold := make(chan struct{})
+	defer close(hold)
+	h.listen(t, func(c net.Conn) { <-hold })
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "established", func() bool { return states(h.s)["established"] == 1 })
+	id := h.s.Conns()[0].ID
+	if !h.s.Kill(id) {
+		t.Fatal("Kill found no endpoint")
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("killed connection still reads")
+	}
+	waitFor(t, "killed entry to go", func() bool { return h.s.Snapshot().Live == 0 })
+	if h.s.Kill(id) {
+		t.Fatal("Kill of a gone connection reported success")
+	}
+	if snap := h.s.Snapshot(); snap.Corrections != 0 || snap.Opened != 2 {
+		t.Fatalf("opened %d corrections %d", snap.Opened, snap.Corrections)
+	}
+}
