@@ -37,6 +37,9 @@ Usage:
   tcpd check-config FILE
         validate a configuration file; exit 0 if it is valid, 1 with every
         problem listed if not
+  tcpd conns [--state S] [--src PREFIX] [--dst PREFIX] [--dport N] [-o json] [-s]
+        list the running daemon's connections with both ends' states, like
+        ss -tan; "tcpd conns kill ID" resets one
   tcpd version
         print the version
 
@@ -62,6 +65,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stderr)
 	case "check-config":
 		err = cmdCheckConfig(args[1:], stdout, stderr)
+	case "conns":
+		err = cmdConns(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "tcpd %s\n", buildVersion())
 	case "help", "-h", "-help", "--help":

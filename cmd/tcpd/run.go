@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"tcpd/admin"
+	"tcpd/metrics"
 	"tcpd/policy"
 	"tcpd/stack"
 )
@@ -44,10 +47,32 @@ type daemon struct {
 	levelFlag  string
 	formatFlag string
 
-	cfg   *config
-	level zap.AtomicLevel
-	log   *zap.Logger
-	st    *stack.Stack
+	cfg     *config
+	level   zap.AtomicLevel
+	log     *zap.Logger
+	st      *stack.Stack
+	metrics *metrics.Server
+	admin   *admin.Server
+
+	reloadMu sync.Mutex
+	reloadOK bool
+	reloadAt time.Time
+}
+
+// LastReload implements metrics.ReloadSource.
+func (d *daemon) LastReload() (bool, time.Time) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	return d.reloadOK, d.reloadAt
+}
+
+func (d *daemon) setReload(ok bool) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	d.reloadOK = ok
+	if ok {
+		d.reloadAt = time.Now()
+	}
 }
 
 // load reads the configuration and applies the command-line overrides.
@@ -94,6 +119,12 @@ func (d *daemon) run() error {
 	if w := stack.RPFilterWarning(); w != "" {
 		d.log.Warn(w)
 	}
+	d.reloadOK = true
+	if err := d.startEndpoints(cfg); err != nil {
+		d.log.Error("start failed", zap.Error(err))
+		d.st.Close()
+		return err
+	}
 	d.log.Info("ready",
 		zap.String("version", buildVersion()),
 		zap.String("tun", d.st.Name()),
@@ -102,6 +133,8 @@ func (d *daemon) run() error {
 		zap.Strings("addresses", prefixStrings(cfg.tunAddresses())),
 		zap.Strings("clients", prefixStrings(cfg.clientPrefixes())),
 		zap.String("policy", pol.Summary()),
+		zap.String("metrics", cfg.metricsListen()),
+		zap.String("admin_socket", cfg.adminSocket()),
 		zap.String("config", d.source()),
 	)
 
@@ -139,6 +172,7 @@ func (d *daemon) shutdown() error {
 	if err != nil {
 		d.log.Error("close TUN", zap.Error(err))
 	}
+	d.stopEndpoints()
 	d.log.Info("stopped", zap.Int("reset_connections", reset))
 	return nil
 }
@@ -149,15 +183,18 @@ func (d *daemon) reload() {
 	start := time.Now()
 	cfg, err := d.load()
 	if err != nil {
+		d.setReload(false)
 		d.log.Error("reload rejected; the running configuration stays in force",
 			zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
 		return
 	}
 	pol, err := policy.New(cfg.policyConfig())
 	if err != nil {
+		d.setReload(false)
 		d.log.Error("reload rejected: destination policy", zap.Error(err))
 		return
 	}
+	d.setReload(true)
 	if fixed := d.cfg.restartOnlyChanges(cfg); len(fixed) > 0 {
 		d.log.Warn("reload: these settings need a restart and keep their running values",
 			zap.Strings("keys", fixed))
@@ -167,6 +204,43 @@ func (d *daemon) reload() {
 	d.cfg = cfg
 	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", zapcore.Level(cfg.logLevel())),
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
+}
+
+// startEndpoints binds the metrics listener and the admin socket, so that
+// "ready" is logged only once both answer.
+func (d *daemon) startEndpoints(cfg *config) error {
+	if addr := cfg.metricsListen(); addr != "" {
+		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Version: buildVersion()})
+		srv, err := metrics.Listen(addr, metrics.Handler(reg))
+		if err != nil {
+			return fmt.Errorf("metrics.listen %s: %w", addr, err)
+		}
+		d.metrics = srv
+	}
+	if path := cfg.adminSocket(); path != "" {
+		srv, err := admin.Listen(admin.Config{Path: path, Source: d.st, Level: d.level, Logger: d.log})
+		if err != nil {
+			d.stopEndpoints()
+			return fmt.Errorf("admin.socket %s: %w", path, err)
+		}
+		d.admin = srv
+	}
+	return nil
+}
+
+func (d *daemon) stopEndpoints() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if d.admin != nil {
+		if err := d.admin.Close(ctx); err != nil {
+			d.log.Warn("close admin socket", zap.Error(err))
+		}
+	}
+	if d.metrics != nil {
+		if err := d.metrics.Close(ctx); err != nil {
+			d.log.Warn("close metrics listener", zap.Error(err))
+		}
+	}
 }
 
 func prefixStrings[T fmt.Stringer](ps []T) []string {

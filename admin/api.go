@@ -1,0 +1,311 @@
+package admin
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"tcpd/conntrack"
+	"tcpd/stack"
+)
+
+// Conns is the body of GET /v1/conns.
+type Conns struct {
+	// Time is when the table was read, RFC 3339 with nanoseconds.
+	Time  string `json:"time"`
+	Conns []Conn `json:"conns"`
+}
+
+// Conn is one connection. Durations are in seconds; zero means not known
+// yet (RTT, handshake, dial) or not applicable (TIME_WAIT left).
+type Conn struct {
+	ID uint64 `json:"id"`
+	// State is tcpd's state and ClientState the client's, as node_exporter
+	// labels ("established", "time_wait", …).
+	State       string `json:"state"`
+	ClientState string `json:"client_state"`
+	// Client and Dst are "ip:port"; Upstream is the upstream socket's local
+	// address, "" before the dial completed.
+	Client   string `json:"client"`
+	Dst      string `json:"dst"`
+	Upstream string `json:"upstream"`
+	// Age is since the first SYN; InState since the current tcpd state
+	// was entered.
+	AgeSeconds     float64 `json:"age_seconds"`
+	InStateSeconds float64 `json:"in_state_seconds"`
+	// BytesIn is payload from the client, BytesOut to it.
+	BytesIn             uint64  `json:"bytes_in"`
+	BytesOut            uint64  `json:"bytes_out"`
+	RTTSeconds          float64 `json:"rtt_seconds"`
+	RTTVarSeconds       float64 `json:"rttvar_seconds"`
+	Retransmits         uint64  `json:"retransmits"`
+	HandshakeSeconds    float64 `json:"handshake_seconds"`
+	DialSeconds         float64 `json:"dial_seconds"`
+	TimeWaitLeftSeconds float64 `json:"time_wait_left_seconds"`
+}
+
+// Summary is the body of GET /v1/summary: conntrack.Snapshot without the
+// buckets.
+type Summary struct {
+	Time string `json:"time"`
+	Live int    `json:"live"`
+	// States counts live connections by tcpd's state and ClientStates by
+	// the client's; both always hold all eleven labels.
+	States       map[string]uint64 `json:"states"`
+	ClientStates map[string]uint64 `json:"client_states"`
+	TimeWait     int               `json:"time_wait"`
+	// TimeWaitLimit and TimeWaitTimeoutSeconds are the configured cap and
+	// duration.
+	TimeWaitLimit          int      `json:"time_wait_limit"`
+	TimeWaitTimeoutSeconds float64  `json:"time_wait_timeout_seconds"`
+	Counters               Counters `json:"counters"`
+	// Handshake is the client leg, Dial the upstream connect, Setup the
+	// client's first SYN to established.
+	Handshake Latency `json:"handshake"`
+	Dial      Latency `json:"dial"`
+	Setup     Latency `json:"setup"`
+}
+
+// Counters are conntrack.Counters, cumulative since the daemon started.
+type Counters struct {
+	Opened           uint64 `json:"opened"`
+	Established      uint64 `json:"established"`
+	Closed           uint64 `json:"closed"`
+	Resets           uint64 `json:"resets"`
+	TimeWaitEntered  uint64 `json:"time_wait_entered"`
+	TimeWaitOverflow uint64 `json:"time_wait_overflow"`
+	TimeWaitReused   uint64 `json:"time_wait_reused"`
+	RSTIgnored       uint64 `json:"rst_ignored"`
+	Untracked        uint64 `json:"untracked"`
+	TableFull        uint64 `json:"table_full"`
+	Expired          uint64 `json:"expired"`
+	Corrections      uint64 `json:"corrections"`
+}
+
+// Latency summarises one histogram; the quantiles are estimates from its
+// native buckets (conntrack.HistogramSnapshot.Quantile), 0 when empty.
+type Latency struct {
+	Count      uint64  `json:"count"`
+	P50Seconds float64 `json:"p50_seconds"`
+	P99Seconds float64 `json:"p99_seconds"`
+}
+
+// LogLevel is the body of GET and PUT /v1/log/level.
+type LogLevel struct {
+	Level string `json:"level"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// logLevels are the levels PUT /v1/log/level accepts, as in log.level.
+var logLevels = []string{"debug", "info", "warn", "error"}
+
+// maxBody bounds a request body; the largest valid one is a few bytes.
+const maxBody = 4 << 10
+
+type api struct {
+	src   Source
+	level zap.AtomicLevel
+	log   *zap.Logger
+	now   func() time.Time
+}
+
+func newAPI(cfg Config) http.Handler {
+	a := &api{src: cfg.Source, level: cfg.Level, log: cfg.Logger, now: cfg.Now}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/conns", a.conns)
+	mux.HandleFunc("/v1/conns/{id}", a.conn)
+	mux.HandleFunc("/v1/summary", a.summary)
+	mux.HandleFunc("/v1/log/level", a.logLevel)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s (see /v1/conns, /v1/summary, /v1/log/level)", r.URL.Path))
+	})
+	return mux
+}
+
+// GET /v1/conns
+func (a *api) conns(w http.ResponseWriter, r *http.Request) {
+	if !allow(w, r, http.MethodGet) {
+		return
+	}
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	now := a.now()
+	rows := []Conn{}
+	for _, c := range a.src.Conns() {
+		if f.Match(c) {
+			rows = append(rows, connRow(c, now))
+		}
+	}
+	slices.SortFunc(rows, func(x, y Conn) int { return cmp.Compare(x.ID, y.ID) })
+	writeJSON(w, http.StatusOK, Conns{Time: now.Format(time.RFC3339Nano), Conns: rows})
+}
+
+func connRow(c stack.ConnInfo, now time.Time) Conn {
+	return Conn{
+		ID:                  uint64(c.ID),
+		State:               c.State.String(),
+		ClientState:         c.ClientState.String(),
+		Client:              c.Tuple.Client.String(),
+		Dst:                 c.Tuple.Dst.String(),
+		Upstream:            c.Upstream,
+		AgeSeconds:          since(now, c.Opened),
+		InStateSeconds:      since(now, c.Since),
+		BytesIn:             c.BytesIn,
+		BytesOut:            c.BytesOut,
+		RTTSeconds:          c.RTT.Seconds(),
+		RTTVarSeconds:       c.RTTVar.Seconds(),
+		Retransmits:         c.Retransmits,
+		HandshakeSeconds:    c.Handshake.Seconds(),
+		DialSeconds:         c.Dial.Seconds(),
+		TimeWaitLeftSeconds: c.TimeWaitLeft.Seconds(),
+	}
+}
+
+// since is now-t in seconds, 0 for an unset t or a t in the future.
+func since(now, t time.Time) float64 {
+	if t.IsZero() || t.After(now) {
+		return 0
+	}
+	return now.Sub(t).Seconds()
+}
+
+// DELETE /v1/conns/{id}
+func (a *api) conn(w http.ResponseWriter, r *http.Request) {
+	if !allow(w, r, http.MethodDelete) {
+		return
+	}
+	v := r.PathValue("id")
+	id, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("id: %q is not a connection id (allowed: a decimal number, as listed by GET /v1/conns)", v))
+		return
+	}
+	if !a.src.Kill(conntrack.ID(id)) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no connection %d", id))
+		return
+	}
+	// An operator's action, not traffic: one line per request, so it is
+	// logged at info unlike the per-connection lines of the data path.
+	a.log.Info("connection reset by admin request", zap.Uint64("id", id))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// GET /v1/summary
+func (a *api) summary(w http.ResponseWriter, r *http.Request) {
+	if !allow(w, r, http.MethodGet) {
+		return
+	}
+	now := a.now()
+	s := a.src.Snapshot()
+	out := Summary{
+		Time:                   now.Format(time.RFC3339Nano),
+		Live:                   s.Live,
+		States:                 make(map[string]uint64, conntrack.NumStates),
+		ClientStates:           make(map[string]uint64, conntrack.NumStates),
+		TimeWait:               s.TimeWait,
+		TimeWaitLimit:          s.TimeWaitLimit,
+		TimeWaitTimeoutSeconds: s.TimeWaitTimeout.Seconds(),
+		Counters: Counters{
+			Opened:           s.Opened,
+			Established:      s.Established,
+			Closed:           s.Closed,
+			Resets:           s.Resets,
+			TimeWaitEntered:  s.TimeWaitEntered,
+			TimeWaitOverflow: s.TimeWaitOverflow,
+			TimeWaitReused:   s.TimeWaitReused,
+			RSTIgnored:       s.RSTIgnored,
+			Untracked:        s.Untracked,
+			TableFull:        s.TableFull,
+			Expired:          s.Expired,
+			Corrections:      s.Corrections,
+		},
+		Handshake: latency(s.Handshake),
+		Dial:      latency(s.Dial),
+		Setup:     latency(s.Setup),
+	}
+	for _, st := range conntrack.States() {
+		out.States[st.String()] = s.States[st]
+		out.ClientStates[st.String()] = s.ClientStates[st]
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func latency(h conntrack.HistogramSnapshot) Latency {
+	return Latency{Count: h.Count, P50Seconds: h.Quantile(0.5), P99Seconds: h.Quantile(0.99)}
+}
+
+// GET and PUT /v1/log/level
+func (a *api) logLevel(w http.ResponseWriter, r *http.Request) {
+	if !allow(w, r, http.MethodGet, http.MethodPut) {
+		return
+	}
+	if r.Method == http.MethodPut {
+		var body LogLevel
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("empty")
+			}
+			writeError(w, http.StatusBadRequest, fmt.Sprintf(`body: %v (want e.g. {"level": "debug"})`, err))
+			return
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			writeError(w, http.StatusBadRequest, "body: more than one JSON value")
+			return
+		}
+		if !slices.Contains(logLevels, body.Level) {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("level: %q is not allowed (allowed: %s)", body.Level, strings.Join(logLevels, ", ")))
+			return
+		}
+		var l zapcore.Level
+		if err := l.UnmarshalText([]byte(body.Level)); err != nil {
+			writeError(w, http.StatusBadRequest, "level: "+err.Error())
+			return
+		}
+		old := a.level.Level()
+		a.level.SetLevel(l)
+		if old != l {
+			a.log.Info("log level changed by admin request", zap.Stringer("from", old), zap.Stringer("to", l))
+		}
+	}
+	writeJSON(w, http.StatusOK, LogLevel{Level: a.level.Level().String()})
+}
+
+// allow answers 405 unless r's method is one of methods.
+func allow(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	if slices.Contains(methods, r.Method) {
+		return true
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(methods, ", ")))
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	// A write error means the client went away; there is no one to tell.
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, Error{Error: msg})
+}

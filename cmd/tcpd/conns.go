@@ -1,0 +1,380 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"tcpd/admin"
+	"tcpd/conntrack"
+)
+
+// defaultAdminSocket is admin.socket's default in the configuration.
+const defaultAdminSocket = "/run/tcpd/tcpd.sock"
+
+// adminSocketEnv overrides defaultAdminSocket for `tcpd conns`, for a daemon
+// configured with another admin.socket.
+const adminSocketEnv = "TCPD_ADMIN_SOCKET"
+
+// adminTimeout bounds one request to the admin socket; the daemon answers
+// from memory, so anything slower means it is wedged.
+const adminTimeout = 10 * time.Second
+
+const connsSynopsis = `Usage:
+  tcpd conns [--socket PATH] [--state S[,S...]] [--src PREFIX] [--dst PREFIX] [--dport N] [-o table|json] [-s]
+  tcpd conns kill ID [--socket PATH]
+
+Lists the TCP connections tcpd terminates, like "ss -tan" but with both
+ends: tcpd's state and the client's (as seen on the TUN), age, time in the
+current state, bytes each way, RTT to the client, retransmissions, handshake
+time and the TIME-WAIT time left. -s prints totals like "ss -s" instead.
+"kill ID" resets that connection on both legs (ID from the list).
+
+It asks the running daemon over its admin socket (admin.socket in the
+configuration); $` + adminSocketEnv + ` overrides the default path.`
+
+func cmdConns(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("conns", connsSynopsis, stderr)
+	socket := defaultAdminSocket
+	if p := os.Getenv(adminSocketEnv); p != "" {
+		socket = p
+	}
+	fs.StringVar(&socket, "socket", socket, "the daemon's admin socket `path`")
+	var states stringList
+	fs.Var(&states, "state", "only connections whose tcpd state is one of `S[,S...]` (ESTAB, TIME-WAIT, … or established, time_wait, …); repeatable")
+	src := fs.String("src", "", "only clients inside `PREFIX` (or that address)")
+	dst := fs.String("dst", "", "only destinations inside `PREFIX` (or that address)")
+	dport := fs.String("dport", "", "only destination port `N`")
+	var output string
+	fs.StringVar(&output, "o", "table", "output `format`: table or json (the API's JSON, indented)")
+	fs.StringVar(&output, "output", "table", "same as -o `format`")
+	var summary bool
+	fs.BoolVar(&summary, "s", false, "print a summary: counts per state on both ends, TIME-WAIT use, latencies, counters")
+	fs.BoolVar(&summary, "summary", false, "same as -s")
+
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	usageError := func(format string, a ...any) error {
+		fmt.Fprintf(stderr, "tcpd conns: "+format+"\nRun \"tcpd conns --help\" for usage.\n", a...)
+		return errUsage
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	c := newAdminClient(socket)
+	if len(pos) > 0 {
+		if pos[0] != "kill" {
+			return usageError("unexpected argument %q", pos[0])
+		}
+		if len(pos) != 2 {
+			return usageError("kill takes one connection ID")
+		}
+		for name := range set {
+			if name != "socket" {
+				return usageError("kill takes no flag but --socket (got -%s)", name)
+			}
+		}
+		id, err := strconv.ParseUint(pos[1], 10, 64)
+		if err != nil {
+			return usageError("kill: %q is not a connection ID (the ID column of \"tcpd conns\")", pos[1])
+		}
+		if _, err := c.do(http.MethodDelete, "/v1/conns/"+strconv.FormatUint(id, 10)); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "reset connection %d\n", id)
+		return nil
+	}
+
+	if output != "table" && output != "json" {
+		return usageError("-o: %q is not allowed (allowed: table, json)", output)
+	}
+	q := url.Values{}
+	for _, f := range []struct {
+		name string
+		vs   []string
+	}{{"state", states}, {"src", []string{*src}}, {"dst", []string{*dst}}, {"dport", []string{*dport}}} {
+		if set[f.name] {
+			if summary {
+				return usageError("-s summarises every connection; --%s filters the list only", f.name)
+			}
+			q[f.name] = f.vs
+		}
+	}
+	// The daemon checks the filter too; checking here with the same code
+	// makes a typo a usage error (exit 2) with the daemon's words.
+	if _, err := admin.ParseFilter(q); err != nil {
+		return usageError("--%s", err)
+	}
+
+	path := "/v1/conns"
+	if summary {
+		path = "/v1/summary"
+	} else if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	body, err := c.do(http.MethodGet, path)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		var buf bytes.Buffer
+		if err := json.Indent(&buf, body, "", "  "); err != nil {
+			return fmt.Errorf("reply from %s: %w", socket, err)
+		}
+		buf.WriteByte('\n')
+		_, err := stdout.Write(buf.Bytes())
+		return err
+	}
+	if summary {
+		var s admin.Summary
+		if err := json.Unmarshal(body, &s); err != nil {
+			return fmt.Errorf("reply from %s: %w", socket, err)
+		}
+		return printSummary(stdout, s)
+	}
+	var cs admin.Conns
+	if err := json.Unmarshal(body, &cs); err != nil {
+		return fmt.Errorf("reply from %s: %w", socket, err)
+	}
+	return printConns(stdout, cs.Conns)
+}
+
+// stringList is a flag that may be given more than once.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+// parseInterleaved parses flags that may come after positional arguments
+// ("kill 42 --socket p"), which flag.Parse alone stops at, and returns the
+// positional arguments. Everything after "--" is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// adminClient speaks to the daemon's admin socket.
+type adminClient struct {
+	path string
+	http *http.Client
+}
+
+// unreachableError is a failure to connect to the socket, as opposed to an
+// error the daemon answered with.
+type unreachableError struct{ err error }
+
+func (e *unreachableError) Error() string { return e.err.Error() }
+func (e *unreachableError) Unwrap() error { return e.err }
+
+func newAdminClient(path string) *adminClient {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			return nil, &unreachableError{err}
+		}
+		return c, nil
+	}
+	return &adminClient{
+		path: path,
+		http: &http.Client{Timeout: adminTimeout, Transport: &http.Transport{DialContext: dial}},
+	}
+}
+
+// do sends one request and returns the body of a 2xx reply; any other
+// reply becomes an error carrying the daemon's message.
+func (c *adminClient) do(method, path string) ([]byte, error) {
+	// The host is a placeholder: the transport always dials the socket.
+	req, err := http.NewRequest(method, "http://tcpd"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *unreachableError
+		if !errors.As(err, &ue) {
+			return nil, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+		}
+		cause := ue.err
+		var oe *net.OpError
+		if errors.As(cause, &oe) {
+			cause = oe.Err // "connect: no such file or directory", without the repeated path
+		}
+		hint := "is tcpd running? see admin.socket"
+		if errors.Is(cause, os.ErrPermission) {
+			hint = "run as root or as a member of the socket's group"
+		}
+		return nil, fmt.Errorf("cannot reach tcpd at %s: %v (%s)", c.path, cause, hint)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return body, nil
+	}
+	var e admin.Error
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return nil, errors.New(e.Error)
+	}
+	return nil, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)
+}
+
+// printConns writes the table, like `ss -tan` with both ends' states.
+func printConns(w io.Writer, rows []admin.Conn) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tState\tClient-State\tClient\tDestination\tAge\tIn-State\tBytes-In\tBytes-Out\tRTT\tRetrans\tHandshake\tTW-Left")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
+			r.ID, ssName(r.State), ssName(r.ClientState), r.Client, r.Dst,
+			humanDuration(r.AgeSeconds), humanDuration(r.InStateSeconds),
+			humanBytes(r.BytesIn), humanBytes(r.BytesOut),
+			knownDuration(r.RTTSeconds), r.Retransmits, knownDuration(r.HandshakeSeconds),
+			knownDuration(r.TimeWaitLeftSeconds))
+	}
+	return tw.Flush()
+}
+
+// printSummary writes totals, like `ss -s`.
+func printSummary(w io.Writer, s admin.Summary) error {
+	c := s.Counters
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "Total: %d live (opened %d, established %d, closed %d)\n\n", s.Live, c.Opened, c.Established, c.Closed)
+	fmt.Fprintln(tw, "State\ttcpd\tclient")
+	for _, st := range conntrack.States() {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", st.SSName(), s.States[st.String()], s.ClientStates[st.String()])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nTIME-WAIT: %d of %d used, timeout %s (entered %d, overflowed %d, reused %d)\n\n",
+		s.TimeWait, s.TimeWaitLimit, humanDuration(s.TimeWaitTimeoutSeconds), c.TimeWaitEntered, c.TimeWaitOverflow, c.TimeWaitReused)
+	fmt.Fprintln(tw, "Latency\tp50\tp99\tsamples")
+	for _, l := range []struct {
+		name string
+		l    admin.Latency
+	}{{"handshake", s.Handshake}, {"dial", s.Dial}, {"setup", s.Setup}} {
+		p50, p99 := "-", "-"
+		if l.l.Count > 0 {
+			p50, p99 = humanDuration(l.l.P50Seconds), humanDuration(l.l.P99Seconds)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", l.name, p50, p99, l.l.Count)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nResets: %d; RSTs ignored: %d; untracked segments: %d; table full: %d; expired: %d\n",
+		c.Resets, c.RSTIgnored, c.Untracked, c.TableFull, c.Expired)
+	_, err := fmt.Fprintf(w, "Corrections: %d (tcpd states corrected from the netstack's; 0 when healthy)\n", c.Corrections)
+	return err
+}
+
+// ssName turns an API state label into the name `ss` prints.
+func ssName(label string) string {
+	if s, ok := conntrack.ParseState(label); ok {
+		return s.SSName()
+	}
+	return strings.ToUpper(label)
+}
+
+// knownDuration is humanDuration, or "-" for zero (not known, or not
+// applicable).
+func knownDuration(sec float64) string {
+	if sec <= 0 {
+		return "-"
+	}
+	return humanDuration(sec)
+}
+
+// humanDuration formats seconds with about two significant digits:
+// 850µs, 2.5ms, 12ms, 3.2s, 42s, 4m10s, 2h5m, 3d4h.
+func humanDuration(sec float64) string {
+	d := time.Duration(math.Round(sec * 1e9))
+	const day = 24 * time.Hour
+	if d <= 0 {
+		return "0s"
+	}
+	if r := d.Round(time.Microsecond); r < time.Millisecond {
+		return fmt.Sprintf("%dµs", r/time.Microsecond)
+	}
+	if r := d.Round(100 * time.Microsecond); r < 10*time.Millisecond {
+		return oneDecimal(float64(r)/float64(time.Millisecond), "ms")
+	}
+	if r := d.Round(time.Millisecond); r < time.Second {
+		return fmt.Sprintf("%dms", r/time.Millisecond)
+	}
+	if r := d.Round(100 * time.Millisecond); r < 10*time.Second {
+		return oneDecimal(r.Seconds(), "s")
+	}
+	if r := d.Round(time.Second); r < time.Hour {
+		if r < time.Minute {
+			return fmt.Sprintf("%ds", r/time.Second)
+		}
+		return fmt.Sprintf("%dm%ds", r/time.Minute, r%time.Minute/time.Second)
+	}
+	if r := d.Round(time.Minute); r < day {
+		return fmt.Sprintf("%dh%dm", r/time.Hour, r%time.Hour/time.Minute)
+	}
+	r := d.Round(time.Hour)
+	return fmt.Sprintf("%dd%dh", r/day, r%day/time.Hour)
+}
+
+// humanBytes formats a byte count in binary units with about two
+// significant digits: 300B, 1.2KiB, 56KiB, 1MiB.
+func humanBytes(n uint64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%dB", n)
+	}
+	v := float64(n)
+	for _, unit := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
+		v /= 1024
+		if r := math.Round(v*10) / 10; r < 10 {
+			return oneDecimal(r, unit)
+		}
+		if r := math.Round(v); r < 1024 {
+			return fmt.Sprintf("%.0f%s", r, unit)
+		}
+	}
+	return fmt.Sprintf("%.0fEiB", v/1024)
+}
+
+// oneDecimal formats v with one decimal, dropping a ".0".
+func oneDecimal(v float64, unit string) string {
+	return strings.TrimSuffix(strconv.FormatFloat(v, 'f', 1, 64), ".0") + unit
+}

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"tcpd/admin"
+	"tcpd/conntrack"
+	"tcpd/stack"
+)
+
+var connsNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// fakeSource is a fixed table; Kill removes a row.
+type fakeSource struct {
+	mu    sync.Mutex
+	conns []stack.ConnInfo
+	snap  conntrack.Snapshot
+}
+
+func (f *fakeSource) Conns() []stack.ConnInfo {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.conns)
+}
+
+func (f *fakeSource) Snapshot() conntrack.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snap
+}
+
+func (f *fakeSource) Kill(id conntrack.ID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := len(f.conns)
+	f.conns = slices.DeleteFunc(f.conns, func(c stack.ConnInfo) bool { return c.ID == id })
+	return len(f.conns) < n
+}
+
+func testConn(id conntrack.ID, client, dst string, st, cst conntrack.State, age, inState time.Duration) stack.ConnInfo {
+	return stack.ConnInfo{Conn: conntrack.Conn{
+		ID:          id,
+		Tuple:       conntrack.Tuple{Client: netip.MustParseAddrPort(client), Dst: netip.MustParseAddrPort(dst)},
+		State:       st,
+		ClientState: cst,
+		Opened:      connsNow.Add(-age),
+		Since:       connsNow.Add(-inState),
+	}}
+}
+
+func connsFixture() []stack.ConnInfo {
+	est := testConn(3, "100.64.0.7:51000", "203.0.113.10:443", conntrack.StateEstablished, conntrack.StateEstablished, 250*time.Second, 249*time.Second)
+	est.BytesIn, est.BytesOut = 1234, 3<<30
+	est.Handshake, est.Dial = 12*time.Millisecond, 30*time.Millisecond
+	est.RTT, est.RTTVar, est.Retransmits = 3200*time.Microsecond, time.Millisecond, 2
+	est.Upstream = "192.0.2.1:33000"
+
+	tw := testConn(9, "100.64.0.8:40000", "198.51.100.7:80", conntrack.StateTimeWait, conntrack.StateFinWait2, 95*time.Second, 4*time.Second)
+	tw.BytesIn, tw.BytesOut = 300, 1<<20
+	tw.Handshake, tw.Dial = 850*time.Microsecond, 8*time.Millisecond
+	tw.TimeWaitLeft = 26 * time.Second
+
+	syn := testConn(12, "[fd00::7]:50000", "[2001:db8::1]:443", conntrack.StateSynRecv, conntrack.StateSynSent, 1500*time.Millisecond, 1500*time.Millisecond)
+
+	old := testConn(20, "100.64.1.2:60000", "203.0.113.10:22", conntrack.StateCloseWait, conntrack.StateFinWait2, 26*time.Hour, 3*time.Hour+2*time.Minute)
+	old.BytesIn, old.BytesOut = 48<<10, 999
+	old.Handshake, old.Dial = 40*time.Millisecond, 2*time.Second
+	old.RTT, old.Retransmits = 180*time.Millisecond, 17
+	return []stack.ConnInfo{syn, tw, old, est}
+}
+
+func connsSnapshot() conntrack.Snapshot {
+	var s conntrack.Snapshot
+	s.States[conntrack.StateEstablished] = 1
+	s.States[conntrack.StateTimeWait] = 1
+	s.States[conntrack.StateSynRecv] = 1
+	s.States[conntrack.StateCloseWait] = 1
+	s.ClientStates[conntrack.StateEstablished] = 1
+	s.ClientStates[conntrack.StateFinWait2] = 2
+	s.ClientStates[conntrack.StateSynSent] = 1
+	s.Live = 4
+	s.TimeWait, s.TimeWaitLimit, s.TimeWaitTimeout = 1, 16384, 30*time.Second
+	s.Opened, s.Established, s.Closed, s.Resets = 40, 38, 36, 4
+	s.TimeWaitEntered, s.TimeWaitOverflow, s.TimeWaitReused = 20, 1, 2
+	s.RSTIgnored, s.Untracked, s.TableFull, s.Expired, s.Corrections = 5, 6, 7, 8, 0
+	var h, d conntrack.Histogram
+	for range 99 {
+		h.Observe(time.Millisecond)
+	}
+	h.Observe(time.Second)
+	d.Observe(30 * time.Millisecond)
+	s.Handshake, s.Dial = h.Snapshot(), d.Snapshot()
+	return s
+}
+
+// startAdmin serves the fixture on a socket in a fresh directory.
+func startAdmin(t *testing.T) (*fakeSource, string) {
+	t.Helper()
+	src := &fakeSource{conns: connsFixture(), snap: connsSnapshot()}
+	path := filepath.Join(t.TempDir(), "tcpd.sock")
+	s, err := admin.Listen(admin.Config{Path: path, Source: src, Now: func() time.Time { return connsNow }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return src, path
+}
+
+func runConns(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = runMain(append([]string{"conns"}, args...), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestConnsTable(t *testing.T) {
+	_, p := startAdmin(t)
+	code, out, errs := runConns(t, "--socket", p)
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	want := `ID  State       Client-State  Client            Destination        Age    In-State  Bytes-In  Bytes-Out  RTT    Retrans  Handshake  TW-Left
+3   ESTAB       ESTAB         100.64.0.7:51000  203.0.113.10:443   4m10s  4m9s      1.2KiB    3GiB       3.2ms  2        12ms       -
+9   TIME-WAIT   FIN-WAIT-2    100.64.0.8:40000  198.51.100.7:80    1m35s  4s        300B      1MiB       -      0        850µs      26s
+12  SYN-RECV    SYN-SENT      [fd00::7]:50000   [2001:db8::1]:443  1.5s   1.5s      0B        0B         -      0        -          -
+20  CLOSE-WAIT  FIN-WAIT-2    100.64.1.2:60000  203.0.113.10:22    1d2h   3h2m      48KiB     999B       180ms  17       40ms       -
+`
+	if out != want {
+		t.Errorf("got\n%s\nwant\n%s", out, want)
+	}
+}
+
+func TestConnsFilterFlags(t *testing.T) {
+	_, p := startAdmin(t)
+	cases := []struct {
+		args []string
+		ids  []string
+	}{
+		{nil, []string{"3", "9", "12", "20"}},
+		{[]string{"--state", "ESTAB"}, []string{"3"}},
+		{[]string{"--state", "established,time-wait"}, []string{"3", "9"}},
+		{[]string{"--state=TIME-WAIT", "--state", "syn_recv"}, []string{"9", "12"}},
+		{[]string{"--src", "100.64.0.0/24"}, []string{"3", "9"}},
+		{[]string{"--src", "fd00::7"}, []string{"12"}},
+		{[]string{"--dst", "203.0.113.10"}, []string{"3", "20"}},
+		{[]string{"--dst", "203.0.113.0/24", "--dport", "22"}, []string{"20"}},
+		{[]string{"--dport", "443"}, []string{"3", "12"}},
+		{[]string{"--dport", "8080"}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, errs := runConns(t, append([]string{"--socket", p}, tc.args...)...)
+			if code != 0 {
+				t.Fatalf("exit %d, stderr %q", code, errs)
+			}
+			lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+			if !strings.HasPrefix(lines[0], "ID  State ") {
+				t.Errorf("header %q", lines[0])
+			}
+			var ids []string
+			for _, l := range lines[1:] {
+				ids = append(ids, strings.Fields(l)[0])
+			}
+			if !slices.Equal(ids, tc.ids) {
+				t.Errorf("ids %v, want %v\n%s", ids, tc.ids, out)
+			}
+		})
+	}
+}
+
+func TestConnsSummary(t *testing.T) {
+	_, p := startAdmin(t)
+	for _, flag := range []string{"-s", "--summary"} {
+		code, out, errs := runConns(t, "--socket", p, flag)
+		if code != 0 || errs != "" {
+			t.Fatalf("%s: exit %d, stderr %q", flag, code, errs)
+		}
+		want := `Total: 4 live (opened 40, established 38, closed 36)
+
+State       tcpd  client
+CLOSED      0     0
+LISTEN      0     0
+SYN-SENT    0     1
+SYN-RECV    1     0
+ESTAB       1     1
+FIN-WAIT-1  0     0
+FIN-WAIT-2  0     2
+CLOSING     0     0
+TIME-WAIT   1     0
+CLOSE-WAIT  1     0
+LAST-ACK    0     0
+
+TIME-WAIT: 1 of 16384 used, timeout 30s (entered 20, overflowed 1, reused 2)
+
+Latency    p50   p99    samples
+handshake  1ms   1.1ms  100
+dial       30ms  31ms   1
+setup      -     -      0
+
+Resets: 4; RSTs ignored: 5; untracked segments: 6; table full: 7; expired: 8
+Corrections: 0 (tcpd states corrected from the netstack's; 0 when healthy)
+`
+		if out != want {
+			t.Errorf("%s: got\n%s\nwant\n%s", flag, out, want)
+		}
+	}
+}
+
+func TestConnsJSON(t *testing.T) {
+	_, p := startAdmin(t)
+	code, out, errs := runConns(t, "--socket", p, "-o", "json", "--state", "time_wait")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	if !strings.HasPrefix(out, "{\n  \"time\": \"2026-03-01T12:00:00Z\",\n  \"conns\": [\n") {
+		t.Errorf("not the API's JSON, indented:\n%s", out)
+	}
+	var cs admin.Conns
+	if err := json.Unmarshal([]byte(out), &cs); err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Conns) != 1 || cs.Conns[0].ID != 9 || cs.Conns[0].State != "time_wait" || cs.Conns[0].BytesOut != 1<<20 {
+		t.Errorf("conns %+v", cs.Conns)
+	}
+
+	code, out, errs = runConns(t, "--socket", p, "-s", "--output=json")
+	if code != 0 {
+		t.Fatalf("-s -o json: exit %d, stderr %q", code, errs)
+	}
+	var s admin.Summary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Live != 4 || s.States["close_wait"] != 1 || s.TimeWaitLimit != 16384 || s.Handshake.Count != 100 {
+		t.Errorf("summary %+v", s)
+	}
+}
+
+func TestConnsKill(t *testing.T) {
+	src, p := startAdmin(t)
+	code, out, errs := runConns(t, "kill", "9", "--socket", p)
+	if code != 0 || out != "reset connection 9\n" || errs != "" {
+		t.Errorf("kill 9: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if slices.ContainsFunc(src.Conns(), func(c stack.ConnInfo) bool { return c.ID == 9 }) {
+		t.Error("connection 9 still listed after kill")
+	}
+	code, out, errs = runConns(t, "--socket", p, "kill", "9")
+	if code != 1 || out != "" || errs != "tcpd conns: no connection 9\n" {
+		t.Errorf("kill 9 again: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}
+
+func TestConnsUnreachable(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "tcpd.sock")
+	want := "tcpd conns: cannot reach tcpd at " + p + ": connect: no such file or directory (is tcpd running? see admin.socket)\n"
+	for _, args := range [][]string{{"--socket", p}, {"--socket", p, "-s"}, {"kill", "3", "--socket", p}} {
+		code, out, errs := runConns(t, args...)
+		if code != 1 || out != "" || errs != want {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q, want 1 and %q", args, code, out, errs, want)
+		}
+	}
+}
+
+func TestConnsSocketEnv(t *testing.T) {
+	_, p := startAdmin(t)
+	t.Setenv(adminSocketEnv, p)
+	code, out, errs := runConns(t, "--dport", "22")
+	if code != 0 || !strings.Contains(out, "\n20  ") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	t.Setenv(adminSocketEnv, "")
+	code, _, errs = runConns(t)
+	if code != 1 || !strings.Contains(errs, "cannot reach tcpd at "+defaultAdminSocket+": ") {
+		t.Errorf("empty %s: exit %d, stderr %q, want the default path", adminSocketEnv, code, errs)
+	}
+}
+
+func TestConnsUsage(t *testing.T) {
+	// Nothing listens here: a usage error must be found before dialling.
+	p := filepath.Join(t.TempDir(), "tcpd.sock")
+	cases := []struct {
+		args   []string
+		code   int
+		stderr string
+	}{
+		{[]string{"--help"}, 0, `like "ss -tan" but with both`},
+		{[]string{"--state", "bogus"}, 2, `tcpd conns: --state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack)`},
+		{[]string{"--src", "100.64/10"}, 2, `tcpd conns: --src: "100.64/10" is not an address or prefix`},
+		{[]string{"--dst", "example.com"}, 2, `tcpd conns: --dst: "example.com" is not an address or prefix`},
+		{[]string{"--dport", "0"}, 2, `tcpd conns: --dport: "0" is not a port (allowed: 1..65535)`},
+		{[]string{"-o", "yaml"}, 2, `tcpd conns: -o: "yaml" is not allowed (allowed: table, json)`},
+		{[]string{"-s", "--state", "ESTAB"}, 2, `tcpd conns: -s summarises every connection; --state filters the list only`},
+		{[]string{"--frobnicate"}, 2, "flag provided but not defined: -frobnicate"},
+		{[]string{"list"}, 2, `tcpd conns: unexpected argument "list"`},
+		{[]string{"kill"}, 2, "tcpd conns: kill takes one connection ID"},
+		{[]string{"kill", "1", "2"}, 2, "tcpd conns: kill takes one connection ID"},
+		{[]string{"kill", "x1"}, 2, `tcpd conns: kill: "x1" is not a connection ID`},
+		{[]string{"kill", "1", "--state", "ESTAB"}, 2, "tcpd conns: kill takes no flag but --socket (got -state)"},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, errs := runConns(t, append([]string{"--socket", p}, tc.args...)...)
+			if code != tc.code || out != "" || !strings.Contains(errs, tc.stderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d and %q", code, out, errs, tc.code, tc.stderr)
+			}
+			if strings.Contains(errs, "cannot reach") {
+				t.Error("dialled the socket for a usage error")
+			}
+		})
+	}
+}
+
+func TestHumanDuration(t *testing.T) {
+	cases := []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s"},
+		{400 * time.Nanosecond, "0µs"},
+		{850 * time.Microsecond, "850µs"},
+		{999600 * time.Nanosecond, "1ms"},
+		{2500 * time.Microsecond, "2.5ms"},
+		{9960 * time.Microsecond, "10ms"},
+		{12 * time.Millisecond, "12ms"},
+		{999600 * time.Microsecond, "1s"},
+		{3200 * time.Millisecond, "3.2s"},
+		{9960 * time.Millisecond, "10s"},
+		{42 * time.Second, "42s"},
+		{59600 * time.Millisecond, "1m0s"},
+		{250 * time.Second, "4m10s"},
+		{2*time.Hour + 5*time.Minute, "2h5m"},
+		{3*24*time.Hour + 4*time.Hour, "3d4h"},
+	}
+	for _, tc := range cases {
+		if got := humanDuration(tc.d.Seconds()); got != tc.want {
+			t.Errorf("humanDuration(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	cases := []struct {
+		n    uint64
+		want string
+	}{
+		{0, "0B"},
+		{1023, "1023B"},
+		{1024, "1KiB"},
+		{1234, "1.2KiB"},
+		{10188, "9.9KiB"},
+		{10200, "10KiB"},
+		{1048575, "1MiB"},
+		{1258291, "1.2MiB"},
+		{5 << 40, "5TiB"},
+		{1 << 63, "8EiB"},
+	}
+	for _, tc := range cases {
+		if got := humanBytes(tc.n); got != tc.want {
+			t.Errorf("humanBytes(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}

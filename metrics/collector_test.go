@@ -1,0 +1,398 @@
+package metrics_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"tcpd/conntrack"
+	"tcpd/metrics"
+	"tcpd/stack"
+)
+
+// testSources returns a Snapshot and stack counters with distinct values, so
+// that a field exported under the wrong name shows up in a comparison.
+func testSources() (*fakeConntrack, *fakeStack) {
+	var s conntrack.Snapshot
+	s.States[conntrack.StateEstablished] = 7
+	s.States[conntrack.StateSynRecv] = 2
+	s.States[conntrack.StateTimeWait] = 3
+	s.States[conntrack.StateCloseWait] = 1
+	s.ClientStates[conntrack.StateEstablished] = 6
+	s.ClientStates[conntrack.StateSynSent] = 2
+	s.ClientStates[conntrack.StateFinWait2] = 4
+	s.ClientStates[conntrack.StateClosed] = 1
+	s.Live = 13
+	s.TimeWait = 3
+	s.TimeWaitLimit = 16384
+	s.TimeWaitTimeout = 30 * time.Second
+	s.Counters = conntrack.Counters{
+		Opened:           101,
+		Established:      88,
+		Closed:           90,
+		Resets:           11,
+		TimeWaitEntered:  40,
+		TimeWaitOverflow: 5,
+		TimeWaitReused:   6,
+		RSTIgnored:       4,
+		Untracked:        17,
+		TableFull:        2,
+		Expired:          9,
+		Corrections:      1,
+	}
+	st := &fakeStack{counters: netstackCounters()}
+	st.stats.TUNPackets[stack.In].Store(1000)
+	st.stats.TUNPackets[stack.Out].Store(900)
+	st.stats.TUNBytes[stack.In].Store(150000)
+	st.stats.TUNBytes[stack.Out].Store(1200000)
+	st.stats.RelayBytes[stack.In].Store(100000)
+	st.stats.RelayBytes[stack.Out].Store(1100000)
+	st.stats.Dropped[stack.DropSpoofedSource].Store(3)
+	st.stats.Dropped[stack.DropDeniedDestination].Store(8)
+	st.stats.Dropped[stack.DropTUNWriteError].Store(1)
+	st.stats.Connections[stack.ResultRelayed].Store(80)
+	st.stats.Connections[stack.ResultDenied].Store(8)
+	st.stats.Connections[stack.ResultUpstreamFailed].Store(5)
+	st.stats.DialFailures[stack.DialRefused].Store(4)
+	st.stats.DialFailures[stack.DialTimeout].Store(1)
+	st.stats.Ended[stack.EndClean].Store(70)
+	st.stats.Ended[stack.EndClientReset].Store(3)
+	st.stats.Ended[stack.EndTimeout].Store(2)
+	st.stats.Panics.Store(1)
+	st.stats.Active.Store(4)
+	st.stats.InFlight.Store(2)
+	return &fakeConntrack{snap: s}, st
+}
+
+// pedantic registers c in a pedantic registry, which checks every
+// collected metric against the descriptors c described.
+func pedantic(t *testing.T, c prometheus.Collector) *prometheus.Registry {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	return reg
+}
+
+func TestCollector(t *testing.T) {
+	ct, st := testSources()
+	c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st})
+	reg := pedantic(t, c)
+
+	tests := []struct {
+		name string
+		want string
+	}{
+		{"states", `
+# HELP tcpd_tcp_connection_states Tracked TCP connections by the state of tcpd's own end (the netstack side), with node_exporter's tcpstat label values.
+# TYPE tcpd_tcp_connection_states gauge
+tcpd_tcp_connection_states{state="close"} 0
+tcpd_tcp_connection_states{state="close_wait"} 1
+tcpd_tcp_connection_states{state="closing"} 0
+tcpd_tcp_connection_states{state="established"} 7
+tcpd_tcp_connection_states{state="fin_wait1"} 0
+tcpd_tcp_connection_states{state="fin_wait2"} 0
+tcpd_tcp_connection_states{state="last_ack"} 0
+tcpd_tcp_connection_states{state="listen"} 0
+tcpd_tcp_connection_states{state="syn_recv"} 2
+tcpd_tcp_connection_states{state="syn_sent"} 0
+tcpd_tcp_connection_states{state="time_wait"} 3
+`},
+		{"client states", `
+# HELP tcpd_tcp_client_connection_states Tracked TCP connections by the state of the client's end, as inferred from the segments crossing the TUN.
+# TYPE tcpd_tcp_client_connection_states gauge
+tcpd_tcp_client_connection_states{state="close"} 1
+tcpd_tcp_client_connection_states{state="close_wait"} 0
+tcpd_tcp_client_connection_states{state="closing"} 0
+tcpd_tcp_client_connection_states{state="established"} 6
+tcpd_tcp_client_connection_states{state="fin_wait1"} 0
+tcpd_tcp_client_connection_states{state="fin_wait2"} 4
+tcpd_tcp_client_connection_states{state="last_ack"} 0
+tcpd_tcp_client_connection_states{state="listen"} 0
+tcpd_tcp_client_connection_states{state="syn_recv"} 0
+tcpd_tcp_client_connection_states{state="syn_sent"} 2
+tcpd_tcp_client_connection_states{state="time_wait"} 0
+`},
+		{"conntrack", `
+# HELP tcpd_conntrack_entries Entries in tcpd's connection tracking table, in any state.
+# TYPE tcpd_conntrack_entries gauge
+tcpd_conntrack_entries 13
+# HELP tcpd_conntrack_opened_total TCP connections tracked from their first SYN.
+# TYPE tcpd_conntrack_opened_total counter
+tcpd_conntrack_opened_total 101
+# HELP tcpd_conntrack_established_total TCP connections whose handshake completed on tcpd's side.
+# TYPE tcpd_conntrack_established_total counter
+tcpd_conntrack_established_total 88
+# HELP tcpd_conntrack_closed_total Connection tracking entries removed, for any reason.
+# TYPE tcpd_conntrack_closed_total counter
+tcpd_conntrack_closed_total 90
+# HELP tcpd_conntrack_resets_total Tracked connections closed by an acceptable RST from either side.
+# TYPE tcpd_conntrack_resets_total counter
+tcpd_conntrack_resets_total 11
+# HELP tcpd_conntrack_rst_ignored_total RST segments their receiver would not accept (RFC 5961 section 3.2): out of window, or in window but not at RCV.NXT.
+# TYPE tcpd_conntrack_rst_ignored_total counter
+tcpd_conntrack_rst_ignored_total 4
+# HELP tcpd_conntrack_untracked_segments_total TCP segments that matched no tracked connection and opened none.
+# TYPE tcpd_conntrack_untracked_segments_total counter
+tcpd_conntrack_untracked_segments_total 17
+# HELP tcpd_conntrack_table_full_total SYNs not tracked because the connection tracking table was full.
+# TYPE tcpd_conntrack_table_full_total counter
+tcpd_conntrack_table_full_total 2
+# HELP tcpd_conntrack_expired_total Tracking entries removed by a timer other than TIME_WAIT's: a handshake that never completed, or an entry the netstack abandoned.
+# TYPE tcpd_conntrack_expired_total counter
+tcpd_conntrack_expired_total 9
+# HELP tcpd_conntrack_corrections_total Times the tracked state of tcpd's end disagreed with the netstack's own endpoint state and was corrected to it.
+# TYPE tcpd_conntrack_corrections_total counter
+tcpd_conntrack_corrections_total 1
+`},
+		{"time_wait", `
+# HELP tcpd_tcp_time_wait_connections Connections in TIME_WAIT on tcpd's side.
+# TYPE tcpd_tcp_time_wait_connections gauge
+tcpd_tcp_time_wait_connections 3
+# HELP tcpd_tcp_time_wait_limit Configured cap on connections in TIME_WAIT; entries beyond it are cut short and counted in tcpd_tcp_time_wait_overflow_total.
+# TYPE tcpd_tcp_time_wait_limit gauge
+tcpd_tcp_time_wait_limit 16384
+# HELP tcpd_tcp_time_wait_timeout_seconds Configured time a closed connection is held in TIME_WAIT.
+# TYPE tcpd_tcp_time_wait_timeout_seconds gauge
+tcpd_tcp_time_wait_timeout_seconds 30
+# HELP tcpd_tcp_time_wait_entered_total Connections that entered TIME_WAIT on tcpd's side.
+# TYPE tcpd_tcp_time_wait_entered_total counter
+tcpd_tcp_time_wait_entered_total 40
+# HELP tcpd_tcp_time_wait_overflow_total TIME_WAIT entries cut short because tcpd_tcp_time_wait_limit of them were held already.
+# TYPE tcpd_tcp_time_wait_overflow_total counter
+tcpd_tcp_time_wait_overflow_total 5
+# HELP tcpd_tcp_time_wait_reused_total TIME_WAIT entries retired early by a new SYN on the same 4-tuple (RFC 6191).
+# TYPE tcpd_tcp_time_wait_reused_total counter
+tcpd_tcp_time_wait_reused_total 6
+`},
+		{"tun and relay", `
+# HELP tcpd_tun_packets_total IP packets read from (in) and written to (out) the TUN device.
+# TYPE tcpd_tun_packets_total counter
+tcpd_tun_packets_total{direction="in"} 1000
+tcpd_tun_packets_total{direction="out"} 900
+# HELP tcpd_tun_bytes_total Bytes of whole IP packets read from (in) and written to (out) the TUN device.
+# TYPE tcpd_tun_bytes_total counter
+tcpd_tun_bytes_total{direction="in"} 150000
+tcpd_tun_bytes_total{direction="out"} 1.2e+06
+# HELP tcpd_relay_bytes_total Payload bytes relayed, client to destination (in) and destination to client (out).
+# TYPE tcpd_relay_bytes_total counter
+tcpd_relay_bytes_total{direction="in"} 100000
+tcpd_relay_bytes_total{direction="out"} 1.1e+06
+# HELP tcpd_relays_active Relays in progress.
+# TYPE tcpd_relays_active gauge
+tcpd_relays_active 4
+# HELP tcpd_handshakes_in_flight Handshakes in progress in tcpd's connection handler.
+# TYPE tcpd_handshakes_in_flight gauge
+tcpd_handshakes_in_flight 2
+# HELP tcpd_handler_panics_total Connection handlers that panicked; each reset only its own connection.
+# TYPE tcpd_handler_panics_total counter
+tcpd_handler_panics_total 1
+`},
+		{"drops", `
+# HELP tcpd_dropped_total Packets and connection attempts tcpd dropped or refused, by reason.
+# TYPE tcpd_dropped_total counter
+tcpd_dropped_total{reason="denied_destination"} 8
+tcpd_dropped_total{reason="malformed"} 0
+tcpd_dropped_total{reason="max_connections"} 0
+tcpd_dropped_total{reason="max_connections_per_client"} 0
+tcpd_dropped_total{reason="max_in_flight_per_client"} 0
+tcpd_dropped_total{reason="shutting_down"} 0
+tcpd_dropped_total{reason="spoofed_source"} 3
+tcpd_dropped_total{reason="tun_read_error"} 0
+tcpd_dropped_total{reason="tun_write_error"} 1
+`},
+		{"connections", `
+# HELP tcpd_connections_total Connection attempts by how they ended: relayed, denied by policy or a cap, upstream connect failed, or client handshake not completed.
+# TYPE tcpd_connections_total counter
+tcpd_connections_total{result="denied"} 8
+tcpd_connections_total{result="handshake_failed"} 0
+tcpd_connections_total{result="relayed"} 80
+tcpd_connections_total{result="upstream_failed"} 5
+# HELP tcpd_upstream_connect_failures_total Failed upstream connects, by cause.
+# TYPE tcpd_upstream_connect_failures_total counter
+tcpd_upstream_connect_failures_total{reason="denied"} 0
+tcpd_upstream_connect_failures_total{reason="other"} 0
+tcpd_upstream_connect_failures_total{reason="refused"} 4
+tcpd_upstream_connect_failures_total{reason="timeout"} 1
+tcpd_upstream_connect_failures_total{reason="unreachable"} 0
+# HELP tcpd_relay_ended_total Finished relays, by how they ended.
+# TYPE tcpd_relay_ended_total counter
+tcpd_relay_ended_total{end="aborted"} 0
+tcpd_relay_ended_total{end="clean"} 70
+tcpd_relay_ended_total{end="client_reset"} 3
+tcpd_relay_ended_total{end="timeout"} 2
+tcpd_relay_ended_total{end="upstream_reset"} 0
+`},
+		{"netstack", `
+# HELP tcpd_netstack_tcp_retransmits_total TCP segments the netstack retransmitted.
+# TYPE tcpd_netstack_tcp_retransmits_total counter
+tcpd_netstack_tcp_retransmits_total 12
+# HELP tcpd_netstack_tcp_resets_sent_total TCP RST segments the netstack sent.
+# TYPE tcpd_netstack_tcp_resets_sent_total counter
+tcpd_netstack_tcp_resets_sent_total 0
+`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := testutil.GatherAndCompare(reg, strings.NewReader(tt.want), metricNames(tt.want)...); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Run("CollectAndCompare", func(t *testing.T) {
+		// The same through testutil's own pedantic registry.
+		want := tests[0].want
+		if err := testutil.CollectAndCompare(c, strings.NewReader(want), metricNames(want)...); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// metricNames lists the families in an expected exposition, so that the
+// comparison also fails when one of them is missing from the scrape.
+func metricNames(text string) []string {
+	var names []string
+	for line := range strings.Lines(text) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
+			names = append(names, f[2])
+		}
+	}
+	return names
+}
+
+// TestCollectorEveryFamily checks that the Collector emits exactly the
+// documented families, each with a HELP text, and one Snapshot per scrape.
+func TestCollectorEveryFamily(t *testing.T) {
+	_, st := testSources()
+	ct := &countingConntrack{}
+	c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st, Reload: fakeReload{ok: true}})
+	fams, err := pedantic(t, c).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct.calls != 1 {
+		t.Errorf("one scrape took %d snapshots, want 1", ct.calls)
+	}
+	want := []string{
+		"tcpd_config_last_reload_success_timestamp_seconds",
+		"tcpd_config_last_reload_successful",
+		"tcpd_connection_duration_seconds",
+		"tcpd_connections_total",
+		"tcpd_conntrack_closed_total",
+		"tcpd_conntrack_corrections_total",
+		"tcpd_conntrack_entries",
+		"tcpd_conntrack_established_total",
+		"tcpd_conntrack_expired_total",
+		"tcpd_conntrack_opened_total",
+		"tcpd_conntrack_resets_total",
+		"tcpd_conntrack_rst_ignored_total",
+		"tcpd_conntrack_table_full_total",
+		"tcpd_conntrack_untracked_segments_total",
+		"tcpd_dropped_total",
+		"tcpd_handler_panics_total",
+		"tcpd_handshakes_in_flight",
+		"tcpd_netstack_tcp_resets_sent_total",
+		"tcpd_netstack_tcp_retransmits_total",
+		"tcpd_relay_bytes_total",
+		"tcpd_relay_ended_total",
+		"tcpd_relays_active",
+		"tcpd_tcp_client_connection_states",
+		"tcpd_tcp_connection_setup_duration_seconds",
+		"tcpd_tcp_connection_states",
+		"tcpd_tcp_handshake_duration_seconds",
+		"tcpd_tcp_time_wait_connections",
+		"tcpd_tcp_time_wait_duration_seconds",
+		"tcpd_tcp_time_wait_entered_total",
+		"tcpd_tcp_time_wait_limit",
+		"tcpd_tcp_time_wait_overflow_total",
+		"tcpd_tcp_time_wait_reused_total",
+		"tcpd_tcp_time_wait_timeout_seconds",
+		"tcpd_tun_bytes_total",
+		"tcpd_tun_packets_total",
+		"tcpd_upstream_connect_duration_seconds",
+		"tcpd_upstream_connect_failures_total",
+	}
+	var got []string
+	for _, f := range fams {
+		got = append(got, f.GetName())
+		if f.GetHelp() == "" {
+			t.Errorf("%s has no HELP", f.GetName())
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "state", "direction", "reason", "result", "end":
+				default:
+					t.Errorf("%s has unexpected label %q", f.GetName(), l.GetName())
+				}
+			}
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("families:\n got %v\nwant %v", got, want)
+	}
+}
+
+func TestCollectorReload(t *testing.T) {
+	_, st := testSources()
+	ct := &fakeConntrack{}
+	names := []string{"tcpd_config_last_reload_successful", "tcpd_config_last_reload_success_timestamp_seconds"}
+
+	t.Run("absent without a ReloadSource", func(t *testing.T) {
+		c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st})
+		if n := testutil.CollectAndCount(c, names...); n != 0 {
+			t.Errorf("%d reload metrics, want none", n)
+		}
+	})
+	t.Run("failed", func(t *testing.T) {
+		c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st,
+			Reload: fakeReload{ok: false, at: time.Unix(1700000000, 500e6)}})
+		want := `
+# HELP tcpd_config_last_reload_successful 1 if the last configuration reload succeeded (or none was tried since start), 0 if it failed.
+# TYPE tcpd_config_last_reload_successful gauge
+tcpd_config_last_reload_successful 0
+# HELP tcpd_config_last_reload_success_timestamp_seconds Unix time the configuration in use was loaded, at start or by the last successful reload.
+# TYPE tcpd_config_last_reload_success_timestamp_seconds gauge
+tcpd_config_last_reload_success_timestamp_seconds 1.7000000005e+09
+`
+		if err := testutil.GatherAndCompare(pedantic(t, c), strings.NewReader(want), names...); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("never reloaded reports the start", func(t *testing.T) {
+		before := time.Now()
+		c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st, Reload: fakeReload{ok: true}})
+		after := time.Now()
+		fams, err := pedantic(t, c).Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, f := range fams {
+			if m := f.GetMetric(); len(m) == 1 && m[0].Gauge != nil {
+				got[f.GetName()] = m[0].GetGauge().GetValue()
+			}
+		}
+		if got[names[0]] != 1 {
+			t.Errorf("%s = %v, want 1", names[0], got[names[0]])
+		}
+		ts := got[names[1]]
+		if lo, hi := float64(before.Unix()), float64(after.Unix()+1); ts < lo || ts > hi {
+			t.Errorf("%s = %v, want within [%v, %v]", names[1], ts, lo, hi)
+		}
+	})
+}
+
+func TestNewCollectorRequiresSources(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("NewCollector without a StackSource did not panic")
+		}
+	}()
+	metrics.NewCollector(metrics.Config{Conntrack: &fakeConntrack{}})
+}

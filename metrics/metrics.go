@@ -1,0 +1,77 @@
+// Package metrics exports tcpd's state to Prometheus at scrape time. A
+// Collector reads one aggregated conntrack.Snapshot, the stack's atomic
+// counters and the reload status through small interfaces when it is
+// scraped, so nothing on the packet path touches a Prometheus object and a
+// scrape costs the same whatever the number of connections. It keeps no
+// global registry and never labels a metric with an address, a port or a
+// connection.
+package metrics
+
+import (
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"tcpd/conntrack"
+	"tcpd/stack"
+)
+
+// ConntrackSource gives the connection table's aggregated state.
+type ConntrackSource interface {
+	Snapshot() conntrack.Snapshot
+}
+
+// StackSource gives the stack's counters; *stack.Stack satisfies it.
+type StackSource interface {
+	Stats() *stack.Stats
+	NetstackCounters() []stack.Counter
+}
+
+// ReloadSource tells how the last configuration reload went.
+type ReloadSource interface {
+	// LastReload reports whether the last reload succeeded, and when the
+	// configuration was last loaded successfully. The zero time means no
+	// reload has succeeded since start; the configuration in use is then
+	// the one loaded at start.
+	LastReload() (ok bool, at time.Time)
+}
+
+// Config says where the metrics come from.
+type Config struct {
+	// Conntrack is read once per scrape. Required.
+	Conntrack ConntrackSource
+	// Stack is read once per scrape. Required. Its NetstackCounters are
+	// also read once by NewCollector, to learn their names.
+	Stack StackSource
+	// Reload, when not nil, adds the tcpd_config_last_reload_* metrics.
+	Reload ReloadSource
+	// Version is the value of tcpd_build_info's version label. Empty means
+	// "unknown".
+	Version string
+}
+
+// NewRegistry returns a private registry holding a Collector for cfg, the Go
+// runtime and process collectors, and tcpd_build_info. It panics if cfg
+// lacks a required source, as NewCollector does.
+func NewRegistry(cfg Config) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	version := cfg.Version
+	if version == "" {
+		version = "unknown"
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "tcpd_build_info",
+		Help:        "Always 1; the labels give tcpd's version and the Go release it was built with.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(
+		NewCollector(cfg),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo,
+	)
+	return reg
+}
