@@ -29,7 +29,16 @@ type gwConfig struct {
 	Clients          []string
 	DialTimeout      string
 	HalfCloseTimeout string
+	TimeWait         string
+	TimeWaitLimit    int
+	// Metrics turns on the metrics listener at metricsAddr inside the
+	// gateway namespace; AdminSocket, when set, is the admin socket's path.
+	Metrics     bool
+	AdminSocket string
 }
+
+// metricsAddr is where tcpd listens for scrapes inside the gateway namespace.
+const metricsAddr = "127.0.0.1:9810"
 
 func (c gwConfig) yaml() string {
 	if c.MTU == 0 {
@@ -47,6 +56,16 @@ func (c gwConfig) yaml() string {
 	if c.HalfCloseTimeout == "" {
 		c.HalfCloseTimeout = "60s"
 	}
+	if c.TimeWait == "" {
+		c.TimeWait = "30s"
+	}
+	if c.TimeWaitLimit == 0 {
+		c.TimeWaitLimit = 16384
+	}
+	listen := ""
+	if c.Metrics {
+		listen = metricsAddr
+	}
 	return fmt.Sprintf(`tun:
   name: tcpd0
   mtu: %d
@@ -57,13 +76,16 @@ upstream:
   dial_timeout: %s
 tcp:
   half_close_timeout: %s
+  time_wait: %s
+  time_wait_limit: %d
 metrics:
-  listen: ""
+  listen: "%s"
 admin:
-  socket: ""
+  socket: "%s"
 log:
   level: debug
-`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.HalfCloseTimeout)
+`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.HalfCloseTimeout,
+		c.TimeWait, c.TimeWaitLimit, listen, c.AdminSocket)
 }
 
 // gateway is a lab with tcpd running in its gateway namespace and the
