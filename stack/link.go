@@ -53,6 +53,14 @@ type link struct {
 	// writeBufs recycles outbound batches.
 	writeBufs sync.Pool
 
+	// busySince is when readTUN started handing its current batch to the
+	// netstack (unix nanoseconds), 0 while it waits in Read: a batch that
+	// takes seconds means the packet loop is wedged.
+	busySince atomic.Int64
+	// stall is set only by WedgeForTest, in binaries built with -tags
+	// wedgetest.
+	stall atomic.Bool
+
 	done chan struct{}
 }
 
@@ -100,9 +108,12 @@ func (l *link) readTUN() {
 	failures := 0
 	for {
 		n, err := l.dev.Read(bufs, sizes, 0)
+		l.busySince.Store(time.Now().UnixNano())
+		l.stallForTest()
 		for i := 0; i < n; i++ {
 			l.deliver(bufs[i][:sizes[i]])
 		}
+		l.busySince.Store(0)
 		if err != nil {
 			if isClosedErr(err) {
 				return

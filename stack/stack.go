@@ -208,6 +208,8 @@ type Stack struct {
 	// eps maps every tracked connection to its netstack endpoint until the
 	// endpoint is closed.
 	eps map[conntrack.ID]*endpoint
+	// lastTick is when the maintenance loop last ran (unix nanoseconds).
+	lastTick atomic.Int64
 	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.
 	reconcileIDs []conntrack.ID
 	reconcileEPs []tcpip.Endpoint
@@ -270,6 +272,7 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s.link.start()
+	s.lastTick.Store(time.Now().UnixNano())
 	s.bg.Add(1)
 	go s.maintain()
 	return s, nil
@@ -295,12 +298,32 @@ func (s *Stack) maintain() {
 			s.retire(id, true)
 		case <-tick.C:
 			s.reconcile()
+			s.lastTick.Store(time.Now().UnixNano())
 		case <-hosts.C:
 			if err := s.policy.Load().RefreshHostAddrs(); err != nil {
 				s.log.Warn("refresh host addresses for the destination policy", zap.Error(err))
 			}
 		}
 	}
+}
+
+// wedgedAfter is how long the packet loop may spend on one batch, or the
+// maintenance loop may go without a tick, before the stack calls itself
+// unhealthy. A batch normally takes microseconds; a tick comes every second.
+const wedgedAfter = 5 * time.Second
+
+// Healthy reports whether the data path is making progress: the packet loop
+// is not stuck inside a batch and the maintenance loop is ticking. An idle
+// stack is healthy. The daemon pings systemd's watchdog only while it is.
+func (s *Stack) Healthy() (bool, string) {
+	now := time.Now().UnixNano()
+	if b := s.link.busySince.Load(); b != 0 && time.Duration(now-b) > wedgedAfter {
+		return false, fmt.Sprintf("packet loop stuck on one batch for %v", time.Duration(now-b).Round(time.Second))
+	}
+	if t := s.lastTick.Load(); time.Duration(now-t) > wedgedAfter {
+		return false, fmt.Sprintf("maintenance loop silent for %v", time.Duration(now-t).Round(time.Second))
+	}
+	return true, ""
 }
 
 // Offload reports whether the TUN exchanges batches with the virtio-net

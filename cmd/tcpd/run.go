@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	sd "github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -143,11 +144,26 @@ func (d *daemon) run() error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	d.wedgeOnSignal()
+	d.notify("READY=1\nSTATUS=" + status(d.st.Snapshot(), 0))
+	done := make(chan struct{})
+	supervised := make(chan struct{})
+	go func() {
+		defer close(supervised)
+		d.supervise(done)
+	}()
+	defer func() {
+		close(done)
+		<-supervised
+	}()
 	for {
 		select {
 		case <-hup:
+			d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
 			d.reload()
+			d.notify(sd.SdNotifyReady)
 		case <-ctx.Done():
+			d.notify(sd.SdNotifyStopping)
 			return d.shutdown()
 		}
 	}
