@@ -173,6 +173,25 @@ func New(cfg Config) *Table {
 	return &Table{cfg: cfg, byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}}
 }
 
+// SetTimeWait changes the TIME_WAIT duration and cap for connections that
+// enter TIME_WAIT from now on; those already there keep their deadline, and a
+// lower cap cuts nothing short, it only stops new entries.
+func (t *Table) SetTimeWait(d time.Duration, limit int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d > 0 {
+		t.cfg.TimeWait = d
+	}
+	switch {
+	case limit == 0:
+		t.cfg.TimeWaitLimit = 16384
+	case limit < 0:
+		t.cfg.TimeWaitLimit = 0
+	default:
+		t.cfg.TimeWaitLimit = limit
+	}
+}
+
 // Sequence-number comparisons modulo 2^32 (RFC 9293 3.4).
 func seqLT(a, b uint32) bool  { return int32(a-b) < 0 }
 func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
@@ -631,9 +650,9 @@ func (t *Table) Snapshot() Snapshot {
 	s.Live = len(t.byID)
 	s.TimeWait = t.twCount
 	s.Counters = t.counters
-	t.mu.Unlock()
 	s.TimeWaitLimit = t.cfg.TimeWaitLimit
 	s.TimeWaitTimeout = t.cfg.TimeWait
+	t.mu.Unlock()
 	s.Handshake = t.handshake.Snapshot()
 	s.Dial = t.dial.Snapshot()
 	s.Setup = t.setup.Snapshot()

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,15 +10,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// newDialer returns the upstream dialler: keepalive on, and a control hook
-// that re-checks the address actually dialled against the policy and applies
-// SO_MARK and SO_BINDTODEVICE before connect.
-func (s *Stack) newDialer() *net.Dialer {
-	ka := s.cfg.Keepalive
-	return &net.Dialer{
+// dialUpstream dials with keepalive on, as currently configured, and a
+// control hook that re-checks the address actually dialled against the
+// policy and applies SO_MARK and SO_BINDTODEVICE before connect.
+func (s *Stack) dialUpstream(ctx context.Context, network, address string) (net.Conn, error) {
+	ka := s.tune.Load().Keepalive
+	d := net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: ka.Idle, Interval: ka.Interval, Count: ka.Count},
 		Control:         s.controlUpstream,
 	}
+	return d.DialContext(ctx, network, address)
 }
 
 func (s *Stack) controlUpstream(network, address string, c syscall.RawConn) error {

@@ -8,10 +8,7 @@ import (
 	"net"
 )
 
-type unsupportedDialer struct{}
-
-func (unsupportedDialer) DialContext(context.Context, string, string) (net.Conn, error) {
+// dialUpstream needs Linux socket options.
+func (s *Stack) dialUpstream(context.Context, string, string) (net.Conn, error) {
 	return nil, errors.ErrUnsupported
 }
-
-func (s *Stack) newDialer() unsupportedDialer { return unsupportedDialer{} }

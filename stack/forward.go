@@ -154,7 +154,8 @@ func (s *Stack) refuse(req *request, reason DropReason) {
 func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if int(s.stats.Active.Load()+s.stats.InFlight.Load()) >= s.cfg.MaxConnections {
+	tune := s.tune.Load()
+	if int(s.stats.Active.Load()+s.stats.InFlight.Load()) >= tune.MaxConnections {
 		return DropMaxConnections, false
 	}
 	c := s.perClient[client]
@@ -163,10 +164,10 @@ func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 		s.perClient[client] = c
 	}
 	switch {
-	case c.conns+c.inFlight >= s.cfg.MaxConnectionsPerClient:
+	case c.conns+c.inFlight >= tune.MaxConnectionsPerClient:
 		s.forgetClientLocked(client, c)
 		return DropMaxConnectionsPerClient, false
-	case c.inFlight >= s.cfg.MaxInFlightPerClient:
+	case c.inFlight >= tune.MaxInFlightPerClient:
 		return DropMaxInFlightPerClient, false
 	}
 	c.inFlight++
@@ -216,14 +217,14 @@ func (s *Stack) track(r *relay, add bool) {
 
 // dial connects to dst with the configured timeout.
 func (s *Stack) dial(dst netip.AddrPort) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.tune.Load().DialTimeout)
 	defer cancel()
 	return s.dialer(ctx, "tcp", dst.String())
 }
 
 // setKeepalive turns on keepalive for the client leg of a connection.
 func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
-	ka := s.cfg.Keepalive
+	ka := s.tune.Load().Keepalive
 	ep.SocketOptions().SetKeepAlive(true)
 	idle := tcpip.KeepaliveIdleOption(ka.Idle)
 	interval := tcpip.KeepaliveIntervalOption(ka.Interval)

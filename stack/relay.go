@@ -181,10 +181,11 @@ func (r *relay) other(c net.Conn) net.Conn {
 // timeout is the inactivity limit in force: the half-close timeout once a
 // direction has finished, else the idle timeout (zero: none).
 func (r *relay) timeout() time.Duration {
+	tune := r.s.tune.Load()
 	if r.halfClosed.Load() {
-		return r.s.cfg.HalfCloseTimeout
+		return tune.HalfCloseTimeout
 	}
-	return r.s.cfg.IdleTimeout
+	return tune.IdleTimeout
 }
 
 // armDeadline sets c's read deadline to the inactivity limit counted from

@@ -208,6 +208,9 @@ type Stack struct {
 	// eps maps every tracked connection to its netstack endpoint until the
 	// endpoint is closed.
 	eps map[conntrack.ID]*endpoint
+	// tune holds the settings that reload may change; read it, never
+	// cfg, for those.
+	tune atomic.Pointer[Tunables]
 	// lastTick is when the maintenance loop last ran (unix nanoseconds).
 	lastTick atomic.Int64
 	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.
@@ -242,6 +245,8 @@ func New(cfg Config) (*Stack, error) {
 		}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	tune := cfg.tunables()
+	s.tune.Store(&tune)
 	pol := cfg.Policy
 	if pol == nil {
 		var err error
@@ -254,7 +259,7 @@ func New(cfg Config) (*Stack, error) {
 
 	s.dialer = cfg.dial
 	if s.dialer == nil {
-		s.dialer = s.newDialer().DialContext
+		s.dialer = s.dialUpstream
 	}
 
 	dev := cfg.dev

@@ -114,3 +114,32 @@ func TestConntrackRefusedAndKilled(t *testing.T) {
 		t.Fatalf("opened %d corrections %d", snap.Opened, snap.Corrections)
 	}
 }
+
+func TestSetTunablesAppliesToNewConnections(t *testing.T) {
+	h := newHarness(t, Config{MaxConnectionsPerClient: 1}, clientAddr)
+	hold := make(chan struct{})
+	defer close(hold)
+	h.listen(t, func(c net.Conn) { <-hold })
+	if _, err := h.dial(t, 80); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.dial(t, 80); err == nil {
+		t.Fatal("second connection admitted over a per-client cap of 1")
+	}
+	tune := h.s.Tunables()
+	tune.MaxConnectionsPerClient = 2
+	tune.TimeWait = 7 * time.Second
+	tune.TimeWaitLimit = 5
+	if err := h.s.SetTunables(tune); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.dial(t, 80); err != nil {
+		t.Fatalf("after raising the cap: %v", err)
+	}
+	if snap := h.s.Snapshot(); snap.TimeWaitTimeout != 7*time.Second || snap.TimeWaitLimit != 5 {
+		t.Fatalf("conntrack TIME_WAIT %v / %d after SetTunables", snap.TimeWaitTimeout, snap.TimeWaitLimit)
+	}
+	if states(h.s)["established"] != 2 {
+		t.Fatalf("states %v, want 2 established", states(h.s))
+	}
+}

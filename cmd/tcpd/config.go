@@ -735,6 +735,22 @@ func (c *config) stackConfig(pol *policy.Policy, log *zap.Logger) stack.Config {
 	}
 }
 
+// tunables returns the settings a reload applies to the running stack.
+func (c *config) tunables() stack.Tunables {
+	sc := c.stackConfig(nil, nil)
+	return stack.Tunables{
+		DialTimeout:             sc.DialTimeout,
+		Keepalive:               sc.Keepalive,
+		HalfCloseTimeout:        sc.HalfCloseTimeout,
+		IdleTimeout:             sc.IdleTimeout,
+		TimeWait:                sc.TimeWait,
+		TimeWaitLimit:           sc.TimeWaitLimit,
+		MaxConnections:          sc.MaxConnections,
+		MaxConnectionsPerClient: sc.MaxConnectionsPerClient,
+		MaxInFlightPerClient:    sc.MaxInFlightPerClient,
+	}
+}
+
 // stackTimeWaitLimit maps tcp.time_wait_limit, where 0 keeps no connection
 // in TIME_WAIT (as Linux's tcp_max_tw_buckets=0 does), to stack.Config,
 // where zero means the default.
@@ -788,10 +804,9 @@ func (c *config) restartOnlyChanges(other *config) []string {
 	diff("metrics.listen", c.metrics != other.metrics)
 	diff("admin.socket", c.admin != other.admin)
 	diff("log.format", c.log.format != other.log.format)
-	// These are read when the stack starts; applying them live is future
-	// work, and until then a reload must say that they did not change.
-	diff("upstream.dial_timeout", c.upstream.dialTimeout != other.upstream.dialTimeout)
-	diff("tcp", c.tcp != other.tcp)
-	diff("limits", c.limits != other.limits)
+	// The forwarder's in-flight bound and the handshake timeout are fixed
+	// when the netstack is built.
+	diff("tcp.handshake_timeout", c.tcp.handshakeTimeout != other.tcp.handshakeTimeout)
+	diff("limits.max_in_flight", c.limits.maxInFlight != other.limits.maxInFlight)
 	return keys
 }

@@ -194,7 +194,9 @@ func (d *daemon) shutdown() error {
 }
 
 // reload re-reads the configuration and applies what can change live: the
-// log level and the destination policy. A bad file changes nothing.
+// log level, the destination policy, timeouts, keepalive, TIME_WAIT and the
+// caps other than max_in_flight. Live connections are not touched. A bad
+// file changes nothing.
 func (d *daemon) reload() {
 	start := time.Now()
 	cfg, err := d.load()
@@ -208,6 +210,11 @@ func (d *daemon) reload() {
 	if err != nil {
 		d.setReload(false)
 		d.log.Error("reload rejected: destination policy", zap.Error(err))
+		return
+	}
+	if err := d.st.SetTunables(cfg.tunables()); err != nil {
+		d.setReload(false)
+		d.log.Error("reload rejected: apply settings", zap.Error(err))
 		return
 	}
 	d.setReload(true)
