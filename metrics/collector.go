@@ -89,6 +89,7 @@ type Collector struct {
 	dropped, connections             *prometheus.Desc
 	dialFailures, ended              *prometheus.Desc
 	panics, active, inFlight         *prometheus.Desc
+	handshakeTimeouts                *prometheus.Desc
 
 	// netstack maps a stack.Counter's Name to its descriptor; netstackOrder
 	// lists them for Describe.
@@ -141,6 +142,9 @@ func NewCollector(cfg Config) *Collector {
 		ended: prometheus.NewDesc("tcpd_relay_ended_total",
 			"Finished relays, by how they ended.",
 			[]string{"end"}, nil),
+		handshakeTimeouts: prometheus.NewDesc("tcpd_handshake_timeouts_total",
+			"Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout.",
+			nil, nil),
 		panics: prometheus.NewDesc("tcpd_handler_panics_total",
 			"Connection handlers that panicked; each reset only its own connection.",
 			nil, nil),
@@ -189,7 +193,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, d := range []*prometheus.Desc{
 		c.tunPackets, c.tunBytes, c.relayBytes, c.dropped, c.connections,
-		c.dialFailures, c.ended, c.panics, c.active, c.inFlight,
+		c.dialFailures, c.ended, c.panics, c.active, c.inFlight, c.handshakeTimeouts,
 	} {
 		ch <- d
 	}
@@ -258,6 +262,7 @@ func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
 		send(ch, c.ended, prometheus.CounterValue, float64(st.Ended[e].Load()), e.String())
 	}
 	send(ch, c.panics, prometheus.CounterValue, float64(st.Panics.Load()))
+	send(ch, c.handshakeTimeouts, prometheus.CounterValue, float64(st.HandshakeTimeouts.Load()))
 	send(ch, c.active, prometheus.GaugeValue, float64(st.Active.Load()))
 	send(ch, c.inFlight, prometheus.GaugeValue, float64(st.InFlight.Load()))
 }

@@ -63,6 +63,7 @@ func testSources() (*fakeConntrack, *fakeStack) {
 	st.stats.Ended[stack.EndClientReset].Store(3)
 	st.stats.Ended[stack.EndTimeout].Store(2)
 	st.stats.Panics.Store(1)
+	st.stats.HandshakeTimeouts.Store(3)
 	st.stats.Active.Store(4)
 	st.stats.InFlight.Store(2)
 	return &fakeConntrack{snap: s}, st
@@ -192,6 +193,9 @@ tcpd_handshakes_in_flight 2
 # HELP tcpd_handler_panics_total Connection handlers that panicked; each reset only its own connection.
 # TYPE tcpd_handler_panics_total counter
 tcpd_handler_panics_total 1
+# HELP tcpd_handshake_timeouts_total Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout.
+# TYPE tcpd_handshake_timeouts_total counter
+tcpd_handshake_timeouts_total 3
 `},
 		{"drops", `
 # HELP tcpd_dropped_total Packets and connection attempts tcpd dropped or refused, by reason.
@@ -295,6 +299,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_conntrack_untracked_segments_total",
 		"tcpd_dropped_total",
 		"tcpd_handler_panics_total",
+		"tcpd_handshake_timeouts_total",
 		"tcpd_handshakes_in_flight",
 		"tcpd_netstack_tcp_resets_sent_total",
 		"tcpd_netstack_tcp_retransmits_total",

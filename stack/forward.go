@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -108,7 +110,12 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	s.table.Dialled(id, dialed, true)
 
 	var wq waiter.Queue
+	// CreateEndpoint blocks until the client's ACK; a client that never
+	// sends it would hold the slot for the netstack's ~2 minutes of SYN-ACK
+	// retransmissions.
+	expire := time.AfterFunc(s.cfg.HandshakeTimeout, func() { s.abortHandshake(tid) })
 	newEP, terr := fr.CreateEndpoint(&wq)
+	expire.Stop()
 	req.complete(false)
 	if terr != nil {
 		// The client went away or never finished its handshake.
@@ -141,6 +148,22 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 			zap.Uint64("bytes_in", r.bytes[In].Load()), zap.Uint64("bytes_out", r.bytes[Out].Load()),
 			zap.Stringer("end", r.end))
 	}
+}
+
+// abortHandshake aborts the half-open endpoint of id if it is still waiting
+// for the client's ACK, which makes its CreateEndpoint return.
+func (s *Stack) abortHandshake(id gvstack.TransportEndpointID) {
+	proto := header.IPv4ProtocolNumber
+	if id.LocalAddress.Len() == 16 {
+		proto = header.IPv6ProtocolNumber
+	}
+	tep := s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID)
+	ep, ok := tep.(tcpip.Endpoint)
+	if !ok || tcp.EndpointState(ep.State()) != tcp.StateSynRecv {
+		return
+	}
+	s.stats.HandshakeTimeouts.Add(1)
+	tep.Abort()
 }
 
 // refuse answers the SYN with RST and counts why.

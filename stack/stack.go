@@ -102,6 +102,12 @@ type Config struct {
 	// counted. Zero means 16384; negative means none are kept.
 	TimeWaitLimit int
 
+	// HandshakeTimeout bounds how long tcpd waits for the client's ACK of
+	// its SYN-ACK; then the half-open connection is aborted and its in-flight
+	// slot freed. The netstack alone would retransmit for about two minutes.
+	// Zero means 10s.
+	HandshakeTimeout time.Duration
+
 	// MaxConnections caps relayed connections. Zero means 65536.
 	MaxConnections int
 	// MaxConnectionsPerClient caps relayed connections per client address.
@@ -152,6 +158,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TimeWait == 0 {
 		c.TimeWait = 30 * time.Second
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
 	}
 	if c.MaxConnections == 0 {
 		c.MaxConnections = 65536

@@ -39,12 +39,15 @@ type harness struct {
 	// destination; nil makes every dial fail with dialErr.
 	upstream net.Addr
 	dialErr  error
+	// inject hands a raw IP packet to tcpd's TUN, as if a client sent it.
+	inject chan<- []byte
 }
 
 func newHarness(t *testing.T, cfg Config, src netip.Addr) *harness {
 	t.Helper()
 	h := &harness{dialErr: syscall.ECONNREFUSED}
 	ch := tuntest.NewChannelTUN()
+	h.inject = ch.Outbound
 	cfg.dev = ch.TUN()
 	if cfg.Clients == nil {
 		cfg.Clients = []netip.Prefix{clientNet}

@@ -163,6 +163,9 @@ type Stats struct {
 	// Panics counts connection handlers that panicked; each reset its own
 	// connection only.
 	Panics atomic.Uint64
+	// HandshakeTimeouts counts half-open connections aborted because the
+	// client did not ACK the SYN-ACK within the handshake timeout.
+	HandshakeTimeouts atomic.Uint64
 	// Active is the number of relays in progress.
 	Active atomic.Int64
 	// InFlight is the number of handshakes in progress in tcpd's handler.

@@ -3,8 +3,12 @@ package stack
 import (
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"tcpd/conntrack"
 )
@@ -141,5 +145,42 @@ func TestSetTunablesAppliesToNewConnections(t *testing.T) {
 	}
 	if states(h.s)["established"] != 2 {
 		t.Fatalf("states %v, want 2 established", states(h.s))
+	}
+}
+
+// withChecksums fills in the IPv4 and TCP checksums of a packet from
+// buildV4, so that the netstack accepts it.
+func withChecksums(pkt []byte) []byte {
+	ip := header.IPv4(pkt)
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tcp := header.TCP(pkt[header.IPv4MinimumSize:])
+	tcp.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
+	return pkt
+}
+
+func TestHandshakeTimeoutFreesSlot(t *testing.T) {
+	h := newHarness(t, Config{HandshakeTimeout: 500 * time.Millisecond}, clientAddr)
+	h.listen(t, func(c net.Conn) {})
+	// A SYN from a client address nobody answers for: the SYN-ACK goes
+	// nowhere and the client's ACK never comes.
+	ghost := netip.MustParseAddrPort("100.64.1.99:40000")
+	h.inject <- withChecksums(buildV4(ghost, netip.AddrPortFrom(dstAddr, 80), header.TCPFlagSyn, 1000, 0, 0))
+	waitFor(t, "syn_recv after the SYN-ACK", func() bool {
+		return states(h.s)["syn_recv"] == 1 && h.s.Stats().InFlight.Load() == 1
+	})
+	start := time.Now()
+	waitFor(t, "the half-open connection to be aborted", func() bool { return h.s.Snapshot().Live == 0 })
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("aborted after %v, want about the 500ms handshake timeout", took)
+	}
+	waitFor(t, "the in-flight slot to be freed", func() bool { return h.s.Stats().InFlight.Load() == 0 })
+	if n := h.s.Stats().HandshakeTimeouts.Load(); n != 1 {
+		t.Fatalf("%d handshake timeouts counted, want 1", n)
+	}
+	if n := h.s.Stats().Connections[ResultHandshakeFailed].Load(); n != 1 {
+		t.Fatalf("%d handshake failures counted, want 1", n)
 	}
 }

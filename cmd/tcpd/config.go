@@ -727,6 +727,7 @@ func (c *config) stackConfig(pol *policy.Policy, log *zap.Logger) stack.Config {
 		IdleTimeout:             c.tcp.idleTimeout,
 		TimeWait:                c.tcp.timeWait,
 		TimeWaitLimit:           stackTimeWaitLimit(c.tcp.timeWaitLimit),
+		HandshakeTimeout:        c.tcp.handshakeTimeout,
 		MaxConnections:          c.limits.maxConnections,
 		MaxConnectionsPerClient: c.limits.maxConnectionsPerClient,
 		MaxInFlight:             c.limits.maxInFlight,

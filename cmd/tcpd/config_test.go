@@ -432,6 +432,7 @@ limits:
 		IdleTimeout:             time.Hour,
 		TimeWait:                15 * time.Second,
 		TimeWaitLimit:           16384,
+		HandshakeTimeout:        10 * time.Second,
 		MaxConnections:          1000,
 		MaxConnectionsPerClient: 10,
 		MaxInFlight:             500,
