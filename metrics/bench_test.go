@@ -3,8 +3,10 @@ package metrics_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"testing"
 
+	"tcpd/conntrack"
 	"tcpd/metrics"
 )
 
@@ -48,5 +50,36 @@ func BenchmarkScrape(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkScrapeLiveTable scrapes a registry whose conntrack source is a
+// real table holding 15,000 established connections, the most a gateway on
+// this machine's file limit would hold: the scrape's cost includes taking
+// the table's snapshot.
+func BenchmarkScrapeLiveTable(b *testing.B) {
+	tab := conntrack.New(conntrack.Config{})
+	for i := range 15000 {
+		tu := conntrack.Tuple{
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 40000),
+			Dst:    netip.MustParseAddrPort("198.18.1.2:443"),
+		}
+		tab.Segment(conntrack.FromClient, tu, conntrack.Segment{Flags: conntrack.FlagSYN, Seq: 1})
+		tab.Segment(conntrack.ToClient, tu, conntrack.Segment{Flags: conntrack.FlagSYN | conntrack.FlagACK, Seq: 9, Ack: 2})
+		tab.Segment(conntrack.FromClient, tu, conntrack.Segment{Flags: conntrack.FlagACK, Seq: 2, Ack: 10})
+	}
+	if n := tab.Snapshot().States[conntrack.StateEstablished]; n != 15000 {
+		b.Fatalf("%d established", n)
+	}
+	_, st := testSources()
+	h := metrics.Handler(metrics.NewRegistry(metrics.Config{Conntrack: tab, Stack: st, Version: "bench"}))
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			b.Fatalf("status %d", w.Code)
+		}
 	}
 }

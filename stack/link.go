@@ -44,8 +44,9 @@ type link struct {
 	// table sees every TCP segment in both directions. retire tears down
 	// the netstack endpoint of a connection conntrack retired from
 	// TIME_WAIT; now says it must be gone before the caller continues.
-	table  *conntrack.Table
-	retire func(id conntrack.ID, now bool)
+	table   *conntrack.Table
+	retire  func(id conntrack.ID, now bool)
+	noTrack bool
 
 	mu         sync.RWMutex
 	dispatcher gvstack.NetworkDispatcher
@@ -168,7 +169,7 @@ func (l *link) deliver(pkt []byte) {
 		l.stats.Dropped[DropSpoofedSource].Add(1)
 		return
 	}
-	if src, dst, seg, ok := parseTCP(pkt); ok {
+	if src, dst, seg, ok := parseTCP(pkt); ok && !l.noTrack {
 		a := l.table.Segment(conntrack.FromClient, conntrack.Tuple{Client: src, Dst: dst}, seg)
 		if a.Kind == conntrack.ActionRetire {
 			// A SYN reopening a 4-tuple held in TIME_WAIT: the old
@@ -214,7 +215,7 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 			b = append(b, s...)
 		}
 		// Observed before the write: the TUN's GRO may merge buffers.
-		if src, dst, seg, ok := parseTCP(b[writeHeadroom:]); ok {
+		if src, dst, seg, ok := parseTCP(b[writeHeadroom:]); ok && !l.noTrack {
 			if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionRetire {
 				// The netstack may hold locks while it writes: tear the
 				// endpoint down from the maintenance loop instead.

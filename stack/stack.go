@@ -125,6 +125,9 @@ type Config struct {
 
 	// dev replaces the real TUN device in tests.
 	dev tun.Device
+	// noTrack keeps segments away from conntrack, for the benchmark that
+	// prices tracking.
+	noTrack bool
 	// dial replaces the upstream dialer in tests.
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
@@ -353,6 +356,7 @@ func (s *Stack) buildNetstack() error {
 		return fmt.Errorf("read TUN MTU: %w", err)
 	}
 	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table, s.retire)
+	s.link.noTrack = s.cfg.noTrack
 	s.ns = gvstack.New(gvstack.Options{
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},

@@ -43,7 +43,7 @@ type harness struct {
 	inject chan<- []byte
 }
 
-func newHarness(t *testing.T, cfg Config, src netip.Addr) *harness {
+func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	t.Helper()
 	h := &harness{dialErr: syscall.ECONNREFUSED}
 	ch := tuntest.NewChannelTUN()
@@ -121,7 +121,7 @@ func newHarness(t *testing.T, cfg Config, src netip.Addr) *harness {
 }
 
 // listen starts a loopback upstream that runs serve for every connection.
-func (h *harness) listen(t *testing.T, serve func(net.Conn)) {
+func (h *harness) listen(t testing.TB, serve func(net.Conn)) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -146,7 +146,7 @@ func (h *harness) listen(t *testing.T, serve func(net.Conn)) {
 	h.mu.Unlock()
 }
 
-func (h *harness) dial(t *testing.T, port uint16) (*tcpConn, error) {
+func (h *harness) dial(t testing.TB, port uint16) (*tcpConn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
