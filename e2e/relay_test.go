@@ -16,8 +16,25 @@ const mib = 1 << 20
 func TestBulk64MiBEachWay(t *testing.T) {
 	for _, offload := range []string{"auto", "off"} {
 		t.Run("offload="+offload, func(t *testing.T) {
-			g := startGateway(t, netlab.Options{}, gwConfig{Offload: offload})
+			g := startGateway(t, netlab.Options{}, gwConfig{Offload: offload, Metrics: true})
 			assertBulk(t, g, g.ServerAddr4.String(), 64*mib)
+			// On the offload path the kernel's TSO super-packets come in
+			// whole and the netstack's GSO segments go out whole: the
+			// average packet is far above the 1500-byte MTU each way.
+			// On the plain path no packet exceeds the MTU.
+			m := scrape(t, g)
+			for _, dir := range []string{"in", "out"} {
+				bytes := m[`tcpd_tun_bytes_total{direction="`+dir+`"}`]
+				pkts := m[`tcpd_tun_packets_total{direction="`+dir+`"}`]
+				avg := bytes / pkts
+				t.Logf("%s: %.0f packets, %.0f bytes on average", dir, pkts, avg)
+				if offload == "auto" && avg < 3000 {
+					t.Errorf("offload path: %s packets average %.0f bytes; super-packets are not passing whole", dir, avg)
+				}
+				if offload == "off" && avg > 1500 {
+					t.Errorf("plain path: %s packets average %.0f bytes, above the MTU", dir, avg)
+				}
+			}
 		})
 	}
 }

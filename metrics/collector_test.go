@@ -200,6 +200,7 @@ tcpd_handshake_timeouts_total 3
 		{"drops", `
 # HELP tcpd_dropped_total Packets and connection attempts tcpd dropped or refused, by reason.
 # TYPE tcpd_dropped_total counter
+tcpd_dropped_total{reason="bad_checksum"} 0
 tcpd_dropped_total{reason="denied_destination"} 8
 tcpd_dropped_total{reason="malformed"} 0
 tcpd_dropped_total{reason="max_connections"} 0

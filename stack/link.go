@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -58,6 +59,14 @@ type link struct {
 	// netstack (unix nanoseconds), 0 while it waits in Read: a batch that
 	// takes seconds means the packet loop is wedged.
 	busySince atomic.Int64
+	// raw is the TUN's file for the offload path (virtio-net headers, GSO);
+	// nil on the plain path, where wireguard's Read and Write are used.
+	raw syscall.RawConn
+
+	// closing is set before the device is closed, so that the read loop
+	// takes the error that follows as the end.
+	closing atomic.Bool
+
 	// stall is set only by WedgeForTest, in binaries built with -tags
 	// wedgetest.
 	stall atomic.Bool
@@ -78,8 +87,12 @@ func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats, t
 	}
 	l.mtu.Store(mtu)
 	l.writeBufs.New = func() any { return new(writeBatch) }
+	l.setupVnet()
 	return l
 }
+
+// offload reports whether the link uses the virtio-net header path.
+func (l *link) offload() bool { return l.raw != nil }
 
 // writeBatch holds the buffers of one WritePackets call.
 type writeBatch struct {
@@ -87,9 +100,26 @@ type writeBatch struct {
 	// store keeps the full-capacity buffers so that they are reused even
 	// after the TUN's GRO swapped or extended the slices in bufs.
 	store [][]byte
+	// hdr and iov serve the offload path's writev.
+	hdr [vnetHdrLen]byte
+	iov [][]byte
 }
 
-func (l *link) start() { go l.readTUN() }
+func (l *link) start() {
+	if l.offload() {
+		go func() {
+			defer close(l.done)
+			l.readVnet()
+		}()
+		return
+	}
+	go l.readTUN()
+}
+
+func nowNano() int64 { return time.Now().UnixNano() }
+
+// sleepBackoff keeps a device that fails every read from spinning a core.
+func sleepBackoff() { time.Sleep(10 * time.Millisecond) }
 
 func (l *link) wait() { <-l.done }
 
@@ -133,9 +163,13 @@ func (l *link) readTUN() {
 	}
 }
 
-// deliver checks the IP version and the source address of one inbound packet
-// and hands it to the netstack.
-func (l *link) deliver(pkt []byte) {
+// deliver hands one inbound packet from the plain path to the netstack.
+func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, false) }
+
+// deliverPacket checks the IP version and the source address of one inbound
+// packet and hands it to the netstack. csumValid says the kernel vouched for
+// its checksums (or will fill them in: a super-packet's are partial).
+func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 	l.stats.TUNPackets[In].Add(1)
 	l.stats.TUNBytes[In].Add(uint64(len(pkt)))
 	if len(pkt) == 0 {
@@ -186,6 +220,7 @@ func (l *link) deliver(pkt []byte) {
 		return
 	}
 	p := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	p.RXChecksumValidated = csumValid
 	d.DeliverNetworkPacket(proto, p)
 	p.DecRef()
 }
@@ -204,6 +239,9 @@ func (l *link) clientAllowed(src netip.Addr) bool {
 func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	wb := l.writeBufs.Get().(*writeBatch)
 	defer l.writeBufs.Put(wb)
+	if l.offload() {
+		return l.writePacketsVnet(pkts, wb)
+	}
 	wb.bufs = wb.bufs[:0]
 	var bytes uint64
 	for i, pkt := range pkts.AsSlice() {
@@ -238,6 +276,50 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	return n, nil
 }
 
+// writePacketsVnet writes each packet with its virtio-net header, one writev
+// per packet: a GSO segment carries up to 64 KiB, so a call per packet is
+// already a call per ~44 MTU-sized packets.
+func (l *link) writePacketsVnet(pkts gvstack.PacketBufferList, wb *writeBatch) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		l.observeOut(pkt)
+		size := pkt.Size()
+		var err error
+		wb.iov, err = l.writeVnet(pkt, &wb.hdr, wb.iov)
+		if err != nil {
+			clear(wb.iov)
+			if isClosedErr(err) || errors.Is(err, os.ErrClosed) {
+				return n, &tcpip.ErrClosedForSend{}
+			}
+			l.stats.Dropped[DropTUNWriteError].Add(1)
+			return n, &tcpip.ErrAborted{}
+		}
+		n++
+		l.stats.TUNPackets[Out].Add(1)
+		l.stats.TUNBytes[Out].Add(uint64(size))
+	}
+	clear(wb.iov)
+	return n, nil
+}
+
+// observeOut shows an outbound packet's TCP header to conntrack without
+// copying its payload.
+func (l *link) observeOut(pkt *gvstack.PacketBuffer) {
+	if l.noTrack {
+		return
+	}
+	var hdr [maxHeaders]byte
+	h := append(hdr[:0], pkt.NetworkHeader().Slice()...)
+	h = append(h, pkt.TransportHeader().Slice()...)
+	src, dst, seg, ok := parseTCPHeader(h, pkt.Size())
+	if !ok {
+		return
+	}
+	if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionRetire {
+		l.retire(a.ID, false)
+	}
+}
+
 // MTU implements gvstack.NetworkLinkEndpoint.
 func (l *link) MTU() uint32 { return l.mtu.Load() }
 
@@ -257,7 +339,34 @@ func (*link) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements gvstack.NetworkLinkEndpoint. The netstack computes
 // and verifies every checksum itself: packets from the TUN may come from
 // anywhere, and a bad checksum must be caught and counted.
-func (*link) Capabilities() gvstack.LinkEndpointCapabilities { return 0 }
+// On the offload path the netstack skips checksum verification: the kernel
+// vouches for most packets (NEEDS_CSUM, DATA_VALID), and readVnet verifies
+// the rest itself before delivery.
+func (l *link) Capabilities() gvstack.LinkEndpointCapabilities {
+	if l.offload() {
+		return gvstack.CapabilityRXChecksumOffload
+	}
+	return 0
+}
+
+var _ gvstack.GSOEndpoint = (*link)(nil)
+
+// SupportedGSO implements gvstack.GSOEndpoint: on the offload path the
+// kernel segments what the netstack sends.
+func (l *link) SupportedGSO() gvstack.SupportedGSO {
+	if l.offload() {
+		return gvstack.HostGSOSupported
+	}
+	return gvstack.GSONotSupported
+}
+
+// GSOMaxSize implements gvstack.GSOEndpoint.
+func (l *link) GSOMaxSize() uint32 {
+	if l.offload() {
+		return gsoMaxSize
+	}
+	return 0
+}
 
 // Attach implements gvstack.NetworkLinkEndpoint.
 func (l *link) Attach(d gvstack.NetworkDispatcher) {

@@ -345,7 +345,7 @@ func (s *Stack) Healthy() (bool, string) {
 
 // Offload reports whether the TUN exchanges batches with the virtio-net
 // header (TSO/GRO) rather than one plain packet per call.
-func (s *Stack) Offload() bool { return s.dev.BatchSize() > 1 }
+func (s *Stack) Offload() bool { return s.link.offload() }
 
 // buildNetstack creates the gVisor stack with one NIC over the TUN link,
 // promiscuous and spoofing so that it terminates connections to any
@@ -470,6 +470,7 @@ func (s *Stack) Close() error {
 		s.ns.Close()
 		s.conns.Wait()
 		// Closing the device ends the read loop.
+		s.link.closing.Store(true)
 		s.closeErr = s.dev.Close()
 		s.link.wait()
 		s.ns.Wait()

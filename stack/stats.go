@@ -44,6 +44,9 @@ const (
 	DropShuttingDown
 	// DropMalformed: not an IPv4 or IPv6 packet, or shorter than its header.
 	DropMalformed
+	// DropBadChecksum: a packet the kernel did not vouch for failed
+	// tcpd's own checksum check (offload path).
+	DropBadChecksum
 	// DropTUNReadError: a read from the TUN failed (a malformed virtio-net
 	// frame, for example).
 	DropTUNReadError
@@ -60,6 +63,7 @@ var dropReasonNames = [numDropReasons]string{
 	DropMaxInFlightPerClient:    "max_in_flight_per_client",
 	DropShuttingDown:            "shutting_down",
 	DropMalformed:               "malformed",
+	DropBadChecksum:             "bad_checksum",
 	DropTUNReadError:            "tun_read_error",
 	DropTUNWriteError:           "tun_write_error",
 }

@@ -1,0 +1,180 @@
+package stack
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// The offload path talks to the TUN's file descriptor directly, with a
+// virtio-net header (linux/virtio_net.h) in front of every packet, instead of
+// through wireguard's Read and Write, which split the kernel's TSO
+// super-packets into MTU-sized ones and cannot write a super-packet the
+// netstack segmented only logically. In: a super-packet goes into the
+// netstack whole, its checksum trusted when the kernel says so. Out: the
+// netstack's GSO segments (up to 64 KiB) leave with a GSO header and the
+// kernel cuts them to MSS.
+const (
+	vnetHdrLen = 10
+
+	vnetFlagNeedsCsum = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM
+	vnetFlagDataValid = 2 // VIRTIO_NET_HDR_F_DATA_VALID
+
+	vnetGSONone  = 0 // VIRTIO_NET_HDR_GSO_NONE
+	vnetGSOTCPv4 = 1 // VIRTIO_NET_HDR_GSO_TCPV4
+	vnetGSOTCPv6 = 4 // VIRTIO_NET_HDR_GSO_TCPV6
+
+	// gsoMaxSize bounds the netstack's GSO segments: an IPv4 packet's total
+	// length is 16 bits, and the headers must fit too.
+	gsoMaxSize = 65535 - 256
+)
+
+// fileDevice is what wireguard's native TUN offers besides tun.Device.
+type fileDevice interface{ File() *os.File }
+
+// setupVnet switches l to the offload path if its device is a native TUN
+// opened with IFF_VNET_HDR (wireguard reports that as a batch size above 1).
+func (l *link) setupVnet() {
+	fd, ok := l.dev.(fileDevice)
+	if !ok || l.dev.BatchSize() <= 1 {
+		return
+	}
+	raw, err := fd.File().SyscallConn()
+	if err != nil {
+		return
+	}
+	l.raw = raw
+}
+
+// readVnet is readTUN for the offload path.
+func (l *link) readVnet() {
+	buf := make([]byte, vnetHdrLen+65535)
+	failures := 0
+	for {
+		var n int
+		var rerr error
+		err := l.raw.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			if l.closing.Load() || isClosedErr(err) || errors.Is(err, unix.EBADFD) {
+				return
+			}
+			l.stats.Dropped[DropTUNReadError].Add(1)
+			failures++
+			if failures > 100 {
+				sleepBackoff()
+			}
+			continue
+		}
+		failures = 0
+		if n < vnetHdrLen {
+			l.stats.Dropped[DropMalformed].Add(1)
+			continue
+		}
+		l.busySince.Store(nowNano())
+		l.stallForTest()
+		flags, gso := buf[0], buf[1]
+		switch gso {
+		case vnetGSONone, vnetGSOTCPv4, vnetGSOTCPv6:
+			pkt := buf[vnetHdrLen:n]
+			if flags&(vnetFlagNeedsCsum|vnetFlagDataValid) == 0 && !checksumsValid(pkt) {
+				l.stats.TUNPackets[In].Add(1)
+				l.stats.TUNBytes[In].Add(uint64(len(pkt)))
+				l.stats.Dropped[DropBadChecksum].Add(1)
+				break
+			}
+			l.deliverPacket(pkt, true)
+		default:
+			// UDP segmentation offload or ECN variants: nothing tcpd
+			// terminates.
+			l.stats.TUNPackets[In].Add(1)
+			l.stats.TUNBytes[In].Add(uint64(n - vnetHdrLen))
+			l.stats.Dropped[DropMalformed].Add(1)
+		}
+		l.busySince.Store(0)
+	}
+}
+
+// writeVnet writes one outbound packet with its virtio-net header.
+func (l *link) writeVnet(pkt *gvstack.PacketBuffer, hdr *[vnetHdrLen]byte, iov [][]byte) ([][]byte, error) {
+	*hdr = [vnetHdrLen]byte{}
+	if g := pkt.GSOOptions; g.Type != gvstack.GSONone {
+		if g.NeedsCsum {
+			hdr[0] = vnetFlagNeedsCsum
+			binary.LittleEndian.PutUint16(hdr[6:8], g.L3HdrLen)
+			binary.LittleEndian.PutUint16(hdr[8:10], g.CsumOffset)
+		}
+		if pkt.Data().Size() > int(g.MSS) {
+			switch g.Type {
+			case gvstack.GSOTCPv4:
+				hdr[1] = vnetGSOTCPv4
+			case gvstack.GSOTCPv6:
+				hdr[1] = vnetGSOTCPv6
+			}
+			binary.LittleEndian.PutUint16(hdr[2:4], uint16(pkt.HeaderSize()))
+			binary.LittleEndian.PutUint16(hdr[4:6], g.MSS)
+		}
+	}
+	iov = append(iov[:0], hdr[:])
+	iov = append(iov, pkt.AsSlices()...)
+	var werr error
+	err := l.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Writev(int(fd), iov)
+		return werr != unix.EAGAIN
+	})
+	if err == nil {
+		err = werr
+	}
+	return iov, err
+}
+
+// checksumsValid verifies the IPv4 header checksum and the TCP checksum of a
+// packet the kernel did not vouch for. Packets other than TCP are passed:
+// the netstack terminates only TCP and drops the rest.
+func checksumsValid(pkt []byte) bool {
+	var (
+		tcp      []byte
+		src, dst tcpip.Address
+	)
+	switch {
+	case len(pkt) >= header.IPv4MinimumSize && pkt[0]>>4 == 4:
+		ip := header.IPv4(pkt)
+		hl := int(ip.HeaderLength())
+		total := int(ip.TotalLength())
+		if hl < header.IPv4MinimumSize || hl > total || total > len(pkt) || !ip.IsChecksumValid() {
+			return false
+		}
+		if ip.TransportProtocol() != header.TCPProtocolNumber || ip.FragmentOffset() != 0 || ip.More() {
+			return true
+		}
+		tcp, src, dst = pkt[hl:total], ip.SourceAddress(), ip.DestinationAddress()
+	case len(pkt) >= header.IPv6MinimumSize && pkt[0]>>4 == 6:
+		ip := header.IPv6(pkt)
+		end := header.IPv6MinimumSize + int(ip.PayloadLength())
+		if end > len(pkt) {
+			return false
+		}
+		if ip.TransportProtocol() != header.TCPProtocolNumber {
+			return true
+		}
+		tcp, src, dst = pkt[header.IPv6MinimumSize:end], ip.SourceAddress(), ip.DestinationAddress()
+	default:
+		return true // the netstack rejects what it cannot parse
+	}
+	if len(tcp) < header.TCPMinimumSize {
+		return false
+	}
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
+	return checksum.Checksum(tcp, xsum) == 0xffff
+}
