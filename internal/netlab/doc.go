@@ -16,6 +16,12 @@
 // VPN gateway running tcpd would have, so that everything arriving from
 // clients, even for the gateway's own addresses, goes into tcpd's TUN.
 //
+// [Lab.ImpairClientLink] emulates a lossy, slow client link in userspace
+// (delay, jitter, loss, duplication, reordering, like netem, which the
+// kernels tcpd is tested on lack): packets crossing the client link are
+// routed through a TUN on the sending side, held by the test process and
+// then put on the veth with an AF_PACKET socket.
+//
 // Namespace names start with "tcpd-" followed by random hex, so labs of
 // concurrently running test binaries never collide, and [Leftovers] can find
 // what a crashed run left behind. Everything needs root (CAP_NET_ADMIN and

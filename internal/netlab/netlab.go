@@ -77,7 +77,8 @@ type Lab struct {
 	tmp    string     // temporary directory, created on demand
 	once   sync.Once  // Close
 	err    error      // Close's result
-	routes sync.Mutex // serialises RouteIntoTUN / RouteDirect
+	routes sync.Mutex // serialises RouteIntoTUN / RouteDirect / ImpairClientLink
+	impair *Impairer  // the open ImpairClientLink, if any
 }
 
 // SetupError is returned by New when building the lab failed. Everything
@@ -146,9 +147,13 @@ func New(opts Options) (_ *Lab, err error) {
 	if mtu == 0 {
 		mtu = 1500
 	}
+	sweepStale()
 	id, err := randomID()
 	if err != nil {
 		return nil, fmt.Errorf("netlab: random id: %w", err)
+	}
+	if err := claim(id); err != nil {
+		return nil, fmt.Errorf("netlab: record lab owner: %w", err)
 	}
 	l := &Lab{
 		ClientAddr4:        clientAddr4.Addr(),
@@ -580,10 +585,10 @@ func famName(fam int) string {
 	return "IPv4"
 }
 
-// Close stops every process started via the lab, deletes the veths and the
-// namespaces and removes the lab's temporary files. It is idempotent, safe
-// after a partial failure of New, and every call returns the first call's
-// result.
+// Close closes the lab's open [Impairer], stops every process started via
+// the lab, deletes the veths and the namespaces and removes the lab's
+// temporary files. It is idempotent, safe after a partial failure of New,
+// and every call returns the first call's result.
 func (l *Lab) Close() error {
 	l.once.Do(func() { l.err = l.close() })
 	return l.err
@@ -592,11 +597,17 @@ func (l *Lab) Close() error {
 func (l *Lab) close() error {
 	l.mu.Lock()
 	l.closed = true
-	procs, nss, tmp := l.procs, l.nss, l.tmp
+	procs, nss, tmp, imp := l.procs, l.nss, l.tmp, l.impair
 	l.mu.Unlock()
 	defer unregister(l)
 
 	var errs []error
+	// The impair TUNs' descriptors would keep the namespaces alive.
+	if imp != nil {
+		if err := imp.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range procs {
 		if err := p.kill(killTimeout); err != nil {
 			errs = append(errs, err)
@@ -630,6 +641,7 @@ func (l *Lab) close() error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("netlab: close lab %s: %w", l.ID, err)
 	}
+	release(l.ID)
 	return nil
 }
 

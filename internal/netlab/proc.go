@@ -341,6 +341,8 @@ func (s *logSink) Lines() []map[string]any {
 // Netem runs `tc qdisc replace dev <link> root netem <args...>` in ns, e.g.
 // Netem(l.Gateway, l.GatewayServerLink, "delay", "20ms", "loss", "1%").
 // With no args netem is installed with its defaults (no impairment).
+// Kernels without netem fail with "Specified qdisc kind is unknown";
+// [Lab.ImpairClientLink] emulates an impaired client link without it.
 func (l *Lab) Netem(ns *NS, link string, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
