@@ -1,0 +1,89 @@
+#!/bin/sh
+# Builds the Debian package of tcpd with dpkg-deb alone (no debhelper, no
+# network): deploy/deb/build.sh OUTDIR VERSION writes
+# OUTDIR/tcpd_<debian version>_<arch>.deb and prints its path. "make deb"
+# runs it. Environment: GO (default go), DEB_MAINTAINER.
+#
+# The Debian version is VERSION without a leading "v", with every character
+# Debian does not allow (and "-", which would start a Debian revision)
+# turned into "+", and "0~" in front unless it starts with a digit:
+# v1.2.0 -> 1.2.0, v1.2.0-3-gabc1234 -> 1.2.0+3+gabc1234, devel -> 0~devel.
+set -eu
+
+if [ $# -ne 2 ] || [ -z "$1" ] || [ -z "$2" ]; then
+	echo "usage: $0 OUTDIR VERSION" >&2
+	exit 2
+fi
+out=$1
+version=$2
+go=${GO:-go}
+maintainer=${DEB_MAINTAINER:-tcpd maintainers <tcpd@example.invalid>}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+
+debversion=$(printf '%s' "$version" | sed -e 's/^v//' -e 's/[^A-Za-z0-9.+~]/+/g')
+case "$debversion" in
+[0-9]*) ;;
+*) debversion="0~$debversion" ;;
+esac
+
+goarch=$(cd "$root" && "$go" env GOARCH)
+case "$goarch" in
+386) arch=i386 ;;
+arm) arch=armhf ;;
+ppc64le) arch=ppc64el ;;
+*) arch=$goarch ;; # amd64, arm64, riscv64, s390x, loong64, mips64le
+esac
+
+umask 022
+stage=$(mktemp -d "${TMPDIR:-/tmp}/tcpd-deb.XXXXXX")
+trap 'rm -rf "$stage"' EXIT INT TERM
+chmod 0755 "$stage"
+
+# A static binary: the package then depends on no particular libc.
+(cd "$root" && CGO_ENABLED=0 "$go" build -trimpath -ldflags "-s -w -X main.version=$version" \
+	-o "$stage/usr/bin/tcpd" ./cmd/tcpd)
+chmod 0755 "$stage/usr/bin/tcpd"
+
+install -D -m 0644 "$root/deploy/systemd/tcpd.service" "$stage/lib/systemd/system/tcpd.service"
+install -D -m 0644 "$root/deploy/systemd/tcpd.sysusers" "$stage/usr/lib/sysusers.d/tcpd.conf"
+install -D -m 0644 "$root/configs/tcpd.yaml" "$stage/etc/tcpd/tcpd.yaml"
+install -D -m 0644 "$root/README.md" "$stage/usr/share/doc/tcpd/README.md"
+install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$stage/usr/share/doc/tcpd/grafana/tcpd.json"
+install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$stage/usr/share/doc/tcpd/prometheus/alerts.yaml"
+
+mkdir -p "$stage/DEBIAN"
+for script in postinst prerm postrm; do
+	install -m 0755 "$root/deploy/deb/$script" "$stage/DEBIAN/$script"
+done
+echo /etc/tcpd/tcpd.yaml >"$stage/DEBIAN/conffiles"
+(cd "$stage" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort |
+	xargs md5sum) >"$stage/DEBIAN/md5sums"
+size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+
+cat >"$stage/DEBIAN/control" <<CONTROL
+Package: tcpd
+Version: $debversion
+Architecture: $arch
+Maintainer: $maintainer
+Installed-Size: $size
+Depends: systemd
+Section: net
+Priority: optional
+Description: userspace TCP terminator for VPN gateways
+ tcpd terminates the TCP connections of VPN clients routed into its TUN
+ device in a userspace network stack (gVisor) and relays each one to its
+ real destination from the host's own sockets. It tracks every connection
+ through the TCP state machine on both ends and exports connection states,
+ handshake latency and TIME_WAIT use to Prometheus.
+ .
+ The package installs the systemd unit, not enabled: edit
+ /etc/tcpd/tcpd.yaml, route the clients' traffic into the TUN (see
+ /usr/share/doc/tcpd/README.md), then "systemctl enable --now tcpd". A
+ Grafana dashboard and Prometheus alerting rules are under
+ /usr/share/doc/tcpd.
+CONTROL
+
+mkdir -p "$out"
+deb="$out/tcpd_${debversion}_${arch}.deb"
+dpkg-deb --root-owner-group --build "$stage" "$deb" >/dev/null
+echo "$deb"
