@@ -166,7 +166,11 @@ func NewCollector(cfg Config) *Collector {
 		if _, dup := c.netstack[n.Name]; dup {
 			continue
 		}
-		d := prometheus.NewDesc("tcpd_netstack_"+n.Name+"_total", n.Help, nil, nil)
+		name := "tcpd_netstack_" + n.Name + "_total"
+		if n.Gauge {
+			name = "tcpd_netstack_" + n.Name
+		}
+		d := prometheus.NewDesc(name, n.Help, nil, nil)
 		c.netstack[n.Name] = d
 		c.netstackOrder = append(c.netstackOrder, d)
 	}
@@ -216,7 +220,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		// A counter that appeared after NewCollector has no descriptor;
 		// stack's list is fixed, so this cannot happen in tcpd.
 		if d, ok := c.netstack[n.Name]; ok {
-			send(ch, d, prometheus.CounterValue, float64(n.Value))
+			kind := prometheus.CounterValue
+			if n.Gauge {
+				kind = prometheus.GaugeValue
+			}
+			send(ch, d, kind, float64(n.Value))
 		}
 	}
 	if c.reload != nil {

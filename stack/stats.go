@@ -183,6 +183,8 @@ type Counter struct {
 	// Help says what it counts.
 	Help  string
 	Value uint64
+	// Gauge marks a current value rather than a cumulative count.
+	Gauge bool
 }
 
 // NetstackCounters reads gVisor's TCP counters. Gauges among gVisor's
@@ -191,28 +193,30 @@ func (s *Stack) NetstackCounters() []Counter {
 	tcp := s.ns.Stats().TCP
 	ip := s.ns.Stats().IP
 	return []Counter{
-		{"tcp_passive_opens", "TCP connections the netstack accepted (SYN-ACK sent).", tcp.PassiveConnectionOpenings.Value()},
-		{"tcp_failed_connection_attempts", "TCP handshakes the netstack abandoned.", tcp.FailedConnectionAttempts.Value()},
-		{"tcp_established_resets", "Established or close-wait TCP connections reset.", tcp.EstablishedResets.Value()},
-		{"tcp_established_timeouts", "TCP connections closed by a retransmission or keepalive timeout.", tcp.EstablishedTimedout.Value()},
-		{"tcp_segments_received", "Valid TCP segments the netstack received.", tcp.ValidSegmentsReceived.Value()},
-		{"tcp_invalid_segments_received", "TCP segments the netstack rejected as invalid.", tcp.InvalidSegmentsReceived.Value()},
-		{"tcp_segments_sent", "TCP segments the netstack sent, retransmissions included.", tcp.SegmentsSent.Value()},
-		{"tcp_segment_send_errors", "TCP segments the netstack failed to send.", tcp.SegmentSendErrors.Value()},
-		{"tcp_resets_sent", "TCP RST segments the netstack sent.", tcp.ResetsSent.Value()},
-		{"tcp_resets_received", "TCP RST segments the netstack received.", tcp.ResetsReceived.Value()},
-		{"tcp_retransmits", "TCP segments the netstack retransmitted.", tcp.Retransmits.Value()},
-		{"tcp_fast_retransmits", "TCP fast retransmissions.", tcp.FastRetransmit.Value()},
-		{"tcp_timeouts", "TCP retransmission timer expiries.", tcp.Timeouts.Value()},
-		{"tcp_sack_recoveries", "TCP SACK loss recoveries.", tcp.SACKRecovery.Value()},
-		{"tcp_tlp_recoveries", "TCP tail loss probe recoveries.", tcp.TLPRecovery.Value()},
-		{"tcp_spurious_recoveries", "TCP loss recoveries later found spurious.", tcp.SpuriousRecovery.Value()},
-		{"tcp_checksum_errors", "TCP segments with a bad checksum.", tcp.ChecksumErrors.Value()},
-		{"tcp_forward_max_in_flight_drops", "SYNs the forwarder dropped because max_in_flight handshakes were in progress.", tcp.ForwardMaxInFlightDrop.Value()},
-		{"ip_packets_received", "IP packets the netstack received.", ip.PacketsReceived.Value()},
-		{"ip_malformed_packets_received", "IP packets the netstack dropped as malformed.", ip.MalformedPacketsReceived.Value()},
-		{"ip_invalid_destination_addresses_received", "IP packets dropped for an invalid destination (loopback or martian).", ip.InvalidDestinationAddressesReceived.Value()},
-		{"ip_invalid_source_addresses_received", "IP packets dropped for an invalid source address.", ip.InvalidSourceAddressesReceived.Value()},
-		{"ip_packets_sent", "IP packets the netstack sent.", ip.PacketsSent.Value()},
+		{"tcp_passive_opens", "TCP connections the netstack accepted (SYN-ACK sent).", tcp.PassiveConnectionOpenings.Value(), false},
+		{"tcp_failed_connection_attempts", "TCP handshakes the netstack abandoned.", tcp.FailedConnectionAttempts.Value(), false},
+		{"tcp_established_resets", "Established or close-wait TCP connections reset.", tcp.EstablishedResets.Value(), false},
+		{"tcp_established_timeouts", "TCP connections closed by a retransmission or keepalive timeout.", tcp.EstablishedTimedout.Value(), false},
+		{"tcp_segments_received", "Valid TCP segments the netstack received.", tcp.ValidSegmentsReceived.Value(), false},
+		{"tcp_invalid_segments_received", "TCP segments the netstack rejected as invalid.", tcp.InvalidSegmentsReceived.Value(), false},
+		{"tcp_segments_sent", "TCP segments the netstack sent, retransmissions included.", tcp.SegmentsSent.Value(), false},
+		{"tcp_segment_send_errors", "TCP segments the netstack failed to send.", tcp.SegmentSendErrors.Value(), false},
+		{"tcp_resets_sent", "TCP RST segments the netstack sent.", tcp.ResetsSent.Value(), false},
+		{"tcp_resets_received", "TCP RST segments the netstack received.", tcp.ResetsReceived.Value(), false},
+		{"tcp_retransmits", "TCP segments the netstack retransmitted.", tcp.Retransmits.Value(), false},
+		{"tcp_fast_retransmits", "TCP fast retransmissions.", tcp.FastRetransmit.Value(), false},
+		{"tcp_timeouts", "TCP retransmission timer expiries.", tcp.Timeouts.Value(), false},
+		{"tcp_sack_recoveries", "TCP SACK loss recoveries.", tcp.SACKRecovery.Value(), false},
+		{"tcp_tlp_recoveries", "TCP tail loss probe recoveries.", tcp.TLPRecovery.Value(), false},
+		{"tcp_spurious_recoveries", "TCP loss recoveries later found spurious.", tcp.SpuriousRecovery.Value(), false},
+		{"tcp_checksum_errors", "TCP segments with a bad checksum.", tcp.ChecksumErrors.Value(), false},
+		{"tcp_forward_max_in_flight_drops", "SYNs the forwarder dropped because max_in_flight handshakes were in progress.", tcp.ForwardMaxInFlightDrop.Value(), false},
+		{"ip_packets_received", "IP packets the netstack received.", ip.PacketsReceived.Value(), false},
+		{"ip_malformed_packets_received", "IP packets the netstack dropped as malformed.", ip.MalformedPacketsReceived.Value(), false},
+		{"ip_invalid_destination_addresses_received", "IP packets dropped for an invalid destination (loopback or martian).", ip.InvalidDestinationAddressesReceived.Value(), false},
+		{"ip_invalid_source_addresses_received", "IP packets dropped for an invalid source address.", ip.InvalidSourceAddressesReceived.Value(), false},
+		{"ip_packets_sent", "IP packets the netstack sent.", ip.PacketsSent.Value(), false},
+		{"endpoints", "Transport endpoints registered in the netstack (connections in any state, TIME_WAIT included).", uint64(len(s.ns.RegisteredEndpoints())), true},
+		{"tracked_endpoints", "Netstack endpoints tcpd holds for reconciliation, kill and tcpd conns.", uint64(s.trackedEndpoints()), true},
 	}
 }

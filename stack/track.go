@@ -34,6 +34,12 @@ func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) {
 	s.epMu.Unlock()
 }
 
+func (s *Stack) trackedEndpoints() int {
+	s.epMu.Lock()
+	defer s.epMu.Unlock()
+	return len(s.eps)
+}
+
 func (s *Stack) endpointOf(id conntrack.ID) *endpoint {
 	s.epMu.Lock()
 	defer s.epMu.Unlock()

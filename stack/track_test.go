@@ -56,6 +56,13 @@ func TestConntrackFollowsServerClosesFirst(t *testing.T) {
 	c.Close()
 	waitFor(t, "time_wait", func() bool { return states(h.s)["time_wait"] == 1 })
 	waitFor(t, "time_wait to expire", func() bool { return h.s.Snapshot().Live == 0 })
+	waitFor(t, "the netstack endpoint to be released", func() bool {
+		n := map[string]uint64{}
+		for _, c := range h.s.NetstackCounters() {
+			n[c.Name] = c.Value
+		}
+		return n["endpoints"] == 0 && n["tracked_endpoints"] == 0
+	})
 	snap := h.s.Snapshot()
 	if snap.Corrections != 0 {
 		t.Fatalf("%d corrections", snap.Corrections)
