@@ -19,7 +19,7 @@ demo: build
 
 # Measures tcpd against the kernel's own forwarding in the same run (root:
 # network namespaces and a TUN device): throughput, connection rate, connect
-# latency, memory per idle connection, CPU per GB. About 4 minutes; prints a
+# latency, memory per idle connection, CPU per GB. About 3 minutes; prints a
 # table and writes bench/out/results.json. See bench/README.md.
 BENCHFLAGS ?=
 bench:
