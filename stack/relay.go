@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -61,8 +62,16 @@ func (e End) String() string {
 type relay struct {
 	s        *Stack
 	ep       tcpip.Endpoint
+	wq       *waiter.Queue
 	client   *gonet.TCPConn
 	upstream net.Conn
+	// upRaw waits for the upstream socket's readability without a buffer.
+	upRaw syscall.RawConn
+	// readable is signalled by readableEntry, registered on the client
+	// endpoint's queue for the relay's life; clientTimer bounds a wait.
+	readable      chan struct{}
+	readableEntry waiter.Entry
+	clientTimer   *time.Timer
 
 	bytes [numDirections]atomic.Uint64
 	// lastActive is the UnixNano time of the last byte moved either way.
@@ -78,13 +87,62 @@ type relay struct {
 }
 
 func newRelay(s *Stack, ep tcpip.Endpoint, wq *waiter.Queue, upstream net.Conn) *relay {
-	r := &relay{s: s, ep: ep, client: gonet.NewTCPConn(wq, ep), upstream: upstream}
+	r := &relay{s: s, ep: ep, wq: wq, client: gonet.NewTCPConn(wq, ep), upstream: upstream}
 	r.lastActive.Store(time.Now().UnixNano())
+	if sc, ok := upstream.(syscall.Conn); ok {
+		r.upRaw, _ = sc.SyscallConn()
+	}
+	r.readable = make(chan struct{}, 1)
+	r.readableEntry = waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) {
+		select {
+		case r.readable <- struct{}{}:
+		default:
+		}
+	})
 	return r
+}
+
+// An idle connection must not pin a relay buffer: each direction waits
+// until its source is readable and only then borrows a buffer from the
+// pool, returning it after the write. Idle connections then cost the
+// netstack endpoint, the socket and two goroutine stacks, not 128 KiB.
+
+// waitClient returns once the client's endpoint is readable (data, FIN,
+// reset) or the relay's inactivity deadline passed; the Read that follows
+// reports which. armDeadline wakes it, so that a deadline set by the other
+// direction (the half-close timeout) takes effect while it waits.
+func (r *relay) waitClient() error {
+	mask := waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	for r.ep.Readiness(mask) == 0 {
+		var expired <-chan time.Time
+		if t := r.timeout(); t > 0 {
+			wait := time.Until(time.Unix(0, r.lastActive.Load()).Add(t))
+			if wait <= 0 {
+				return nil
+			}
+			if r.clientTimer == nil {
+				r.clientTimer = time.NewTimer(wait)
+			} else {
+				r.clientTimer.Reset(wait)
+			}
+			expired = r.clientTimer.C
+		}
+		select {
+		case <-r.readable:
+		case <-expired:
+			return nil
+		}
+		if r.clientTimer != nil {
+			r.clientTimer.Stop()
+		}
+	}
+	return nil
 }
 
 // run relays until both directions are done, then closes both legs.
 func (r *relay) run() {
+	r.wq.EventRegister(&r.readableEntry)
+	defer r.wq.EventUnregister(&r.readableEntry)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -117,25 +175,33 @@ type closeWriter interface {
 
 // copy moves bytes from src to dst until EOF or an error.
 func (r *relay) copy(d Direction, dst, src net.Conn) {
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	buf := *bp
 	srcEnd, dstEnd := EndClientReset, EndUpstreamReset
+	wait := r.waitClient
 	if d == Out {
 		srcEnd, dstEnd = EndUpstreamReset, EndClientReset
+		wait = r.waitUpstream
 	}
 	r.armDeadline(src)
 	for {
-		n, err := src.Read(buf)
+		if err := wait(); err != nil {
+			// The upstream socket reported a reset or an error while
+			// tcpd peeked at it; a Read now would see a plain EOF.
+			r.fail(srcEnd)
+			return
+		}
+		bp := relayBufs.Get().(*[]byte)
+		n, err := src.Read(*bp)
 		if n > 0 {
 			r.lastActive.Store(time.Now().UnixNano())
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := dst.Write((*bp)[:n]); werr != nil {
+				relayBufs.Put(bp)
 				r.fail(dstEnd)
 				return
 			}
 			r.bytes[d].Add(uint64(n))
 			r.s.stats.RelayBytes[d].Add(uint64(n))
 		}
+		relayBufs.Put(bp)
 		switch {
 		case err == nil:
 			continue
@@ -197,6 +263,12 @@ func (r *relay) armDeadline(c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Unix(0, r.lastActive.Load()).Add(t))
+	if c == net.Conn(r.client) {
+		select {
+		case r.readable <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (r *relay) stillActive() bool {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -223,6 +224,9 @@ type Stack struct {
 	// tune holds the settings that reload may change; read it, never
 	// cfg, for those.
 	tune atomic.Pointer[Tunables]
+	// memPeak and memFreed belong to the maintenance loop (returnMemory).
+	memPeak  int64
+	memFreed time.Time
 	// lastTick is when the maintenance loop last ran (unix nanoseconds).
 	lastTick atomic.Int64
 	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.
@@ -316,12 +320,30 @@ func (s *Stack) maintain() {
 		case <-tick.C:
 			s.reconcile()
 			s.lastTick.Store(time.Now().UnixNano())
+			s.returnMemory()
 		case <-hosts.C:
 			if err := s.policy.Load().RefreshHostAddrs(); err != nil {
 				s.log.Warn("refresh host addresses for the destination policy", zap.Error(err))
 			}
 		}
 	}
+}
+
+// returnMemory gives the heap back to the operating system once the number
+// of connections has fallen to half of a peak of at least 1000: the Go
+// runtime would otherwise keep the pages of a burst's buffers and netstack
+// endpoints for minutes. At most once per 30 s; it costs a full GC.
+func (s *Stack) returnMemory() {
+	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Snapshot().Live)
+	if live > s.memPeak {
+		s.memPeak = live
+	}
+	if s.memPeak < 1000 || live > s.memPeak/2 || time.Since(s.memFreed) < 30*time.Second {
+		return
+	}
+	debug.FreeOSMemory()
+	s.memFreed = time.Now()
+	s.memPeak = live
 }
 
 // wedgedAfter is how long the packet loop may spend on one batch, or the
