@@ -320,17 +320,21 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			if x.state == StateListen || x.state == StateSynSent {
 				t.setStateLocked(e, xs, StateSynRecv, now)
 			}
-			// The receiver in SYN-SENT whose SYN it acknowledges is
-			// established (RFC 9293 3.10.7.3).
-			if y.state == StateSynSent && y.synSent && s.Ack == y.iss+1 {
-				t.setStateLocked(e, ys, StateEstablished, now)
-			}
+			// The receiver in SYN-SENT whose SYN it acknowledges becomes
+			// established when it processes it (RFC 9293 3.10.7.3), which
+			// the wire shows only by its ACK of this SYN: see below.
 		}
 	}
 
 	if s.Flags&FlagACK != 0 {
 		if !x.ackSent || seqGT(s.Ack, x.ack) {
 			x.ack, x.ackSent = s.Ack, true
+		}
+		// An end in SYN-SENT that acknowledges the peer's SYN has
+		// received the SYN-ACK (RFC 9293 3.10.7.3); a SYN-ACK that was
+		// lost on its way leaves it in SYN-SENT, as `ss` would show.
+		if x.state == StateSynSent && y.synSent && s.Ack == y.iss+1 {
+			t.setStateLocked(e, xs, StateEstablished, now)
 		}
 		// The ACK of the receiver's SYN completes its handshake
 		// (RFC 9293 3.10.7.4, SYN-RECEIVED).
@@ -466,6 +470,14 @@ func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now time.Time) Action
 		t.counters.RSTIgnored++
 		return Action{}
 	}
+	// Likewise a RST whose sequence number lies outside everything the
+	// sender has sent on this connection, or from an end that has sent
+	// nothing yet and acknowledges nothing (tcpd before its SYN-ACK: its
+	// only legitimate RST is the refusal, which acknowledges the SYN).
+	if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.nxt))) {
+		t.counters.RSTIgnored++
+		return Action{}
+	}
 	var acceptable bool
 	switch {
 	case y.state == StateSynSent:
@@ -521,18 +533,33 @@ func (t *Table) twUnlinkLocked(e *entry) {
 	t.twCount--
 }
 
+// ExpireTimeWait removes the entries whose TIME_WAIT has run out. It costs
+// only the expired entries, so the stack calls it often; the dwell recorded
+// is the configured one, not the caller's lateness.
+func (t *Table) ExpireTimeWait() int {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.expireTimeWaitLocked(now)
+}
+
+func (t *Table) expireTimeWaitLocked(now time.Time) int {
+	n := 0
+	for e := t.twHead; e != nil && !now.Before(e.twDeadline); e = t.twHead {
+		t.twDwell.Observe(e.twDeadline.Sub(e.twSince))
+		t.removeLocked(e, now)
+		n++
+	}
+	return n
+}
+
 // Tick runs the timers: TIME_WAIT expiry and entries no handler claimed.
 // The stack calls it periodically; it returns how many entries it removed.
 func (t *Table) Tick() int {
 	now := t.cfg.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := 0
-	for e := t.twHead; e != nil && !now.Before(e.twDeadline); e = t.twHead {
-		t.twDwell.Observe(now.Sub(e.twSince))
-		t.removeLocked(e, now)
-		n++
-	}
+	n := t.expireTimeWaitLocked(now)
 	for _, e := range t.byID {
 		if !e.claimed && e.ends[sideTCPD].state == StateSynRecv && !e.ends[sideTCPD].synSent &&
 			now.Sub(e.lastSeen) >= t.cfg.Unclaimed {
@@ -595,7 +622,11 @@ func (t *Table) Gone(id ID) {
 	if e.inTW {
 		// The netstack's TIME_WAIT timer, which runs with ours, fired
 		// first: an ordinary expiry.
-		t.twDwell.Observe(now.Sub(e.twSince))
+		end := now
+		if e.twDeadline.Before(end) {
+			end = e.twDeadline
+		}
+		t.twDwell.Observe(end.Sub(e.twSince))
 	} else {
 		t.counters.Expired++
 	}
@@ -607,27 +638,27 @@ func (t *Table) Gone(id ID) {
 // and counted. Two lags are not disagreements: the netstack enters
 // FIN-WAIT-1 or LAST-ACK when it queues its FIN, before the FIN crosses the
 // TUN. StateClosed means the endpoint is gone, as Gone. It returns whether
-// it corrected the entry.
-func (t *Table) Reconcile(id ID, ns State) bool {
+// it corrected the entry, and the state conntrack had.
+func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 	if ns == StateClosed {
 		t.Gone(id)
-		return false
+		return false, 0
 	}
 	now := t.cfg.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byID[id]
 	if e == nil {
-		return false
+		return false, 0
 	}
 	ours := e.ends[sideTCPD].state
 	if ours == ns || (ours == StateEstablished && ns == StateFinWait1) || (ours == StateCloseWait && ns == StateLastAck) {
 		e.hasMismatch = false
-		return false
+		return false, ours
 	}
 	if !e.hasMismatch || e.mismatch != ns {
 		e.hasMismatch, e.mismatch = true, ns
-		return false
+		return false, ours
 	}
 	e.hasMismatch = false
 	t.counters.Corrections++
@@ -636,7 +667,7 @@ func (t *Table) Reconcile(id ID, ns State) bool {
 		t.establishedLocked(e, now)
 	}
 	t.afterLocked(e, now)
-	return true
+	return true, ours
 }
 
 // Snapshot returns counts, counters and histograms.

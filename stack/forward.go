@@ -127,7 +127,8 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		return
 	}
 	ep = newEP
-	s.register(id, ep, upstream.LocalAddr().String())
+	rec := s.register(id, ep, upstream.LocalAddr().String())
+	defer close(rec.done)
 	s.stats.Connections[ResultRelayed].Add(1)
 	s.setKeepalive(ep)
 

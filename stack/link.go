@@ -45,9 +45,12 @@ type link struct {
 	// table sees every TCP segment in both directions. retire tears down
 	// the netstack endpoint of a connection conntrack retired from
 	// TIME_WAIT; now says it must be gone before the caller continues.
-	table   *conntrack.Table
-	retire  func(id conntrack.ID, now bool)
-	noTrack bool
+	table  *conntrack.Table
+	retire func(id conntrack.ID, now bool)
+	// retireForSYN retires the TIME_WAIT endpoint a SYN reuses; false means
+	// it took the SYN and will deliver it later.
+	retireForSYN func(id conntrack.ID, syn []byte) bool
+	noTrack      bool
 
 	mu         sync.RWMutex
 	dispatcher gvstack.NetworkDispatcher
@@ -210,7 +213,9 @@ func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 			// endpoint must leave the netstack's demuxer before the SYN
 			// arrives, or the netstack drops it (its TIME_WAIT reuse only
 			// serves listeners, not the forwarder).
-			l.retire(a.ID, true)
+			if !l.retireForSYN(a.ID, pkt) {
+				return // delivered again once the old relay has drained
+			}
 		}
 	}
 	l.mu.RLock()

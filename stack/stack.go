@@ -311,10 +311,14 @@ func (s *Stack) maintain() {
 	defer hosts.Stop()
 	tick := time.NewTicker(reconcileEvery)
 	defer tick.Stop()
+	tw := time.NewTicker(timeWaitResolution)
+	defer tw.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-tw.C:
+			s.table.ExpireTimeWait()
 		case id := <-s.retireQ:
 			s.retire(id, true)
 		case <-tick.C:
@@ -379,6 +383,7 @@ func (s *Stack) buildNetstack() error {
 	}
 	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table, s.retire)
 	s.link.noTrack = s.cfg.noTrack
+	s.link.retireForSYN = s.retireForSYN
 	s.ns = gvstack.New(gvstack.Options{
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},

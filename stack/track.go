@@ -3,7 +3,11 @@ package stack
 import (
 	"time"
 
+	"go.uber.org/zap"
+
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"tcpd/conntrack"
@@ -14,6 +18,14 @@ import (
 // disagreement must persist across two ticks to count as a correction.
 const reconcileEvery = time.Second
 
+// timeWaitResolution is how late a TIME_WAIT entry may leave conntrack after
+// its deadline (the dwell recorded is exact regardless).
+const timeWaitResolution = 100 * time.Millisecond
+
+// reuseDrainWait bounds how long a SYN reusing a 4-tuple waits for the old
+// connection's relay to finish reading what the client sent last.
+const reuseDrainWait = 500 * time.Millisecond
+
 // retireQueue bounds endpoints waiting to be torn down by the maintenance
 // loop. If it is full, an endpoint simply runs out its own TIME_WAIT.
 const retireQueue = 4096
@@ -22,16 +34,61 @@ const retireQueue = 4096
 type endpoint struct {
 	ep       tcpip.Endpoint
 	upstream string
+	// done is closed when the connection's relay has finished: nothing is
+	// left in the endpoint that tcpd still has to read.
+	done chan struct{}
 }
 
 // register remembers ep for id, for reconciliation, `tcpd conns` and kill.
-func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) {
+func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) *endpoint {
+	e := &endpoint{ep: ep, upstream: upstream, done: make(chan struct{})}
 	if id == 0 {
-		return
+		return e
 	}
 	s.epMu.Lock()
-	s.eps[id] = &endpoint{ep: ep, upstream: upstream}
+	s.eps[id] = e
 	s.epMu.Unlock()
+	return e
+}
+
+// retireForSYN retires the TIME_WAIT endpoint of id for a SYN reusing its
+// 4-tuple. The old connection may have been acknowledged its last bytes and
+// FIN by the netstack without its relay having read them yet; aborting the
+// endpoint then would lose them. So if the relay is still running, the SYN
+// waits (a copy, on a goroutine) until it finishes, at most reuseDrainWait,
+// and is delivered then. It returns false if it kept the SYN.
+func (s *Stack) retireForSYN(id conntrack.ID, syn []byte) bool {
+	e := s.endpointOf(id)
+	if e == nil {
+		// tcpd holds no endpoint for the old connection (its handler
+		// never claimed it): find the netstack's own by 4-tuple.
+		s.abortTimeWaitByTuple(syn)
+		return true
+	}
+	select {
+	case <-e.done:
+		e.ep.Abort()
+		s.unregister(id)
+		return true
+	default:
+	}
+	pkt := append([]byte(nil), syn...)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		t := time.NewTimer(reuseDrainWait)
+		defer t.Stop()
+		select {
+		case <-e.done:
+		case <-t.C:
+		case <-s.ctx.Done():
+			return
+		}
+		e.ep.Abort()
+		s.unregister(id)
+		s.link.deliverPacket(pkt, true)
+	}()
+	return false
 }
 
 func (s *Stack) trackedEndpoints() int {
@@ -82,9 +139,18 @@ func (s *Stack) reconcile() {
 		eps = append(eps, e.ep)
 	}
 	s.epMu.Unlock()
+	logged := 0
 	for i, id := range ids {
 		st := conntrackState(tcp.EndpointState(eps[i].State()))
-		s.table.Reconcile(id, st)
+		if corrected, was := s.table.Reconcile(id, st); corrected {
+			// Corrections mean conntrack misread the wire: rare, and worth
+			// a line each, up to a few per tick.
+			if logged < 5 {
+				s.log.Warn("conntrack corrected from the netstack's state",
+					zap.Uint64("id", uint64(id)), zap.Stringer("conntrack", was), zap.Stringer("netstack", st))
+			}
+			logged++
+		}
 		if st == conntrack.StateClosed {
 			s.unregister(id)
 		}
@@ -157,4 +223,27 @@ func (s *Stack) Kill(id conntrack.ID) bool {
 	e.ep.Abort() // the relay sees the error and resets the upstream leg
 	s.unregister(id)
 	return true
+}
+
+// abortTimeWaitByTuple aborts the netstack endpoint in TIME_WAIT that the
+// SYN syn would reach, if there is one.
+func (s *Stack) abortTimeWaitByTuple(syn []byte) {
+	src, dst, _, ok := parseTCP(syn)
+	if !ok {
+		return
+	}
+	id := gvstack.TransportEndpointID{
+		LocalAddress:  tcpip.AddrFromSlice(dst.Addr().AsSlice()),
+		LocalPort:     dst.Port(),
+		RemoteAddress: tcpip.AddrFromSlice(src.Addr().AsSlice()),
+		RemotePort:    src.Port(),
+	}
+	proto := header.IPv4ProtocolNumber
+	if dst.Addr().Is6() {
+		proto = header.IPv6ProtocolNumber
+	}
+	tep := s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID)
+	if ep, ok := tep.(tcpip.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
+		tep.Abort()
+	}
 }
