@@ -480,6 +480,10 @@ func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now time.Time) Action
 	}
 	var acceptable bool
 	switch {
+	case ys == sideTCPD && y.state == StateTimeWait:
+		// tcpd's netstack drops every RST in TIME_WAIT (RFC 1337, fix 1:
+		// no TIME-WAIT assassination), so its end stays there.
+		acceptable = false
 	case y.state == StateSynSent:
 		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
 	case y.ackSent:

@@ -209,11 +209,11 @@ func TestTransitions(t *testing.T) {
 			s("A", tISS+1, cISS+2, 0, CW, FW2),
 			gone(s("RA", tISS+1, cISS+2, 0, 0, 0)),
 		},
-		"RST in TIME_WAIT from the client": {
+		"RST in TIME_WAIT from the client is ignored (RFC 1337), as the netstack does": {
 			s("FA", tISS+1, cISS+1, 0, FW1, Est),
 			c("FA", cISS+1, tISS+2, 0, FW2, LA),
 			s("A", tISS+2, cISS+2, 0, TW, Closed),
-			gone(c("R", cISS+2, 0, 0, 0, 0)),
+			c("R", cISS+2, 0, 0, TW, Closed),
 		},
 	}
 	for name, script := range scripts {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -33,13 +32,6 @@ import (
 // "bye" and EOF. So tcpd also has the client's last bytes to relay when the
 // client is already reusing the port, and the server checks they arrived.
 func TestTimeWaitReuse(t *testing.T) {
-	// Known defect, open: in some runs 1-5 % of the reused 4-tuples still
-	// hang until the old TIME_WAIT runs out (their SYN gets a conntrack
-	// entry but never a handler). It stays out of the default run until it
-	// is fixed; TCPD_KNOWN_BUGS=1 runs it.
-	if os.Getenv("TCPD_KNOWN_BUGS") == "" {
-		t.Skip("known defect: a few reused 4-tuples stall for the old TIME_WAIT; set TCPD_KNOWN_BUGS=1 to run")
-	}
 	t.Parallel()
 	const (
 		conns     = 1000

@@ -59,6 +59,10 @@ func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) *e
 // and is delivered then. It returns false if it kept the SYN.
 func (s *Stack) retireForSYN(id conntrack.ID, syn []byte) bool {
 	e := s.endpointOf(id)
+	if ce := s.log.Check(zap.DebugLevel, "TIME_WAIT reused"); ce != nil {
+		src, _, _, _ := parseTCP(syn)
+		ce.Write(zap.Stringer("client", src), zap.Uint64("old", uint64(id)), zap.Bool("held", e != nil))
+	}
 	if e == nil {
 		// tcpd holds no endpoint for the old connection (its handler
 		// never claimed it): find the netstack's own by 4-tuple.
