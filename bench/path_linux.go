@@ -4,6 +4,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -143,8 +144,8 @@ func (b *bencher) checkLog(proc *netlab.Proc, name string) {
 		if lvl == "warn" || lvl == "error" {
 			counts[lvl]++
 			if first[lvl] == "" {
-				msg, _ := m["msg"].(string)
-				first[lvl] = msg
+				b, _ := json.Marshal(m)
+				first[lvl] = string(b)
 			}
 		}
 	}
