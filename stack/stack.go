@@ -336,13 +336,14 @@ func (s *Stack) maintain() {
 // returnMemory gives the heap back to the operating system once the number
 // of connections has fallen to half of a peak of at least 1000: the Go
 // runtime would otherwise keep the pages of a burst's buffers and netstack
-// endpoints for minutes. At most once per 30 s; it costs a full GC.
+// endpoints for minutes. At most once per 5 s while load falls; it costs a
+// full GC.
 func (s *Stack) returnMemory() {
 	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Snapshot().Live)
 	if live > s.memPeak {
 		s.memPeak = live
 	}
-	if s.memPeak < 1000 || live > s.memPeak/2 || time.Since(s.memFreed) < 30*time.Second {
+	if s.memPeak < 1000 || live > s.memPeak/2 || time.Since(s.memFreed) < 5*time.Second {
 		return
 	}
 	debug.FreeOSMemory()
