@@ -109,6 +109,15 @@ type Config struct {
 	// Zero means 10s.
 	HandshakeTimeout time.Duration
 
+	// CongestionControl is the netstack's algorithm: "reno" or "cubic".
+	// Empty means reno, chosen by measurement: on a 20 ms path with 1 %
+	// loss each way reno moved 7-9 Mbit/s to cubic's 5-6 (the Mathis bound
+	// is about 7); on a clean path the two were within the noise.
+	CongestionControl string
+	// NoRACK turns RACK-TLP loss detection (RFC 8985) off, leaving the
+	// classic three-duplicate-ACK rule.
+	NoRACK bool
+
 	// MaxConnections caps relayed connections. Zero means 65536.
 	MaxConnections int
 	// MaxConnectionsPerClient caps relayed connections per client address.
@@ -162,6 +171,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TimeWait == 0 {
 		c.TimeWait = 30 * time.Second
+	}
+	if c.CongestionControl == "" {
+		c.CongestionControl = "reno"
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = 10 * time.Second
@@ -422,10 +434,17 @@ func (s *Stack) setTCPOptions() error {
 	// default is what a new connection starts with; moderation grows it.
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
+	cc := tcpip.CongestionControlOption(s.cfg.CongestionControl)
+	recovery := tcpip.TCPRACKLossDetection
+	if s.cfg.NoRACK {
+		recovery = 0
+	}
 	opts := []struct {
 		name string
 		opt  tcpip.SettableTransportProtocolOption
 	}{
+		{"congestion control", &cc},
+		{"loss detection", &recovery},
 		{"SACK", &sack},
 		{"receive moderation", &moderate},
 		{"TIME_WAIT timeout", &tw},

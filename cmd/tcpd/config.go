@@ -51,6 +51,8 @@ var (
 	offloadValues   = []string{"auto", "on", "off"}
 	logLevelValues  = []string{"debug", "info", "warn", "error"}
 	logFormatValues = []string{"auto", "json", "console"}
+	ccValues        = []string{"reno", "cubic"}
+	lossValues      = []string{"rack", "dupack"}
 )
 
 // config is a validated tcpd configuration, built by parseConfig.
@@ -88,6 +90,8 @@ type tcpConfig struct {
 	timeWait         time.Duration
 	timeWaitLimit    int
 	handshakeTimeout time.Duration
+	congestion       string // one of ccValues
+	lossDetection    string // one of lossValues
 }
 
 type limitsConfig struct {
@@ -122,6 +126,8 @@ func defaultConfig() *config {
 			timeWait:         30 * time.Second,
 			timeWaitLimit:    16384,
 			handshakeTimeout: 10 * time.Second,
+			congestion:       "reno",
+			lossDetection:    "rack",
 		},
 		limits: limitsConfig{
 			maxConnections:          65536,
@@ -253,7 +259,8 @@ func (d *decoder) decode(root *yaml.Node) *config {
 		c.upstream.mark = uint32(mark)
 	}
 
-	tcp := d.mapping(top["tcp"], "tcp", "keepalive", "half_close_timeout", "idle_timeout", "time_wait", "time_wait_limit", "handshake_timeout")
+	tcp := d.mapping(top["tcp"], "tcp", "keepalive", "half_close_timeout", "idle_timeout", "time_wait", "time_wait_limit", "handshake_timeout",
+		"congestion_control", "loss_detection")
 	ka := d.mapping(tcp["keepalive"], "tcp.keepalive", "idle", "interval", "count")
 	d.duration(ka["idle"], "tcp.keepalive.idle", false, time.Second, day, &c.tcp.keepalive.Idle)
 	d.duration(ka["interval"], "tcp.keepalive.interval", false, time.Second, day, &c.tcp.keepalive.Interval)
@@ -263,6 +270,8 @@ func (d *decoder) decode(root *yaml.Node) *config {
 	d.duration(tcp["time_wait"], "tcp.time_wait", false, time.Second, 5*time.Minute, &c.tcp.timeWait)
 	d.integer(tcp["time_wait_limit"], "tcp.time_wait_limit", 0, maxConnections, &c.tcp.timeWaitLimit)
 	d.duration(tcp["handshake_timeout"], "tcp.handshake_timeout", false, time.Second, 5*time.Minute, &c.tcp.handshakeTimeout)
+	d.enum(tcp["congestion_control"], "tcp.congestion_control", ccValues, &c.tcp.congestion)
+	d.enum(tcp["loss_detection"], "tcp.loss_detection", lossValues, &c.tcp.lossDetection)
 
 	lim := d.mapping(top["limits"], "limits", "max_connections", "max_connections_per_client", "max_in_flight", "max_in_flight_per_client")
 	d.integer(lim["max_connections"], "limits.max_connections", 1, maxConnections, &c.limits.maxConnections)
@@ -728,6 +737,8 @@ func (c *config) stackConfig(pol *policy.Policy, log *zap.Logger) stack.Config {
 		TimeWait:                c.tcp.timeWait,
 		TimeWaitLimit:           stackTimeWaitLimit(c.tcp.timeWaitLimit),
 		HandshakeTimeout:        c.tcp.handshakeTimeout,
+		CongestionControl:       c.tcp.congestion,
+		NoRACK:                  c.tcp.lossDetection == "dupack",
 		MaxConnections:          c.limits.maxConnections,
 		MaxConnectionsPerClient: c.limits.maxConnectionsPerClient,
 		MaxInFlight:             c.limits.maxInFlight,
@@ -808,6 +819,8 @@ func (c *config) restartOnlyChanges(other *config) []string {
 	// The forwarder's in-flight bound and the handshake timeout are fixed
 	// when the netstack is built.
 	diff("tcp.handshake_timeout", c.tcp.handshakeTimeout != other.tcp.handshakeTimeout)
+	diff("tcp.congestion_control", c.tcp.congestion != other.tcp.congestion)
+	diff("tcp.loss_detection", c.tcp.lossDetection != other.tcp.lossDetection)
 	diff("limits.max_in_flight", c.limits.maxInFlight != other.limits.maxInFlight)
 	return keys
 }

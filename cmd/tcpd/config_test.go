@@ -38,6 +38,8 @@ func documentedDefaults() *config {
 			timeWait:         30 * time.Second,
 			timeWaitLimit:    16384,
 			handshakeTimeout: 10 * time.Second,
+			congestion:       "reno",
+			lossDetection:    "rack",
 		},
 		limits: limitsConfig{
 			maxConnections:          65536,
@@ -113,6 +115,8 @@ tcp:
   time_wait: 5m
   time_wait_limit: 0
   handshake_timeout: 1s
+  congestion_control: cubic
+  loss_detection: dupack
 limits:
   max_connections: 1_000
   max_connections_per_client: 1000
@@ -146,6 +150,8 @@ shutdown_grace: 0s
 			timeWait:         5 * time.Minute,
 			timeWaitLimit:    0,
 			handshakeTimeout: time.Second,
+			congestion:       "cubic",
+			lossDetection:    "dupack",
 		},
 		limits:  limitsConfig{maxConnections: 1000, maxConnectionsPerClient: 1000, maxInFlight: 100, maxInFlightPerClient: 1},
 		metrics: "",
@@ -217,6 +223,8 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`line 2: tcp.idle_timeout: "7d" is not a duration (e.g. 10s, 1m30s)`}},
 		{"negative duration", "shutdown_grace: -1s\n",
 			[]string{"line 1: shutdown_grace: -1s is out of range (allowed 0s..10m)"}},
+		{"bad congestion control", "tcp:\n  congestion_control: bbr\n",
+			[]string{`line 2: tcp.congestion_control: "bbr" is not allowed (allowed: reno, cubic)`}},
 		{"bad log format", "log:\n  format: text\n",
 			[]string{`line 2: log.format: "text" is not allowed (allowed: auto, json, console)`}},
 		{"bad log level", "log:\n  level: INFO\n",
@@ -433,6 +441,7 @@ limits:
 		TimeWait:                15 * time.Second,
 		TimeWaitLimit:           16384,
 		HandshakeTimeout:        10 * time.Second,
+		CongestionControl:       "reno",
 		MaxConnections:          1000,
 		MaxConnectionsPerClient: 10,
 		MaxInFlight:             500,
