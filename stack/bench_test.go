@@ -30,6 +30,7 @@ func BenchmarkRelayBulk(b *testing.B) {
 			}
 			buf := make([]byte, 64<<10)
 			b.SetBytes(chunk)
+			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
 				for got := 0; got < chunk; {
