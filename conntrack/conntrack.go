@@ -589,18 +589,6 @@ func (t *Table) Claim(tu Tuple) ID {
 	return e.id
 }
 
-// Unclaim hands id back: its handler dropped the SYN silently, and the
-// client's retransmission may be claimed by another. Unclaimed entries expire.
-func (t *Table) Unclaim(id ID) {
-	now := t.cfg.Now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if e := t.byID[id]; e != nil {
-		e.claimed = false
-		e.lastSeen = now
-	}
-}
-
 // Dialled records the upstream connect of id, which took d.
 func (t *Table) Dialled(id ID, d time.Duration, ok bool) {
 	t.mu.Lock()

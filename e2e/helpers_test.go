@@ -31,6 +31,15 @@ type gwConfig struct {
 	HalfCloseTimeout string
 	TimeWait         string
 	TimeWaitLimit    int
+	// The keys below are written only when set; unset, tcpd's defaults
+	// apply.
+	KeepaliveIdle, KeepaliveInterval string // tcp.keepalive.idle, .interval
+	KeepaliveCount                   int    // tcp.keepalive.count
+	IdleTimeout                      string // tcp.idle_timeout
+	HandshakeTimeout                 string // tcp.handshake_timeout
+	MaxInFlightPerClient             int    // limits.max_in_flight_per_client
+	// LogLevel is log.level; "" means debug, which logs every connection.
+	LogLevel string
 	// Metrics turns on the metrics listener at metricsAddr inside the
 	// gateway namespace; AdminSocket, when set, is the admin socket's path.
 	Metrics     bool
@@ -66,6 +75,43 @@ func (c gwConfig) yaml() string {
 	if c.Metrics {
 		listen = metricsAddr
 	}
+	// extraTCP goes at the end of the tcp section, limits after it.
+	var extraTCP, limits []string
+	var ka []string
+	if c.KeepaliveIdle != "" {
+		ka = append(ka, "idle: "+c.KeepaliveIdle)
+	}
+	if c.KeepaliveInterval != "" {
+		ka = append(ka, "interval: "+c.KeepaliveInterval)
+	}
+	if c.KeepaliveCount != 0 {
+		ka = append(ka, fmt.Sprintf("count: %d", c.KeepaliveCount))
+	}
+	if len(ka) > 0 {
+		extraTCP = append(extraTCP, "keepalive: {"+strings.Join(ka, ", ")+"}")
+	}
+	if c.IdleTimeout != "" {
+		extraTCP = append(extraTCP, "idle_timeout: "+c.IdleTimeout)
+	}
+	if c.HandshakeTimeout != "" {
+		extraTCP = append(extraTCP, "handshake_timeout: "+c.HandshakeTimeout)
+	}
+	if c.MaxInFlightPerClient != 0 {
+		limits = append(limits, fmt.Sprintf("max_in_flight_per_client: %d", c.MaxInFlightPerClient))
+	}
+	var extra strings.Builder
+	for _, l := range extraTCP {
+		extra.WriteString("  " + l + "\n")
+	}
+	if len(limits) > 0 {
+		extra.WriteString("limits:\n")
+		for _, l := range limits {
+			extra.WriteString("  " + l + "\n")
+		}
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "debug"
+	}
 	return fmt.Sprintf(`tun:
   name: tcpd0
   mtu: %d
@@ -78,14 +124,14 @@ tcp:
   half_close_timeout: %s
   time_wait: %s
   time_wait_limit: %d
-metrics:
+%smetrics:
   listen: "%s"
 admin:
   socket: "%s"
 log:
-  level: debug
+  level: %s
 `, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.HalfCloseTimeout,
-		c.TimeWait, c.TimeWaitLimit, listen, c.AdminSocket)
+		c.TimeWait, c.TimeWaitLimit, extra.String(), listen, c.AdminSocket, c.LogLevel)
 }
 
 // gateway is a lab with tcpd running in its gateway namespace and the

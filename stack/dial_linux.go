@@ -31,7 +31,12 @@ func (s *Stack) controlUpstream(network, address string, c syscall.RawConn) erro
 		return fmt.Errorf("%w: %s (%s)", errDialDenied, ap.Addr(), v.Reason)
 	}
 	var serr error
+	ut := s.tune.Load().Keepalive.userTimeout()
 	err = c.Control(func(fd uintptr) {
+		if e := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ut.Milliseconds())); e != nil {
+			serr = fmt.Errorf("set TCP_USER_TIMEOUT: %w", e)
+			return
+		}
 		if s.cfg.Mark != 0 {
 			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(s.cfg.Mark)); e != nil {
 				serr = fmt.Errorf("set SO_MARK %d: %w", s.cfg.Mark, e)

@@ -77,12 +77,11 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	}
 	if reason, ok := s.admit(client.Addr()); !ok {
 		if reason == DropMaxInFlightPerClient {
-			// Like a full SYN queue: say nothing, the client retries, and
-			// the retransmitted SYN may be claimed by another handler.
+			// Like a full SYN queue: say nothing, and forget the SYN; the
+			// client's retransmission starts afresh. (The link drops most
+			// such SYNs before they get this far.)
 			s.stats.Dropped[reason].Add(1)
 			req.complete(false)
-			s.table.Unclaim(id)
-			id = 0
 			return
 		}
 		s.refuse(req, reason)
@@ -199,6 +198,16 @@ func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 	return 0, true
 }
 
+// synOverCap reports whether client has as many handshakes in flight as
+// its cap allows, for the link to drop its SYNs early.
+func (s *Stack) synOverCap(client netip.Addr) bool {
+	limit := s.tune.Load().MaxInFlightPerClient
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.perClient[client]
+	return c != nil && c.inFlight >= limit
+}
+
 // release gives back an in-flight slot; established moves it to the
 // client's connection count.
 func (s *Stack) release(client netip.Addr, established bool) {
@@ -257,6 +266,11 @@ func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&interval)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, ka.Count)
+	// Keepalive probes only while nothing is in flight; a client that
+	// vanishes in the middle of a download is noticed by the user timeout
+	// (RFC 5482) instead, after as long as keepalive would take.
+	ut := tcpip.TCPUserTimeoutOption(ka.userTimeout())
+	_ = ep.SetSockOpt(&ut)
 }
 
 // classifyDial maps a dial error to its failure class.

@@ -50,6 +50,8 @@ type link struct {
 	// retireForSYN retires the TIME_WAIT endpoint a SYN reuses; false means
 	// it took the SYN and will deliver it later.
 	retireForSYN func(id conntrack.ID, syn []byte) bool
+	// synOverCap reports a client at its in-flight handshake cap.
+	synOverCap func(client netip.Addr) bool
 	noTrack      bool
 
 	mu         sync.RWMutex
@@ -206,8 +208,20 @@ func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 		l.stats.Dropped[DropSpoofedSource].Add(1)
 		return
 	}
-	if src, dst, seg, ok := parseTCP(pkt); ok && !l.noTrack {
-		a := l.table.Segment(conntrack.FromClient, conntrack.Tuple{Client: src, Dst: dst}, seg)
+	if !csumValid && !checksumsValid(pkt) {
+		l.stats.Dropped[DropBadChecksum].Add(1)
+		return
+	}
+	from, to, seg, ok := parseTCP(pkt)
+	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN && l.synOverCap != nil && l.synOverCap(src) {
+		// A client at its handshake cap: drop its SYN here, before it
+		// costs a conntrack entry, a forwarder slot and a goroutine, as a
+		// full SYN queue would. The client retransmits.
+		l.stats.Dropped[DropMaxInFlightPerClient].Add(1)
+		return
+	}
+	if ok && !l.noTrack {
+		a := l.table.Segment(conntrack.FromClient, conntrack.Tuple{Client: from, Dst: to}, seg)
 		if a.Kind == conntrack.ActionRetire {
 			// A SYN reopening a 4-tuple held in TIME_WAIT: the old
 			// endpoint must leave the netstack's demuxer before the SYN
@@ -344,14 +358,12 @@ func (*link) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements gvstack.NetworkLinkEndpoint. The netstack computes
 // and verifies every checksum itself: packets from the TUN may come from
 // anywhere, and a bad checksum must be caught and counted.
-// On the offload path the netstack skips checksum verification: the kernel
-// vouches for most packets (NEEDS_CSUM, DATA_VALID), and readVnet verifies
-// the rest itself before delivery.
+// The netstack skips checksum verification: the link verifies every packet
+// the kernel did not vouch for (NEEDS_CSUM, DATA_VALID on the offload path)
+// before conntrack or the netstack sees it, so that a bad one is counted and
+// tracks nothing.
 func (l *link) Capabilities() gvstack.LinkEndpointCapabilities {
-	if l.offload() {
-		return gvstack.CapabilityRXChecksumOffload
-	}
-	return 0
+	return gvstack.CapabilityRXChecksumOffload
 }
 
 var _ gvstack.GSOEndpoint = (*link)(nil)

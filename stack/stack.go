@@ -70,6 +70,13 @@ type Keepalive struct {
 	Count int
 }
 
+// userTimeout is how long sent data may stay unacknowledged before the
+// connection is given up: as long as keepalive takes to declare a silent
+// peer dead.
+func (k Keepalive) userTimeout() time.Duration {
+	return k.Idle + k.Interval*time.Duration(k.Count)
+}
+
 // Config configures a Stack. The zero value works except for Clients, which
 // must name at least one prefix.
 type Config struct {
@@ -270,6 +277,8 @@ func New(cfg Config) (*Stack, error) {
 		table: conntrack.New(conntrack.Config{
 			TimeWait:      cfg.TimeWait,
 			TimeWaitLimit: cfg.TimeWaitLimit,
+			// A SYN no handler took is given as long as a handshake.
+			Unclaimed: cfg.HandshakeTimeout,
 		}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -397,6 +406,7 @@ func (s *Stack) buildNetstack() error {
 	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table, s.retire)
 	s.link.noTrack = s.cfg.noTrack
 	s.link.retireForSYN = s.retireForSYN
+	s.link.synOverCap = s.synOverCap
 	s.ns = gvstack.New(gvstack.Options{
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},

@@ -6,9 +6,6 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -87,14 +84,7 @@ func (l *link) readVnet() {
 		flags, gso := buf[0], buf[1]
 		switch gso {
 		case vnetGSONone, vnetGSOTCPv4, vnetGSOTCPv6:
-			pkt := buf[vnetHdrLen:n]
-			if flags&(vnetFlagNeedsCsum|vnetFlagDataValid) == 0 && !checksumsValid(pkt) {
-				l.stats.TUNPackets[In].Add(1)
-				l.stats.TUNBytes[In].Add(uint64(len(pkt)))
-				l.stats.Dropped[DropBadChecksum].Add(1)
-				break
-			}
-			l.deliverPacket(pkt, true)
+			l.deliverPacket(buf[vnetHdrLen:n], flags&(vnetFlagNeedsCsum|vnetFlagDataValid) != 0)
 		default:
 			// UDP segmentation offload or ECN variants: nothing tcpd
 			// terminates.
@@ -137,44 +127,4 @@ func (l *link) writeVnet(pkt *gvstack.PacketBuffer, hdr *[vnetHdrLen]byte, iov [
 		err = werr
 	}
 	return iov, err
-}
-
-// checksumsValid verifies the IPv4 header checksum and the TCP checksum of a
-// packet the kernel did not vouch for. Packets other than TCP are passed:
-// the netstack terminates only TCP and drops the rest.
-func checksumsValid(pkt []byte) bool {
-	var (
-		tcp      []byte
-		src, dst tcpip.Address
-	)
-	switch {
-	case len(pkt) >= header.IPv4MinimumSize && pkt[0]>>4 == 4:
-		ip := header.IPv4(pkt)
-		hl := int(ip.HeaderLength())
-		total := int(ip.TotalLength())
-		if hl < header.IPv4MinimumSize || hl > total || total > len(pkt) || !ip.IsChecksumValid() {
-			return false
-		}
-		if ip.TransportProtocol() != header.TCPProtocolNumber || ip.FragmentOffset() != 0 || ip.More() {
-			return true
-		}
-		tcp, src, dst = pkt[hl:total], ip.SourceAddress(), ip.DestinationAddress()
-	case len(pkt) >= header.IPv6MinimumSize && pkt[0]>>4 == 6:
-		ip := header.IPv6(pkt)
-		end := header.IPv6MinimumSize + int(ip.PayloadLength())
-		if end > len(pkt) {
-			return false
-		}
-		if ip.TransportProtocol() != header.TCPProtocolNumber {
-			return true
-		}
-		tcp, src, dst = pkt[header.IPv6MinimumSize:end], ip.SourceAddress(), ip.DestinationAddress()
-	default:
-		return true // the netstack rejects what it cannot parse
-	}
-	if len(tcp) < header.TCPMinimumSize {
-		return false
-	}
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
-	return checksum.Checksum(tcp, xsum) == 0xffff
 }
