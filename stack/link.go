@@ -52,7 +52,7 @@ type link struct {
 	retireForSYN func(id conntrack.ID, syn []byte) bool
 	// synOverCap reports a client at its in-flight handshake cap.
 	synOverCap func(client netip.Addr) bool
-	noTrack      bool
+	noTrack    bool
 
 	mu         sync.RWMutex
 	dispatcher gvstack.NetworkDispatcher
