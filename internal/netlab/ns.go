@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -186,13 +185,14 @@ func (n *NS) Do(fn func() error) error {
 
 // Command returns a command that runs name with args inside the namespace
 // (`ip netns exec <ns> name args...`, which execs name directly, so the
-// command's pid is name's). The process gets SIGKILL if the test process
-// dies. Processes started this way are not tracked by the lab; use
-// [Lab.StartProc] for that.
+// command's pid is name's). Processes started this way are not tracked by
+// the lab; use [Lab.StartProc] for that. If the test process dies, the next
+// lab built on the machine kills what is left inside this lab's namespaces
+// (see sweepStale). No parent-death signal is set: it fires when the OS
+// thread that forked the child exits, and Go ends threads that namespace
+// code left locked, which killed live servers at random.
 func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
 // Listen is net.Listen with the socket created inside the namespace. Use IP
