@@ -10,6 +10,7 @@
 package conntrack
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -137,11 +138,14 @@ type entry struct {
 type Table struct {
 	cfg Config
 
-	mu       sync.Mutex
-	byTuple  map[Tuple]*entry
-	byID     map[ID]*entry
-	nextID   ID
-	counts   [2][NumStates]int
+	mu      sync.Mutex
+	byTuple map[Tuple]*entry
+	byID    map[ID]*entry
+	nextID  ID
+	counts  [2][NumStates]int
+	// synRecv counts, per client address, the entries whose tcpd end is
+	// in SYN-RECEIVED: the handshakes each client has open.
+	synRecv  map[netip.Addr]int
 	counters Counters
 	twHead   *entry
 	twTail   *entry
@@ -170,7 +174,7 @@ func New(cfg Config) *Table {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Table{cfg: cfg, byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}}
+	return &Table{cfg: cfg, byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}, synRecv: map[netip.Addr]int{}}
 }
 
 // SetTimeWait changes the TIME_WAIT duration and cap for connections that
@@ -192,6 +196,23 @@ func (t *Table) SetTimeWait(d time.Duration, limit int) {
 	}
 }
 
+func (t *Table) synRecvDecLocked(a netip.Addr) {
+	if n := t.synRecv[a] - 1; n > 0 {
+		t.synRecv[a] = n
+	} else {
+		delete(t.synRecv, a)
+	}
+}
+
+// SynRecvFrom returns how many of client's connections tcpd holds in
+// SYN-RECEIVED, so that a SYN over a per-client cap can be refused before it
+// opens one more.
+func (t *Table) SynRecvFrom(client netip.Addr) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.synRecv[client]
+}
+
 // Sequence-number comparisons modulo 2^32 (RFC 9293 3.4).
 func seqLT(a, b uint32) bool  { return int32(a-b) < 0 }
 func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
@@ -205,6 +226,14 @@ func (t *Table) setStateLocked(e *entry, side int, s State, now time.Time) {
 	}
 	if side == sideTCPD && e.inTW {
 		t.twUnlinkLocked(e)
+	}
+	if side == sideTCPD {
+		if old == StateSynRecv {
+			t.synRecvDecLocked(e.tuple.Client.Addr())
+		}
+		if s == StateSynRecv {
+			t.synRecv[e.tuple.Client.Addr()]++
+		}
 	}
 	t.counts[side][old]--
 	t.counts[side][s]++
@@ -226,6 +255,7 @@ func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
 	*c = end{state: StateSynSent, since: now, iss: s.Seq, synSent: true, nxt: s.Seq + 1, dataNxt: s.Seq + 1}
 	t.counts[sideTCPD][StateSynRecv]++
 	t.counts[sideClient][StateSynSent]++
+	t.synRecv[tu.Client.Addr()]++
 	t.byTuple[tu] = e
 	t.byID[e.id] = e
 	t.counters.Opened++
@@ -240,6 +270,9 @@ func (t *Table) removeLocked(e *entry, now time.Time) {
 	t.observeLifetimeLocked(e, now)
 	for side := range e.ends {
 		t.counts[side][e.ends[side].state]--
+	}
+	if e.ends[sideTCPD].state == StateSynRecv {
+		t.synRecvDecLocked(e.tuple.Client.Addr())
 	}
 	if t.byTuple[e.tuple] == e {
 		delete(t.byTuple, e.tuple)

@@ -94,6 +94,19 @@ func checkInvariants(t *testing.T, tab *ct.Table) {
 	if snap.States[ct.StateClosed] != 0 {
 		t.Fatalf("%d entries kept with tcpd's end closed", snap.States[ct.StateClosed])
 	}
+	var syn int
+	for _, c := range tab.Conns(nil) {
+		if c.State == ct.StateSynRecv {
+			syn++
+		}
+	}
+	perClient := 0
+	for _, tu := range fuzzTuples {
+		perClient += tab.SynRecvFrom(tu.Client.Addr())
+	}
+	if perClient != syn {
+		t.Fatalf("per-client syn_recv counts add up to %d, the table holds %d", perClient, syn)
+	}
 	if got := len(tab.Conns(nil)); got != snap.Live {
 		t.Fatalf("%d rows, %d live", got, snap.Live)
 	}

@@ -153,17 +153,25 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 // abortHandshake aborts the half-open endpoint of id if it is still waiting
 // for the client's ACK, which makes its CreateEndpoint return.
 func (s *Stack) abortHandshake(id gvstack.TransportEndpointID) {
+	if s.abortIfIn(id, tcp.StateSynRecv) {
+		s.stats.HandshakeTimeouts.Add(1)
+	}
+}
+
+// abortIfIn aborts the netstack's endpoint for id if it is in state st, and
+// reports whether it did.
+func (s *Stack) abortIfIn(id gvstack.TransportEndpointID, st tcp.EndpointState) bool {
 	proto := header.IPv4ProtocolNumber
 	if id.LocalAddress.Len() == 16 {
 		proto = header.IPv6ProtocolNumber
 	}
 	tep := s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID)
 	ep, ok := tep.(tcpip.Endpoint)
-	if !ok || tcp.EndpointState(ep.State()) != tcp.StateSynRecv {
-		return
+	if !ok || tcp.EndpointState(ep.State()) != st {
+		return false
 	}
-	s.stats.HandshakeTimeouts.Add(1)
 	tep.Abort()
+	return true
 }
 
 // refuse answers the SYN with RST and counts why.
@@ -198,14 +206,12 @@ func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 	return 0, true
 }
 
-// synOverCap reports whether client has as many handshakes in flight as
-// its cap allows, for the link to drop its SYNs early.
+// synOverCap reports whether client has as many connections in SYN_RCVD as
+// its in-flight cap allows, for the link to drop its SYNs before they open
+// one more. conntrack counts them synchronously with the SYNs, so the cap
+// holds exactly, unlike the handler's count, which lags behind a flood.
 func (s *Stack) synOverCap(client netip.Addr) bool {
-	limit := s.tune.Load().MaxInFlightPerClient
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.perClient[client]
-	return c != nil && c.inFlight >= limit
+	return s.table.SynRecvFrom(client) >= s.tune.Load().MaxInFlightPerClient
 }
 
 // release gives back an in-flight slot; established moves it to the

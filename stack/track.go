@@ -6,7 +6,6 @@ import (
 	"go.uber.org/zap"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -236,18 +235,10 @@ func (s *Stack) abortTimeWaitByTuple(syn []byte) {
 	if !ok {
 		return
 	}
-	id := gvstack.TransportEndpointID{
+	s.abortIfIn(gvstack.TransportEndpointID{
 		LocalAddress:  tcpip.AddrFromSlice(dst.Addr().AsSlice()),
 		LocalPort:     dst.Port(),
 		RemoteAddress: tcpip.AddrFromSlice(src.Addr().AsSlice()),
 		RemotePort:    src.Port(),
-	}
-	proto := header.IPv4ProtocolNumber
-	if dst.Addr().Is6() {
-		proto = header.IPv6ProtocolNumber
-	}
-	tep := s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID)
-	if ep, ok := tep.(tcpip.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
-		tep.Abort()
-	}
+	}, tcp.StateTimeWait)
 }
