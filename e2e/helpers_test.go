@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e_test holds tcpd's tier B tests: the real binary on a real TUN in
 // network namespaces the tests create and remove, driven by the kernel's own
 // TCP clients and servers. They skip, saying why, when not run as root.

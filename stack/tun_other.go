@@ -9,3 +9,6 @@ import (
 )
 
 func createTUN(TUNConfig) (tun.Device, error) { return nil, errors.ErrUnsupported }
+
+// RPFilterWarning has nothing to say off Linux.
+func RPFilterWarning() string { return "" }
