@@ -102,23 +102,33 @@ func newRelay(s *Stack, ep tcpip.Endpoint, wq *waiter.Queue, upstream net.Conn) 
 	return r
 }
 
-// An idle connection must not pin a relay buffer: each direction waits
-// until its source is readable and only then borrows a buffer from the
-// pool, returning it after the write. Idle connections then cost the
-// netstack endpoint, the socket and two goroutine stacks, not 128 KiB.
+// An idle connection must not pin a relay buffer: each direction borrows
+// a buffer from the pool only once its source has bytes (or EOF, or an
+// error) to hand over, and returns it after the write. Idle connections then
+// cost the netstack endpoint, the socket and two goroutine stacks, not
+// 128 KiB.
+
+// readClient waits until the client's endpoint is readable, then reads into
+// a borrowed buffer. The caller returns the buffer to relayBufs.
+func (r *relay) readClient() (*[]byte, int, error) {
+	r.waitClient()
+	bp := relayBufs.Get().(*[]byte)
+	n, err := r.client.Read(*bp)
+	return bp, n, err
+}
 
 // waitClient returns once the client's endpoint is readable (data, FIN,
 // reset) or the relay's inactivity deadline passed; the Read that follows
 // reports which. armDeadline wakes it, so that a deadline set by the other
 // direction (the half-close timeout) takes effect while it waits.
-func (r *relay) waitClient() error {
+func (r *relay) waitClient() {
 	mask := waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 	for r.ep.Readiness(mask) == 0 {
 		var expired <-chan time.Time
 		if t := r.timeout(); t > 0 {
 			wait := time.Until(time.Unix(0, r.lastActive.Load()).Add(t))
 			if wait <= 0 {
-				return nil
+				return
 			}
 			if r.clientTimer == nil {
 				r.clientTimer = time.NewTimer(wait)
@@ -130,13 +140,12 @@ func (r *relay) waitClient() error {
 		select {
 		case <-r.readable:
 		case <-expired:
-			return nil
+			return
 		}
 		if r.clientTimer != nil {
 			r.clientTimer.Stop()
 		}
 	}
-	return nil
 }
 
 // run relays until both directions are done, then closes both legs.
@@ -176,21 +185,14 @@ type closeWriter interface {
 // copy moves bytes from src to dst until EOF or an error.
 func (r *relay) copy(d Direction, dst, src net.Conn) {
 	srcEnd, dstEnd := EndClientReset, EndUpstreamReset
-	wait := r.waitClient
+	read := r.readClient
 	if d == Out {
 		srcEnd, dstEnd = EndUpstreamReset, EndClientReset
-		wait = r.waitUpstream
+		read = r.readUpstream
 	}
 	r.armDeadline(src)
 	for {
-		if err := wait(); err != nil {
-			// The upstream socket reported a reset or an error while
-			// tcpd peeked at it; a Read now would see a plain EOF.
-			r.fail(srcEnd)
-			return
-		}
-		bp := relayBufs.Get().(*[]byte)
-		n, err := src.Read(*bp)
+		bp, n, err := read()
 		if n > 0 {
 			r.lastActive.Store(time.Now().UnixNano())
 			if _, werr := dst.Write((*bp)[:n]); werr != nil {
@@ -201,7 +203,9 @@ func (r *relay) copy(d Direction, dst, src net.Conn) {
 			r.bytes[d].Add(uint64(n))
 			r.s.stats.RelayBytes[d].Add(uint64(n))
 		}
-		relayBufs.Put(bp)
+		if bp != nil {
+			relayBufs.Put(bp)
+		}
 		switch {
 		case err == nil:
 			continue

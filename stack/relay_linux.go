@@ -1,24 +1,44 @@
 package stack
 
-import "golang.org/x/sys/unix"
+import (
+	"io"
 
-// waitUpstream returns once the upstream socket has data, EOF or an error
-// to report, or its read deadline passed. It peeks rather than trusting the
-// poller's edge, which a previous read may already have consumed.
-// A socket error the peek reports (a reset) is consumed by it, so it is
-// returned here rather than left for the Read.
-func (r *relay) waitUpstream() error {
+	"golang.org/x/sys/unix"
+)
+
+// readUpstream reads the upstream socket through its RawConn, borrowing a
+// buffer for each attempt and giving it back when the socket has nothing
+// (EAGAIN), so that the poller waits with no buffer held. One system call
+// per chunk, as a plain Read; deadlines and Close apply as to Read. A reset
+// arrives as the read's own error.
+func (r *relay) readUpstream() (*[]byte, int, error) {
 	if r.upRaw == nil {
-		return nil
+		bp := relayBufs.Get().(*[]byte)
+		n, err := r.upstream.Read(*bp)
+		return bp, n, err
 	}
-	var one [1]byte
-	var perr error
-	r.upRaw.Read(func(fd uintptr) bool {
-		_, _, perr = unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return perr != unix.EAGAIN
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err := r.upRaw.Read(func(fd uintptr) bool {
+		bp = relayBufs.Get().(*[]byte)
+		n, rerr = unix.Read(int(fd), *bp)
+		if rerr == unix.EAGAIN {
+			relayBufs.Put(bp)
+			bp = nil
+			return false
+		}
+		return true
 	})
-	if perr == unix.EAGAIN {
-		return nil // deadline passed: the Read reports the timeout
+	switch {
+	case err != nil: // deadline or closed, from the poller
+		return bp, 0, err
+	case rerr != nil:
+		return bp, 0, rerr
+	case n == 0:
+		return bp, 0, io.EOF
 	}
-	return perr
+	return bp, n, nil
 }
