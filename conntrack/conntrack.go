@@ -748,6 +748,13 @@ func (t *Table) Conns(keep func(*Conn) bool) []Conn {
 	return out
 }
 
+// Len returns the number of live entries, without the cost of a Snapshot.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
+
 // Lookup returns the ID of the live entry for tu.
 func (t *Table) Lookup(tu Tuple) (ID, bool) {
 	t.mu.Lock()
@@ -756,15 +763,4 @@ func (t *Table) Lookup(tu Tuple) (ID, bool) {
 		return e.id, true
 	}
 	return 0, false
-}
-
-// IDs returns the IDs of all live entries, for the stack's reconciliation.
-func (t *Table) IDs(buf []ID) []ID {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	buf = buf[:0]
-	for id := range t.byID {
-		buf = append(buf, id)
-	}
-	return buf
 }

@@ -54,8 +54,8 @@ type link struct {
 	synOverCap func(client netip.Addr) bool
 	noTrack    bool
 
-	mu         sync.RWMutex
-	dispatcher gvstack.NetworkDispatcher
+	// dispatcher is set by Attach; every inbound packet loads it.
+	dispatcher atomic.Pointer[dispatcherRef]
 
 	// writeBufs recycles outbound batches.
 	writeBufs sync.Pool
@@ -171,36 +171,14 @@ func (l *link) readTUN() {
 // deliver hands one inbound packet from the plain path to the netstack.
 func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, false) }
 
-// deliverPacket checks the IP version and the source address of one inbound
-// packet and hands it to the netstack. csumValid says the kernel vouched for
-// its checksums (or will fill them in: a super-packet's are partial).
+// deliverPacket checks one inbound packet — IP version, source address,
+// checksums unless the kernel vouched for them (csumValid), the per-client
+// SYN cap — shows it to conntrack and hands it to the netstack.
 func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 	l.stats.TUNPackets[In].Add(1)
 	l.stats.TUNBytes[In].Add(uint64(len(pkt)))
-	if len(pkt) == 0 {
-		l.stats.Dropped[DropMalformed].Add(1)
-		return
-	}
-	var (
-		proto tcpip.NetworkProtocolNumber
-		src   netip.Addr
-	)
-	switch pkt[0] >> 4 {
-	case 4:
-		if len(pkt) < header.IPv4MinimumSize {
-			l.stats.Dropped[DropMalformed].Add(1)
-			return
-		}
-		proto = header.IPv4ProtocolNumber
-		src = netip.AddrFrom4([4]byte(pkt[12:16]))
-	case 6:
-		if len(pkt) < header.IPv6MinimumSize {
-			l.stats.Dropped[DropMalformed].Add(1)
-			return
-		}
-		proto = header.IPv6ProtocolNumber
-		src = netip.AddrFrom16([16]byte(pkt[8:24]))
-	default:
+	proto, src, ok := ipSource(pkt)
+	if !ok {
 		l.stats.Dropped[DropMalformed].Add(1)
 		return
 	}
@@ -228,18 +206,32 @@ func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 			// arrives, or the netstack drops it (its TIME_WAIT reuse only
 			// serves listeners, not the forwarder).
 			if !l.retireForSYN(a.ID, pkt) {
-				return // delivered again once the old relay has drained
+				return // dispatched once the old relay has drained
 			}
 		}
 	}
-	l.mu.RLock()
-	d := l.dispatcher
-	l.mu.RUnlock()
+	l.dispatch(proto, pkt)
+}
+
+// ipSource returns the network protocol and source address of an IP packet
+// long enough to hold its fixed header.
+func ipSource(pkt []byte) (tcpip.NetworkProtocolNumber, netip.Addr, bool) {
+	switch {
+	case len(pkt) >= header.IPv4MinimumSize && pkt[0]>>4 == 4:
+		return header.IPv4ProtocolNumber, netip.AddrFrom4([4]byte(pkt[12:16])), true
+	case len(pkt) >= header.IPv6MinimumSize && pkt[0]>>4 == 6:
+		return header.IPv6ProtocolNumber, netip.AddrFrom16([16]byte(pkt[8:24])), true
+	}
+	return 0, netip.Addr{}, false
+}
+
+// dispatch hands a checked packet to the netstack. It copies pkt.
+func (l *link) dispatch(proto tcpip.NetworkProtocolNumber, pkt []byte) {
+	d := l.dispatcher.Load()
 	if d == nil {
 		return
 	}
 	p := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-	p.RXChecksumValidated = csumValid
 	d.DeliverNetworkPacket(proto, p)
 	p.DecRef()
 }
@@ -385,19 +377,20 @@ func (l *link) GSOMaxSize() uint32 {
 	return 0
 }
 
+// dispatcherRef boxes the interface for atomic.Pointer.
+type dispatcherRef struct{ gvstack.NetworkDispatcher }
+
 // Attach implements gvstack.NetworkLinkEndpoint.
 func (l *link) Attach(d gvstack.NetworkDispatcher) {
-	l.mu.Lock()
-	l.dispatcher = d
-	l.mu.Unlock()
+	if d == nil {
+		l.dispatcher.Store(nil)
+		return
+	}
+	l.dispatcher.Store(&dispatcherRef{d})
 }
 
 // IsAttached implements gvstack.NetworkLinkEndpoint.
-func (l *link) IsAttached() bool {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.dispatcher != nil
-}
+func (l *link) IsAttached() bool { return l.dispatcher.Load() != nil }
 
 // Wait implements gvstack.NetworkLinkEndpoint. The read loop is stopped by
 // closing the device; Stack.Close waits for it.

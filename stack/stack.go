@@ -360,7 +360,7 @@ func (s *Stack) maintain() {
 // endpoints for minutes. At most once per 5 s while load falls; it costs a
 // full GC.
 func (s *Stack) returnMemory() {
-	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Snapshot().Live)
+	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Len())
 	if live > s.memPeak {
 		s.memPeak = live
 	}

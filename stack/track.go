@@ -89,7 +89,10 @@ func (s *Stack) retireForSYN(id conntrack.ID, syn []byte) bool {
 		}
 		e.ep.Abort()
 		s.unregister(id)
-		s.link.deliverPacket(pkt, true)
+		// Checked, counted and tracked already: only the netstack has
+		// not seen it yet.
+		proto, _, _ := ipSource(pkt)
+		s.link.dispatch(proto, pkt)
 	}()
 	return false
 }
