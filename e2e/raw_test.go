@@ -23,23 +23,27 @@ func netipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
-// tunTxPackets reads how many packets the gateway kernel has handed to
-// tcpd's TUN.
-func tunTxPackets(t *testing.T, g *gateway) uint64 {
+// tunStats reads the gateway kernel's counters for tcpd's TUN: its TX side
+// is what the kernel handed to tcpd (or dropped, the queue full).
+func tunStats(t *testing.T, g *gateway) netlink.LinkStatistics {
 	t.Helper()
-	var n uint64
+	var st netlink.LinkStatistics
 	if err := g.Gateway.Do(func() error {
 		l, err := netlink.LinkByName("tcpd0")
 		if err != nil {
 			return err
 		}
-		n = l.Attrs().Statistics.TxPackets
+		st = *l.Attrs().Statistics
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return st
 }
+
+// tunTxPackets reads how many packets the gateway kernel has handed to
+// tcpd's TUN.
+func tunTxPackets(t *testing.T, g *gateway) uint64 { t.Helper(); return tunStats(t, g).TxPackets }
 
 // sendRawSYN sends a hand-built IPv4 TCP SYN from the client namespace
 // straight onto its veth, addressed to the gateway's MAC, bypassing the

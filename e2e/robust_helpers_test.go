@@ -120,21 +120,7 @@ func holding(m map[string]float64) string {
 
 // tunTxDropped reads how many packets the gateway kernel dropped on their
 // way into tcpd's TUN (its queue full).
-func tunTxDropped(t *testing.T, g *gateway) uint64 {
-	t.Helper()
-	var n uint64
-	if err := g.Gateway.Do(func() error {
-		l, err := netlink.LinkByName("tcpd0")
-		if err != nil {
-			return err
-		}
-		n = l.Attrs().Statistics.TxDropped
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
+func tunTxDropped(t *testing.T, g *gateway) uint64 { t.Helper(); return tunStats(t, g).TxDropped }
 
 // tcpdPid returns the pid of the tcpd process itself. netlab starts it as
 // `ip netns exec <ns> tcpd ...`, and ip execs tcpd in place, so the pid of

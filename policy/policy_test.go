@@ -2,7 +2,10 @@ package policy_test
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"tcpd/policy"
@@ -160,14 +163,30 @@ func TestRefreshHostAddrs(t *testing.T) {
 }
 
 func TestRealHostAddrs(t *testing.T) {
+	// With no HostAddrs, the policy reads this machine's interfaces: it must
+	// hold every one of their addresses, and deny each.
 	p, err := policy.New(policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every machine has loopback; it is denied by class, but the summary must
-	// count at least it among the host addresses.
-	if s := p.Summary(); s == "" {
-		t.Fatal("empty summary")
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, ia := range ifaddrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			a, _ := netip.AddrFromSlice(n.IP)
+			seen[a.Unmap()] = true
+		}
+	}
+	for a := range seen {
+		if v := p.Check(a); v.Allowed {
+			t.Errorf("host address %s allowed", a)
+		}
+	}
+	if want := fmt.Sprintf(", %d host addresses", len(seen)); !strings.Contains(p.Summary(), want) {
+		t.Fatalf("summary %q does not count the %d interface addresses", p.Summary(), len(seen))
 	}
 }
 
