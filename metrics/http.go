@@ -42,13 +42,20 @@ func Handler(reg *prometheus.Registry) http.Handler {
 }
 
 // indexPage is what / serves, so that someone pointing a browser at the
-// port finds the metrics.
-const indexPage = `<!DOCTYPE html>
+// port finds the metrics (and the health endpoints, when served).
+func indexPage(health bool) string {
+	links := `<a href="/metrics">Metrics</a>`
+	if health {
+		links += ` · <a href="` + HealthzPath + `">Live</a> · <a href="` + ReadyzPath + `">Ready</a>`
+	}
+	return `<!DOCTYPE html>
 <html><head><title>tcpd</title></head>
-<body><h1>tcpd</h1><p><a href="/metrics">Metrics</a></p></body></html>
+<body><h1>tcpd</h1><p>` + links + `</p></body></html>
 `
+}
 
-// Server serves /metrics over HTTP on a listener bound by Listen.
+// Server serves /metrics and the health endpoints over HTTP on a listener
+// bound by Listen.
 type Server struct {
 	ln   net.Listener
 	srv  *http.Server
@@ -61,18 +68,24 @@ type Server struct {
 }
 
 // Listen binds addr now, so that the caller learns that the port is taken
-// before it announces readiness, and serves h on /metrics and a link to it
-// on / until Close.
-func Listen(addr string, h http.Handler) (*Server, error) {
+// before it announces readiness, and serves h on /metrics, a link to it on
+// /, and, when health is not nil, /healthz and /readyz, until Close.
+func Listen(addr string, h http.Handler, health Health) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
+	if health != nil {
+		// GET patterns match HEAD too; other methods get 405.
+		mux.Handle("GET "+HealthzPath, healthHandler(health.Live))
+		mux.Handle("GET "+ReadyzPath, healthHandler(health.Ready))
+	}
+	index := []byte(indexPage(health != nil))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write([]byte(indexPage))
+		_, _ = w.Write(index)
 	})
 	s := &Server{
 		ln: ln,

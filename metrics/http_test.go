@@ -3,9 +3,11 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +17,7 @@ import (
 func TestServer(t *testing.T) {
 	ct, st := testSources()
 	reg := metrics.NewRegistry(metrics.Config{Conntrack: ct, Stack: st, Version: "1.2.3"})
-	s, err := metrics.Listen("127.0.0.1:0", metrics.Handler(reg))
+	s, err := metrics.Listen("127.0.0.1:0", metrics.Handler(reg), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func TestServer(t *testing.T) {
 	})
 
 	t.Run("address in use", func(t *testing.T) {
-		s2, err := metrics.Listen(s.Addr().String(), metrics.Handler(reg))
+		s2, err := metrics.Listen(s.Addr().String(), metrics.Handler(reg), nil)
 		if err == nil {
 			s2.Close(context.Background())
 			t.Fatalf("second Listen on %s succeeded", s.Addr())
@@ -119,7 +121,7 @@ func TestServerClose(t *testing.T) {
 
 	t.Run("waits for a scrape in progress", func(t *testing.T) {
 		h, started, release := slow()
-		s, err := metrics.Listen("127.0.0.1:0", h)
+		s, err := metrics.Listen("127.0.0.1:0", h, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +153,7 @@ func TestServerClose(t *testing.T) {
 
 	t.Run("cuts off a scrape when ctx ends", func(t *testing.T) {
 		h, started, _ := slow()
-		s, err := metrics.Listen("127.0.0.1:0", h)
+		s, err := metrics.Listen("127.0.0.1:0", h, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,4 +168,145 @@ func TestServerClose(t *testing.T) {
 			t.Error("the cut-off scrape succeeded")
 		}
 	})
+}
+
+// fakeHealth answers the probes with whatever the test set.
+type fakeHealth struct {
+	mu                sync.Mutex
+	live, ready       bool
+	liveWhy, readyWhy string
+}
+
+func (f *fakeHealth) set(live bool, liveWhy string, ready bool, readyWhy string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.live, f.liveWhy, f.ready, f.readyWhy = live, liveWhy, ready, readyWhy
+}
+
+func (f *fakeHealth) Live() (bool, string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.live, f.liveWhy
+}
+
+func (f *fakeHealth) Ready() (bool, string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ready, f.readyWhy
+}
+
+func TestHealthEndpoints(t *testing.T) {
+	ct, st := testSources()
+	reg := metrics.NewRegistry(metrics.Config{Conntrack: ct, Stack: st})
+	h := &fakeHealth{}
+	s, err := metrics.Listen("127.0.0.1:0", metrics.Handler(reg), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	base := "http://" + s.Addr().String()
+
+	probe := func(t *testing.T, method, path string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusServiceUnavailable {
+			if ct := resp.Header.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+				t.Errorf("%s %s: Content-Type %q", method, path, ct)
+			}
+			if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+				t.Errorf("%s %s: Cache-Control %q, want no-store", method, path, cc)
+			}
+		}
+		return resp.StatusCode, string(body)
+	}
+
+	cases := []struct {
+		name                    string
+		live                    bool
+		liveWhy                 string
+		ready                   bool
+		readyWhy                string
+		healthz, readyz         int
+		healthzBody, readyzBody string
+	}{
+		{"serving", true, "", true, "", 200, 200, "ok\n", "ok\n"},
+		{"starting", true, "", false, "starting: TUN not attached", 200, 503, "ok\n", "starting: TUN not attached\n"},
+		{"draining", true, "", false, "draining: 3 connections left", 200, 503, "ok\n", "draining: 3 connections left\n"},
+		{"wedged", false, "packet loop stuck on one batch for 7s", false, "data path wedged", 503, 503,
+			"packet loop stuck on one batch for 7s\n", "data path wedged\n"},
+		// A reason with a line break still answers one line; no reason
+		// still says something.
+		{"two lines", false, "a\nb", false, "", 503, 503, "a; b\n", "unhealthy\n"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h.set(c.live, c.liveWhy, c.ready, c.readyWhy)
+			if code, body := probe(t, "GET", metrics.HealthzPath); code != c.healthz || body != c.healthzBody {
+				t.Errorf("GET /healthz: %d %q, want %d %q", code, body, c.healthz, c.healthzBody)
+			}
+			if code, body := probe(t, "GET", metrics.ReadyzPath); code != c.readyz || body != c.readyzBody {
+				t.Errorf("GET /readyz: %d %q, want %d %q", code, body, c.readyz, c.readyzBody)
+			}
+			if code, body := probe(t, "HEAD", metrics.ReadyzPath); code != c.readyz || body != "" {
+				t.Errorf("HEAD /readyz: %d %q, want %d and no body", code, body, c.readyz)
+			}
+		})
+	}
+
+	t.Run("other methods", func(t *testing.T) {
+		for _, p := range []string{metrics.HealthzPath, metrics.ReadyzPath} {
+			if code, _ := probe(t, "POST", p); code != http.StatusMethodNotAllowed {
+				t.Errorf("POST %s: %d, want 405", p, code)
+			}
+		}
+	})
+
+	t.Run("probes are not scrapes", func(t *testing.T) {
+		body, _ := scrape(t, base+"/metrics", "")
+		if strings.Contains(body, `promhttp_metric_handler_requests_total{code="503"}`) &&
+			!strings.Contains(body, `promhttp_metric_handler_requests_total{code="503"} 0`) {
+			t.Errorf("the 503 probes were counted as failed scrapes:\n%s", body)
+		}
+	})
+
+	t.Run("index links them", func(t *testing.T) {
+		body, _ := scrape(t, base+"/", "")
+		for _, p := range []string{metrics.HealthzPath, metrics.ReadyzPath} {
+			if !strings.Contains(body, `href="`+p+`"`) {
+				t.Errorf("/ does not link %s: %q", p, body)
+			}
+		}
+	})
+}
+
+func TestHealthEndpointsOff(t *testing.T) {
+	ct, st := testSources()
+	reg := metrics.NewRegistry(metrics.Config{Conntrack: ct, Stack: st})
+	s, err := metrics.Listen("127.0.0.1:0", metrics.Handler(reg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	for _, p := range []string{metrics.HealthzPath, metrics.ReadyzPath} {
+		resp, err := http.Get("http://" + s.Addr().String() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s without a Health: %s, want 404", p, resp.Status)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -70,6 +71,7 @@ type daemon struct {
 	st      *stack.Stack
 	metrics *metrics.Server
 	admin   *admin.Server
+	health  *health
 
 	reloadMu sync.Mutex
 	reloadOK bool
@@ -128,20 +130,48 @@ func (d *daemon) run() error {
 	if err != nil {
 		return fmt.Errorf("destination policy: %w", err)
 	}
+	d.reloadOK = true
+	// The metrics listener comes first, so that a port already taken
+	// fails the start before the TUN exists, and /readyz answers 503
+	// while the rest starts.
+	d.health = newHealth()
+	if err := d.listenMetrics(cfg); err != nil {
+		d.log.Error("start failed", zap.Error(err))
+		return err
+	}
+	d.health.starting("creating the TUN and the netstack")
+	d.holdStartForTest()
 	d.st, err = stack.New(cfg.stackConfig(pol, d.log))
 	if err != nil {
 		d.log.Error("start failed", zap.Error(err))
+		d.stopEndpoints()
 		return err
 	}
 	if w := stack.RPFilterWarning(); w != "" {
 		d.log.Warn(w)
 	}
-	d.reloadOK = true
-	if err := d.startEndpoints(cfg); err != nil {
+	var scrape http.Handler
+	if d.metrics != nil {
+		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Version: buildVersion()})
+		scrape = metrics.Handler(reg)
+	}
+	d.health.serve(d.st, scrape)
+	d.health.starting("opening the admin socket")
+	if err := d.listenAdmin(cfg); err != nil {
 		d.log.Error("start failed", zap.Error(err))
+		d.stopEndpoints()
 		d.st.Close()
 		return err
 	}
+	// Signals are handled before readiness is announced: a SIGTERM from
+	// here on drains.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	d.wedgeOnSignal()
+	d.health.setPhase(phaseServing)
 	d.log.Info("ready",
 		zap.String("version", buildVersion()),
 		zap.String("tun", d.st.Name()),
@@ -155,12 +185,6 @@ func (d *daemon) run() error {
 		zap.String("config", d.source()),
 	)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	d.wedgeOnSignal()
 	d.notify("READY=1\nSTATUS=" + status(d.st.Snapshot(), 0))
 	done := make(chan struct{})
 	supervised := make(chan struct{})
@@ -198,6 +222,10 @@ func (d *daemon) shutdown() error {
 	grace := d.cfg.shutdownGrace()
 	active := d.st.Stats().Active.Load()
 	d.log.Info("shutting down", zap.Int64("active_connections", active), zap.Duration("grace", grace))
+	// /readyz answers 503 from here on, while the listener stays up
+	// through the drain, so that a load balancer sends new clients
+	// elsewhere while these finish.
+	d.health.setPhase(phaseDraining)
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	reset, err := d.st.Shutdown(ctx)
@@ -245,25 +273,33 @@ func (d *daemon) reload() {
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
 }
 
-// startEndpoints binds the metrics listener and the admin socket, so that
-// "ready" is logged only once both answer.
-func (d *daemon) startEndpoints(cfg *config) error {
-	if addr := cfg.metricsListen(); addr != "" {
-		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Version: buildVersion()})
-		srv, err := metrics.Listen(addr, metrics.Handler(reg))
-		if err != nil {
-			return fmt.Errorf("metrics.listen %s: %w", addr, err)
-		}
-		d.metrics = srv
+// listenMetrics binds the metrics listener, which serves /healthz and
+// /readyz at once and /metrics once the stack exists.
+func (d *daemon) listenMetrics(cfg *config) error {
+	addr := cfg.metricsListen()
+	if addr == "" {
+		return nil
 	}
-	if path := cfg.adminSocket(); path != "" {
-		srv, err := admin.Listen(admin.Config{Path: path, Source: d.st, Level: d.level, Logger: d.log})
-		if err != nil {
-			d.stopEndpoints()
-			return fmt.Errorf("admin.socket %s: %w", path, err)
-		}
-		d.admin = srv
+	srv, err := metrics.Listen(addr, d.health, d.health)
+	if err != nil {
+		return fmt.Errorf("metrics.listen %s: %w", addr, err)
 	}
+	d.metrics = srv
+	return nil
+}
+
+// listenAdmin opens the admin socket, so that "ready" is logged only once
+// it answers.
+func (d *daemon) listenAdmin(cfg *config) error {
+	path := cfg.adminSocket()
+	if path == "" {
+		return nil
+	}
+	srv, err := admin.Listen(admin.Config{Path: path, Source: d.st, Level: d.level, Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("admin.socket %s: %w", path, err)
+	}
+	d.admin = srv
 	return nil
 }
 

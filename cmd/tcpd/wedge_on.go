@@ -3,9 +3,14 @@
 package main
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"go.uber.org/zap"
 )
 
 // In binaries built with -tags wedgetest only, SIGUSR2 wedges the packet
@@ -18,4 +23,24 @@ func (d *daemon) wedgeOnSignal() {
 		d.log.Warn("SIGUSR2: wedging the packet loop (wedgetest build)")
 		d.st.WedgeForTest()
 	}()
+}
+
+// holdStartEnv names a file; in wedgetest builds only, while it exists tcpd
+// holds its start just before creating the TUN, with the metrics listener
+// already up, so that a test can see what the health endpoints say while
+// tcpd starts.
+const holdStartEnv = "TCPD_TEST_HOLD_START"
+
+func (d *daemon) holdStartForTest() {
+	path := os.Getenv(holdStartEnv)
+	if path == "" {
+		return
+	}
+	d.log.Warn("holding the start while the file exists (wedgetest build)", zap.String("file", path))
+	for {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

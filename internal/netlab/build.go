@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -51,17 +52,25 @@ func ModuleRoot() (string, error) {
 // the binaries.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
+	return BuildTags(t, pkg)
+}
+
+// BuildTags is Build with "go build -tags", such as the wedgetest hooks of
+// cmd/tcpd. Each package and set of tags is built once per process.
+func BuildTags(t testing.TB, pkg string, tags ...string) string {
+	t.Helper()
+	key := strings.Join(append([]string{pkg}, tags...), " ")
 	builds.Lock()
 	if builds.pkgs == nil {
 		builds.pkgs = map[string]*built{}
 	}
-	b := builds.pkgs[pkg]
+	b := builds.pkgs[key]
 	if b == nil {
 		b = &built{}
-		builds.pkgs[pkg] = b
+		builds.pkgs[key] = b
 	}
 	builds.Unlock()
-	b.once.Do(func() { b.path, b.err = goBuild(pkg) })
+	b.once.Do(func() { b.path, b.err = goBuild(pkg, tags) })
 	if b.err != nil {
 		t.Fatal(b.err)
 	}
@@ -89,7 +98,7 @@ func BuildTCPD(t testing.TB) string {
 	return Build(t, "./cmd/tcpd")
 }
 
-func goBuild(pkg string) (string, error) {
+func goBuild(pkg string, tags []string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
@@ -110,7 +119,11 @@ func goBuild(pkg string) (string, error) {
 	builds.dirs = append(builds.dirs, dir)
 	builds.Unlock()
 	out := filepath.Join(dir, path.Base(pkg))
-	cmd := exec.Command(goBin, "build", "-o", out, pkg)
+	args := []string{"build", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command(goBin, append(args, pkg)...)
 	cmd.Dir = root
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("netlab: go build %s (in %s): %w\n%s", pkg, root, err, msg)
