@@ -29,8 +29,9 @@ import (
 // Source is what the API reads and acts on; the daemon's stack implements
 // it. Every method must be safe to call from any goroutine.
 type Source interface {
-	// Conns returns the live table joined with the netstack's view.
-	Conns() []stack.ConnInfo
+	// Conns returns the rows of the live table that keep accepts (nil keeps
+	// all), in ID order, joined with the netstack's view.
+	Conns(keep func(*conntrack.Conn) bool) []stack.ConnInfo
 	// Snapshot returns the connection manager's counts and histograms.
 	Snapshot() conntrack.Snapshot
 	// Kill resets that connection on both legs; false if the ID is unknown.

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"tcpd/conntrack"
-	"tcpd/stack"
 )
 
 // Filter selects rows of GET /v1/conns. The zero Filter selects every row.
@@ -108,14 +107,15 @@ func prefixParam(q url.Values, name string) (netip.Prefix, error) {
 // stateLabels lists the node_exporter spellings, comma-separated.
 func stateLabels() string {
 	names := make([]string, 0, conntrack.NumStates)
-	for _, s := range conntrack.States() {
+	for s := range conntrack.NumStates {
 		names = append(names, s.String())
 	}
 	return strings.Join(names, ", ")
 }
 
-// Match reports whether the filter keeps c.
-func (f Filter) Match(c stack.ConnInfo) bool {
+// Match reports whether the filter keeps c; it is the keep function of
+// Source.Conns.
+func (f Filter) Match(c *conntrack.Conn) bool {
 	if len(f.States) > 0 && !slices.Contains(f.States, c.State) {
 		return false
 	}

@@ -24,16 +24,6 @@ const (
 	FlagACK uint8 = 1 << 4
 )
 
-// Dir says which way a segment crossed the TUN.
-type Dir uint8
-
-const (
-	// FromClient: the client sent it; tcpd's netstack receives it.
-	FromClient Dir = iota
-	// ToClient: tcpd's netstack sent it; the client receives it.
-	ToClient
-)
-
 // Segment is the part of a TCP segment the state machine needs.
 type Segment struct {
 	Flags uint8
@@ -622,11 +612,11 @@ func (t *Table) Claim(tu Tuple) ID {
 	return e.id
 }
 
-// Dialled records the upstream connect of id, which took d.
-func (t *Table) Dialled(id ID, d time.Duration, ok bool) {
+// Dialled records the upstream connect of id, which succeeded after d.
+func (t *Table) Dialled(id ID, d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e := t.byID[id]; e != nil && ok {
+	if e := t.byID[id]; e != nil {
 		e.dial = d
 		t.dial.Observe(d)
 	}
@@ -753,14 +743,4 @@ func (t *Table) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.byID)
-}
-
-// Lookup returns the ID of the live entry for tu.
-func (t *Table) Lookup(tu Tuple) (ID, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if e := t.byTuple[tu]; e != nil {
-		return e.id, true
-	}
-	return 0, false
 }

@@ -21,6 +21,16 @@ var tuple = ct.Tuple{
 	Dst:    netip.MustParseAddrPort("198.18.1.2:80"),
 }
 
+// lookup returns the ID of the live entry for tu, through the filter of
+// Conns as tcpd conns uses it.
+func lookup(tab *ct.Table, tu ct.Tuple) (ct.ID, bool) {
+	cs := tab.Conns(func(c *ct.Conn) bool { return c.Tuple == tu })
+	if len(cs) == 0 {
+		return 0, false
+	}
+	return cs[0].ID, true
+}
+
 func flags(s string) uint8 {
 	var f uint8
 	for _, c := range s {
@@ -314,7 +324,7 @@ func TestTimeWaitExpiry(t *testing.T) {
 func TestTimeWaitReuse(t *testing.T) {
 	tab, _ := newTable(ct.Config{})
 	run(t, tab, append(append([]step{}, handshake...), tcpdTimeWait...))
-	old, _ := tab.Lookup(tuple)
+	old, _ := lookup(tab, tuple)
 
 	// A SYN at or below the old connection's sequence space is not a new
 	// incarnation: TIME_WAIT stays.
@@ -324,7 +334,7 @@ func TestTimeWaitReuse(t *testing.T) {
 	reuse := c("S", cISS+100000, 0, 0, SynR, SynS)
 	reuse.action = ct.ActionRetire
 	run(t, tab, []step{reuse})
-	id, _ := tab.Lookup(tuple)
+	id, _ := lookup(tab, tuple)
 	if id == old {
 		t.Fatal("the new connection kept the old ID")
 	}
@@ -389,7 +399,7 @@ func TestUnclaimedExpiry(t *testing.T) {
 	if n := tab.Tick(); n != 1 {
 		t.Fatalf("expired %d entries, want the unclaimed one", n)
 	}
-	if _, ok := tab.Lookup(other); !ok {
+	if _, ok := lookup(tab, other); !ok {
 		t.Fatal("the claimed entry was expired")
 	}
 	if snap := tab.Snapshot(); snap.Expired != 1 {
@@ -402,7 +412,7 @@ func TestLatencyHistograms(t *testing.T) {
 	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
 	id := tab.Claim(tuple)
 	clk.advance(5 * time.Millisecond)
-	tab.Dialled(id, 5*time.Millisecond, true)
+	tab.Dialled(id, 5*time.Millisecond)
 	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1})
 	clk.advance(20 * time.Millisecond)
 	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 1, Ack: tISS + 1})
@@ -460,7 +470,7 @@ func TestSequenceWraparound(t *testing.T) {
 func TestReconcile(t *testing.T) {
 	tab, _ := newTable(ct.Config{})
 	run(t, tab, handshake)
-	id, _ := tab.Lookup(tuple)
+	id, _ := lookup(tab, tuple)
 	// FIN queued in the netstack but not yet on the wire: a lag, never a
 	// correction.
 	for range 3 {
@@ -519,7 +529,7 @@ func TestUntrackedSegments(t *testing.T) {
 func TestStateNames(t *testing.T) {
 	want := "close listen syn_sent syn_recv established fin_wait1 fin_wait2 closing time_wait close_wait last_ack"
 	var got []string
-	for _, st := range ct.States() {
+	for st := range ct.NumStates {
 		got = append(got, st.String())
 		for _, name := range []string{st.String(), st.SSName(), strings.ToUpper(st.String())} {
 			if p, ok := ct.ParseState(name); !ok || p != st {
@@ -529,6 +539,25 @@ func TestStateNames(t *testing.T) {
 	}
 	if strings.Join(got, " ") != want {
 		t.Fatalf("states %q, want node_exporter's %q", got, want)
+	}
+	var ss []string
+	for st := range ct.NumStates {
+		ss = append(ss, st.SSName())
+	}
+	if w := "CLOSED LISTEN SYN-SENT SYN-RECV ESTAB FIN-WAIT-1 FIN-WAIT-2 CLOSING TIME-WAIT CLOSE-WAIT LAST-ACK"; strings.Join(ss, " ") != w {
+		t.Fatalf("ss names %q, want ss's %q", ss, w)
+	}
+	if ct.NumStates.String() != "unknown" || ct.NumStates.SSName() != "UNKNOWN" {
+		t.Fatalf("an out-of-range state is %q/%q", ct.NumStates.String(), ct.NumStates.SSName())
+	}
+	if _, ok := ct.ParseState("established2"); ok {
+		t.Fatal("ParseState accepted a name that is no state")
+	}
+}
+
+func TestDirNames(t *testing.T) {
+	if ct.FromClient.String() != "in" || ct.ToClient.String() != "out" || ct.NumDirs.String() != "unknown" {
+		t.Fatalf("directions %q %q %q", ct.FromClient, ct.ToClient, ct.NumDirs)
 	}
 }
 

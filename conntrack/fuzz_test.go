@@ -51,7 +51,7 @@ func segmentsBody(t *testing.T, data []byte) {
 				tab.Claim(tu)
 			}
 			if b[0]&8 != 0 {
-				id, _ := tab.Lookup(tu)
+				id, _ := lookup(tab, tu)
 				tab.Reconcile(id, ct.State(b[5]%uint8(ct.NumStates)))
 			}
 			tab.Segment(dir, tu, seg)

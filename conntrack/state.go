@@ -2,10 +2,11 @@ package conntrack
 
 // State is one end's TCP state (RFC 9293 3.3.2). String gives the label value
 // node_exporter's tcpstat collector uses, so dashboards built for Linux hosts
-// read tcpd the same way.
+// read tcpd the same way; SSName the name `ss` prints.
 type State uint8
 
-// The eleven states, in node_exporter's order of its label values.
+// The eleven states, in node_exporter's order of its label values. Range
+// over NumStates to visit every one.
 const (
 	StateClosed State = iota
 	StateListen
@@ -21,39 +22,26 @@ const (
 	NumStates
 )
 
-var stateNames = [NumStates]string{
-	StateClosed:      "close",
-	StateListen:      "listen",
-	StateSynSent:     "syn_sent",
-	StateSynRecv:     "syn_recv",
-	StateEstablished: "established",
-	StateFinWait1:    "fin_wait1",
-	StateFinWait2:    "fin_wait2",
-	StateClosing:     "closing",
-	StateTimeWait:    "time_wait",
-	StateCloseWait:   "close_wait",
-	StateLastAck:     "last_ack",
-}
-
-// ssNames are the names `ss` prints, for `tcpd conns`.
-var ssNames = [NumStates]string{
-	StateClosed:      "CLOSED",
-	StateListen:      "LISTEN",
-	StateSynSent:     "SYN-SENT",
-	StateSynRecv:     "SYN-RECV",
-	StateEstablished: "ESTAB",
-	StateFinWait1:    "FIN-WAIT-1",
-	StateFinWait2:    "FIN-WAIT-2",
-	StateClosing:     "CLOSING",
-	StateTimeWait:    "TIME-WAIT",
-	StateCloseWait:   "CLOSE-WAIT",
-	StateLastAck:     "LAST-ACK",
+// stateNames is the one table of the states' spellings: node_exporter's
+// label value and the name `ss` prints.
+var stateNames = [NumStates]struct{ label, ss string }{
+	StateClosed:      {"close", "CLOSED"},
+	StateListen:      {"listen", "LISTEN"},
+	StateSynSent:     {"syn_sent", "SYN-SENT"},
+	StateSynRecv:     {"syn_recv", "SYN-RECV"},
+	StateEstablished: {"established", "ESTAB"},
+	StateFinWait1:    {"fin_wait1", "FIN-WAIT-1"},
+	StateFinWait2:    {"fin_wait2", "FIN-WAIT-2"},
+	StateClosing:     {"closing", "CLOSING"},
+	StateTimeWait:    {"time_wait", "TIME-WAIT"},
+	StateCloseWait:   {"close_wait", "CLOSE-WAIT"},
+	StateLastAck:     {"last_ack", "LAST-ACK"},
 }
 
 // String returns the node_exporter label value ("syn_recv", "time_wait", …).
 func (s State) String() string {
 	if s < NumStates {
-		return stateNames[s]
+		return stateNames[s].label
 	}
 	return "unknown"
 }
@@ -61,15 +49,16 @@ func (s State) String() string {
 // SSName returns the name `ss` prints for the state ("SYN-RECV", "ESTAB", …).
 func (s State) SSName() string {
 	if s < NumStates {
-		return ssNames[s]
+		return stateNames[s].ss
 	}
 	return "UNKNOWN"
 }
 
-// ParseState accepts either spelling, case-insensitively.
+// ParseState accepts either spelling, case-insensitively, with '-' and '_'
+// alike.
 func ParseState(name string) (State, bool) {
 	for s := range NumStates {
-		if equalFold(name, stateNames[s]) || equalFold(name, ssNames[s]) {
+		if equalFold(name, stateNames[s].label) || equalFold(name, stateNames[s].ss) {
 			return s, true
 		}
 	}
@@ -81,31 +70,45 @@ func equalFold(a, b string) bool {
 		return false
 	}
 	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x == '-' {
-			x = '_'
-		}
-		if y == '-' {
-			y = '_'
-		}
-		if x != y {
+		if foldByte(a[i]) != foldByte(b[i]) {
 			return false
 		}
 	}
 	return true
 }
 
-// States lists every state, for exporters that show all of them.
-func States() []State {
-	out := make([]State, NumStates)
-	for i := range out {
-		out[i] = State(i)
+func foldByte(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	case c == '-':
+		return '_'
 	}
-	return out
+	return c
+}
+
+// Dir is the direction of a segment crossing the TUN, and of the bytes a
+// relay moves, seen from the client. String gives the label value of the
+// metrics' direction label.
+type Dir uint8
+
+const (
+	// FromClient ("in"): the client sent it; tcpd's netstack receives it.
+	// For a relay, bytes from the client to the destination.
+	FromClient Dir = iota
+	// ToClient ("out"): tcpd's netstack sent it; the client receives it.
+	// For a relay, bytes from the destination to the client.
+	ToClient
+	// NumDirs counts the directions; range over it to visit both.
+	NumDirs
+)
+
+var dirNames = [NumDirs]string{FromClient: "in", ToClient: "out"}
+
+// String returns "in" or "out".
+func (d Dir) String() string {
+	if d < NumDirs {
+		return dirNames[d]
+	}
+	return "unknown"
 }

@@ -68,6 +68,65 @@ var snapshotHistograms = []struct {
 		func(s *conntrack.Snapshot) *conntrack.HistogramSnapshot { return &s.Lifetime }},
 }
 
+// netstackValues are gVisor's own counters and the netstack's endpoint
+// gauges, read from a stack.NetstackStats.
+var netstackValues = []struct {
+	name, help string
+	typ        prometheus.ValueType
+	value      func(*stack.NetstackStats) uint64
+}{
+	{"tcpd_netstack_tcp_passive_opens_total", "TCP connections the netstack accepted (SYN-ACK sent).",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPPassiveOpens }},
+	{"tcpd_netstack_tcp_failed_connection_attempts_total", "TCP handshakes the netstack abandoned.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPFailedConnectionAttempts }},
+	{"tcpd_netstack_tcp_established_resets_total", "Established or close-wait TCP connections reset.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPEstablishedResets }},
+	{"tcpd_netstack_tcp_established_timeouts_total", "TCP connections closed by a retransmission or keepalive timeout.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPEstablishedTimeouts }},
+	{"tcpd_netstack_tcp_segments_received_total", "Valid TCP segments the netstack received.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPSegmentsReceived }},
+	{"tcpd_netstack_tcp_invalid_segments_received_total", "TCP segments the netstack rejected as invalid.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPInvalidSegmentsReceived }},
+	{"tcpd_netstack_tcp_segments_sent_total", "TCP segments the netstack sent, retransmissions included.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPSegmentsSent }},
+	{"tcpd_netstack_tcp_segment_send_errors_total", "TCP segments the netstack failed to send.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPSegmentSendErrors }},
+	{"tcpd_netstack_tcp_resets_sent_total", "TCP RST segments the netstack sent.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPResetsSent }},
+	{"tcpd_netstack_tcp_resets_received_total", "TCP RST segments the netstack received.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPResetsReceived }},
+	{"tcpd_netstack_tcp_retransmits_total", "TCP segments the netstack retransmitted.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPRetransmits }},
+	{"tcpd_netstack_tcp_fast_retransmits_total", "TCP fast retransmissions.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPFastRetransmits }},
+	{"tcpd_netstack_tcp_timeouts_total", "TCP retransmission timer expiries.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPTimeouts }},
+	{"tcpd_netstack_tcp_sack_recoveries_total", "TCP SACK loss recoveries.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPSACKRecoveries }},
+	{"tcpd_netstack_tcp_tlp_recoveries_total", "TCP tail loss probe recoveries.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPTLPRecoveries }},
+	{"tcpd_netstack_tcp_spurious_recoveries_total", "TCP loss recoveries later found spurious.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPSpuriousRecoveries }},
+	{"tcpd_netstack_tcp_checksum_errors_total", "TCP segments with a bad checksum.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPChecksumErrors }},
+	{"tcpd_netstack_tcp_forward_max_in_flight_drops_total", "SYNs the forwarder dropped because max_in_flight handshakes were in progress.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.TCPForwardMaxInFlightDrops }},
+	{"tcpd_netstack_ip_packets_received_total", "IP packets the netstack received.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPPacketsReceived }},
+	{"tcpd_netstack_ip_malformed_packets_received_total", "IP packets the netstack dropped as malformed.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPMalformedPacketsReceived }},
+	{"tcpd_netstack_ip_invalid_destination_addresses_received_total", "IP packets dropped for an invalid destination (loopback or martian).",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPInvalidDestinationAddressesReceived }},
+	{"tcpd_netstack_ip_invalid_source_addresses_received_total", "IP packets dropped for an invalid source address.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPInvalidSourceAddressesReceived }},
+	{"tcpd_netstack_ip_packets_sent_total", "IP packets the netstack sent.",
+		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPPacketsSent }},
+	{"tcpd_netstack_endpoints", "Transport endpoints registered in the netstack (connections in any state, TIME_WAIT included).",
+		prometheus.GaugeValue, func(n *stack.NetstackStats) uint64 { return n.Endpoints }},
+	{"tcpd_netstack_tracked_endpoints", "Netstack endpoints tcpd holds for reconciliation, kill and tcpd conns.",
+		prometheus.GaugeValue, func(n *stack.NetstackStats) uint64 { return n.TrackedEndpoints }},
+}
+
 // Collector is a prometheus.Collector that reads tcpd's state when scraped.
 // Its descriptors are fixed when it is made; each Collect takes one
 // conntrack.Snapshot and reads each stack counter once. It is safe for
@@ -91,18 +150,14 @@ type Collector struct {
 	panics, active, inFlight         *prometheus.Desc
 	handshakeTimeouts                *prometheus.Desc
 
-	// netstack maps a stack.Counter's Name to its descriptor; netstackOrder
-	// lists them for Describe.
-	netstack      map[string]*prometheus.Desc
-	netstackOrder []*prometheus.Desc
+	netstack []*prometheus.Desc // parallel to netstackValues
 
 	reloadOK, reloadTime *prometheus.Desc // nil without a ReloadSource
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
 
-// NewCollector returns a Collector for cfg. It reads cfg.Stack's
-// NetstackCounters once to describe them. It panics if cfg.Conntrack or
+// NewCollector returns a Collector for cfg. It panics if cfg.Conntrack or
 // cfg.Stack is nil: that is a wiring bug, not a runtime condition.
 func NewCollector(cfg Config) *Collector {
 	if cfg.Conntrack == nil || cfg.Stack == nil {
@@ -154,7 +209,6 @@ func NewCollector(cfg Config) *Collector {
 		inFlight: prometheus.NewDesc("tcpd_handshakes_in_flight",
 			"Handshakes in progress in tcpd's connection handler.",
 			nil, nil),
-		netstack: map[string]*prometheus.Desc{},
 	}
 	for _, v := range snapshotValues {
 		c.values = append(c.values, prometheus.NewDesc(v.name, v.help, nil, nil))
@@ -162,17 +216,8 @@ func NewCollector(cfg Config) *Collector {
 	for _, h := range snapshotHistograms {
 		c.histograms = append(c.histograms, prometheus.NewDesc(h.name, h.help, nil, nil))
 	}
-	for _, n := range cfg.Stack.NetstackCounters() {
-		if _, dup := c.netstack[n.Name]; dup {
-			continue
-		}
-		name := "tcpd_netstack_" + n.Name + "_total"
-		if n.Gauge {
-			name = "tcpd_netstack_" + n.Name
-		}
-		d := prometheus.NewDesc(name, n.Help, nil, nil)
-		c.netstack[n.Name] = d
-		c.netstackOrder = append(c.netstackOrder, d)
+	for _, v := range netstackValues {
+		c.netstack = append(c.netstack, prometheus.NewDesc(v.name, v.help, nil, nil))
 	}
 	if cfg.Reload != nil {
 		c.reloadOK = prometheus.NewDesc("tcpd_config_last_reload_successful",
@@ -201,7 +246,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	} {
 		ch <- d
 	}
-	for _, d := range c.netstackOrder {
+	for _, d := range c.netstack {
 		ch <- d
 	}
 	if c.reload != nil {
@@ -216,16 +261,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.conntrack.Snapshot()
 	c.collectConntrack(ch, &snap)
 	c.collectStack(ch, c.stack.Stats())
-	for _, n := range c.stack.NetstackCounters() {
-		// A counter that appeared after NewCollector has no descriptor;
-		// stack's list is fixed, so this cannot happen in tcpd.
-		if d, ok := c.netstack[n.Name]; ok {
-			kind := prometheus.CounterValue
-			if n.Gauge {
-				kind = prometheus.GaugeValue
-			}
-			send(ch, d, kind, float64(n.Value))
-		}
+	ns := c.stack.NetstackStats()
+	for i, v := range netstackValues {
+		send(ch, c.netstack[i], v.typ, float64(v.value(&ns)))
 	}
 	if c.reload != nil {
 		ok, at := c.reload.LastReload()
@@ -238,7 +276,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *Collector) collectConntrack(ch chan<- prometheus.Metric, s *conntrack.Snapshot) {
-	for _, st := range conntrack.States() {
+	for st := range conntrack.NumStates {
 		send(ch, c.states, prometheus.GaugeValue, float64(s.States[st]), st.String())
 		send(ch, c.clientStates, prometheus.GaugeValue, float64(s.ClientStates[st]), st.String())
 	}
@@ -251,22 +289,21 @@ func (c *Collector) collectConntrack(ch chan<- prometheus.Metric, s *conntrack.S
 }
 
 func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
-	for d := range st.TUNPackets {
-		dir := stack.Direction(d).String()
-		send(ch, c.tunPackets, prometheus.CounterValue, float64(st.TUNPackets[d].Load()), dir)
-		send(ch, c.tunBytes, prometheus.CounterValue, float64(st.TUNBytes[d].Load()), dir)
-		send(ch, c.relayBytes, prometheus.CounterValue, float64(st.RelayBytes[d].Load()), dir)
+	for d := range conntrack.NumDirs {
+		send(ch, c.tunPackets, prometheus.CounterValue, float64(st.TUNPackets[d].Load()), d.String())
+		send(ch, c.tunBytes, prometheus.CounterValue, float64(st.TUNBytes[d].Load()), d.String())
+		send(ch, c.relayBytes, prometheus.CounterValue, float64(st.RelayBytes[d].Load()), d.String())
 	}
-	for _, r := range stack.DropReasons() {
+	for r := range stack.NumDropReasons {
 		send(ch, c.dropped, prometheus.CounterValue, float64(st.Dropped[r].Load()), r.String())
 	}
-	for _, r := range stack.Results() {
+	for r := range stack.NumResults {
 		send(ch, c.connections, prometheus.CounterValue, float64(st.Connections[r].Load()), r.String())
 	}
-	for _, f := range stack.DialFailures() {
+	for f := range stack.NumDialFailures {
 		send(ch, c.dialFailures, prometheus.CounterValue, float64(st.DialFailures[f].Load()), f.String())
 	}
-	for _, e := range stack.Ends() {
+	for e := range stack.NumEnds {
 		send(ch, c.ended, prometheus.CounterValue, float64(st.Ended[e].Load()), e.String())
 	}
 	send(ch, c.panics, prometheus.CounterValue, float64(st.Panics.Load()))

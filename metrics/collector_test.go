@@ -44,13 +44,13 @@ func testSources() (*fakeConntrack, *fakeStack) {
 		Expired:          9,
 		Corrections:      1,
 	}
-	st := &fakeStack{counters: netstackCounters()}
-	st.stats.TUNPackets[stack.In].Store(1000)
-	st.stats.TUNPackets[stack.Out].Store(900)
-	st.stats.TUNBytes[stack.In].Store(150000)
-	st.stats.TUNBytes[stack.Out].Store(1200000)
-	st.stats.RelayBytes[stack.In].Store(100000)
-	st.stats.RelayBytes[stack.Out].Store(1100000)
+	st := &fakeStack{ns: netstackStats()}
+	st.stats.TUNPackets[conntrack.FromClient].Store(1000)
+	st.stats.TUNPackets[conntrack.ToClient].Store(900)
+	st.stats.TUNBytes[conntrack.FromClient].Store(150000)
+	st.stats.TUNBytes[conntrack.ToClient].Store(1200000)
+	st.stats.RelayBytes[conntrack.FromClient].Store(100000)
+	st.stats.RelayBytes[conntrack.ToClient].Store(1100000)
 	st.stats.Dropped[stack.DropSpoofedSource].Store(3)
 	st.stats.Dropped[stack.DropDeniedDestination].Store(8)
 	st.stats.Dropped[stack.DropTUNWriteError].Store(1)
@@ -234,12 +234,81 @@ tcpd_relay_ended_total{end="timeout"} 2
 tcpd_relay_ended_total{end="upstream_reset"} 0
 `},
 		{"netstack", `
-# HELP tcpd_netstack_tcp_retransmits_total TCP segments the netstack retransmitted.
-# TYPE tcpd_netstack_tcp_retransmits_total counter
-tcpd_netstack_tcp_retransmits_total 12
+# HELP tcpd_netstack_tcp_passive_opens_total TCP connections the netstack accepted (SYN-ACK sent).
+# TYPE tcpd_netstack_tcp_passive_opens_total counter
+tcpd_netstack_tcp_passive_opens_total 1
+# HELP tcpd_netstack_tcp_failed_connection_attempts_total TCP handshakes the netstack abandoned.
+# TYPE tcpd_netstack_tcp_failed_connection_attempts_total counter
+tcpd_netstack_tcp_failed_connection_attempts_total 2
+# HELP tcpd_netstack_tcp_established_resets_total Established or close-wait TCP connections reset.
+# TYPE tcpd_netstack_tcp_established_resets_total counter
+tcpd_netstack_tcp_established_resets_total 3
+# HELP tcpd_netstack_tcp_established_timeouts_total TCP connections closed by a retransmission or keepalive timeout.
+# TYPE tcpd_netstack_tcp_established_timeouts_total counter
+tcpd_netstack_tcp_established_timeouts_total 4
+# HELP tcpd_netstack_tcp_segments_received_total Valid TCP segments the netstack received.
+# TYPE tcpd_netstack_tcp_segments_received_total counter
+tcpd_netstack_tcp_segments_received_total 5
+# HELP tcpd_netstack_tcp_invalid_segments_received_total TCP segments the netstack rejected as invalid.
+# TYPE tcpd_netstack_tcp_invalid_segments_received_total counter
+tcpd_netstack_tcp_invalid_segments_received_total 6
+# HELP tcpd_netstack_tcp_segments_sent_total TCP segments the netstack sent, retransmissions included.
+# TYPE tcpd_netstack_tcp_segments_sent_total counter
+tcpd_netstack_tcp_segments_sent_total 7
+# HELP tcpd_netstack_tcp_segment_send_errors_total TCP segments the netstack failed to send.
+# TYPE tcpd_netstack_tcp_segment_send_errors_total counter
+tcpd_netstack_tcp_segment_send_errors_total 8
 # HELP tcpd_netstack_tcp_resets_sent_total TCP RST segments the netstack sent.
 # TYPE tcpd_netstack_tcp_resets_sent_total counter
-tcpd_netstack_tcp_resets_sent_total 0
+tcpd_netstack_tcp_resets_sent_total 9
+# HELP tcpd_netstack_tcp_resets_received_total TCP RST segments the netstack received.
+# TYPE tcpd_netstack_tcp_resets_received_total counter
+tcpd_netstack_tcp_resets_received_total 10
+# HELP tcpd_netstack_tcp_retransmits_total TCP segments the netstack retransmitted.
+# TYPE tcpd_netstack_tcp_retransmits_total counter
+tcpd_netstack_tcp_retransmits_total 11
+# HELP tcpd_netstack_tcp_fast_retransmits_total TCP fast retransmissions.
+# TYPE tcpd_netstack_tcp_fast_retransmits_total counter
+tcpd_netstack_tcp_fast_retransmits_total 12
+# HELP tcpd_netstack_tcp_timeouts_total TCP retransmission timer expiries.
+# TYPE tcpd_netstack_tcp_timeouts_total counter
+tcpd_netstack_tcp_timeouts_total 13
+# HELP tcpd_netstack_tcp_sack_recoveries_total TCP SACK loss recoveries.
+# TYPE tcpd_netstack_tcp_sack_recoveries_total counter
+tcpd_netstack_tcp_sack_recoveries_total 14
+# HELP tcpd_netstack_tcp_tlp_recoveries_total TCP tail loss probe recoveries.
+# TYPE tcpd_netstack_tcp_tlp_recoveries_total counter
+tcpd_netstack_tcp_tlp_recoveries_total 15
+# HELP tcpd_netstack_tcp_spurious_recoveries_total TCP loss recoveries later found spurious.
+# TYPE tcpd_netstack_tcp_spurious_recoveries_total counter
+tcpd_netstack_tcp_spurious_recoveries_total 16
+# HELP tcpd_netstack_tcp_checksum_errors_total TCP segments with a bad checksum.
+# TYPE tcpd_netstack_tcp_checksum_errors_total counter
+tcpd_netstack_tcp_checksum_errors_total 17
+# HELP tcpd_netstack_tcp_forward_max_in_flight_drops_total SYNs the forwarder dropped because max_in_flight handshakes were in progress.
+# TYPE tcpd_netstack_tcp_forward_max_in_flight_drops_total counter
+tcpd_netstack_tcp_forward_max_in_flight_drops_total 18
+# HELP tcpd_netstack_ip_packets_received_total IP packets the netstack received.
+# TYPE tcpd_netstack_ip_packets_received_total counter
+tcpd_netstack_ip_packets_received_total 19
+# HELP tcpd_netstack_ip_malformed_packets_received_total IP packets the netstack dropped as malformed.
+# TYPE tcpd_netstack_ip_malformed_packets_received_total counter
+tcpd_netstack_ip_malformed_packets_received_total 20
+# HELP tcpd_netstack_ip_invalid_destination_addresses_received_total IP packets dropped for an invalid destination (loopback or martian).
+# TYPE tcpd_netstack_ip_invalid_destination_addresses_received_total counter
+tcpd_netstack_ip_invalid_destination_addresses_received_total 21
+# HELP tcpd_netstack_ip_invalid_source_addresses_received_total IP packets dropped for an invalid source address.
+# TYPE tcpd_netstack_ip_invalid_source_addresses_received_total counter
+tcpd_netstack_ip_invalid_source_addresses_received_total 22
+# HELP tcpd_netstack_ip_packets_sent_total IP packets the netstack sent.
+# TYPE tcpd_netstack_ip_packets_sent_total counter
+tcpd_netstack_ip_packets_sent_total 23
+# HELP tcpd_netstack_endpoints Transport endpoints registered in the netstack (connections in any state, TIME_WAIT included).
+# TYPE tcpd_netstack_endpoints gauge
+tcpd_netstack_endpoints 24
+# HELP tcpd_netstack_tracked_endpoints Netstack endpoints tcpd holds for reconciliation, kill and tcpd conns.
+# TYPE tcpd_netstack_tracked_endpoints gauge
+tcpd_netstack_tracked_endpoints 25
 `},
 	}
 	for _, tt := range tests {
@@ -302,8 +371,31 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_handler_panics_total",
 		"tcpd_handshake_timeouts_total",
 		"tcpd_handshakes_in_flight",
+		"tcpd_netstack_endpoints",
+		"tcpd_netstack_ip_invalid_destination_addresses_received_total",
+		"tcpd_netstack_ip_invalid_source_addresses_received_total",
+		"tcpd_netstack_ip_malformed_packets_received_total",
+		"tcpd_netstack_ip_packets_received_total",
+		"tcpd_netstack_ip_packets_sent_total",
+		"tcpd_netstack_tcp_checksum_errors_total",
+		"tcpd_netstack_tcp_established_resets_total",
+		"tcpd_netstack_tcp_established_timeouts_total",
+		"tcpd_netstack_tcp_failed_connection_attempts_total",
+		"tcpd_netstack_tcp_fast_retransmits_total",
+		"tcpd_netstack_tcp_forward_max_in_flight_drops_total",
+		"tcpd_netstack_tcp_invalid_segments_received_total",
+		"tcpd_netstack_tcp_passive_opens_total",
+		"tcpd_netstack_tcp_resets_received_total",
 		"tcpd_netstack_tcp_resets_sent_total",
 		"tcpd_netstack_tcp_retransmits_total",
+		"tcpd_netstack_tcp_sack_recoveries_total",
+		"tcpd_netstack_tcp_segment_send_errors_total",
+		"tcpd_netstack_tcp_segments_received_total",
+		"tcpd_netstack_tcp_segments_sent_total",
+		"tcpd_netstack_tcp_spurious_recoveries_total",
+		"tcpd_netstack_tcp_timeouts_total",
+		"tcpd_netstack_tcp_tlp_recoveries_total",
+		"tcpd_netstack_tracked_endpoints",
 		"tcpd_relay_bytes_total",
 		"tcpd_relay_ended_total",
 		"tcpd_relays_active",

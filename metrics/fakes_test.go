@@ -23,12 +23,12 @@ func (f *countingConntrack) Snapshot() conntrack.Snapshot {
 }
 
 type fakeStack struct {
-	stats    stack.Stats
-	counters []stack.Counter
+	stats stack.Stats
+	ns    stack.NetstackStats
 }
 
-func (f *fakeStack) Stats() *stack.Stats               { return &f.stats }
-func (f *fakeStack) NetstackCounters() []stack.Counter { return f.counters }
+func (f *fakeStack) Stats() *stack.Stats                { return &f.stats }
+func (f *fakeStack) NetstackStats() stack.NetstackStats { return f.ns }
 
 type fakeReload struct {
 	ok bool
@@ -37,11 +37,35 @@ type fakeReload struct {
 
 func (f fakeReload) LastReload() (bool, time.Time) { return f.ok, f.at }
 
-// netstackCounters is a short list in the shape of (*stack.Stack).NetstackCounters.
-func netstackCounters() []stack.Counter {
-	return []stack.Counter{
-		{Name: "tcp_retransmits", Help: "TCP segments the netstack retransmitted.", Value: 12},
-		{Name: "tcp_resets_sent", Help: "TCP RST segments the netstack sent.", Value: 0},
+// netstackStats gives every field a distinct value, so that a field
+// exported under another's name shows up in a comparison.
+func netstackStats() stack.NetstackStats {
+	return stack.NetstackStats{
+		TCPPassiveOpens:                       1,
+		TCPFailedConnectionAttempts:           2,
+		TCPEstablishedResets:                  3,
+		TCPEstablishedTimeouts:                4,
+		TCPSegmentsReceived:                   5,
+		TCPInvalidSegmentsReceived:            6,
+		TCPSegmentsSent:                       7,
+		TCPSegmentSendErrors:                  8,
+		TCPResetsSent:                         9,
+		TCPResetsReceived:                     10,
+		TCPRetransmits:                        11,
+		TCPFastRetransmits:                    12,
+		TCPTimeouts:                           13,
+		TCPSACKRecoveries:                     14,
+		TCPTLPRecoveries:                      15,
+		TCPSpuriousRecoveries:                 16,
+		TCPChecksumErrors:                     17,
+		TCPForwardMaxInFlightDrops:            18,
+		IPPacketsReceived:                     19,
+		IPMalformedPacketsReceived:            20,
+		IPInvalidDestinationAddressesReceived: 21,
+		IPInvalidSourceAddressesReceived:      22,
+		IPPacketsSent:                         23,
+		Endpoints:                             24,
+		TrackedEndpoints:                      25,
 	}
 }
 
@@ -50,7 +74,7 @@ func netstackCounters() []stack.Counter {
 // every native bucket in the usual range is populated.
 func realisticSnapshot() conntrack.Snapshot {
 	var s conntrack.Snapshot
-	for _, st := range conntrack.States() {
+	for st := range conntrack.NumStates {
 		s.States[st] = uint64(100 * (int(st) + 1))
 		s.ClientStates[st] = uint64(90 * (int(st) + 1))
 	}

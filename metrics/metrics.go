@@ -26,7 +26,7 @@ type ConntrackSource interface {
 // StackSource gives the stack's counters; *stack.Stack satisfies it.
 type StackSource interface {
 	Stats() *stack.Stats
-	NetstackCounters() []stack.Counter
+	NetstackStats() stack.NetstackStats
 }
 
 // ReloadSource tells how the last configuration reload went.
@@ -42,8 +42,7 @@ type ReloadSource interface {
 type Config struct {
 	// Conntrack is read once per scrape. Required.
 	Conntrack ConntrackSource
-	// Stack is read once per scrape. Required. Its NetstackCounters are
-	// also read once by NewCollector, to learn their names.
+	// Stack is read once per scrape. Required.
 	Stack StackSource
 	// Reload, when not nil, adds the tcpd_config_last_reload_* metrics.
 	Reload ReloadSource

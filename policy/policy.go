@@ -19,7 +19,7 @@ import (
 )
 
 // Reason says why a destination was allowed or denied. Its String is the
-// label value used in logs and metrics.
+// value tcpd logs.
 type Reason uint8
 
 // Reasons, in the order Check applies them after the deny and allow lists.
@@ -63,15 +63,6 @@ func (r Reason) String() string {
 		return reasonNames[r]
 	}
 	return fmt.Sprintf("reason(%d)", r)
-}
-
-// Reasons lists every Reason, for callers that pre-create one counter each.
-func Reasons() []Reason {
-	out := make([]Reason, numReasons)
-	for i := range out {
-		out[i] = Reason(i)
-	}
-	return out
 }
 
 // Verdict is the answer for one destination.
@@ -179,10 +170,6 @@ func (p *Policy) RefreshHostAddrs() error {
 	p.host.Store(&host)
 	return nil
 }
-
-// SetHostAddrs copies the host address set of other into p, so that a policy
-// built on reload need not wait for the next refresh.
-func (p *Policy) SetHostAddrs(other *Policy) { p.host.Store(other.host.Load()) }
 
 func interfaceAddrs() ([]netip.Addr, error) {
 	ifaddrs, err := net.InterfaceAddrs()

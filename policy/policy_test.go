@@ -241,3 +241,17 @@ func BenchmarkCheck(b *testing.B) {
 		p.Check(d)
 	}
 }
+
+func TestReasonNames(t *testing.T) {
+	seen := map[string]bool{}
+	for r := policy.ReasonAllowed; r <= policy.ReasonHostAddress; r++ {
+		n := r.String()
+		if n == "" || strings.HasPrefix(n, "reason(") || seen[n] {
+			t.Errorf("reason %d is named %q", r, n)
+		}
+		seen[n] = true
+	}
+	if n := (policy.ReasonHostAddress + 1).String(); n != "reason(14)" {
+		t.Errorf("an unknown reason is %q", n)
+	}
+}

@@ -106,7 +106,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		return
 	}
 	dialed := time.Since(start)
-	s.table.Dialled(id, dialed, true)
+	s.table.Dialled(id, dialed)
 
 	var wq waiter.Queue
 	// CreateEndpoint blocks until the client's ACK; a client that never
@@ -145,7 +145,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	r.run()
 	if ce := log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst),
-			zap.Uint64("bytes_in", r.bytes[In].Load()), zap.Uint64("bytes_out", r.bytes[Out].Load()),
+			zap.Uint64("bytes_in", r.bytes[conntrack.FromClient].Load()), zap.Uint64("bytes_out", r.bytes[conntrack.ToClient].Load()),
 			zap.Stringer("end", r.end))
 	}
 }

@@ -175,8 +175,8 @@ func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, false) }
 // checksums unless the kernel vouched for them (csumValid), the per-client
 // SYN cap — shows it to conntrack and hands it to the netstack.
 func (l *link) deliverPacket(pkt []byte, csumValid bool) {
-	l.stats.TUNPackets[In].Add(1)
-	l.stats.TUNBytes[In].Add(uint64(len(pkt)))
+	l.stats.TUNPackets[conntrack.FromClient].Add(1)
+	l.stats.TUNBytes[conntrack.FromClient].Add(uint64(len(pkt)))
 	proto, src, ok := ipSource(pkt)
 	if !ok {
 		l.stats.Dropped[DropMalformed].Add(1)
@@ -282,8 +282,8 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		l.stats.Dropped[DropTUNWriteError].Add(1)
 		return 0, &tcpip.ErrAborted{}
 	}
-	l.stats.TUNPackets[Out].Add(uint64(n))
-	l.stats.TUNBytes[Out].Add(bytes)
+	l.stats.TUNPackets[conntrack.ToClient].Add(uint64(n))
+	l.stats.TUNBytes[conntrack.ToClient].Add(bytes)
 	return n, nil
 }
 
@@ -306,8 +306,8 @@ func (l *link) writePacketsVnet(pkts gvstack.PacketBufferList, wb *writeBatch) (
 			return n, &tcpip.ErrAborted{}
 		}
 		n++
-		l.stats.TUNPackets[Out].Add(1)
-		l.stats.TUNBytes[Out].Add(uint64(size))
+		l.stats.TUNPackets[conntrack.ToClient].Add(1)
+		l.stats.TUNBytes[conntrack.ToClient].Add(uint64(size))
 	}
 	clear(wb.iov)
 	return n, nil

@@ -14,6 +14,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"tcpd/conntrack"
 )
 
 // relayBufSize is the size of one pooled relay buffer: large enough that a
@@ -21,39 +23,6 @@ import (
 const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
-
-// End says how a relay ended.
-type End int
-
-const (
-	// EndClean: both sides closed with FIN.
-	EndClean End = iota
-	// EndClientReset: the client reset or its leg failed (keepalive, RTO).
-	EndClientReset
-	// EndUpstreamReset: the destination reset or its leg failed.
-	EndUpstreamReset
-	// EndTimeout: the idle or half-close timeout expired.
-	EndTimeout
-	// EndAborted: tcpd reset it (shutdown, a kill, a panic).
-	EndAborted
-	numEnds
-)
-
-func (e End) String() string {
-	switch e {
-	case EndClean:
-		return "clean"
-	case EndClientReset:
-		return "client_reset"
-	case EndUpstreamReset:
-		return "upstream_reset"
-	case EndTimeout:
-		return "timeout"
-	case EndAborted:
-		return "aborted"
-	}
-	return "unknown"
-}
 
 // relay carries the bytes of one connection both ways. Two goroutines run
 // it: the handler's own (client → destination) and relayUpstream
@@ -73,7 +42,7 @@ type relay struct {
 	readableEntry waiter.Entry
 	clientTimer   *time.Timer
 
-	bytes [numDirections]atomic.Uint64
+	bytes [conntrack.NumDirs]atomic.Uint64
 	// lastActive is the UnixNano time of the last byte moved either way.
 	lastActive atomic.Int64
 	// halfClosed is set once either direction has finished with EOF.
@@ -169,12 +138,12 @@ func (r *relay) run() {
 
 func (r *relay) relayClient() {
 	defer r.recoverPanic()
-	r.copy(In, r.upstream, r.client)
+	r.copy(conntrack.FromClient, r.upstream, r.client)
 }
 
 func (r *relay) relayUpstream() {
 	defer r.recoverPanic()
-	r.copy(Out, r.client, r.upstream)
+	r.copy(conntrack.ToClient, r.client, r.upstream)
 }
 
 // closeWriter is the half-close both legs support.
@@ -183,10 +152,10 @@ type closeWriter interface {
 }
 
 // copy moves bytes from src to dst until EOF or an error.
-func (r *relay) copy(d Direction, dst, src net.Conn) {
+func (r *relay) copy(d conntrack.Dir, dst, src net.Conn) {
 	srcEnd, dstEnd := EndClientReset, EndUpstreamReset
 	read := r.readClient
-	if d == Out {
+	if d == conntrack.ToClient {
 		srcEnd, dstEnd = EndUpstreamReset, EndClientReset
 		read = r.readUpstream
 	}
@@ -306,13 +275,4 @@ func (r *relay) recoverPanic() {
 		r.s.log.Error("relay panicked; connection reset", zap.Any("panic", p), zap.Stack("stack"))
 		r.fail(EndAborted)
 	}
-}
-
-// Ends lists every End, for exporters that show all of them.
-func Ends() []End {
-	es := make([]End, numEnds)
-	for i := range es {
-		es[i] = End(i)
-	}
-	return es
 }

@@ -16,6 +16,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"tcpd/conntrack"
 )
 
 // Tier A: tcpd's stack runs over an in-memory TUN (wireguard's ChannelTUN);
@@ -198,7 +200,7 @@ func TestRelayBothWays(t *testing.T) {
 	}
 	waitFor(t, "relay byte counters", func() bool {
 		st := h.s.Stats()
-		return st.RelayBytes[In].Load() == uint64(len(payload)) && st.RelayBytes[Out].Load() == uint64(len(payload))
+		return st.RelayBytes[conntrack.FromClient].Load() == uint64(len(payload)) && st.RelayBytes[conntrack.ToClient].Load() == uint64(len(payload))
 	})
 	if got := h.s.Stats().Connections[ResultRelayed].Load(); got != 1 {
 		t.Fatalf("relayed connections = %d, want 1", got)

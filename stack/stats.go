@@ -1,32 +1,15 @@
 package stack
 
-import "sync/atomic"
+import (
+	"sync/atomic"
 
-// Direction names the two directions of the TUN and of a relay.
-type Direction int
-
-const (
-	// In is client → tcpd on the TUN; client → destination in a relay.
-	In Direction = iota
-	// Out is tcpd → client on the TUN; destination → client in a relay.
-	Out
-	numDirections
+	"tcpd/conntrack"
 )
 
-// String gives the Prometheus label value.
-func (d Direction) String() string {
-	switch d {
-	case In:
-		return "in"
-	case Out:
-		return "out"
-	}
-	return "unknown"
-}
-
 // DropReason says why a packet or a connection attempt was dropped or
-// refused.
-type DropReason int
+// refused. String gives its label value; range over NumDropReasons to visit
+// every one.
+type DropReason uint8
 
 const (
 	// DropSpoofedSource: the source address is outside the client prefixes.
@@ -45,17 +28,17 @@ const (
 	// DropMalformed: not an IPv4 or IPv6 packet, or shorter than its header.
 	DropMalformed
 	// DropBadChecksum: a packet the kernel did not vouch for failed
-	// tcpd's own checksum check (offload path).
+	// tcpd's own checksum check.
 	DropBadChecksum
 	// DropTUNReadError: a read from the TUN failed (a malformed virtio-net
 	// frame, for example).
 	DropTUNReadError
 	// DropTUNWriteError: a write to the TUN failed.
 	DropTUNWriteError
-	numDropReasons
+	NumDropReasons
 )
 
-var dropReasonNames = [numDropReasons]string{
+var dropReasonNames = [NumDropReasons]string{
 	DropSpoofedSource:           "spoofed_source",
 	DropDeniedDestination:       "denied_destination",
 	DropMaxConnections:          "max_connections",
@@ -68,20 +51,12 @@ var dropReasonNames = [numDropReasons]string{
 	DropTUNWriteError:           "tun_write_error",
 }
 
-// String gives the Prometheus label value.
-func (r DropReason) String() string { return dropReasonNames[r] }
+// String gives the label value.
+func (r DropReason) String() string { return enumName(dropReasonNames[:], r) }
 
-// DropReasons lists every reason, for exporters that must show all of them.
-func DropReasons() []DropReason {
-	rs := make([]DropReason, numDropReasons)
-	for i := range rs {
-		rs[i] = DropReason(i)
-	}
-	return rs
-}
-
-// Result is how a connection attempt ended.
-type Result int
+// Result is how a connection attempt ended. String gives its label value;
+// range over NumResults to visit every one.
+type Result uint8
 
 const (
 	// ResultRelayed: the handshake completed and the relay ran.
@@ -93,30 +68,22 @@ const (
 	// ResultHandshakeFailed: the upstream was dialled but the client's
 	// handshake did not complete.
 	ResultHandshakeFailed
-	numResults
+	NumResults
 )
 
-var resultNames = [numResults]string{
+var resultNames = [NumResults]string{
 	ResultRelayed:         "relayed",
 	ResultDenied:          "denied",
 	ResultUpstreamFailed:  "upstream_failed",
 	ResultHandshakeFailed: "handshake_failed",
 }
 
-// String gives the Prometheus label value.
-func (r Result) String() string { return resultNames[r] }
+// String gives the label value.
+func (r Result) String() string { return enumName(resultNames[:], r) }
 
-// Results lists every result.
-func Results() []Result {
-	rs := make([]Result, numResults)
-	for i := range rs {
-		rs[i] = Result(i)
-	}
-	return rs
-}
-
-// DialFailure classifies an upstream dial failure.
-type DialFailure int
+// DialFailure classifies an upstream dial failure. String gives its label
+// value; range over NumDialFailures to visit every one.
+type DialFailure uint8
 
 const (
 	// DialRefused: the destination answered RST (ECONNREFUSED).
@@ -129,10 +96,10 @@ const (
 	DialDenied
 	// DialOther: anything else.
 	DialOther
-	numDialFailures
+	NumDialFailures
 )
 
-var dialFailureNames = [numDialFailures]string{
+var dialFailureNames = [NumDialFailures]string{
 	DialRefused:     "refused",
 	DialTimeout:     "timeout",
 	DialUnreachable: "unreachable",
@@ -140,30 +107,61 @@ var dialFailureNames = [numDialFailures]string{
 	DialOther:       "other",
 }
 
-// String gives the Prometheus label value.
-func (f DialFailure) String() string { return dialFailureNames[f] }
+// String gives the label value.
+func (f DialFailure) String() string { return enumName(dialFailureNames[:], f) }
 
-// DialFailures lists every dial failure class.
-func DialFailures() []DialFailure {
-	fs := make([]DialFailure, numDialFailures)
-	for i := range fs {
-		fs[i] = DialFailure(i)
+// End says how a relay ended. String gives its label value; range over
+// NumEnds to visit every one.
+type End uint8
+
+const (
+	// EndClean: both sides closed with FIN.
+	EndClean End = iota
+	// EndClientReset: the client reset or its leg failed (keepalive, RTO).
+	EndClientReset
+	// EndUpstreamReset: the destination reset or its leg failed.
+	EndUpstreamReset
+	// EndTimeout: the idle or half-close timeout expired.
+	EndTimeout
+	// EndAborted: tcpd reset it (shutdown, a kill, a panic).
+	EndAborted
+	NumEnds
+)
+
+var endNames = [NumEnds]string{
+	EndClean:         "clean",
+	EndClientReset:   "client_reset",
+	EndUpstreamReset: "upstream_reset",
+	EndTimeout:       "timeout",
+	EndAborted:       "aborted",
+}
+
+// String gives the label value.
+func (e End) String() string { return enumName(endNames[:], e) }
+
+// enumName looks v up in its enum's name table.
+func enumName[T ~uint8](names []string, v T) string {
+	if int(v) < len(names) {
+		return names[v]
 	}
-	return fs
+	return "unknown"
 }
 
 // Stats are the stack's counters. Every field is updated atomically on the
 // data path and read at scrape time.
 type Stats struct {
-	TUNPackets [numDirections]atomic.Uint64
-	TUNBytes   [numDirections]atomic.Uint64
-	// RelayBytes counts payload bytes relayed: In is client → destination.
-	RelayBytes   [numDirections]atomic.Uint64
-	Dropped      [numDropReasons]atomic.Uint64
-	Connections  [numResults]atomic.Uint64
-	DialFailures [numDialFailures]atomic.Uint64
+	// TUNPackets and TUNBytes count whole IP packets read from the TUN
+	// (conntrack.FromClient) and written to it (conntrack.ToClient).
+	TUNPackets [conntrack.NumDirs]atomic.Uint64
+	TUNBytes   [conntrack.NumDirs]atomic.Uint64
+	// RelayBytes counts payload bytes relayed: FromClient is client →
+	// destination.
+	RelayBytes   [conntrack.NumDirs]atomic.Uint64
+	Dropped      [NumDropReasons]atomic.Uint64
+	Connections  [NumResults]atomic.Uint64
+	DialFailures [NumDialFailures]atomic.Uint64
 	// Ended counts finished relays by how they ended.
-	Ended [numEnds]atomic.Uint64
+	Ended [NumEnds]atomic.Uint64
 	// Panics counts connection handlers that panicked; each reset its own
 	// connection only.
 	Panics atomic.Uint64
@@ -176,47 +174,74 @@ type Stats struct {
 	InFlight atomic.Int64
 }
 
-// Counter is one of the netstack's own cumulative counters, for export.
-type Counter struct {
-	// Name is the metric name's stem, e.g. "tcp_retransmits".
-	Name string
-	// Help says what it counts.
-	Help  string
-	Value uint64
-	// Gauge marks a current value rather than a cumulative count.
-	Gauge bool
+// NetstackStats are gVisor's own counters, read at one moment, and two
+// gauges of the netstack's endpoints. Gauges among gVisor's statistics
+// (current established) are left out: conntrack reports states.
+type NetstackStats struct {
+	TCPPassiveOpens             uint64
+	TCPFailedConnectionAttempts uint64
+	TCPEstablishedResets        uint64
+	TCPEstablishedTimeouts      uint64
+	TCPSegmentsReceived         uint64
+	TCPInvalidSegmentsReceived  uint64
+	TCPSegmentsSent             uint64
+	TCPSegmentSendErrors        uint64
+	TCPResetsSent               uint64
+	TCPResetsReceived           uint64
+	TCPRetransmits              uint64
+	TCPFastRetransmits          uint64
+	TCPTimeouts                 uint64
+	TCPSACKRecoveries           uint64
+	TCPTLPRecoveries            uint64
+	TCPSpuriousRecoveries       uint64
+	TCPChecksumErrors           uint64
+	TCPForwardMaxInFlightDrops  uint64
+
+	IPPacketsReceived                     uint64
+	IPMalformedPacketsReceived            uint64
+	IPInvalidDestinationAddressesReceived uint64
+	IPInvalidSourceAddressesReceived      uint64
+	IPPacketsSent                         uint64
+
+	// Endpoints is the number of transport endpoints registered in the
+	// netstack: connections in any state, TIME_WAIT included.
+	Endpoints uint64
+	// TrackedEndpoints is the number of netstack endpoints tcpd holds for
+	// reconciliation, kill and `tcpd conns`.
+	TrackedEndpoints uint64
 }
 
-// NetstackCounters reads gVisor's TCP counters. Gauges among gVisor's
-// statistics (current established) are left out: conntrack reports states.
-func (s *Stack) NetstackCounters() []Counter {
+// NetstackStats reads the netstack's counters.
+func (s *Stack) NetstackStats() NetstackStats {
 	tcp := s.ns.Stats().TCP
 	ip := s.ns.Stats().IP
-	return []Counter{
-		{"tcp_passive_opens", "TCP connections the netstack accepted (SYN-ACK sent).", tcp.PassiveConnectionOpenings.Value(), false},
-		{"tcp_failed_connection_attempts", "TCP handshakes the netstack abandoned.", tcp.FailedConnectionAttempts.Value(), false},
-		{"tcp_established_resets", "Established or close-wait TCP connections reset.", tcp.EstablishedResets.Value(), false},
-		{"tcp_established_timeouts", "TCP connections closed by a retransmission or keepalive timeout.", tcp.EstablishedTimedout.Value(), false},
-		{"tcp_segments_received", "Valid TCP segments the netstack received.", tcp.ValidSegmentsReceived.Value(), false},
-		{"tcp_invalid_segments_received", "TCP segments the netstack rejected as invalid.", tcp.InvalidSegmentsReceived.Value(), false},
-		{"tcp_segments_sent", "TCP segments the netstack sent, retransmissions included.", tcp.SegmentsSent.Value(), false},
-		{"tcp_segment_send_errors", "TCP segments the netstack failed to send.", tcp.SegmentSendErrors.Value(), false},
-		{"tcp_resets_sent", "TCP RST segments the netstack sent.", tcp.ResetsSent.Value(), false},
-		{"tcp_resets_received", "TCP RST segments the netstack received.", tcp.ResetsReceived.Value(), false},
-		{"tcp_retransmits", "TCP segments the netstack retransmitted.", tcp.Retransmits.Value(), false},
-		{"tcp_fast_retransmits", "TCP fast retransmissions.", tcp.FastRetransmit.Value(), false},
-		{"tcp_timeouts", "TCP retransmission timer expiries.", tcp.Timeouts.Value(), false},
-		{"tcp_sack_recoveries", "TCP SACK loss recoveries.", tcp.SACKRecovery.Value(), false},
-		{"tcp_tlp_recoveries", "TCP tail loss probe recoveries.", tcp.TLPRecovery.Value(), false},
-		{"tcp_spurious_recoveries", "TCP loss recoveries later found spurious.", tcp.SpuriousRecovery.Value(), false},
-		{"tcp_checksum_errors", "TCP segments with a bad checksum.", tcp.ChecksumErrors.Value(), false},
-		{"tcp_forward_max_in_flight_drops", "SYNs the forwarder dropped because max_in_flight handshakes were in progress.", tcp.ForwardMaxInFlightDrop.Value(), false},
-		{"ip_packets_received", "IP packets the netstack received.", ip.PacketsReceived.Value(), false},
-		{"ip_malformed_packets_received", "IP packets the netstack dropped as malformed.", ip.MalformedPacketsReceived.Value(), false},
-		{"ip_invalid_destination_addresses_received", "IP packets dropped for an invalid destination (loopback or martian).", ip.InvalidDestinationAddressesReceived.Value(), false},
-		{"ip_invalid_source_addresses_received", "IP packets dropped for an invalid source address.", ip.InvalidSourceAddressesReceived.Value(), false},
-		{"ip_packets_sent", "IP packets the netstack sent.", ip.PacketsSent.Value(), false},
-		{"endpoints", "Transport endpoints registered in the netstack (connections in any state, TIME_WAIT included).", uint64(len(s.ns.RegisteredEndpoints())), true},
-		{"tracked_endpoints", "Netstack endpoints tcpd holds for reconciliation, kill and tcpd conns.", uint64(s.trackedEndpoints()), true},
+	return NetstackStats{
+		TCPPassiveOpens:             tcp.PassiveConnectionOpenings.Value(),
+		TCPFailedConnectionAttempts: tcp.FailedConnectionAttempts.Value(),
+		TCPEstablishedResets:        tcp.EstablishedResets.Value(),
+		TCPEstablishedTimeouts:      tcp.EstablishedTimedout.Value(),
+		TCPSegmentsReceived:         tcp.ValidSegmentsReceived.Value(),
+		TCPInvalidSegmentsReceived:  tcp.InvalidSegmentsReceived.Value(),
+		TCPSegmentsSent:             tcp.SegmentsSent.Value(),
+		TCPSegmentSendErrors:        tcp.SegmentSendErrors.Value(),
+		TCPResetsSent:               tcp.ResetsSent.Value(),
+		TCPResetsReceived:           tcp.ResetsReceived.Value(),
+		TCPRetransmits:              tcp.Retransmits.Value(),
+		TCPFastRetransmits:          tcp.FastRetransmit.Value(),
+		TCPTimeouts:                 tcp.Timeouts.Value(),
+		TCPSACKRecoveries:           tcp.SACKRecovery.Value(),
+		TCPTLPRecoveries:            tcp.TLPRecovery.Value(),
+		TCPSpuriousRecoveries:       tcp.SpuriousRecovery.Value(),
+		TCPChecksumErrors:           tcp.ChecksumErrors.Value(),
+		TCPForwardMaxInFlightDrops:  tcp.ForwardMaxInFlightDrop.Value(),
+
+		IPPacketsReceived:                     ip.PacketsReceived.Value(),
+		IPMalformedPacketsReceived:            ip.MalformedPacketsReceived.Value(),
+		IPInvalidDestinationAddressesReceived: ip.InvalidDestinationAddressesReceived.Value(),
+		IPInvalidSourceAddressesReceived:      ip.InvalidSourceAddressesReceived.Value(),
+		IPPacketsSent:                         ip.PacketsSent.Value(),
+
+		Endpoints:        uint64(len(s.ns.RegisteredEndpoints())),
+		TrackedEndpoints: uint64(s.trackedEndpoints()),
 	}
 }

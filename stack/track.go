@@ -196,10 +196,12 @@ func conntrackState(st tcp.EndpointState) conntrack.State {
 // Snapshot returns conntrack's counts, counters and histograms.
 func (s *Stack) Snapshot() conntrack.Snapshot { return s.table.Snapshot() }
 
-// Conns returns the live table joined with the netstack's per-endpoint RTT
-// and retransmission counts.
-func (s *Stack) Conns() []ConnInfo {
-	cs := s.table.Conns(nil)
+// Conns returns the rows of the live table that keep accepts (nil keeps
+// all), in ID order, joined with the netstack's per-endpoint RTT and
+// retransmission counts. keep runs under the table's lock: it must be quick
+// and must not call back into the stack.
+func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
+	cs := s.table.Conns(keep)
 	out := make([]ConnInfo, len(cs))
 	for i, c := range cs {
 		out[i].Conn = c

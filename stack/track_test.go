@@ -17,7 +17,7 @@ import (
 func states(s *Stack) map[string]uint64 {
 	snap := s.Snapshot()
 	out := map[string]uint64{}
-	for _, st := range conntrack.States() {
+	for st := range conntrack.NumStates {
 		if n := snap.States[st]; n > 0 {
 			out[st.String()] = n
 		}
@@ -38,7 +38,7 @@ func TestConntrackFollowsServerClosesFirst(t *testing.T) {
 	}
 	io.ReadFull(c, make([]byte, 2))
 	waitFor(t, "established", func() bool { return states(h.s)["established"] == 1 })
-	conns := h.s.Conns()
+	conns := h.s.Conns(nil)
 	if len(conns) != 1 || conns[0].ClientState != conntrack.StateEstablished || conns[0].BytesOut != 2 || conns[0].Upstream == "" {
 		t.Fatalf("conns: %+v", conns)
 	}
@@ -50,18 +50,15 @@ func TestConntrackFollowsServerClosesFirst(t *testing.T) {
 	// the client closes too.
 	close(closeNow)
 	waitFor(t, "fin_wait2", func() bool { return states(h.s)["fin_wait2"] == 1 })
-	if cs := h.s.Conns()[0].ClientState; cs != conntrack.StateCloseWait {
+	if cs := h.s.Conns(nil)[0].ClientState; cs != conntrack.StateCloseWait {
 		t.Fatalf("client state %v, want close_wait", cs)
 	}
 	c.Close()
 	waitFor(t, "time_wait", func() bool { return states(h.s)["time_wait"] == 1 })
 	waitFor(t, "time_wait to expire", func() bool { return h.s.Snapshot().Live == 0 })
 	waitFor(t, "the netstack endpoint to be released", func() bool {
-		n := map[string]uint64{}
-		for _, c := range h.s.NetstackCounters() {
-			n[c.Name] = c.Value
-		}
-		return n["endpoints"] == 0 && n["tracked_endpoints"] == 0
+		n := h.s.NetstackStats()
+		return n.Endpoints == 0 && n.TrackedEndpoints == 0
 	})
 	snap := h.s.Snapshot()
 	if snap.Corrections != 0 {
@@ -89,7 +86,7 @@ func TestConntrackFollowsClientClosesFirst(t *testing.T) {
 	}
 	c.CloseWrite()
 	waitFor(t, "close_wait", func() bool { return states(h.s)["close_wait"] == 1 })
-	if cs := h.s.Conns()[0].ClientState; cs != conntrack.StateFinWait2 {
+	if cs := h.s.Conns(nil)[0].ClientState; cs != conntrack.StateFinWait2 {
 		t.Fatalf("client state %v, want fin_wait2", cs)
 	}
 }
@@ -109,7 +106,7 @@ func TestConntrackRefusedAndKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "established", func() bool { return states(h.s)["established"] == 1 })
-	id := h.s.Conns()[0].ID
+	id := h.s.Conns(nil)[0].ID
 	// conntrack sees the handshake's last ACK at the link, a moment before
 	// the handler registers the endpoint that Kill looks up.
 	waitFor(t, "Kill to find the endpoint", func() bool { return h.s.Kill(id) })

@@ -7,6 +7,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"tcpd/conntrack"
 )
 
 // The offload path talks to the TUN's file descriptor directly, with a
@@ -88,8 +90,8 @@ func (l *link) readVnet() {
 		default:
 			// UDP segmentation offload or ECN variants: nothing tcpd
 			// terminates.
-			l.stats.TUNPackets[In].Add(1)
-			l.stats.TUNBytes[In].Add(uint64(n - vnetHdrLen))
+			l.stats.TUNPackets[conntrack.FromClient].Add(1)
+			l.stats.TUNBytes[conntrack.FromClient].Add(uint64(n - vnetHdrLen))
 			l.stats.Dropped[DropMalformed].Add(1)
 		}
 		l.busySince.Store(0)

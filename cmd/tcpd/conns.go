@@ -277,7 +277,7 @@ func printSummary(w io.Writer, s admin.Summary) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "Total: %d live (opened %d, established %d, closed %d)\n\n", s.Live, c.Opened, c.Established, c.Closed)
 	fmt.Fprintln(tw, "State\ttcpd\tclient")
-	for _, st := range conntrack.States() {
+	for st := range conntrack.NumStates {
 		fmt.Fprintf(tw, "%s\t%d\t%d\n", st.SSName(), s.States[st.String()], s.ClientStates[st.String()])
 	}
 	if err := tw.Flush(); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"net/netip"
@@ -26,10 +27,18 @@ type fakeSource struct {
 	snap  conntrack.Snapshot
 }
 
-func (f *fakeSource) Conns() []stack.ConnInfo {
+// Conns keeps Source's promise: the rows keep accepts, in ID order.
+func (f *fakeSource) Conns(keep func(*conntrack.Conn) bool) []stack.ConnInfo {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.conns)
+	var out []stack.ConnInfo
+	for _, c := range f.conns {
+		if keep == nil || keep(&c.Conn) {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b stack.ConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return out
 }
 
 func (f *fakeSource) Snapshot() conntrack.Snapshot {
@@ -251,7 +260,7 @@ func TestConnsKill(t *testing.T) {
 	if code != 0 || out != "reset connection 9\n" || errs != "" {
 		t.Errorf("kill 9: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
-	if slices.ContainsFunc(src.Conns(), func(c stack.ConnInfo) bool { return c.ID == 9 }) {
+	if slices.ContainsFunc(src.Conns(nil), func(c stack.ConnInfo) bool { return c.ID == 9 }) {
 		t.Error("connection 9 still listed after kill")
 	}
 	code, out, errs = runConns(t, "--socket", p, "kill", "9")
