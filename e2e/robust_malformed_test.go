@@ -126,10 +126,10 @@ func malformedPackets(t *testing.T, offload string) {
 	}
 	// Segments with a wrong TCP checksum cross the gateway's forwarding
 	// untouched (it checks only the IP header's), so every packet of these
-	// two kinds reached tcpd, which must catch and count it (DESIGN: "a
-	// bad checksum must be caught and counted"): as bad_checksum when
-	// tcpd checks, as the netstack's checksum errors when the netstack
-	// does. A random checksum is right once in 65536; 1% slack.
+	// two kinds reached tcpd, which must catch and count it: as
+	// bad_checksum when tcpd checks, as the netstack's checksum errors
+	// when the netstack does. A random checksum is right once in 65536;
+	// 1% slack.
 	badSum := float64(sent.Kinds["bad_tcp_checksum"] + sent.Kinds["v6_bad_checksum"])
 	if got := grew[`dropped_total{reason="bad_checksum"}`] + grew["netstack_tcp_checksum_errors_total"]; got < badSum*0.99 {
 		t.Errorf("%.0f segments with a bad TCP checksum reached tcpd; %.0f were counted (dropped_total{reason=\"bad_checksum\"} %.0f, netstack_tcp_checksum_errors_total %.0f)",

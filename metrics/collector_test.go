@@ -210,6 +210,7 @@ tcpd_dropped_total{reason="shutting_down"} 0
 tcpd_dropped_total{reason="spoofed_source"} 3
 tcpd_dropped_total{reason="tun_read_error"} 0
 tcpd_dropped_total{reason="tun_write_error"} 1
+tcpd_dropped_total{reason="unverifiable"} 0
 `},
 		{"connections", `
 # HELP tcpd_connections_total Connection attempts by how they ended: relayed, denied by policy or a cap, upstream connect failed, or client handshake not completed.

@@ -172,8 +172,8 @@ func (l *link) readTUN() {
 func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, false) }
 
 // deliverPacket checks one inbound packet — IP version, source address,
-// checksums unless the kernel vouched for them (csumValid), the per-client
-// SYN cap — shows it to conntrack and hands it to the netstack.
+// every checksum unless the kernel vouched for them (csumValid), the
+// per-client SYN cap — shows it to conntrack and hands it to the netstack.
 func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 	l.stats.TUNPackets[conntrack.FromClient].Add(1)
 	l.stats.TUNBytes[conntrack.FromClient].Add(uint64(len(pkt)))
@@ -186,9 +186,15 @@ func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 		l.stats.Dropped[DropSpoofedSource].Add(1)
 		return
 	}
-	if !csumValid && !checksumsValid(pkt) {
-		l.stats.Dropped[DropBadChecksum].Add(1)
-		return
+	if !csumValid {
+		switch verifyChecksums(pkt) {
+		case csumBad:
+			l.stats.Dropped[DropBadChecksum].Add(1)
+			return
+		case csumUnverifiable:
+			l.stats.Dropped[DropUnverifiable].Add(1)
+			return
+		}
 	}
 	from, to, seg, ok := parseTCP(pkt)
 	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN && l.synOverCap != nil && l.synOverCap(src) {
@@ -347,13 +353,14 @@ func (*link) LinkAddress() tcpip.LinkAddress { return "" }
 // SetLinkAddress implements gvstack.NetworkLinkEndpoint.
 func (*link) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities implements gvstack.NetworkLinkEndpoint. The netstack computes
-// and verifies every checksum itself: packets from the TUN may come from
-// anywhere, and a bad checksum must be caught and counted.
-// The netstack skips checksum verification: the link verifies every packet
-// the kernel did not vouch for (NEEDS_CSUM, DATA_VALID on the offload path)
-// before conntrack or the netstack sees it, so that a bad one is counted and
-// tracks nothing.
+// Capabilities implements gvstack.NetworkLinkEndpoint. The one capability,
+// RX checksum offload, tells the netstack that every packet this link
+// delivers had all its checksums verified, so the netstack skips the IPv4
+// header's, TCP's and UDP's. That is true: the kernel vouched for the packet
+// (NEEDS_CSUM or DATA_VALID on the offload path), or verifyChecksums checked
+// the IPv4 header and the transport checksum before conntrack or the
+// netstack saw it, and a packet it cannot check is not delivered. A bad one
+// is counted (bad_checksum) and tracks nothing.
 func (l *link) Capabilities() gvstack.LinkEndpointCapabilities {
 	return gvstack.CapabilityRXChecksumOffload
 }

@@ -2,7 +2,8 @@
 // attached to it, the TCP forwarder that terminates each client connection,
 // and the relay that carries its bytes to a real host socket dialled to the
 // connection's original destination. It reports what it sees into conntrack
-// and counts everything else in Stats; it never touches Prometheus, never
+// and counts everything else in Stats and NetstackStats, plain numbers that
+// the metrics package names and exports; it never imports Prometheus, never
 // reads files or flags, and converts every tcpip.Error at its edge.
 package stack
 
@@ -440,8 +441,10 @@ func (s *Stack) setTCPOptions() error {
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
-	// 4 KiB minimum, 1 MiB default, 4 MiB maximum: DESIGN.md's defaults. The
-	// default is what a new connection starts with; moderation grows it.
+	// 4 KiB minimum (Linux's tcp_rmem and tcp_wmem minimum), 1 MiB
+	// default, what a new connection starts with before receive moderation
+	// grows it, and 4 MiB maximum, which bounds what one connection's
+	// buffers hold in each direction.
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
 	cc := tcpip.CongestionControlOption(s.cfg.CongestionControl)

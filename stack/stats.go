@@ -30,6 +30,10 @@ const (
 	// DropBadChecksum: a packet the kernel did not vouch for failed
 	// tcpd's own checksum check.
 	DropBadChecksum
+	// DropUnverifiable: a packet the kernel did not vouch for whose
+	// transport checksum tcpd cannot check before the netstack sees it: an
+	// IP fragment, or a protocol other than TCP, UDP, ICMP and ICMPv6.
+	DropUnverifiable
 	// DropTUNReadError: a read from the TUN failed (a malformed virtio-net
 	// frame, for example).
 	DropTUNReadError
@@ -47,6 +51,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropShuttingDown:            "shutting_down",
 	DropMalformed:               "malformed",
 	DropBadChecksum:             "bad_checksum",
+	DropUnverifiable:            "unverifiable",
 	DropTUNReadError:            "tun_read_error",
 	DropTUNWriteError:           "tun_write_error",
 }
