@@ -50,7 +50,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 	// New devices in the gateway start with strict reverse-path filtering,
 	// as on many distributions: tcpd's replies arrive on its TUN from the
 	// destinations' addresses and would be dropped unless tcpd turns it off
-	// on the TUN, through the unit's ReadWritePaths.
+	// on the TUN, over netlink (the unit keeps /proc/sys read-only).
 	if err := lab.Gateway.Sysctl("net.ipv4.conf.default.rp_filter", "1"); err != nil {
 		t.Fatal(err)
 	}
@@ -280,8 +280,8 @@ func (s *systemdTest) start(t *testing.T) {
 	if ready == nil || ready[0] > started {
 		t.Errorf("the journal has no READY=1 from PID %s before \"Started tcpd.service\":\n%s", st["MainPID"], tail(j, 30))
 	}
-	// ProtectKernelTunables with ReadWritePaths=/proc/sys/net/ipv4/conf:
-	// tcpd could turn reverse-path filtering off on its TUN.
+	// ProtectKernelTunables makes /proc/sys read-only: tcpd turned
+	// reverse-path filtering off on its TUN over netlink.
 	if v, err := s.lab.Gateway.ReadSysctl("net/ipv4/conf/tcpd0/rp_filter"); err != nil || v != "0" {
 		t.Errorf("rp_filter on tcpd0 = %q (%v), want 0", v, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -86,14 +87,34 @@ func configureTUN(cfg TUNConfig) error {
 			return fmt.Errorf("add address %s to %s: %w", p, cfg.Name, err)
 		}
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+cfg.Name+"/rp_filter", []byte("0"), 0); err != nil &&
-		!errors.Is(err, os.ErrNotExist) {
+	if err := setRPFilter(l, 0); err != nil {
 		return fmt.Errorf("disable rp_filter on %s: %w", cfg.Name, err)
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("bring %s up: %w", cfg.Name, err)
 	}
 	return nil
+}
+
+// ipv4DevconfRPFilter is IPV4_DEVCONF_RP_FILTER (linux/ip.h), the index of
+// net.ipv4.conf.<dev>.rp_filter among a device's IPv4 settings.
+const ipv4DevconfRPFilter = 8
+
+// setRPFilter sets net.ipv4.conf.<link>.rp_filter over rtnetlink
+// (IFLA_AF_SPEC > AF_INET > IFLA_INET_CONF), which needs CAP_NET_ADMIN
+// only, where writing /proc/sys needs it mounted writable: a container
+// runtime (and systemd's ProtectKernelTunables) mounts it read-only.
+func setRPFilter(l netlink.Link, v uint32) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(l.Attrs().Index)
+	req.AddData(msg)
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	conf := spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil)
+	conf.AddRtAttr(ipv4DevconfRPFilter, nl.Uint32Attr(v))
+	req.AddData(spec)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }
 
 // RPFilterWarning returns a non-empty explanation when the host's
