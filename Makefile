@@ -5,7 +5,7 @@ BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo bench test test-short vet fmt clean deb
+.PHONY: all build demo bench test test-short vet fmt clean deb image
 
 all: build
 
@@ -27,18 +27,28 @@ bench:
 	$(GO) build -o bin/tcpdbench ./bench/cmd/tcpdbench
 	./bin/tcpdbench --tcpd $(BIN) --out bench/out/results.json $(BENCHFLAGS)
 
+# Go modules of their own under deploy/, so that the daemon's go.mod stays
+# lean: the image builder (go-containerregistry) and the Kubernetes
+# manifests' tests (k8s.io/api, the Prometheus Operator's types). "go test
+# ./..." at the root does not enter them; test and vet do.
+SUBMODULES := deploy/image
+
 # The whole suite: vet, tier A (no privileges) and tier B (root: real TUN
-# devices in network namespaces; skipped with a message when not root).
+# devices in network namespaces; skipped with a message when not root), in
+# the main module and in each of SUBMODULES.
 test: vet
 	$(GO) test -count=1 -timeout 40m ./...
+	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) test -count=1 -timeout 20m ./..."; (cd $$m && $(GO) test -count=1 -timeout 20m ./...) || exit 1; done
 
 # Tier A only: no root, no namespaces.
 test-short:
 	$(GO) test -short -count=1 ./...
+	@for m in $(SUBMODULES); do (cd $$m && $(GO) test -short -count=1 ./...) || exit 1; done
 
 vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
+	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) vet ./..."; (cd $$m && $(GO) vet ./...) || exit 1; done
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -49,6 +59,20 @@ fmt:
 DEB_OUT ?= bin
 deb:
 	GO='$(GO)' sh deploy/deb/build.sh '$(DEB_OUT)' '$(VERSION)'
+
+# The container image, an OCI archive (bin/tcpd-image.tar) built offline
+# from scratch by deploy/image: the static binary, the default
+# configuration, user tcpd (65532), CAP_NET_ADMIN as the binary's file
+# capability. Load it with "podman load -i bin/tcpd-image.tar"; see
+# deploy/README.md. The same commit gives the same digest.
+IMAGE_OUT ?= bin/tcpd-image.tar
+IMAGE_BIN ?= bin/image/tcpd
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+image:
+	mkdir -p $(dir $(IMAGE_BIN)) $(dir $(IMAGE_OUT))
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(IMAGE_BIN) ./cmd/tcpd
+	cd deploy/image && $(GO) run . -binary $(abspath $(IMAGE_BIN)) -config $(abspath configs/tcpd.yaml) \
+		-version '$(VERSION)' -created '$(SOURCE_DATE_EPOCH)' -out $(abspath $(IMAGE_OUT))
 
 clean:
 	rm -rf bin
