@@ -39,9 +39,9 @@ type Config struct {
 	// match the netstack's timer. Zero means 30s.
 	TimeWait time.Duration
 	// TimeWaitLimit caps entries in TIME_WAIT; one more is cut short and
-	// counted, as Linux does beyond tcp_max_tw_buckets. Zero means 16384;
-	// negative means none are kept.
-	TimeWaitLimit int
+	// counted, as Linux does beyond tcp_max_tw_buckets. Nil means 16384;
+	// zero keeps none, as tcp_max_tw_buckets=0 does.
+	TimeWaitLimit *int
 	// MaxEntries bounds the table; SYNs beyond it are not tracked and are
 	// counted. Zero means 1<<20.
 	MaxEntries int
@@ -50,6 +50,26 @@ type Config struct {
 	Unclaimed time.Duration
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
+}
+
+// WithDefaults returns c with each unset field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.TimeWait == 0 {
+		c.TimeWait = 30 * time.Second
+	}
+	if c.TimeWaitLimit == nil {
+		c.TimeWaitLimit = new(16384)
+	}
+	if c.MaxEntries == 0 {
+		c.MaxEntries = 1 << 20
+	}
+	if c.Unclaimed == 0 {
+		c.Unclaimed = 5 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
 }
 
 // ActionKind tells the caller of Segment what the netstack must do.
@@ -126,7 +146,11 @@ type entry struct {
 
 // Table tracks connections. All methods are safe for concurrent use.
 type Table struct {
+	// cfg is the configuration with its defaults; Tune changes its timers
+	// and cap under mu.
 	cfg Config
+	// twLimit is *cfg.TimeWaitLimit, never negative.
+	twLimit int
 
 	mu      sync.Mutex
 	byTuple map[Tuple]*entry
@@ -146,44 +170,23 @@ type Table struct {
 
 // New returns an empty table.
 func New(cfg Config) *Table {
-	if cfg.TimeWait == 0 {
-		cfg.TimeWait = 30 * time.Second
-	}
-	if cfg.TimeWaitLimit == 0 {
-		cfg.TimeWaitLimit = 16384
-	}
-	if cfg.TimeWaitLimit < 0 {
-		cfg.TimeWaitLimit = 0
-	}
-	if cfg.MaxEntries == 0 {
-		cfg.MaxEntries = 1 << 20
-	}
-	if cfg.Unclaimed == 0 {
-		cfg.Unclaimed = 5 * time.Second
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	return &Table{cfg: cfg, byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}, synRecv: map[netip.Addr]int{}}
+	t := &Table{byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}, synRecv: map[netip.Addr]int{}}
+	t.cfg = cfg.WithDefaults()
+	t.twLimit = max(*t.cfg.TimeWaitLimit, 0)
+	return t
 }
 
-// SetTimeWait changes the TIME_WAIT duration and cap for connections that
-// enter TIME_WAIT from now on; those already there keep their deadline, and a
-// lower cap cuts nothing short, it only stops new entries.
-func (t *Table) SetTimeWait(d time.Duration, limit int) {
+// Tune changes the TIME_WAIT duration and cap and the unclaimed timeout, as
+// cfg gives them (with New's defaults), for what happens from now on:
+// entries already in TIME_WAIT keep their deadline, and a lower cap cuts
+// nothing short, it only stops new entries. MaxEntries and Now stay as New
+// set them.
+func (t *Table) Tune(cfg Config) {
+	cfg = cfg.WithDefaults()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if d > 0 {
-		t.cfg.TimeWait = d
-	}
-	switch {
-	case limit == 0:
-		t.cfg.TimeWaitLimit = 16384
-	case limit < 0:
-		t.cfg.TimeWaitLimit = 0
-	default:
-		t.cfg.TimeWaitLimit = limit
-	}
+	t.cfg.TimeWait, t.cfg.TimeWaitLimit, t.cfg.Unclaimed = cfg.TimeWait, cfg.TimeWaitLimit, cfg.Unclaimed
+	t.twLimit = max(*cfg.TimeWaitLimit, 0)
 }
 
 func (t *Table) synRecvDecLocked(a netip.Addr) {
@@ -450,7 +453,7 @@ func (t *Table) afterLocked(e *entry, now time.Time) Action {
 			return Action{}
 		}
 		t.observeLifetimeLocked(e, now)
-		if t.twCount >= t.cfg.TimeWaitLimit {
+		if t.twCount >= t.twLimit {
 			t.counters.TimeWaitOverflow++
 			id := e.id
 			t.removeLocked(e, now)
@@ -696,7 +699,7 @@ func (t *Table) Snapshot() Snapshot {
 	s.Live = len(t.byID)
 	s.TimeWait = t.twCount
 	s.Counters = t.counters
-	s.TimeWaitLimit = t.cfg.TimeWaitLimit
+	s.TimeWaitLimit = t.twLimit
 	s.TimeWaitTimeout = t.cfg.TimeWait
 	t.mu.Unlock()
 	s.Handshake = t.handshake.Snapshot()

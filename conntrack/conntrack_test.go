@@ -355,7 +355,7 @@ func TestTimeWaitReuse(t *testing.T) {
 }
 
 func TestTimeWaitLimit(t *testing.T) {
-	tab, _ := newTable(ct.Config{TimeWaitLimit: 2})
+	tab, _ := newTable(ct.Config{TimeWaitLimit: new(2)})
 	for i := range 3 {
 		tu := tuple
 		tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(50000+i))
@@ -376,6 +376,60 @@ func TestTimeWaitLimit(t *testing.T) {
 		t.Fatalf("time_wait %d overflow %d live %d", snap.TimeWait, snap.TimeWaitOverflow, snap.Live)
 	}
 	checkCounts(t, tab)
+}
+
+// enterTimeWait takes one more connection (client port 50000+i) through a
+// server-first close and returns the action of its last segment.
+func enterTimeWait(tab *ct.Table, i int) ct.Action {
+	tu := tuple
+	tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(50000+i))
+	var last ct.Action
+	for _, st := range append(append([]step{}, handshake...), tcpdTimeWait...) {
+		last = tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
+	}
+	return last
+}
+
+// TestTimeWaitLimitZero: a cap of zero keeps no connection in TIME_WAIT,
+// as tcp_max_tw_buckets=0 does, while the default (nil) keeps 16384.
+func TestTimeWaitLimitZero(t *testing.T) {
+	tab, _ := newTable(ct.Config{TimeWaitLimit: new(0)})
+	if a := enterTimeWait(tab, 0); a.Kind != ct.ActionRetire {
+		t.Fatalf("entering TIME_WAIT under a zero cap: action %v, want retire", a.Kind)
+	}
+	if snap := tab.Snapshot(); snap.TimeWait != 0 || snap.TimeWaitOverflow != 1 || snap.TimeWaitLimit != 0 || snap.Live != 0 {
+		t.Fatalf("time_wait %d overflow %d limit %d live %d", snap.TimeWait, snap.TimeWaitOverflow, snap.TimeWaitLimit, snap.Live)
+	}
+	def, _ := newTable(ct.Config{})
+	if snap := def.Snapshot(); snap.TimeWaitLimit != 16384 || snap.TimeWaitTimeout != 30*time.Second {
+		t.Fatalf("default cap %d and timeout %v, want 16384 and 30s", snap.TimeWaitLimit, snap.TimeWaitTimeout)
+	}
+}
+
+// TestTune: new TIME_WAIT settings apply to entries that enter TIME_WAIT
+// afterwards; those already there keep their deadline.
+func TestTune(t *testing.T) {
+	tab, clk := newTable(ct.Config{TimeWait: 10 * time.Second, TimeWaitLimit: new(1)})
+	enterTimeWait(tab, 0)
+	tab.Tune(ct.Config{TimeWait: 60 * time.Second, TimeWaitLimit: new(2)})
+	if a := enterTimeWait(tab, 1); a.Kind != ct.ActionNone {
+		t.Fatalf("the second entry overflowed a cap raised to 2 (action %v)", a.Kind)
+	}
+	if a := enterTimeWait(tab, 2); a.Kind != ct.ActionRetire {
+		t.Fatalf("the third entry fit a cap of 2 (action %v)", a.Kind)
+	}
+	clk.advance(11 * time.Second)
+	if n := tab.ExpireTimeWait(); n != 1 {
+		t.Fatalf("%d entries expired after 11s, want the one that entered under 10s", n)
+	}
+	clk.advance(50 * time.Second)
+	if n := tab.ExpireTimeWait(); n != 1 {
+		t.Fatalf("%d entries expired after 61s, want the one that entered under 60s", n)
+	}
+	tab.Tune(ct.Config{})
+	if snap := tab.Snapshot(); snap.TimeWaitLimit != 16384 || snap.TimeWaitTimeout != 30*time.Second {
+		t.Fatalf("Tune with a zero Config: cap %d timeout %v, want the defaults", snap.TimeWaitLimit, snap.TimeWaitTimeout)
+	}
 }
 
 func TestUnclaimedExpiry(t *testing.T) {

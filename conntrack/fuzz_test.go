@@ -30,7 +30,7 @@ func segmentsBody(t *testing.T, data []byte) {
 	}
 	{
 		clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-		tab := ct.New(ct.Config{TimeWait: 30 * time.Second, TimeWaitLimit: 1, Unclaimed: 5 * time.Second, Now: clk.now})
+		tab := ct.New(ct.Config{TimeWait: 30 * time.Second, TimeWaitLimit: new(1), Unclaimed: 5 * time.Second, Now: clk.now})
 		for len(data) >= 6 {
 			b := data[:6]
 			data = data[6:]

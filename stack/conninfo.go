@@ -15,6 +15,10 @@ type ConnInfo struct {
 	RTT, RTTVar time.Duration
 	// Retransmits counts segments the netstack retransmitted to the client.
 	Retransmits uint64
+	// CongestionControl is the algorithm of the netstack's endpoint, as
+	// tcp.congestion_control was when the connection was opened; "" when no
+	// endpoint exists (yet).
+	CongestionControl string
 	// Upstream is the local address of the upstream socket, "" before the
 	// dial completed.
 	Upstream string

@@ -112,7 +112,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	// CreateEndpoint blocks until the client's ACK; a client that never
 	// sends it would hold the slot for the netstack's ~2 minutes of SYN-ACK
 	// retransmissions.
-	expire := time.AfterFunc(s.cfg.HandshakeTimeout, func() { s.abortHandshake(tid) })
+	expire := time.AfterFunc(s.tune.Load().HandshakeTimeout, func() { s.abortHandshake(tid) })
 	newEP, terr := fr.CreateEndpoint(&wq)
 	expire.Stop()
 	req.complete(false)

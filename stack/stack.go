@@ -79,7 +79,8 @@ func (k Keepalive) userTimeout() time.Duration {
 }
 
 // Config configures a Stack. The zero value works except for Clients, which
-// must name at least one prefix.
+// must name at least one prefix. Each default is stated on its field;
+// WithDefaults applies them.
 type Config struct {
 	TUN TUNConfig
 	// Clients are the source prefixes tcpd serves. Packets from any other
@@ -89,54 +90,18 @@ type Config struct {
 	// built-in secure default for Clients (policy.New with no allow list).
 	Policy *policy.Policy
 
-	// DialTimeout bounds the upstream connect. Zero means 10s.
-	DialTimeout time.Duration
 	// Interface, when set, binds upstream sockets to it (SO_BINDTODEVICE).
 	Interface string
 	// Mark, when non-zero, is set on upstream sockets (SO_MARK).
 	Mark uint32
 
-	// Keepalive applies to both legs.
-	Keepalive Keepalive
-	// HalfCloseTimeout bounds how long a half-closed connection may go without
-	// moving a byte in its open direction. Zero means 60s.
-	HalfCloseTimeout time.Duration
-	// IdleTimeout, when non-zero, closes a connection that moves no byte in
-	// either direction for that long.
-	IdleTimeout time.Duration
-	// TimeWait is how long the netstack holds a closed connection in
-	// TIME_WAIT. Zero means 30s.
-	TimeWait time.Duration
-	// TimeWaitLimit caps connections in TIME_WAIT; more are cut short and
-	// counted. Zero means 16384; negative means none are kept.
-	TimeWaitLimit int
-
-	// HandshakeTimeout bounds how long tcpd waits for the client's ACK of
-	// its SYN-ACK; then the half-open connection is aborted and its in-flight
-	// slot freed. The netstack alone would retransmit for about two minutes.
-	// Zero means 10s.
-	HandshakeTimeout time.Duration
-
-	// CongestionControl is the netstack's algorithm: "reno" or "cubic".
-	// Empty means reno, chosen by measurement: on a 20 ms path with 1 %
-	// loss each way reno moved 7-9 Mbit/s to cubic's 5-6 (the Mathis bound
-	// is about 7); on a clean path the two were within the noise.
-	CongestionControl string
-	// NoRACK turns RACK-TLP loss detection (RFC 8985) off, leaving the
-	// classic three-duplicate-ACK rule.
-	NoRACK bool
-
-	// MaxConnections caps relayed connections. Zero means 65536.
-	MaxConnections int
-	// MaxConnectionsPerClient caps relayed connections per client address.
-	// Zero means 4096.
-	MaxConnectionsPerClient int
 	// MaxInFlight caps handshakes in progress (SYN received, not yet
-	// established). Zero means 4096.
+	// established): the netstack's forwarder is built with it. Zero means
+	// 4096.
 	MaxInFlight int
-	// MaxInFlightPerClient caps handshakes in progress per client address.
-	// Zero means 256.
-	MaxInFlightPerClient int
+
+	// Tunables are the settings SetTunables may change later.
+	Tunables
 
 	// Logger receives the stack's logs. Nil means no logging.
 	Logger *zap.Logger
@@ -152,7 +117,8 @@ type Config struct {
 
 const nicID tcpip.NICID = 1
 
-func (c *Config) setDefaults() {
+// WithDefaults returns c with each unset field that has a default set to it.
+func (c Config) WithDefaults() Config {
 	if c.TUN.Name == "" {
 		c.TUN.Name = "tcpd0"
 	}
@@ -162,45 +128,14 @@ func (c *Config) setDefaults() {
 	if c.TUN.TxQueueLen == 0 {
 		c.TUN.TxQueueLen = 10000
 	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = 10 * time.Second
-	}
-	if c.Keepalive.Idle == 0 {
-		c.Keepalive.Idle = 120 * time.Second
-	}
-	if c.Keepalive.Interval == 0 {
-		c.Keepalive.Interval = 30 * time.Second
-	}
-	if c.Keepalive.Count == 0 {
-		c.Keepalive.Count = 4
-	}
-	if c.HalfCloseTimeout == 0 {
-		c.HalfCloseTimeout = 60 * time.Second
-	}
-	if c.TimeWait == 0 {
-		c.TimeWait = 30 * time.Second
-	}
-	if c.CongestionControl == "" {
-		c.CongestionControl = "reno"
-	}
-	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 10 * time.Second
-	}
-	if c.MaxConnections == 0 {
-		c.MaxConnections = 65536
-	}
-	if c.MaxConnectionsPerClient == 0 {
-		c.MaxConnectionsPerClient = 4096
-	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 4096
 	}
-	if c.MaxInFlightPerClient == 0 {
-		c.MaxInFlightPerClient = 256
-	}
+	c.Tunables = c.Tunables.WithDefaults()
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	return c
 }
 
 // Stack is a running data path: TUN, netstack, forwarder and relays.
@@ -242,8 +177,9 @@ type Stack struct {
 	// endpoint is closed.
 	eps map[conntrack.ID]*endpoint
 	// tune holds the settings that reload may change; read it, never
-	// cfg, for those.
-	tune atomic.Pointer[Tunables]
+	// cfg, for those. tuneMu serialises SetTunables.
+	tune   atomic.Pointer[Tunables]
+	tuneMu sync.Mutex
 	// memPeak and memFreed belong to the maintenance loop (returnMemory).
 	memPeak  int64
 	memFreed time.Time
@@ -264,7 +200,7 @@ type clientCount struct {
 // New creates the TUN device (or uses the test device), builds the netstack
 // over it and starts reading packets. The stack serves until Close.
 func New(cfg Config) (*Stack, error) {
-	cfg.setDefaults()
+	cfg = cfg.WithDefaults()
 	if len(cfg.Clients) == 0 {
 		return nil, errors.New("stack: no client prefixes configured")
 	}
@@ -275,15 +211,10 @@ func New(cfg Config) (*Stack, error) {
 		perClient: make(map[netip.Addr]*clientCount),
 		retireQ:   make(chan conntrack.ID, retireQueue),
 		eps:       make(map[conntrack.ID]*endpoint),
-		table: conntrack.New(conntrack.Config{
-			TimeWait:      cfg.TimeWait,
-			TimeWaitLimit: cfg.TimeWaitLimit,
-			// A SYN no handler took is given as long as a handshake.
-			Unclaimed: cfg.HandshakeTimeout,
-		}),
+		table:     conntrack.New(cfg.Tunables.conntrackConfig()),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	tune := cfg.tunables()
+	tune := cfg.Tunables
 	s.tune.Store(&tune)
 	pol := cfg.Policy
 	if pol == nil {
@@ -415,6 +346,9 @@ func (s *Stack) buildNetstack() error {
 	if err := s.setTCPOptions(); err != nil {
 		return err
 	}
+	if err := s.setTunableTCPOptions(&s.cfg.Tunables); err != nil {
+		return err
+	}
 	if terr := s.ns.CreateNICWithOptions(nicID, s.link, gvstack.NICOptions{Name: s.cfg.TUN.Name}); terr != nil {
 		return fmt.Errorf("create NIC: %s", terr)
 	}
@@ -435,35 +369,32 @@ func (s *Stack) buildNetstack() error {
 	return nil
 }
 
-// setTCPOptions applies the stack-wide TCP settings: SACK, buffer ranges
-// with receive moderation, and the TIME_WAIT duration.
+// setTCPOptions applies the stack-wide TCP settings that never change: SACK
+// and the buffer ranges with receive moderation.
 func (s *Stack) setTCPOptions() error {
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
 	// 4 KiB minimum (Linux's tcp_rmem and tcp_wmem minimum), 1 MiB
 	// default, what a new connection starts with before receive moderation
 	// grows it, and 4 MiB maximum, which bounds what one connection's
 	// buffers hold in each direction.
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
-	cc := tcpip.CongestionControlOption(s.cfg.CongestionControl)
-	recovery := tcpip.TCPRACKLossDetection
-	if s.cfg.NoRACK {
-		recovery = 0
-	}
-	opts := []struct {
-		name string
-		opt  tcpip.SettableTransportProtocolOption
-	}{
-		{"congestion control", &cc},
-		{"loss detection", &recovery},
+	return s.setTransportOptions([]transportOption{
 		{"SACK", &sack},
 		{"receive moderation", &moderate},
-		{"TIME_WAIT timeout", &tw},
 		{"receive buffer range", &rcv},
 		{"send buffer range", &snd},
-	}
+	})
+}
+
+// transportOption is one stack-wide TCP option, named for errors.
+type transportOption struct {
+	name string
+	opt  tcpip.SettableTransportProtocolOption
+}
+
+func (s *Stack) setTransportOptions(opts []transportOption) error {
 	for _, o := range opts {
 		if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); terr != nil {
 			return fmt.Errorf("set TCP %s: %s", o.name, terr)

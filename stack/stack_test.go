@@ -266,7 +266,7 @@ func TestHalfClose(t *testing.T) {
 }
 
 func TestHalfCloseTimeout(t *testing.T) {
-	h := newHarness(t, Config{HalfCloseTimeout: 300 * time.Millisecond}, clientAddr)
+	h := newHarness(t, Config{Tunables: Tunables{HalfCloseTimeout: 300 * time.Millisecond}}, clientAddr)
 	h.listen(t, func(c net.Conn) {
 		c.(*net.TCPConn).CloseWrite()
 		io.Copy(io.Discard, c)
@@ -377,7 +377,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 }
 
 func TestPerClientCap(t *testing.T) {
-	h := newHarness(t, Config{MaxConnectionsPerClient: 2}, clientAddr)
+	h := newHarness(t, Config{Tunables: Tunables{MaxConnectionsPerClient: 2}}, clientAddr)
 	hold := make(chan struct{})
 	defer close(hold) // before the cleanups, which wait for the upstreams
 	h.listen(t, func(c net.Conn) { <-hold })

@@ -217,6 +217,10 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 		if st, ok := e.ep.Stats().(*tcp.Stats); ok {
 			out[i].Retransmits = st.SendErrors.Retransmits.Value()
 		}
+		var cc tcpip.CongestionControlOption
+		if err := e.ep.GetSockOpt(&cc); err == nil {
+			out[i].CongestionControl = string(cc)
+		}
 	}
 	return out
 }

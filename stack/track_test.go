@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -26,7 +27,7 @@ func states(s *Stack) map[string]uint64 {
 }
 
 func TestConntrackFollowsServerClosesFirst(t *testing.T) {
-	h := newHarness(t, Config{TimeWait: 2 * time.Second}, clientAddr)
+	h := newHarness(t, Config{Tunables: Tunables{TimeWait: 2 * time.Second}}, clientAddr)
 	closeNow := make(chan struct{})
 	h.listen(t, func(c net.Conn) {
 		io.WriteString(c, "hi")
@@ -124,7 +125,7 @@ func TestConntrackRefusedAndKilled(t *testing.T) {
 }
 
 func TestSetTunablesAppliesToNewConnections(t *testing.T) {
-	h := newHarness(t, Config{MaxConnectionsPerClient: 1}, clientAddr)
+	h := newHarness(t, Config{Tunables: Tunables{MaxConnectionsPerClient: 1}}, clientAddr)
 	hold := make(chan struct{})
 	defer close(hold)
 	h.listen(t, func(c net.Conn) { <-hold })
@@ -135,9 +136,14 @@ func TestSetTunablesAppliesToNewConnections(t *testing.T) {
 		t.Fatal("second connection admitted over a per-client cap of 1")
 	}
 	tune := h.s.Tunables()
+	if tune.CongestionControl != "reno" || !h.s.lossDetectionRACK() {
+		t.Fatalf("defaults: congestion control %q, RACK %v; want reno with RACK", tune.CongestionControl, h.s.lossDetectionRACK())
+	}
 	tune.MaxConnectionsPerClient = 2
 	tune.TimeWait = 7 * time.Second
-	tune.TimeWaitLimit = 5
+	tune.TimeWaitLimit = new(5)
+	tune.CongestionControl = "cubic"
+	tune.NoRACK = true
 	if err := h.s.SetTunables(tune); err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +155,29 @@ func TestSetTunablesAppliesToNewConnections(t *testing.T) {
 	}
 	if states(h.s)["established"] != 2 {
 		t.Fatalf("states %v, want 2 established", states(h.s))
+	}
+	// The connection opened before keeps its congestion control; the new
+	// one has the new algorithm, and new handshakes skip RACK.
+	var ccs []string
+	waitFor(t, "both endpoints to be registered", func() bool { return h.s.trackedEndpoints() == 2 })
+	for _, c := range h.s.Conns(nil) {
+		ccs = append(ccs, c.CongestionControl)
+	}
+	if !slices.Equal(ccs, []string{"reno", "cubic"}) {
+		t.Fatalf("congestion control of the old and the new connection: %q, want reno then cubic", ccs)
+	}
+	if h.s.lossDetectionRACK() {
+		t.Fatal("RACK still on for new connections after SetTunables turned it off")
+	}
+
+	// A setting the netstack refuses changes nothing.
+	bad := h.s.Tunables()
+	bad.CongestionControl, bad.MaxConnectionsPerClient = "bbr", 9
+	if err := h.s.SetTunables(bad); err == nil {
+		t.Fatal("SetTunables accepted congestion control bbr")
+	}
+	if got := h.s.Tunables(); got.CongestionControl != "cubic" || got.MaxConnectionsPerClient != 2 {
+		t.Fatalf("a rejected SetTunables changed the settings: %+v", got)
 	}
 }
 
@@ -166,7 +195,7 @@ func withChecksums(pkt []byte) []byte {
 }
 
 func TestHandshakeTimeoutFreesSlot(t *testing.T) {
-	h := newHarness(t, Config{HandshakeTimeout: 500 * time.Millisecond}, clientAddr)
+	h := newHarness(t, Config{Tunables: Tunables{HandshakeTimeout: 500 * time.Millisecond}}, clientAddr)
 	h.listen(t, func(c net.Conn) {})
 	// A SYN from a client address nobody answers for: the SYN-ACK goes
 	// nowhere and the client's ACK never comes.

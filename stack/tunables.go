@@ -2,40 +2,112 @@ package stack
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"tcpd/conntrack"
 )
 
 // Tunables are the settings that may change while the stack runs. A change
-// applies to what happens next: new connections take the new caps and
-// keepalive, a running relay re-reads its timeouts at its next deadline,
-// and a connection entering TIME_WAIT takes the new duration.
+// applies to what happens next: new connections take the new caps,
+// timeouts, keepalive, congestion control and loss detection; a running
+// relay re-reads its idle and half-close timeouts at its next deadline; a
+// connection entering TIME_WAIT takes the new duration and cap. Each
+// default is stated on its field; WithDefaults applies them.
 type Tunables struct {
-	DialTimeout             time.Duration
-	Keepalive               Keepalive
-	HalfCloseTimeout        time.Duration
-	IdleTimeout             time.Duration
-	TimeWait                time.Duration
-	TimeWaitLimit           int
-	MaxConnections          int
+	// DialTimeout bounds the upstream connect. Zero means 10s.
+	DialTimeout time.Duration
+	// Keepalive applies to both legs.
+	Keepalive Keepalive
+	// HalfCloseTimeout bounds how long a half-closed connection may go without
+	// moving a byte in its open direction. Zero means 60s.
+	HalfCloseTimeout time.Duration
+	// IdleTimeout, when non-zero, closes a connection that moves no byte in
+	// either direction for that long.
+	IdleTimeout time.Duration
+	// TimeWait is how long the netstack holds a closed connection in
+	// TIME_WAIT. Zero means 30s.
+	TimeWait time.Duration
+	// TimeWaitLimit caps connections in TIME_WAIT; more are cut short and
+	// counted. Nil means 16384; zero keeps none.
+	TimeWaitLimit *int
+	// HandshakeTimeout bounds how long tcpd waits for the client's ACK of
+	// its SYN-ACK; then the half-open connection is aborted and its in-flight
+	// slot freed. The netstack alone would retransmit for about two minutes.
+	// Zero means 10s.
+	HandshakeTimeout time.Duration
+	// CongestionControl is the netstack's algorithm: "reno" or "cubic".
+	// Empty means reno, chosen by measurement: on a 20 ms path with 1 %
+	// loss each way reno moved 7-9 Mbit/s to cubic's 5-6 (the Mathis bound
+	// is about 7); on a clean path the two were within the noise.
+	CongestionControl string
+	// NoRACK turns RACK-TLP loss detection (RFC 8985) off, leaving the
+	// classic three-duplicate-ACK rule.
+	NoRACK bool
+	// MaxConnections caps relayed connections. Zero means 65536.
+	MaxConnections int
+	// MaxConnectionsPerClient caps relayed connections per client address.
+	// Zero means 4096.
 	MaxConnectionsPerClient int
-	MaxInFlightPerClient    int
+	// MaxInFlightPerClient caps handshakes in progress per client address.
+	// Zero means 256.
+	MaxInFlightPerClient int
 }
 
-// tunables returns the Tunables part of a (defaulted) Config.
-func (c *Config) tunables() Tunables {
-	return Tunables{
-		DialTimeout:             c.DialTimeout,
-		Keepalive:               c.Keepalive,
-		HalfCloseTimeout:        c.HalfCloseTimeout,
-		IdleTimeout:             c.IdleTimeout,
-		TimeWait:                c.TimeWait,
-		TimeWaitLimit:           c.TimeWaitLimit,
-		MaxConnections:          c.MaxConnections,
-		MaxConnectionsPerClient: c.MaxConnectionsPerClient,
-		MaxInFlightPerClient:    c.MaxInFlightPerClient,
+// CongestionControls are the values CongestionControl takes.
+var CongestionControls = []string{"reno", "cubic"}
+
+// WithDefaults returns t with each unset field that has a default set to it.
+func (t Tunables) WithDefaults() Tunables {
+	if t.DialTimeout == 0 {
+		t.DialTimeout = 10 * time.Second
+	}
+	if t.Keepalive.Idle == 0 {
+		t.Keepalive.Idle = 120 * time.Second
+	}
+	if t.Keepalive.Interval == 0 {
+		t.Keepalive.Interval = 30 * time.Second
+	}
+	if t.Keepalive.Count == 0 {
+		t.Keepalive.Count = 4
+	}
+	if t.HalfCloseTimeout == 0 {
+		t.HalfCloseTimeout = 60 * time.Second
+	}
+	if t.TimeWait == 0 {
+		t.TimeWait = 30 * time.Second
+	}
+	if t.TimeWaitLimit == nil {
+		t.TimeWaitLimit = new(16384)
+	}
+	if t.HandshakeTimeout == 0 {
+		t.HandshakeTimeout = 10 * time.Second
+	}
+	if t.CongestionControl == "" {
+		t.CongestionControl = "reno"
+	}
+	if t.MaxConnections == 0 {
+		t.MaxConnections = 65536
+	}
+	if t.MaxConnectionsPerClient == 0 {
+		t.MaxConnectionsPerClient = 4096
+	}
+	if t.MaxInFlightPerClient == 0 {
+		t.MaxInFlightPerClient = 256
+	}
+	return t
+}
+
+// conntrackConfig is the connection manager's share of t (defaulted).
+func (t *Tunables) conntrackConfig() conntrack.Config {
+	return conntrack.Config{
+		TimeWait:      t.TimeWait,
+		TimeWaitLimit: t.TimeWaitLimit,
+		// A SYN no handler took is given as long as a handshake.
+		Unclaimed: t.HandshakeTimeout,
 	}
 }
 
@@ -43,26 +115,58 @@ func (c *Config) tunables() Tunables {
 func (s *Stack) Tunables() Tunables { return *s.tune.Load() }
 
 // SetTunables applies new settings to the running stack. Zero values take
-// the same defaults as Config.
+// the same defaults as Config. On an error nothing has changed.
 func (s *Stack) SetTunables(t Tunables) error {
-	c := Config{
-		DialTimeout:             t.DialTimeout,
-		Keepalive:               t.Keepalive,
-		HalfCloseTimeout:        t.HalfCloseTimeout,
-		IdleTimeout:             t.IdleTimeout,
-		TimeWait:                t.TimeWait,
-		TimeWaitLimit:           t.TimeWaitLimit,
-		MaxConnections:          t.MaxConnections,
-		MaxConnectionsPerClient: t.MaxConnectionsPerClient,
-		MaxInFlightPerClient:    t.MaxInFlightPerClient,
+	t = t.WithDefaults()
+	if err := t.check(); err != nil {
+		return err
 	}
-	c.setDefaults()
-	nt := c.tunables()
-	tw := tcpip.TCPTimeWaitTimeoutOption(nt.TimeWait)
-	if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
-		return fmt.Errorf("set TCP TIME_WAIT timeout: %s", terr)
+	s.tuneMu.Lock()
+	defer s.tuneMu.Unlock()
+	if err := s.setTunableTCPOptions(&t); err != nil {
+		// Unreachable after check; undo what was set all the same.
+		s.setTunableTCPOptions(s.tune.Load())
+		return err
 	}
-	s.table.SetTimeWait(nt.TimeWait, nt.TimeWaitLimit)
-	s.tune.Store(&nt)
+	s.table.Tune(t.conntrackConfig())
+	s.tune.Store(&t)
 	return nil
+}
+
+// check rejects what the netstack would refuse.
+func (t *Tunables) check() error {
+	if !slices.Contains(CongestionControls, t.CongestionControl) {
+		return fmt.Errorf("congestion control %q: not one of %v", t.CongestionControl, CongestionControls)
+	}
+	if t.TimeWait < 0 {
+		return fmt.Errorf("TIME_WAIT timeout %v: negative", t.TimeWait)
+	}
+	return nil
+}
+
+// setTunableTCPOptions sets the netstack's stack-wide TCP options that t
+// holds. A new endpoint reads them when it is created (congestion control)
+// and when its handshake completes (loss detection), so they apply to new
+// connections; the TIME_WAIT timeout applies to endpoints entering
+// TIME_WAIT.
+func (s *Stack) setTunableTCPOptions(t *Tunables) error {
+	tw := tcpip.TCPTimeWaitTimeoutOption(t.TimeWait)
+	cc := tcpip.CongestionControlOption(t.CongestionControl)
+	recovery := tcpip.TCPRACKLossDetection
+	if t.NoRACK {
+		recovery = 0
+	}
+	return s.setTransportOptions([]transportOption{
+		{"congestion control", &cc},
+		{"loss detection", &recovery},
+		{"TIME_WAIT timeout", &tw},
+	})
+}
+
+// lossDetectionRACK reports whether new connections take RACK-TLP loss
+// detection, as the netstack's stack-wide option says.
+func (s *Stack) lossDetectionRACK() bool {
+	var r tcpip.TCPRecovery
+	s.ns.TransportProtocolOption(tcp.ProtocolNumber, &r)
+	return r&tcpip.TCPRACKLossDetection != 0
 }

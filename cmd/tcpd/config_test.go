@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,45 +14,48 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.yaml.in/yaml/v3"
 
 	"tcpd/configs"
+	"tcpd/conntrack"
 	"tcpd/policy"
 	"tcpd/stack"
 )
 
-// documentedDefaults spells out, independently of defaultConfig, the
-// defaults that configs/tcpd.yaml documents.
+var updateDocs = flag.Bool("update-docs", false, "rewrite configs/tcpd.yaml and README's key table from the configuration table")
+
+// documentedDefaults spells out, independently of the table, the defaults
+// that configs/tcpd.yaml and README document.
 func documentedDefaults() *config {
 	pfx := netip.MustParsePrefix
-	return &config{
-		tun: tunConfig{
-			name:      "tcpd0",
-			mtu:       1500,
-			addresses: []netip.Prefix{pfx("100.64.0.1/32"), pfx("fd64::1/128")},
-			offload:   "auto",
-		},
-		clients:  []netip.Prefix{pfx("100.64.0.0/10"), pfx("fd64::/64")},
-		upstream: upstreamConfig{dialTimeout: 10 * time.Second},
-		tcp: tcpConfig{
-			keepalive:        stack.Keepalive{Idle: 2 * time.Minute, Interval: 30 * time.Second, Count: 4},
-			halfCloseTimeout: time.Minute,
-			timeWait:         30 * time.Second,
-			timeWaitLimit:    16384,
-			handshakeTimeout: 10 * time.Second,
-			congestion:       "reno",
-			lossDetection:    "rack",
-		},
-		limits: limitsConfig{
-			maxConnections:          65536,
-			maxConnectionsPerClient: 4096,
-			maxInFlight:             4096,
-			maxInFlightPerClient:    256,
-		},
+	c := &config{
 		metrics: "127.0.0.1:9810",
 		admin:   "/run/tcpd/tcpd.sock",
-		log:     logConfig{level: "info", format: "auto"},
+		level:   zapcore.InfoLevel,
+		format:  "auto",
 		grace:   10 * time.Second,
 	}
+	c.stack.TUN = stack.TUNConfig{
+		Name:      "tcpd0",
+		MTU:       1500,
+		Addresses: []netip.Prefix{pfx("100.64.0.1/32"), pfx("fd64::1/128")},
+		Offload:   stack.OffloadAuto,
+	}
+	c.stack.Clients = []netip.Prefix{pfx("100.64.0.0/10"), pfx("fd64::/64")}
+	c.stack.MaxInFlight = 4096
+	c.stack.Tunables = stack.Tunables{
+		DialTimeout:             10 * time.Second,
+		Keepalive:               stack.Keepalive{Idle: 2 * time.Minute, Interval: 30 * time.Second, Count: 4},
+		HalfCloseTimeout:        time.Minute,
+		TimeWait:                30 * time.Second,
+		TimeWaitLimit:           new(16384),
+		HandshakeTimeout:        10 * time.Second,
+		CongestionControl:       "reno",
+		MaxConnections:          65536,
+		MaxConnectionsPerClient: 4096,
+		MaxInFlightPerClient:    256,
+	}
+	return c
 }
 
 func mustParse(t *testing.T, data string) *config {
@@ -90,6 +94,114 @@ func TestDefaults(t *testing.T) {
 	c, err := loadConfig("")
 	if err != nil || !reflect.DeepEqual(c, want) {
 		t.Errorf("loadConfig(\"\") = %+v, %v", c, err)
+	}
+}
+
+// TestPackageDefaultsAgree: the packages' own zero-value defaults, which
+// serve them outside the daemon, are the daemon's defaults.
+func TestPackageDefaultsAgree(t *testing.T) {
+	def := defaultConfig()
+	got := stack.Config{}.WithDefaults()
+	want := def.stack
+	// What the daemon sets and the stack has no default for, or what
+	// the table does not hold.
+	got.Clients, got.TUN.Addresses, got.Logger, got.TUN.TxQueueLen = want.Clients, want.TUN.Addresses, nil, 0
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("stack defaults:\n%+v\nthe daemon's:\n%+v", got, want)
+	}
+	ct := conntrack.Config{}.WithDefaults()
+	if ct.TimeWait != def.stack.TimeWait || *ct.TimeWaitLimit != *def.stack.TimeWaitLimit {
+		t.Errorf("conntrack defaults TIME_WAIT %v, cap %d; the daemon's %v, %d",
+			ct.TimeWait, *ct.TimeWaitLimit, def.stack.TimeWait, *def.stack.TimeWaitLimit)
+	}
+}
+
+// TestConfigDocs holds configs/tcpd.yaml and README's key table to what
+// the table renders. go generate ./cmd/tcpd (-update-docs) rewrites them.
+func TestConfigDocs(t *testing.T) {
+	const yamlPath, readmePath = "../../configs/tcpd.yaml", "../../README.md"
+	yamlWant := renderYAML()
+	readme, err := os.ReadFile(readmePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(readme, []byte(readmeTableBegin))
+	j := bytes.Index(readme, []byte(readmeTableEnd))
+	if i < 0 || j < i {
+		t.Fatalf("README lacks the markers of the key table:\n%s%s", readmeTableBegin, readmeTableEnd)
+	}
+	readmeWant := slices.Concat(readme[:i], []byte(renderREADMETable()), readme[j+len(readmeTableEnd):])
+	if *updateDocs {
+		if err := os.WriteFile(yamlPath, yamlWant, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(readmePath, readmeWant, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if got, err := os.ReadFile(yamlPath); err != nil || !bytes.Equal(got, yamlWant) {
+		t.Errorf("configs/tcpd.yaml is not what the table renders (%v); run go generate ./cmd/tcpd", err)
+	}
+	if !bytes.Equal(readme, readmeWant) {
+		t.Error("README's key table is not what the table renders; run go generate ./cmd/tcpd")
+	}
+	// The rendered default parses back to the defaults (TestDefaults
+	// checks the embedded file; this checks the renderer).
+	if got := mustParse(t, string(yamlWant)); !reflect.DeepEqual(got, defaultConfig()) {
+		t.Errorf("the rendered configuration parses to %+v", got)
+	}
+}
+
+// TestTableRows checks each row: a path of lower-case words, a doc line,
+// and a kind that takes its own default.
+func TestTableRows(t *testing.T) {
+	def := defaultConfig()
+	for _, k := range keys {
+		for _, part := range strings.Split(k.path, ".") {
+			if part == "" || strings.Trim(part, "abcdefghijklmnopqrstuvwxyz_") != "" {
+				t.Errorf("%s: not a dotted path of lower-case words", k.path)
+			}
+		}
+		if k.doc == "" || strings.Contains(k.doc, "\n") || !strings.HasSuffix(k.doc, ".") {
+			t.Errorf("%s: doc %q is not one sentence-ended line", k.path, k.doc)
+		}
+		if k.spec.allowed() == "" {
+			t.Errorf("%s: says nothing about the values it allows", k.path)
+		}
+		// The default, written as the file would hold it, decodes to
+		// itself.
+		c := &config{}
+		text := "x: " + k.spec.format(def)
+		n := mustNode(t, text)
+		d := newDecoder()
+		if !k.spec.decode(d, n, k.path, c) || !k.spec.equal(c, def) {
+			t.Errorf("%s: its default %s does not decode to itself: %v", k.path, k.spec.format(def), d.errs)
+		}
+	}
+}
+
+// TestLiveKeysAreApplied: every key a reload applies sets a field that the
+// reload hands on (the stack's Tunables, the policy's lists, the log level,
+// shutdown_grace); a key that needs a restart sets none of them.
+func TestLiveKeysAreApplied(t *testing.T) {
+	c := &config{}
+	within := func(addr uintptr, start any, size uintptr) bool {
+		s := reflect.ValueOf(start).Pointer()
+		return addr >= s && addr < s+size
+	}
+	for _, k := range keys {
+		a := k.spec.fieldAddr(c)
+		applied := within(a, &c.stack.Tunables, reflect.TypeFor[stack.Tunables]().Size()) ||
+			within(a, &c.policy.Allow, reflect.TypeFor[[]netip.Prefix]().Size()) ||
+			within(a, &c.policy.Deny, reflect.TypeFor[[]netip.Prefix]().Size()) ||
+			a == reflect.ValueOf(&c.level).Pointer() || a == reflect.ValueOf(&c.grace).Pointer()
+		switch {
+		case k.apply != restart && !applied:
+			t.Errorf("%s reloads (%s), but its field is not one a reload applies: give daemon.reload an applier for it", k.path, k.apply)
+		case k.apply == restart && applied:
+			t.Errorf("%s needs a restart, but a reload would apply its field: mark it live", k.path)
+		}
 	}
 }
 
@@ -132,43 +244,41 @@ log:
 shutdown_grace: 0s
 `)
 	pfx := netip.MustParsePrefix
-	want := &config{
-		tun: tunConfig{
-			name:      "vpn-tcp.1",
-			mtu:       9000,
-			addresses: []netip.Prefix{pfx("100.64.0.1/24"), pfx("fd64::1/120")},
-			offload:   "off",
-		},
-		clients:  []netip.Prefix{pfx("100.64.0.0/10"), pfx("fd64::/64")},
-		allow:    []netip.Prefix{pfx("10.1.0.0/16")},
-		deny:     []netip.Prefix{pfx("203.0.113.0/24"), pfx("2001:db8::/32")},
-		upstream: upstreamConfig{dialTimeout: 90 * time.Second, iface: "eth1", mark: 255},
-		tcp: tcpConfig{
-			keepalive:        stack.Keepalive{Idle: time.Hour, Interval: time.Second, Count: 127},
-			halfCloseTimeout: 24 * time.Hour,
-			idleTimeout:      7 * 24 * time.Hour,
-			timeWait:         5 * time.Minute,
-			timeWaitLimit:    0,
-			handshakeTimeout: time.Second,
-			congestion:       "cubic",
-			lossDetection:    "dupack",
-		},
-		limits:  limitsConfig{maxConnections: 1000, maxConnectionsPerClient: 1000, maxInFlight: 100, maxInFlightPerClient: 1},
-		metrics: "",
-		admin:   "",
-		log:     logConfig{level: "debug", format: "json"},
+	want := &config{level: zapcore.DebugLevel, format: "json"}
+	want.stack.TUN = stack.TUNConfig{
+		Name:      "vpn-tcp.1",
+		MTU:       9000,
+		Addresses: []netip.Prefix{pfx("100.64.0.1/24"), pfx("fd64::1/120")},
+		Offload:   stack.OffloadOff,
+	}
+	want.stack.Clients = []netip.Prefix{pfx("100.64.0.0/10"), pfx("fd64::/64")}
+	want.policy = policy.Config{Allow: []netip.Prefix{pfx("10.1.0.0/16")}, Deny: []netip.Prefix{pfx("203.0.113.0/24"), pfx("2001:db8::/32")}}
+	want.stack.Interface, want.stack.Mark = "eth1", 255
+	want.stack.MaxInFlight = 100
+	want.stack.Tunables = stack.Tunables{
+		DialTimeout:             90 * time.Second,
+		Keepalive:               stack.Keepalive{Idle: time.Hour, Interval: time.Second, Count: 127},
+		HalfCloseTimeout:        24 * time.Hour,
+		IdleTimeout:             7 * 24 * time.Hour,
+		TimeWait:                5 * time.Minute,
+		TimeWaitLimit:           new(0),
+		HandshakeTimeout:        time.Second,
+		CongestionControl:       "cubic",
+		NoRACK:                  true,
+		MaxConnections:          1000,
+		MaxConnectionsPerClient: 1000,
+		MaxInFlightPerClient:    1,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
 	}
-	if c.timeWaitLimit() != 0 || c.handshakeTimeout() != time.Second || c.metricsListen() != "" ||
-		c.adminSocket() != "" || c.shutdownGrace() != 0 || c.tunMTU() != 9000 ||
+	if c.shutdownGrace() != 0 || c.tunMTU() != 9000 || c.metricsListen() != "" || c.adminSocket() != "" ||
 		c.logLevel() != zapcore.DebugLevel || c.logFormat() != "json" ||
-		!slices.Equal(c.tunAddresses(), want.tun.addresses) || !slices.Equal(c.clientPrefixes(), want.clients) {
+		!slices.Equal(c.tunAddresses(), want.stack.TUN.Addresses) || !slices.Equal(c.clientPrefixes(), want.stack.Clients) {
 		t.Errorf("accessors disagree with the parsed values: %+v", c)
 	}
 	pc := c.policyConfig()
-	if !slices.Equal(pc.Allow, want.allow) || !slices.Equal(pc.Deny, want.deny) || !slices.Equal(pc.Clients, want.clients) || pc.HostAddrs != nil {
+	if !slices.Equal(pc.Allow, want.policy.Allow) || !slices.Equal(pc.Deny, want.policy.Deny) || !slices.Equal(pc.Clients, want.stack.Clients) || pc.HostAddrs != nil {
 		t.Errorf("policyConfig() = %+v", pc)
 	}
 }
@@ -352,52 +462,90 @@ func TestCheckConfigCommand(t *testing.T) {
 func TestSetLogLevelAndFormat(t *testing.T) {
 	c := defaultConfig()
 	for s, want := range map[string]zapcore.Level{"debug": zapcore.DebugLevel, "info": zapcore.InfoLevel, "warn": zapcore.WarnLevel, "error": zapcore.ErrorLevel} {
-		if err := c.setLogLevel(s); err != nil || c.logLevel() != want {
-			t.Errorf("setLogLevel(%q) = %v; level %v, want %v", s, err, c.logLevel(), want)
+		if err := c.set("log.level", s); err != nil || c.logLevel() != want {
+			t.Errorf("set log.level %q = %v; level %v, want %v", s, err, c.logLevel(), want)
 		}
 	}
-	for _, s := range logFormatValues {
-		if err := c.setLogFormat(s); err != nil || c.logFormat() != s {
-			t.Errorf("setLogFormat(%q) = %v; format %q", s, err, c.logFormat())
+	for _, s := range []string{"auto", "json", "console"} {
+		if err := c.set("log.format", s); err != nil || c.logFormat() != s {
+			t.Errorf("set log.format %q = %v; format %q", s, err, c.logFormat())
 		}
 	}
 	c = defaultConfig()
-	if err := c.setLogLevel("verbose"); err == nil || err.Error() != `log.level: "verbose" is not allowed (allowed: debug, info, warn, error)` {
-		t.Errorf("setLogLevel(verbose) = %v", err)
+	if err := c.set("log.level", "verbose"); err == nil || err.Error() != `log.level: "verbose" is not allowed (allowed: debug, info, warn, error)` {
+		t.Errorf("set log.level verbose = %v", err)
 	}
-	if err := c.setLogFormat("text"); err == nil || err.Error() != `log.format: "text" is not allowed (allowed: auto, json, console)` {
-		t.Errorf("setLogFormat(text) = %v", err)
+	if err := c.set("log.format", "text"); err == nil || err.Error() != `log.format: "text" is not allowed (allowed: auto, json, console)` {
+		t.Errorf("set log.format text = %v", err)
 	}
 	if c.logLevel() != zapcore.InfoLevel || c.logFormat() != "auto" {
-		t.Errorf("a rejected override changed the config: %+v", c.log)
+		t.Errorf("a rejected override changed the config: %v %q", c.level, c.format)
 	}
 }
 
-func TestRestartOnlyChanges(t *testing.T) {
+func TestReloaded(t *testing.T) {
 	base := defaultConfig()
 	tests := []struct {
 		name, yaml string
-		want       []string
+		changed    []string
 	}{
 		{"same", "", nil},
-		{"live settings only", "log:\n  level: debug\npolicy:\n  deny: [192.0.2.0/24]\nshutdown_grace: 1m\n", nil},
-		{"mtu", "tun:\n  mtu: 9000\n", []string{"tun.mtu"}},
-		{"clients", "clients: [100.64.0.0/16, fd64::/64]\n", []string{"clients"}},
+		{"live settings only", "log:\n  level: debug\npolicy:\n  deny: [192.0.2.0/24]\nshutdown_grace: 1m\n" +
+			"tcp:\n  congestion_control: cubic\n  loss_detection: dupack\n  handshake_timeout: 3s\n", nil},
+		{"mtu", "tun:\n  mtu: 9000\n", []string{"tun.mtu: 1500 → 9000"}},
+		{"clients", "clients: [100.64.0.0/16, fd64::/64]\n", []string{`clients: ["100.64.0.0/10", "fd64::/64"] → ["100.64.0.0/16", "fd64::/64"]`}},
 		{"everything", `
 tun: {name: t1, mtu: 1400, addresses: [100.64.0.2/32], offload: "off"}
 clients: [100.64.0.0/11]
 upstream: {interface: eth0, mark: 7}
+limits: {max_in_flight: 300}
 metrics: {listen: ":9000"}
 admin: {socket: /tmp/a.sock}
 log: {format: json, level: error}
-`, []string{"tun.name", "tun.mtu", "tun.addresses", "tun.offload", "clients", "upstream.interface", "upstream.mark", "metrics.listen", "admin.socket", "log.format"}},
+`, []string{"tun.name: tcpd0 → t1", "tun.mtu: 1500 → 1400", `tun.addresses: ["100.64.0.1/32", "fd64::1/128"] → ["100.64.0.2/32"]`,
+			`tun.offload: auto → "off"`, `clients: ["100.64.0.0/10", "fd64::/64"] → ["100.64.0.0/11"]`,
+			`upstream.interface: "" → eth0`, "upstream.mark: 0 → 7", "limits.max_in_flight: 4096 → 300",
+			`metrics.listen: 127.0.0.1:9810 → :9000`, "admin.socket: /run/tcpd/tcpd.sock → /tmp/a.sock", "log.format: auto → json"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := base.restartOnlyChanges(mustParse(t, tt.yaml)); !slices.Equal(got, tt.want) {
-				t.Errorf("got %q, want %q", got, tt.want)
+			file := mustParse(t, tt.yaml)
+			next, changed := reloaded(base, file)
+			if !slices.Equal(changed, tt.changed) {
+				t.Errorf("changed %q, want %q", changed, tt.changed)
+			}
+			for _, k := range keys {
+				from := file
+				if k.apply == restart {
+					from = base
+				}
+				if !k.spec.equal(next, from) {
+					t.Errorf("%s in force after the reload: %s, want %s", k.path, k.spec.format(next), k.spec.format(from))
+				}
 			}
 		})
+	}
+}
+
+// TestReloadWarnsUntilRestart is the bug where a reload stored the whole
+// file as the running configuration: after one SIGHUP that changed tun.mtu,
+// the next no longer warned that the running MTU differs from the file.
+func TestReloadWarnsUntilRestart(t *testing.T) {
+	running := defaultConfig()
+	file := mustParse(t, "tun:\n  mtu: 9000\nlog:\n  level: debug\n")
+	for i := range 3 {
+		next, changed := reloaded(running, file)
+		if !slices.Equal(changed, []string{"tun.mtu: 1500 → 9000"}) {
+			t.Fatalf("reload %d: changed %q, want tun.mtu still pending", i+1, changed)
+		}
+		if next.tunMTU() != 1500 || next.logLevel() != zapcore.DebugLevel {
+			t.Fatalf("reload %d: in force mtu %d, level %v; want the running 1500 and the file's debug", i+1, next.tunMTU(), next.logLevel())
+		}
+		running = next
+	}
+	// Putting the file back as it was clears the warning.
+	if _, changed := reloaded(running, defaultConfig()); changed != nil {
+		t.Fatalf("file back to the running values: changed %q", changed)
 	}
 }
 
@@ -430,42 +578,56 @@ limits:
 			Addresses: []netip.Prefix{pfx("100.64.0.1/32"), pfx("fd64::1/128")},
 			Offload:   stack.OffloadOn,
 		},
-		Clients:                 []netip.Prefix{pfx("100.64.0.0/12"), pfx("fd64::/64")},
-		Policy:                  pol,
-		DialTimeout:             3 * time.Second,
-		Interface:               "eth2",
-		Mark:                    4294967295,
-		Keepalive:               stack.Keepalive{Idle: 61 * time.Second, Interval: 7 * time.Second, Count: 9},
-		HalfCloseTimeout:        45 * time.Second,
-		IdleTimeout:             time.Hour,
-		TimeWait:                15 * time.Second,
-		TimeWaitLimit:           16384,
-		HandshakeTimeout:        10 * time.Second,
-		CongestionControl:       "reno",
-		MaxConnections:          1000,
-		MaxConnectionsPerClient: 10,
-		MaxInFlight:             500,
-		MaxInFlightPerClient:    5,
-		Logger:                  log,
+		Clients:     []netip.Prefix{pfx("100.64.0.0/12"), pfx("fd64::/64")},
+		Policy:      pol,
+		Interface:   "eth2",
+		Mark:        4294967295,
+		MaxInFlight: 500,
+		Tunables: stack.Tunables{
+			DialTimeout:             3 * time.Second,
+			Keepalive:               stack.Keepalive{Idle: 61 * time.Second, Interval: 7 * time.Second, Count: 9},
+			HalfCloseTimeout:        45 * time.Second,
+			IdleTimeout:             time.Hour,
+			TimeWait:                15 * time.Second,
+			TimeWaitLimit:           new(16384),
+			HandshakeTimeout:        10 * time.Second,
+			CongestionControl:       "reno",
+			MaxConnections:          1000,
+			MaxConnectionsPerClient: 10,
+			MaxInFlightPerClient:    5,
+		},
+		Logger: log,
 	}
 	got := c.stackConfig(pol, log)
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("stackConfig:\ngot  %+v\nwant %+v", got, want)
 	}
-	for s, want := range map[string]stack.Offload{"auto": stack.OffloadAuto, "on": stack.OffloadOn, "off": stack.OffloadOff} {
-		c.tun.offload = s
-		if got := c.stackConfig(pol, log).TUN.Offload; got != want {
-			t.Errorf("tun.offload %s: got %v, want %v", s, got, want)
-		}
+	got.Clients[0] = pfx("10.0.0.0/8")
+	if c.stack.Clients[0] != pfx("100.64.0.0/12") {
+		t.Error("stackConfig shares its client list with the configuration")
 	}
 }
 
+// TestTimeWaitLimitZeroKeepsNone: 0 means none kept at every layer, with no
+// value standing in for it on the way.
 func TestTimeWaitLimitZeroKeepsNone(t *testing.T) {
-	c, err := parseConfig([]byte("tcp:\n  time_wait_limit: 0\n"))
-	if err != nil {
-		t.Fatal(err)
+	c := mustParse(t, "tcp:\n  time_wait_limit: 0\n")
+	sc := c.stackConfig(nil, nil)
+	if sc.TimeWaitLimit == nil || *sc.TimeWaitLimit != 0 {
+		t.Fatalf("time_wait_limit 0 reaches the stack as %v, want 0", sc.TimeWaitLimit)
 	}
-	if got := c.stackConfig(nil, nil).TimeWaitLimit; got != -1 {
-		t.Fatalf("time_wait_limit 0 maps to stack TimeWaitLimit %d, want -1 (none kept)", got)
+	tab := conntrack.New(conntrack.Config{TimeWaitLimit: sc.TimeWaitLimit})
+	if got := tab.Snapshot().TimeWaitLimit; got != 0 {
+		t.Fatalf("conntrack's cap %d, want 0", got)
 	}
+}
+
+// mustNode returns the value node of the one key of a YAML mapping.
+func mustNode(t *testing.T, text string) *yaml.Node {
+	t.Helper()
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(text), &doc); err != nil {
+		t.Fatalf("%s: %v", text, err)
+	}
+	return doc.Content[0].Content[1]
 }

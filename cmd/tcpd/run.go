@@ -17,7 +17,6 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"tcpd/admin"
 	"tcpd/metrics"
@@ -101,12 +100,12 @@ func (d *daemon) load() (*config, error) {
 		return nil, err
 	}
 	if d.levelFlag != "" {
-		if err := cfg.setLogLevel(d.levelFlag); err != nil {
+		if err := cfg.set("log.level", d.levelFlag); err != nil {
 			return nil, fmt.Errorf("--log-level: %w", err)
 		}
 	}
 	if d.formatFlag != "" {
-		if err := cfg.setLogFormat(d.formatFlag); err != nil {
+		if err := cfg.set("log.format", d.formatFlag); err != nil {
 			return nil, fmt.Errorf("--log-format: %w", err)
 		}
 	}
@@ -237,39 +236,43 @@ func (d *daemon) shutdown() error {
 	return nil
 }
 
-// reload re-reads the configuration and applies what can change live: the
-// log level, the destination policy, timeouts, keepalive, TIME_WAIT and the
-// caps other than max_in_flight. Live connections are not touched. A bad
-// file changes nothing.
+// reload re-reads the configuration and applies the keys a reload applies
+// (the table's apply column): the destination policy, the stack's
+// tunables, the log level and shutdown_grace. Live connections keep what
+// they have, except as the table says (a running relay takes new idle and
+// half-close timeouts). The other keys keep their running values, and every
+// reload names those that differ in the file until tcpd restarts. A bad file
+// changes nothing.
 func (d *daemon) reload() {
 	start := time.Now()
-	cfg, err := d.load()
+	file, err := d.load()
 	if err != nil {
 		d.setReload(false)
 		d.log.Error("reload rejected; the running configuration stays in force",
 			zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
 		return
 	}
-	pol, err := policy.New(cfg.policyConfig())
+	next, changed := reloaded(d.cfg, file)
+	pol, err := policy.New(next.policyConfig())
 	if err != nil {
 		d.setReload(false)
 		d.log.Error("reload rejected: destination policy", zap.Error(err))
 		return
 	}
-	if err := d.st.SetTunables(cfg.tunables()); err != nil {
+	if err := d.st.SetTunables(next.stack.Tunables); err != nil {
 		d.setReload(false)
 		d.log.Error("reload rejected: apply settings", zap.Error(err))
 		return
 	}
-	d.setReload(true)
-	if fixed := d.cfg.restartOnlyChanges(cfg); len(fixed) > 0 {
-		d.log.Warn("reload: these settings need a restart and keep their running values",
-			zap.Strings("keys", fixed))
-	}
 	d.st.SetPolicy(pol)
-	d.level.SetLevel(cfg.logLevel())
-	d.cfg = cfg
-	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", zapcore.Level(cfg.logLevel())),
+	d.level.SetLevel(next.logLevel())
+	d.cfg = next
+	d.setReload(true)
+	if len(changed) > 0 {
+		d.log.Warn("reload: these settings need a restart and keep their running values",
+			zap.Strings("keys", changed))
+	}
+	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", next.logLevel()),
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
 }
 
