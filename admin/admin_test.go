@@ -90,6 +90,7 @@ func fixture() []stack.ConnInfo {
 	est.BytesIn, est.BytesOut = 1234, 5678
 	est.Handshake, est.Dial = 12*time.Millisecond, 30*time.Millisecond
 	est.RTT, est.RTTVar, est.Retransmits = 25*time.Millisecond, 5*time.Millisecond, 2
+	est.CongestionControl = "cubic"
 	est.Upstream = "192.0.2.1:33000"
 
 	syn := conn(12, "[fd00::7]:50000", "[2001:db8::1]:443", conntrack.StateSynRecv, conntrack.StateSynSent)
@@ -207,7 +208,7 @@ func TestConns(t *testing.T) {
 		Conns: []admin.Conn{
 			{ID: 3, State: "established", ClientState: "established", Client: "100.64.0.7:51000", Dst: "203.0.113.10:443",
 				Upstream: "192.0.2.1:33000", AgeSeconds: 250, InStateSeconds: 249.5, BytesIn: 1234, BytesOut: 5678,
-				RTTSeconds: 0.025, RTTVarSeconds: 0.005, Retransmits: 2, HandshakeSeconds: 0.012, DialSeconds: 0.03},
+				RTTSeconds: 0.025, RTTVarSeconds: 0.005, Retransmits: 2, CongestionControl: "cubic", HandshakeSeconds: 0.012, DialSeconds: 0.03},
 			{ID: 9, State: "time_wait", ClientState: "fin_wait2", Client: "100.64.0.8:40000", Dst: "198.51.100.7:80",
 				AgeSeconds: 95, InStateSeconds: 4, BytesIn: 300, BytesOut: 1 << 20,
 				HandshakeSeconds: 0.002, DialSeconds: 0.008, TimeWaitLeftSeconds: 26},
@@ -230,7 +231,7 @@ func TestConns(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	wantKeys := []string{"age_seconds", "bytes_in", "bytes_out", "client", "client_state", "dial_seconds", "dst",
+	wantKeys := []string{"age_seconds", "bytes_in", "bytes_out", "client", "client_state", "congestion_control", "dial_seconds", "dst",
 		"handshake_seconds", "id", "in_state_seconds", "retransmits", "rtt_seconds", "rttvar_seconds", "state",
 		"time_wait_left_seconds", "upstream"}
 	if !slices.Equal(keys, wantKeys) {

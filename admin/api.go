@@ -43,11 +43,15 @@ type Conn struct {
 	AgeSeconds     float64 `json:"age_seconds"`
 	InStateSeconds float64 `json:"in_state_seconds"`
 	// BytesIn is payload from the client, BytesOut to it.
-	BytesIn             uint64  `json:"bytes_in"`
-	BytesOut            uint64  `json:"bytes_out"`
-	RTTSeconds          float64 `json:"rtt_seconds"`
-	RTTVarSeconds       float64 `json:"rttvar_seconds"`
-	Retransmits         uint64  `json:"retransmits"`
+	BytesIn       uint64  `json:"bytes_in"`
+	BytesOut      uint64  `json:"bytes_out"`
+	RTTSeconds    float64 `json:"rtt_seconds"`
+	RTTVarSeconds float64 `json:"rttvar_seconds"`
+	Retransmits   uint64  `json:"retransmits"`
+	// CongestionControl is the algorithm the connection runs towards the
+	// client ("reno", "cubic"), as ss -i shows it; "" before the endpoint
+	// exists.
+	CongestionControl   string  `json:"congestion_control"`
 	HandshakeSeconds    float64 `json:"handshake_seconds"`
 	DialSeconds         float64 `json:"dial_seconds"`
 	TimeWaitLeftSeconds float64 `json:"time_wait_left_seconds"`
@@ -171,6 +175,7 @@ func connRow(c stack.ConnInfo, now time.Time) Conn {
 		RTTSeconds:          c.RTT.Seconds(),
 		RTTVarSeconds:       c.RTTVar.Seconds(),
 		Retransmits:         c.Retransmits,
+		CongestionControl:   c.CongestionControl,
 		HandshakeSeconds:    c.Handshake.Seconds(),
 		DialSeconds:         c.Dial.Seconds(),
 		TimeWaitLeftSeconds: c.TimeWaitLeft.Seconds(),

@@ -39,6 +39,7 @@ type gwConfig struct {
 	KeepaliveCount                   int    // tcp.keepalive.count
 	IdleTimeout                      string // tcp.idle_timeout
 	HandshakeTimeout                 string // tcp.handshake_timeout
+	CongestionControl                string // tcp.congestion_control
 	MaxInFlightPerClient             int    // limits.max_in_flight_per_client
 	// LogLevel is log.level; "" means debug, which logs every connection.
 	LogLevel string
@@ -97,6 +98,9 @@ func (c gwConfig) yaml() string {
 	}
 	if c.HandshakeTimeout != "" {
 		extraTCP = append(extraTCP, "handshake_timeout: "+c.HandshakeTimeout)
+	}
+	if c.CongestionControl != "" {
+		extraTCP = append(extraTCP, "congestion_control: "+c.CongestionControl)
 	}
 	if c.MaxInFlightPerClient != 0 {
 		limits = append(limits, fmt.Sprintf("max_in_flight_per_client: %d", c.MaxInFlightPerClient))

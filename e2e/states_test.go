@@ -42,6 +42,8 @@ type connRow struct {
 	Dst         string  `json:"dst"`
 	Retransmits uint64  `json:"retransmits"`
 	InState     float64 `json:"in_state_seconds"`
+	// CongestionControl is the algorithm of tcpd's end ("reno", "cubic").
+	CongestionControl string `json:"congestion_control"`
 }
 
 // connsJSON runs `tcpd conns -o json args...` and decodes the rows.

@@ -33,6 +33,8 @@ type Proc struct {
 	done chan struct{} // closed when the process has been waited for
 	err  error         // cmd.Wait's result, valid after done
 	tun  string
+	// config is the configuration file StartTCPD wrote, "" for none.
+	config string
 }
 
 // StartProc starts cmd (typically from NS.Command) with its stdout and
@@ -90,6 +92,7 @@ func (l *Lab) StartProc(cmd *exec.Cmd) (*Proc, error) {
 // tcpd gets SIGTERM, and SIGKILL 30 s later if it is still running.
 func (l *Lab) StartTCPD(ctx context.Context, bin string, configYAML string, extraArgs ...string) (*Proc, error) {
 	args := []string{"run"}
+	var config string
 	if configYAML != "" {
 		dir, err := l.tempDir()
 		if err != nil {
@@ -104,6 +107,7 @@ func (l *Lab) StartTCPD(ctx context.Context, bin string, configYAML string, extr
 			return nil, fmt.Errorf("netlab: write tcpd config: %w", err)
 		}
 		args = append(args, "--config", f.Name())
+		config = f.Name()
 	}
 	args = append(args, "--log-format", "json")
 	args = append(args, extraArgs...)
@@ -129,7 +133,7 @@ func (l *Lab) StartTCPD(ctx context.Context, bin string, configYAML string, extr
 		p.Kill()
 		return nil, fmt.Errorf("netlab: tcpd's ready line names no TUN (\"tun\")\n--- tcpd output ---\n%s", p.Logs())
 	}
-	p.tun = tun
+	p.tun, p.config = tun, config
 	if err := l.RouteIntoTUN(tun); err != nil {
 		p.Kill()
 		return nil, fmt.Errorf("%w\n--- tcpd output ---\n%s", err, p.Logs())
@@ -140,6 +144,11 @@ func (l *Lab) StartTCPD(ctx context.Context, bin string, configYAML string, extr
 // Pid returns the process id (inside the namespace too: namespaces are
 // network-only).
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// ConfigPath returns the configuration file StartTCPD gave tcpd, which a
+// test may rewrite before it sends SIGHUP; "" when tcpd runs on its
+// embedded default, and for other processes.
+func (p *Proc) ConfigPath() string { return p.config }
 
 // TUN returns the TUN name from tcpd's ready line ("" for other processes).
 func (p *Proc) TUN() string { return p.tun }
