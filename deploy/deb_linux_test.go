@@ -36,6 +36,7 @@ var debFiles = []struct {
 	{"./usr/share/doc/tcpd/README.md", "-rw-r--r--", "README.md"},
 	{"./usr/share/doc/tcpd/grafana/tcpd.json", "-rw-r--r--", "deploy/grafana/tcpd.json"},
 	{"./usr/share/doc/tcpd/prometheus/alerts.yaml", "-rw-r--r--", "deploy/prometheus/alerts.yaml"},
+	{"./usr/share/doc/tcpd/prometheus/fleet.yaml", "-rw-r--r--", "deploy/prometheus/fleet.yaml"},
 }
 
 // TestDeb builds the package with `make deb`, checks it with dpkg-deb, and,

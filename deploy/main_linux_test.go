@@ -57,8 +57,13 @@ func scrapeFamilies(ns *netlab.NS) (map[string]*dto.MetricFamily, error) {
 		b, _ := io.ReadAll(resp.Body)
 		return nil, fmt.Errorf("GET /metrics: %s: %s", resp.Status, b)
 	}
+	return parseFamilies(resp.Body)
+}
+
+// parseFamilies parses a scrape in the text format.
+func parseFamilies(r io.Reader) (map[string]*dto.MetricFamily, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(resp.Body)
+	return p.TextToMetricFamilies(r)
 }
 
 // samples flattens families into "name{l1="v1",l2="v2"}" → value, labels

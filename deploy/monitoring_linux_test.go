@@ -67,10 +67,14 @@ func TestMonitoringAgainstLiveTCPD(t *testing.T) {
 	if prom, err := exec.LookPath("prometheus"); err != nil {
 		t.Log("prometheus not installed (Debian package prometheus): the queries are not run")
 	} else {
-		rulesFile := filepath.Join(root(t), alertsPath)
+		rules := []string{filepath.Join(root(t), alertsPath), filepath.Join(root(t), fleetPath)}
+		cfg := promConfig{ns: lab.Gateway, targets: []string{metricsAddr}, ruleFiles: rules}
+		native, classic := cfg, cfg
+		native.port, native.native = 9090, true
+		classic.port = 9091
 		proms = []server{
-			{"native histograms", startPrometheus(t, lab, prom, 9090, rulesFile, true)},
-			{"classic histograms", startPrometheus(t, lab, prom, 9091, rulesFile, false)},
+			{"native histograms", startPrometheus(t, lab, prom, native)},
+			{"classic histograms", startPrometheus(t, lab, prom, classic)},
 		}
 	}
 
@@ -85,6 +89,7 @@ func TestMonitoringAgainstLiveTCPD(t *testing.T) {
 
 	t.Run("dashboard names exist", func(t *testing.T) { checkNames(t, fams, d.queries()) })
 	t.Run("alert rules' names exist", func(t *testing.T) { checkNames(t, fams, rules.queries()) })
+	t.Run("fleet rules' names exist", func(t *testing.T) { checkNames(t, fams, loadFleetRules(t).queries()) })
 	for _, p := range proms {
 		t.Run("prometheus with "+p.name, func(t *testing.T) {
 			c := nsClient(lab.Gateway)
@@ -100,6 +105,7 @@ func TestMonitoringAgainstLiveTCPD(t *testing.T) {
 				}
 			}
 			checkRules(t, c, p.url)
+			checkRecordingRules(t, c, p.url)
 		})
 	}
 }
@@ -238,37 +244,59 @@ func checkMatcher(t *testing.T, where, name string, f *dto.MetricFamily, m match
 	}
 }
 
-// startPrometheus runs a Prometheus in the gateway namespace that scrapes
-// tcpd every second and evaluates rulesFile, and returns its base URL
-// (reachable from the gateway namespace).
-func startPrometheus(t *testing.T, lab *netlab.Lab, bin string, port int, rulesFile string, native bool) string {
+// promConfig says where a test's Prometheus runs and what it scrapes.
+type promConfig struct {
+	ns        *netlab.NS // where it runs
+	port      int        // it listens on 127.0.0.1:port in ns
+	targets   []string   // of the job "tcpd", scraped every second
+	ruleFiles []string   // evaluated every second
+	native    bool       // ingest native histograms
+	// raw, when set, is the whole prometheus.yml instead; targets and
+	// ruleFiles are then not used, and startPrometheus waits only for
+	// readiness.
+	raw string
+}
+
+// startPrometheus runs a Prometheus as c says and returns its base URL
+// (reachable from c.ns) once it scrapes every target.
+func startPrometheus(t *testing.T, lab *netlab.Lab, bin string, c promConfig) string {
 	t.Helper()
 	dir := t.TempDir()
+	quote := func(ss []string) string {
+		q := make([]string, len(ss))
+		for i, s := range ss {
+			q[i] = strconv.Quote(s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 1s
   evaluation_interval: 1s
-rule_files: [%q]
+rule_files: %s
 scrape_configs:
   - job_name: tcpd
     static_configs:
-      - targets: [%q]
-`, rulesFile, metricsAddr)
+      - targets: %s
+`, quote(c.ruleFiles), quote(c.targets))
+	if c.raw != "" {
+		cfg = c.raw
+	}
 	cfgFile := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port))
 	args := []string{
 		"--config.file=" + cfgFile,
 		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
 		"--web.listen-address=" + listen,
 		"--log.level=warn",
 	}
-	if native {
+	if c.native {
 		args = append(args, "--enable-feature=native-histograms")
 	}
-	p, err := lab.StartProc(lab.Gateway.Command(context.Background(), bin, args...))
+	p, err := lab.StartProc(c.ns.Command(context.Background(), bin, args...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,10 +307,10 @@ scrape_configs:
 		}
 	})
 	base := "http://" + listen
-	c := nsClient(lab.Gateway)
+	hc := nsClient(c.ns)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := c.Get(base + "/-/ready")
+		resp, err := hc.Get(base + "/-/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -294,7 +322,9 @@ scrape_configs:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	waitQuery(t, c, base, `up{job="tcpd"} == 1`, 20*time.Second)
+	if c.raw == "" {
+		waitQuery(t, hc, base, fmt.Sprintf(`count(up{job="tcpd"} == 1) == %d`, len(c.targets)), 20*time.Second)
+	}
 	return base
 }
 
@@ -386,6 +416,57 @@ func checkRules(t *testing.T, c *http.Client, base string) {
 				}
 				if r.State == "firing" {
 					t.Errorf("alert %s fires for a healthy tcpd", r.Name)
+				}
+			}
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkRecordingRules waits until Prometheus has evaluated every recording
+// rule of the fleet file and checks that each evaluated without error.
+func checkRecordingRules(t *testing.T, c *http.Client, base string) {
+	t.Helper()
+	type rule struct {
+		Name           string `json:"name"`
+		Health         string `json:"health"`
+		LastError      string `json:"lastError"`
+		LastEvaluation string `json:"lastEvaluation"`
+	}
+	want := loadFleetRules(t).queries()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Get(base + "/api/v1/rules?type=record")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct {
+			Data struct {
+				Groups []struct {
+					Rules []rule `json:"rules"`
+				} `json:"groups"`
+			} `json:"data"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rules []rule
+		for _, g := range r.Data.Groups {
+			rules = append(rules, g.Rules...)
+		}
+		evaluated := len(rules) == len(want) && !slices.ContainsFunc(rules, func(r rule) bool {
+			return r.Health == "unknown" || strings.HasPrefix(r.LastEvaluation, "0001-")
+		})
+		if evaluated || time.Now().After(deadline) {
+			if !evaluated {
+				t.Errorf("after 10s Prometheus has %d recording rules, not all evaluated; the file has %d", len(rules), len(want))
+			}
+			for _, r := range rules {
+				if r.Health != "ok" {
+					t.Errorf("record %s: health %q: %s", r.Name, r.Health, r.LastError)
 				}
 			}
 			return

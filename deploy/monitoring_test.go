@@ -3,6 +3,8 @@ package deploy_test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -18,6 +20,8 @@ const (
 	dashboardPath  = "deploy/grafana/tcpd.json"
 	alertsPath     = "deploy/prometheus/alerts.yaml"
 	alertTestsPath = "deploy/prometheus/alerts_test.yaml"
+	fleetPath      = "deploy/prometheus/fleet.yaml"
+	fleetTestsPath = "deploy/prometheus/fleet_test.yaml"
 )
 
 // query is one PromQL expression of the dashboard or the alert rules, with
@@ -114,6 +118,7 @@ type alertRules struct {
 		Name  string `yaml:"name"`
 		Rules []struct {
 			Alert       string            `yaml:"alert"`
+			Record      string            `yaml:"record"`
 			Expr        string            `yaml:"expr"`
 			For         string            `yaml:"for"`
 			Labels      map[string]string `yaml:"labels"`
@@ -122,11 +127,16 @@ type alertRules struct {
 	} `yaml:"groups"`
 }
 
-func loadAlerts(t testing.TB) *alertRules {
+func loadAlerts(t testing.TB) *alertRules { return loadRules(t, alertsPath) }
+
+// loadFleetRules reads the fleet recording rules.
+func loadFleetRules(t testing.TB) *alertRules { return loadRules(t, fleetPath) }
+
+func loadRules(t testing.TB, path string) *alertRules {
 	t.Helper()
 	var r alertRules
-	if err := yaml.Unmarshal(readFile(t, alertsPath), &r); err != nil {
-		t.Fatalf("%s: %v", alertsPath, err)
+	if err := yaml.Unmarshal(readFile(t, path), &r); err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 	return &r
 }
@@ -135,7 +145,11 @@ func (r *alertRules) queries() []query {
 	var qs []query
 	for _, g := range r.Groups {
 		for _, rule := range g.Rules {
-			qs = append(qs, query{Where: "alert " + rule.Alert, Expr: rule.Expr})
+			where := "alert " + rule.Alert
+			if rule.Record != "" {
+				where = "record " + rule.Record
+			}
+			qs = append(qs, query{Where: where, Expr: rule.Expr})
 		}
 	}
 	return qs
@@ -187,8 +201,12 @@ func selectors(expr string) map[string][][]matcher {
 		}
 		out[m[1]] = append(out[m[1]], ms)
 	}
-	for _, name := range nameRE.FindAllString(expr, -1) {
-		if _, ok := out[name]; !ok {
+	for _, loc := range nameRE.FindAllStringIndex(expr, -1) {
+		// Part of a recording rule's name (level:metric:operations).
+		if loc[0] > 0 && expr[loc[0]-1] == ':' || loc[1] < len(expr) && expr[loc[1]] == ':' {
+			continue
+		}
+		if name := expr[loc[0]:loc[1]]; out[name] == nil {
 			out[name] = nil
 		}
 	}
@@ -314,6 +332,39 @@ func TestDashboardStructure(t *testing.T) {
 			t.Errorf("no panel shows exactly the states %v together", states)
 		}
 	}
+	// Many gateways: a gateway selector and a fleet row.
+	for _, v := range d.Templating.List {
+		if v.Name == "instance" && (v.Type != "query" || v.AllValue != ".+") {
+			t.Errorf("variable instance: type %q allValue %q, want a query with All = .+", v.Type, v.AllValue)
+		}
+	}
+	if vars["instance"] == "" {
+		t.Error("no gateway (instance) variable")
+	}
+	var fleet []string
+	in := false
+	for _, p := range d.allPanels() {
+		if p.Type == "row" {
+			in = p.Title == "Fleet"
+			continue
+		}
+		if in {
+			for _, tg := range p.Targets {
+				fleet = append(fleet, tg.Expr)
+			}
+		}
+	}
+	for what, re := range map[string]string{
+		"connections per gateway":           `sum by \(instance\) \(tcpd_tcp_connection_states\{`,
+		"connections per state, summed":     `sum by \(state\) \(tcpd_tcp_connection_states\{`,
+		"the worst gateway's handshake p99": `topk\(1, histogram_quantile\(0\.99, sum by \(instance, le\) \(rate\(tcpd_tcp_handshake_duration_seconds_bucket`,
+		"TIME_WAIT occupancy per gateway":   `sum by \(instance\) \(tcpd_tcp_time_wait_connections\{[^}]*\}\) / sum by \(instance\) \(tcpd_tcp_time_wait_limit\{`,
+	} {
+		if !slices.ContainsFunc(fleet, regexp.MustCompile(re).MatchString) {
+			t.Errorf("the Fleet row has no panel for %s", what)
+		}
+	}
+
 	heatmap := false
 	for _, p := range d.allPanels() {
 		heatmap = heatmap || p.Type == "heatmap" && len(p.Targets) > 0 && strings.Contains(p.Targets[0].Expr, "tcpd_tcp_handshake_duration_seconds")
@@ -384,7 +435,7 @@ func TestAlertRulesPromtool(t *testing.T) {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	// Every alert has a test group of its own.
+	// Every alert has a test of its own.
 	var tests struct {
 		Tests []struct {
 			AlertRuleTest []struct {
@@ -422,4 +473,140 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// TestFleetRulesPromtool runs `promtool check rules` and `promtool test
+// rules` on the fleet recording rules, and checks that the unit tests
+// evaluate every rule, that every rule reads only the job the alerts read,
+// and that the names follow level:metric:operations.
+func TestFleetRulesPromtool(t *testing.T) {
+	r := loadFleetRules(t)
+	var records []string
+	for _, g := range r.Groups {
+		for _, rule := range g.Rules {
+			if rule.Record == "" {
+				t.Errorf("group %s: %q is not a recording rule; alerts go in alerts.yaml", g.Name, rule.Alert)
+				continue
+			}
+			records = append(records, rule.Record)
+			if !regexp.MustCompile(`^(instance|job):tcpd_[a-z0-9_]+:[a-z0-9_]+$`).MatchString(rule.Record) {
+				t.Errorf("%s: not level:metric:operations with level instance or job", rule.Record)
+			}
+			for name, sels := range selectors(rule.Expr) {
+				if strings.Contains(name, ":") {
+					continue // another recording rule
+				}
+				for _, ms := range sels {
+					if !slices.Contains(ms, matcher{"job", "=", "tcpd"}) {
+						t.Errorf("%s: %s is not selected with job=\"tcpd\" as the alerts are", rule.Record, name)
+					}
+				}
+				if len(sels) == 0 {
+					t.Errorf("%s: %s has no selector", rule.Record, name)
+				}
+			}
+		}
+	}
+	promtool := needTool(t, "promtool", "prometheus")
+	dir := filepath.Join(root(t), "deploy/prometheus")
+	for _, args := range [][]string{
+		{"check", "rules", "fleet.yaml"},
+		{"test", "rules", "fleet_test.yaml"},
+	} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	var tests struct {
+		Tests []struct {
+			PromQLExprTest []struct {
+				Expr string `yaml:"expr"`
+			} `yaml:"promql_expr_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(readFile(t, fleetTestsPath), &tests); err != nil {
+		t.Fatal(err)
+	}
+	tested := map[string]bool{}
+	for _, g := range tests.Tests {
+		for _, e := range g.PromQLExprTest {
+			tested[strings.TrimSpace(e.Expr)] = true
+		}
+	}
+	for _, rec := range records {
+		if !tested[rec] {
+			t.Errorf("%s: fleet_test.yaml never evaluates it", rec)
+		}
+	}
+}
+
+// TestPrometheusExamples checks the example Prometheus configurations for
+// a fleet (deploy/prometheus/examples): promtool accepts each; every one
+// that scrapes gateways names its job "tcpd", which the rules select, and
+// loads both rule files; the file discovery example's target file is in
+// the format Prometheus reads.
+func TestPrometheusExamples(t *testing.T) {
+	dir := filepath.Join(root(t), "deploy/prometheus/examples")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples in %s (%v)", dir, err)
+	}
+	promtool, _ := exec.LookPath("promtool")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			var cfg struct {
+				RuleFiles     []string `yaml:"rule_files"`
+				ScrapeConfigs []struct {
+					JobName     string `yaml:"job_name"`
+					MetricsPath string `yaml:"metrics_path"`
+				} `yaml:"scrape_configs"`
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := yaml.Unmarshal(b, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.ScrapeConfigs) != 1 {
+				t.Fatalf("%d scrape configs, want 1", len(cfg.ScrapeConfigs))
+			}
+			if sc := cfg.ScrapeConfigs[0]; sc.MetricsPath != "/federate" {
+				if sc.JobName != "tcpd" {
+					t.Errorf("job_name %q: the rules select job=\"tcpd\"", sc.JobName)
+				}
+				for _, want := range []string{"alerts.yaml", "fleet.yaml"} {
+					if !slices.ContainsFunc(cfg.RuleFiles, func(r string) bool { return filepath.Base(r) == want }) {
+						t.Errorf("rule_files %v lack %s", cfg.RuleFiles, want)
+					}
+				}
+			}
+			if promtool == "" {
+				t.Skip("promtool not found: install the prometheus package")
+			}
+			out, err := exec.Command(promtool, "check", "config", "--syntax-only", f).CombinedOutput()
+			if err != nil && strings.Contains(string(out), "field kubernetes_sd_configs not found") {
+				t.Skipf("this promtool is built without Kubernetes discovery (Debian's is); deploy/kubernetes checks the relabelling against the DaemonSet:\n%s", out)
+			}
+			if err != nil {
+				t.Errorf("promtool check config: %v\n%s", err, out)
+			}
+		})
+	}
+	var groups []struct {
+		Targets []string          `json:"targets"`
+		Labels  map[string]string `json:"labels"`
+	}
+	if err := json.Unmarshal(readFile(t, "deploy/prometheus/examples/targets/tcpd.json"), &groups); err != nil {
+		t.Fatalf("targets/tcpd.json: %v", err)
+	}
+	for _, g := range groups {
+		for _, tg := range g.Targets {
+			if _, port, err := net.SplitHostPort(tg); err != nil || port != "9810" {
+				t.Errorf("targets/tcpd.json: target %q is not host:9810", tg)
+			}
+		}
+	}
 }

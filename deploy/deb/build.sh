@@ -50,6 +50,7 @@ install -D -m 0644 "$root/configs/tcpd.yaml" "$stage/etc/tcpd/tcpd.yaml"
 install -D -m 0644 "$root/README.md" "$stage/usr/share/doc/tcpd/README.md"
 install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$stage/usr/share/doc/tcpd/grafana/tcpd.json"
 install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$stage/usr/share/doc/tcpd/prometheus/alerts.yaml"
+install -D -m 0644 "$root/deploy/prometheus/fleet.yaml" "$stage/usr/share/doc/tcpd/prometheus/fleet.yaml"
 
 mkdir -p "$stage/DEBIAN"
 for script in postinst prerm postrm; do

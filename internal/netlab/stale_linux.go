@@ -69,7 +69,7 @@ func sweep() {
 			if ownerAlive(id) {
 				continue
 			}
-			for _, suffix := range []string{"-c", "-g", "-s"} {
+			for _, suffix := range []string{"-c", "-g", "-s", "-m"} { // -m: a Monitor
 				name := nsPrefix + id + suffix
 				if _, err := os.Stat(filepath.Join(netnsDir, name)); err != nil {
 					continue
