@@ -5,7 +5,7 @@ BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo bench test test-short vet fmt clean deb image
+.PHONY: all build demo bench bench-base test test-short vet fmt clean deb image
 
 all: build
 
@@ -18,14 +18,25 @@ demo: build
 	$(GO) run ./internal/demo --tcpd $(BIN)
 
 # Measures tcpd against the kernel's own forwarding in the same run (root:
-# network namespaces and a TUN device): throughput, connection rate, connect
-# latency, memory per idle connection, CPU per GB. About 3 minutes; prints a
-# table and writes bench/out/results.json. See bench/README.md.
+# network namespaces and a TUN device): throughput, connection rate and
+# tcpd's cost per connection, connect latency, memory per idle connection,
+# CPU per GB. About 4 minutes; prints a table and writes
+# bench/out/results.json. See bench/README.md.
 BENCHFLAGS ?=
 bench:
 	$(GO) build -o $(BIN) ./cmd/tcpd
 	$(GO) build -o bin/tcpdbench ./bench/cmd/tcpdbench
 	./bin/tcpdbench --tcpd $(BIN) --out bench/out/results.json $(BENCHFLAGS)
+
+# Builds bin/tcpd-base from the commit BASE (default: main), built as
+# "make bench" builds bin/tcpd, for before/after runs:
+# make bench-base BASE=<commit> && sudo make bench BENCHFLAGS='--base bin/tcpd-base'
+BASE ?= main
+bench-base:
+	rm -rf bin/base-src && mkdir -p bin/base-src
+	git archive $(BASE) | tar -x -C bin/base-src
+	cd bin/base-src && $(GO) build -o ../tcpd-base ./cmd/tcpd
+	rm -rf bin/base-src
 
 # Go modules of their own under deploy/, so that the daemon's go.mod stays
 # lean: the image builder (go-containerregistry) and the Kubernetes

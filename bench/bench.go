@@ -1,7 +1,9 @@
 // Package bench measures tcpd against the kernel's own forwarding in the
 // same run: bulk throughput, new connections per second, connect latency,
-// memory per idle connection and CPU per byte relayed, on netlab topologies
-// where the gateway either forwards in the kernel or runs tcpd. Its load
+// memory per idle connection, CPU per byte relayed and what each new
+// connection costs tcpd (CPU, system calls, goroutines, context switches),
+// on netlab topologies where the gateway either forwards in the kernel or
+// runs tcpd, and optionally a second, baseline tcpd binary for A/B runs. Its load
 // generator is its own Go code, clients in the client namespace and servers
 // in the server namespace; it never sends a packet outside the labs it
 // builds, and it removes them and every process it started on any exit.
@@ -23,6 +25,16 @@ import (
 type Config struct {
 	// TCPD is the tcpd binary. Required.
 	TCPD string
+	// Base, if set, is a second tcpd binary (say, built from main) measured
+	// exactly like TCPD, on its own lab, interleaved with the other paths,
+	// so that before and after come from one run on one noisy machine.
+	// Empty means none.
+	Base string
+	// Only, if not empty, limits the run to these groups of measurements:
+	// "bulk", "rate" (connection rate, with tcpd's CPU and context switches
+	// per connection), "count" (system calls and goroutines per connection,
+	// under perf), "latency" and "idle". Empty means all.
+	Only []string
 	// Runs is how many times each measurement is repeated; the table shows
 	// medians. Zero means 3.
 	Runs int
@@ -42,6 +54,9 @@ type Config struct {
 	// Connects is the number of sequential connects the latency test
 	// times. Zero means 1000.
 	Connects int
+	// Perf is the perf binary of the counting phase. Empty means "perf"
+	// from PATH; without it the counting phase is skipped with a note.
+	Perf string
 	// Idle is the number of concurrent idle connections wanted; fewer are
 	// opened if the open-file limit cannot hold them. Zero means 15000.
 	Idle int
@@ -86,10 +101,29 @@ func (c *Config) setDefaults() {
 	defInt(&c.Idle, 15000)
 	def(&c.IdleTimeWait, 10*time.Second)
 	def(&c.IdleAfter, 10*time.Second)
+	if c.Perf == "" {
+		c.Perf = "perf"
+	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
 }
+
+// groups are the measurement groups Only may name, in running order.
+var groups = []string{"bulk", "rate", "count", "latency", "idle"}
+
+// checkOnly rejects an unknown group in Only.
+func (c *Config) checkOnly() error {
+	for _, g := range c.Only {
+		if !slices.Contains(groups, g) {
+			return fmt.Errorf("unknown measurement %q: want some of %s", g, strings.Join(groups, ", "))
+		}
+	}
+	return nil
+}
+
+// runs reports whether the group g is measured.
+func (c *Config) runs(g string) bool { return len(c.Only) == 0 || slices.Contains(c.Only, g) }
 
 // Report is the result of a run, as written to results.json.
 type Report struct {
@@ -104,6 +138,8 @@ type Report struct {
 	// TCPDMetrics are selected series of the main tcpd instance's /metrics
 	// at the end of the run.
 	TCPDMetrics map[string]float64 `json:"tcpd_metrics"`
+	// BaseMetrics are the same series of the baseline tcpd, if measured.
+	BaseMetrics map[string]float64 `json:"base_metrics,omitempty"`
 	// TCPDLogBytes is the size of the main tcpd instance's log output.
 	TCPDLogBytes   int     `json:"tcpd_log_bytes"`
 	RuntimeSeconds float64 `json:"runtime_seconds"`
@@ -117,7 +153,7 @@ type Machine struct {
 	Hostname  string `json:"hostname"`
 }
 
-// Row is one line of the table: a metric on both paths.
+// Row is one line of the table: a metric on every path.
 type Row struct {
 	Metric string `json:"metric"`
 	Unit   string `json:"unit"`
@@ -127,28 +163,46 @@ type Row struct {
 	// Aggregate says how Kernel and TCPD summarise the runs: "median",
 	// "total" (summed over the runs) or "final" (a counter at the end).
 	Aggregate string `json:"aggregate"`
-	// Kernel and TCPD are nil where the metric does not apply (n/a).
+	// Kernel, TCPD and Base are nil where the metric does not apply (n/a);
+	// Base also when no baseline binary was measured.
 	Kernel *float64 `json:"kernel"`
 	TCPD   *float64 `json:"tcpd"`
-	// Ratio is TCPD/Kernel, nil when either is n/a or Kernel is zero.
-	Ratio *float64 `json:"ratio"`
-	// KernelRuns and TCPDRuns are the values of the single runs, null for
-	// a run that failed.
+	Base   *float64 `json:"base,omitempty"`
+	// Ratio is TCPD/Kernel, nil when either is n/a or Kernel is zero;
+	// BaseRatio is Base/Kernel and Change is TCPD/Base, alike.
+	Ratio     *float64 `json:"ratio"`
+	BaseRatio *float64 `json:"base_ratio,omitempty"`
+	Change    *float64 `json:"change,omitempty"`
+	// KernelRuns, TCPDRuns and BaseRuns are the values of the single runs,
+	// null for a run that failed.
 	KernelRuns []*float64 `json:"kernel_runs,omitempty"`
 	TCPDRuns   []*float64 `json:"tcpd_runs,omitempty"`
+	BaseRuns   []*float64 `json:"base_runs,omitempty"`
 }
 
-// newRow builds a row from the per-run values of both paths; a nil slice
-// makes that side n/a.
-func newRow(metric, unit, better, agg string, kernel, tcpd []float64) Row {
-	r := Row{Metric: metric, Unit: unit, Better: better, Aggregate: agg, KernelRuns: runs(kernel), TCPDRuns: runs(tcpd)}
+// newRow builds a row from the per-run values of each path; a nil slice
+// makes that path n/a.
+func newRow(metric, unit, better, agg string, kernel, tcpd, base []float64) Row {
+	r := Row{Metric: metric, Unit: unit, Better: better, Aggregate: agg,
+		KernelRuns: runs(kernel), TCPDRuns: runs(tcpd), BaseRuns: runs(base)}
 	r.Kernel = aggregate(agg, kernel)
 	r.TCPD = aggregate(agg, tcpd)
-	if r.Kernel != nil && r.TCPD != nil && *r.Kernel != 0 && better != "" {
-		v := *r.TCPD / *r.Kernel
-		r.Ratio = &v
+	r.Base = aggregate(agg, base)
+	if better != "" {
+		r.Ratio = quotient(r.TCPD, r.Kernel)
+		r.BaseRatio = quotient(r.Base, r.Kernel)
+		r.Change = quotient(r.TCPD, r.Base)
 	}
 	return r
+}
+
+// quotient is a/b, nil when either is n/a or b is zero.
+func quotient(a, b *float64) *float64 {
+	if a == nil || b == nil || *b == 0 {
+		return nil
+	}
+	v := *a / *b
+	return &v
 }
 
 func runs(v []float64) []*float64 {
@@ -209,9 +263,15 @@ func percentile(d []time.Duration, p float64) time.Duration {
 }
 
 // WriteTable prints the report's rows as a table, metric names left and
-// numbers right aligned, followed by the notes.
+// numbers right aligned, followed by the notes. The base columns appear
+// when a baseline binary was measured.
 func (r *Report) WriteTable(w io.Writer) error {
-	lines := [][]string{{"metric", "kernel", "tcpd", "tcpd/kernel", "better"}}
+	withBase := slices.ContainsFunc(r.Rows, func(row Row) bool { return len(row.BaseRuns) > 0 })
+	head := []string{"metric", "kernel", "tcpd", "tcpd/kernel", "better"}
+	if withBase {
+		head = []string{"metric", "kernel", "base", "tcpd", "base/kernel", "tcpd/kernel", "tcpd/base", "better"}
+	}
+	lines := [][]string{head}
 	for _, row := range r.Rows {
 		name := row.Metric
 		if row.Unit != "" {
@@ -220,6 +280,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		better := row.Better
 		if row.Aggregate == "total" {
 			better = "(sum of runs)"
+		}
+		if withBase {
+			lines = append(lines, []string{name, num(row.Kernel), num(row.Base), num(row.TCPD),
+				ratio(row.BaseRatio), ratio(row.Ratio), ratio(row.Change), better})
+			continue
 		}
 		lines = append(lines, []string{name, num(row.Kernel), num(row.TCPD), ratio(row.Ratio), better})
 	}
@@ -289,7 +354,12 @@ func ratio(v *float64) string {
 
 // settings lists the effective configuration for the report.
 func (c *Config) settings() map[string]any {
+	paths := []string{"kernel", "tcpd"}
+	if c.Base != "" {
+		paths = append(paths, "base")
+	}
 	return map[string]any{
+		"measured_paths":  strings.Join(paths, ","),
 		"runs":            c.Runs,
 		"bulk_seconds":    c.Bulk.Seconds(),
 		"streams":         c.Streams,
@@ -303,6 +373,8 @@ func (c *Config) settings() map[string]any {
 		"profile_cmd":     c.ProfileCmd,
 		"tcpd_offload":    c.Offload,
 		"tcpd":            c.TCPD,
-		"measured_paths":  strings.Join([]string{"kernel", "tcpd"}, ","),
+		"base":            c.Base,
+		"only":            strings.Join(c.Only, ","),
+		"perf":            c.Perf,
 	}
 }

@@ -189,6 +189,9 @@ type crrResult struct {
 	dur             time.Duration
 	serverErrs      int64
 	firstErr        string
+	// cost is what tcpd spent while the clients ran; zero on the kernel
+	// path.
+	cost procCost
 }
 
 func (r crrResult) rate() float64 { return float64(r.ok) / r.dur.Seconds() }
@@ -201,12 +204,21 @@ func (r crrResult) rate() float64 { return float64(r.ok) / r.dur.Seconds() }
 // keep a few seconds at kernel speed well clear of exhausting it.
 const crrPorts = 8
 
+// meter measures something about tcpd over a connection-rate run: start
+// is called just before the clients start, stop once they have all
+// finished.
+type meter interface {
+	start() error
+	stop() error
+}
+
 // connRate runs cfg.Workers clients for cfg.ConnRate, each repeating:
 // connect, send 1 byte, read 1 byte, close. With serverFirst the server
 // closes right after writing its byte and the client waits for that FIN
 // before closing; otherwise the client closes first and the server closes
-// on the client's FIN.
-func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool) (crrResult, error) {
+// on the client's FIN. On a tcpd path it reads tcpd's CPU time and context
+// switches before and after, and runs m (if not nil) around the clients.
+func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool, m meter) (crrResult, error) {
 	stuck := b.cfg.Stuck
 	srv, err := serve(p.lab.Server, p.lab.ServerAddr4, crrPorts, func(c net.Conn) error {
 		c.SetDeadline(time.Now().Add(stuck + time.Second))
@@ -230,6 +242,17 @@ func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool) (crrR
 	}
 	defer srv.Close()
 
+	var cost0 procCost
+	if p.tcpd != nil {
+		if cost0, err = readCost(p.pid, b.ticks); err != nil {
+			return crrResult{}, err
+		}
+	}
+	if m != nil {
+		if err := m.start(); err != nil {
+			return crrResult{}, err
+		}
+	}
 	var ok, errs, stuckN atomic.Int64
 	var firstErr atomic.Value
 	start := time.Now()
@@ -276,7 +299,21 @@ func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool) (crrR
 	if err := ctx.Err(); err != nil {
 		return r, err
 	}
+	// The server's handlers end once the last closes have crossed tcpd,
+	// whose work for them is then done too.
 	srv.settle(stuck + time.Second)
+	if m != nil {
+		if err := m.stop(); err != nil {
+			return r, err
+		}
+	}
+	if p.tcpd != nil {
+		cost1, err := readCost(p.pid, b.ticks)
+		if err != nil {
+			return r, err
+		}
+		r.cost = cost1.sub(cost0)
+	}
 	srv.Close()
 	r.serverErrs = srv.errs.Load()
 	if v, _ := firstErr.Load().(string); v != "" {

@@ -34,9 +34,10 @@ const metricsAddr = "127.0.0.1:9810"
 const extraClients = 8
 
 // path is one way from the client to the server: the gateway kernel
-// forwarding, or tcpd.
+// forwarding, or a tcpd binary.
 type path struct {
-	name string
+	name string // "kernel", "tcpd" or "base"
+	bin  string // the tcpd binary; "" on the kernel path
 	lab  *netlab.Lab
 	tcpd *netlab.Proc // nil on the kernel path
 	pid  int          // tcpd's pid
@@ -106,11 +107,11 @@ func tcpdConfig(adminSocket string, timeWait time.Duration, offload string) stri
 // into it.
 func (b *bencher) startTCPD(ctx context.Context, p *path, name string, timeWait time.Duration) error {
 	sock := filepath.Join(b.tmp, name+".sock")
-	proc, err := p.lab.StartTCPD(ctx, b.cfg.TCPD, tcpdConfig(sock, timeWait, b.cfg.Offload))
+	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload))
 	if err != nil {
 		return err
 	}
-	pid, err := tcpdPID(proc.Pid(), filepath.Base(b.cfg.TCPD))
+	pid, err := tcpdPID(proc.Pid(), filepath.Base(p.bin))
 	if err != nil {
 		proc.Kill()
 		return err

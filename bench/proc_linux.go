@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,30 +40,66 @@ func clockTicks() float64 {
 	return 100
 }
 
-// cpuTime returns the user plus system CPU time of all threads of pid, from
-// fields 14 and 15 of /proc/<pid>/stat (proc(5)).
+// cpuTime returns the user plus system CPU time of all threads of pid.
 func cpuTime(pid int, ticks float64) (time.Duration, error) {
+	u, sys, err := cpuTimes(pid, ticks)
+	return u + sys, err
+}
+
+// cpuTimes returns the user and the system CPU time of all threads of pid,
+// those that have exited included, from fields 14 and 15 of
+// /proc/<pid>/stat (proc(5)). Their unit is the clock tick (10 ms), so a
+// figure per connection needs thousands of connections.
+func cpuTimes(pid int, ticks float64) (user, sys time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// comm (field 2) may contain spaces and parentheses; the fields after it
 	// start after the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3 (state), so utime (14) is f[11] and stime (15) f[12].
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
 	}
 	ut, err1 := strconv.ParseUint(f[11], 10, 64)
 	st, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return time.Duration(float64(ut+st) / ticks * float64(time.Second)), nil
+	tick := func(n uint64) time.Duration { return time.Duration(float64(n) / ticks * float64(time.Second)) }
+	return tick(ut), tick(st), nil
+}
+
+// ctxSwitches returns the voluntary and involuntary context switches of
+// every live thread of pid, summed over /proc/<pid>/task/*/status: the
+// process's own status file counts its main thread only. A thread that has
+// exited takes its counts with it; the Go runtime keeps its threads, so
+// over a measurement that loses nothing in practice.
+func ctxSwitches(pid int) (vol, invol uint64, err error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name(), "status")
+		v, err1 := kbField(p, "voluntary_ctxt_switches")
+		n, err2 := kbField(p, "nonvoluntary_ctxt_switches")
+		if err := errors.Join(err1, err2); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // the thread exited while we listed them
+			}
+			return 0, 0, err
+		}
+		vol += uint64(v)
+		invol += uint64(n)
+	}
+	return vol, invol, nil
 }
 
 // statusKB returns a "kB" field of /proc/<pid>/status, such as VmRSS.
@@ -73,6 +110,8 @@ func statusKB(pid int, field string) (int64, error) {
 // meminfoKB returns a field of /proc/meminfo, such as Slab, in KiB.
 func meminfoKB(field string) (int64, error) { return kbField("/proc/meminfo", field) }
 
+// kbField returns the first number after "field:" in a file of such lines
+// (/proc/<pid>/status, /proc/meminfo), whatever its unit.
 func kbField(path, field string) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {

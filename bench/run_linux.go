@@ -35,7 +35,8 @@ type bencher struct {
 
 	mu    sync.Mutex
 	notes []string
-	// vals holds each metric's per-run values by path ("kernel", "tcpd").
+	// vals holds each metric's per-run values by path ("kernel", "tcpd",
+	// "base").
 	vals map[string]map[string][]float64
 }
 
@@ -58,15 +59,23 @@ func (b *bencher) progress(format string, args ...any) {
 	fmt.Fprintf(b.cfg.Progress, "[%5.1fs] %s\n", time.Since(b.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-// Run builds the labs, measures both paths cfg.Runs times, interleaved, and
+// Run builds the labs, measures every path cfg.Runs times, interleaved, and
 // removes everything it made before returning, also when ctx is cancelled
 // or a step fails.
 func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.TCPD == "" {
 		return nil, errors.New("no tcpd binary given")
 	}
-	if _, err := os.Stat(cfg.TCPD); err != nil {
-		return nil, fmt.Errorf("tcpd binary: %w", err)
+	for _, bin := range []string{cfg.TCPD, cfg.Base} {
+		if bin == "" {
+			continue
+		}
+		if _, err := os.Stat(bin); err != nil {
+			return nil, fmt.Errorf("tcpd binary: %w", err)
+		}
+	}
+	if err := cfg.checkOnly(); err != nil {
+		return nil, err
 	}
 	if why := netlab.Available(); why != "" {
 		return nil, fmt.Errorf("cannot build network labs here: %s (needs root and /dev/net/tun)", why)
@@ -99,79 +108,116 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 		}
 	}()
-	newPath := func(name string) (*path, error) {
+	newPath := func(name, bin string) (*path, error) {
 		l, srcs, err := newLab()
 		if err != nil {
 			return nil, err
 		}
 		labs = append(labs, l)
-		return &path{name: name, lab: l, srcs: srcs}, nil
+		return &path{name: name, bin: bin, lab: l, srcs: srcs}, nil
 	}
-	kernel, err := newPath("kernel")
+	bins := map[string]string{"tcpd": cfg.TCPD, "base": cfg.Base}
+	kernel, err := newPath("kernel", "")
 	if err != nil {
 		return nil, err
 	}
-	tcpd, err := newPath("tcpd")
-	if err != nil {
-		return nil, err
-	}
-	idleTCPD, err := newPath("tcpd")
-	if err != nil {
-		return nil, err
-	}
-	b.progress("labs %s (kernel), %s (tcpd), %s (tcpd, idle test) built", kernel.lab.ID, tcpd.lab.ID, idleTCPD.lab.ID)
-
-	if err := b.startTCPD(ctx, tcpd, "tcpd-main", mainTimeWait); err != nil {
-		return nil, err
-	}
-	defer func() {
-		// After Ctrl-C or a failure the lab's Close kills it, without
-		// waiting up to 30 s for a drain that may never come.
-		if err == nil && ctx.Err() == nil {
-			b.stopTCPD(tcpd, "main tcpd")
+	paths := []*path{kernel}
+	var tcpds, idlePaths []*path
+	for _, name := range []string{"tcpd", "base"} {
+		if bins[name] == "" {
+			continue
 		}
-	}()
-	b.progress("tcpd running as pid %d, offload %v", tcpd.pid, offload(tcpd.tcpd))
-	if cfg.Offload != "" {
-		b.notef("tcpd ran with tun.offload: %s (given with --offload; the default is auto)", cfg.Offload)
-	}
-	for _, p := range []*path{kernel, tcpd} {
-		if err := b.check(ctx, p); err != nil {
-			if p.tcpd != nil {
-				err = fmt.Errorf("%w\n--- tcpd log (last lines) ---\n%s", err, lastLines(p.tcpd.Logs(), 20))
-			}
+		p, err := newPath(name, bins[name])
+		if err != nil {
 			return nil, err
 		}
-	}
-
-	if err := b.interleaved(ctx, kernel, tcpd); err != nil {
-		return nil, err
-	}
-
-	// The counters the issue asks for, from the main instance, which has
-	// carried all the traffic above.
-	final, err := tcpd.scrape(ctx)
-	if err != nil {
-		return nil, err
-	}
-	b.record("corrections", "tcpd", final.sum("tcpd_conntrack_corrections_total"))
-	b.record("reused", "tcpd", final.sum("tcpd_tcp_time_wait_reused_total"))
-	b.record("overflow", "tcpd", final.sum("tcpd_tcp_time_wait_overflow_total"))
-	for _, k := range slices.Sorted(maps.Keys(final)) {
-		if v := final[k]; strings.HasPrefix(k, "tcpd_dropped_total{") && v > 0 {
-			b.notef("main tcpd: %s %v", k, v)
+		paths, tcpds = append(paths, p), append(tcpds, p)
+		if cfg.runs("idle") {
+			ip, err := newPath(name, bins[name])
+			if err != nil {
+				return nil, err
+			}
+			idlePaths = append(idlePaths, ip)
 		}
 	}
-	logBytes := len(tcpd.tcpd.Logs())
-	tcpdFiles, err := maxOpenFiles(tcpd.pid)
-	if err != nil {
-		return nil, err
+	var ids []string
+	for _, l := range labs {
+		ids = append(ids, l.ID)
 	}
-	b.stopTCPD(tcpd, "main tcpd")
+	b.progress("labs %s built (kernel, then per tcpd binary its main lab and its idle-test lab)", strings.Join(ids, ", "))
 
-	n := b.idleCount(int(limit), int(tcpdFiles))
-	if err := b.idlePhase(ctx, kernel, idleTCPD, n); err != nil {
-		return nil, err
+	mainTests := slices.ContainsFunc([]string{"bulk", "rate", "count", "latency"}, cfg.runs)
+	final := map[string]series{}
+	if mainTests {
+		for _, p := range tcpds {
+			if err := b.startTCPD(ctx, p, p.name+"-main", mainTimeWait); err != nil {
+				return nil, err
+			}
+			b.progress("%s running as pid %d (%s), offload %v", p.name, p.pid, p.bin, offload(p.tcpd))
+		}
+		defer func() {
+			// After Ctrl-C or a failure the lab's Close kills them,
+			// without waiting up to 30 s for a drain that may never come.
+			if err == nil && ctx.Err() == nil {
+				for _, p := range tcpds {
+					b.stopTCPD(p, p.name+" main")
+				}
+			}
+		}()
+		if cfg.Offload != "" {
+			b.notef("tcpd ran with tun.offload: %s (given with --offload; the default is auto)", cfg.Offload)
+		}
+		for _, p := range paths {
+			if err := b.check(ctx, p); err != nil {
+				if p.tcpd != nil {
+					err = fmt.Errorf("%w\n--- %s log (last lines) ---\n%s", err, p.name, lastLines(p.tcpd.Logs(), 20))
+				}
+				return nil, err
+			}
+		}
+		if err := b.interleaved(ctx, paths); err != nil {
+			return nil, err
+		}
+		// The counters the issue asks for, from each main instance, which
+		// has carried all the traffic above.
+		for _, p := range tcpds {
+			m, err := p.scrape(ctx)
+			if err != nil {
+				return nil, err
+			}
+			final[p.name] = m
+			b.record("corrections", p.name, m.sum("tcpd_conntrack_corrections_total"))
+			b.record("reused", p.name, m.sum("tcpd_tcp_time_wait_reused_total"))
+			b.record("overflow", p.name, m.sum("tcpd_tcp_time_wait_overflow_total"))
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				if v := m[k]; strings.HasPrefix(k, "tcpd_dropped_total{") && v > 0 {
+					b.notef("%s main: %s %v", p.name, k, v)
+				}
+			}
+		}
+	}
+	logBytes := 0
+	if p := tcpds[0]; p.tcpd != nil {
+		logBytes = len(p.tcpd.Logs())
+	}
+	tcpdFiles := int64(limit)
+	for _, p := range tcpds {
+		if p.tcpd == nil {
+			continue
+		}
+		files, err := maxOpenFiles(p.pid)
+		if err != nil {
+			return nil, err
+		}
+		tcpdFiles = min(tcpdFiles, files)
+		b.stopTCPD(p, p.name+" main")
+	}
+
+	if cfg.runs("idle") {
+		n := b.idleCount(int(limit), int(tcpdFiles))
+		if err := b.idlePhase(ctx, kernel, idlePaths, n); err != nil {
+			return nil, err
+		}
 	}
 
 	rep = &Report{
@@ -184,8 +230,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		Settings:     cfg.settings(),
 		Rows:         b.rows(),
 		Notes:        b.notes,
-		TCPDMetrics:  selectMetrics(final),
+		TCPDMetrics:  selectMetrics(final["tcpd"]),
 		TCPDLogBytes: logBytes,
+	}
+	if m, ok := final["base"]; ok {
+		rep.BaseMetrics = selectMetrics(m)
 	}
 	rep.Machine.Hostname, _ = os.Hostname()
 	rep.RuntimeSeconds = time.Since(b.start).Seconds()
@@ -208,9 +257,9 @@ func offload(p *netlab.Proc) any {
 }
 
 // interleaved runs every measurement but the idle test cfg.Runs times,
-// each time on the kernel and on tcpd back to back, alternating which goes
-// first, so that the machine's noise falls on both alike.
-func (b *bencher) interleaved(ctx context.Context, kernel, tcpd *path) error {
+// each time on every path back to back, rotating which goes first, so that
+// the machine's noise falls on all alike.
+func (b *bencher) interleaved(ctx context.Context, paths []*path) error {
 	type test struct {
 		name string
 		run  func(p *path, rep int) error
@@ -243,7 +292,7 @@ func (b *bencher) interleaved(ctx context.Context, kernel, tcpd *path) error {
 			name = "conn rate, server closes"
 		}
 		return test{name, func(p *path, rep int) error {
-			r, err := b.connRate(ctx, p, serverFirst)
+			r, err := b.connRate(ctx, p, serverFirst, nil)
 			if err != nil {
 				b.record(id, p.name, math.NaN())
 				return err
@@ -252,6 +301,15 @@ func (b *bencher) interleaved(ctx context.Context, kernel, tcpd *path) error {
 			b.record(id+"_err", p.name, float64(r.errs))
 			b.record(id+"_stuck", p.name, float64(r.stuck))
 			msg := fmt.Sprintf("%.0f conn/s, %d errors, %d stuck", r.rate(), r.errs, r.stuck)
+			if p.tcpd != nil {
+				c := r.cost.perConn(r.ok)
+				b.record(id+"_user", p.name, c.user)
+				b.record(id+"_sys", p.name, c.sys)
+				b.record(id+"_vcsw", p.name, c.vol)
+				b.record(id+"_ivcsw", p.name, c.invol)
+				msg += fmt.Sprintf("; tcpd per conn: CPU %.0f µs user + %.0f µs system, %.1f voluntary + %.1f involuntary context switches",
+					c.user, c.sys, c.vol, c.invol)
+			}
 			if r.firstErr != "" {
 				msg += ", first: " + r.firstErr
 				b.notef("%s %s run %d: %d errors, %d stuck; first: %s", p.name, name, rep+1, r.errs, r.stuck, r.firstErr)
@@ -264,12 +322,29 @@ func (b *bencher) interleaved(ctx context.Context, kernel, tcpd *path) error {
 			return nil
 		}}
 	}
-	tests := []test{bulk("up1", true, 1), bulk("down1", false, 1)}
-	if s := b.cfg.Streams; s > 1 {
-		tests = append(tests, bulk("upN", true, s), bulk("downN", false, s))
+	var tests []test
+	if b.cfg.runs("bulk") {
+		tests = append(tests, bulk("up1", true, 1), bulk("down1", false, 1))
+		if s := b.cfg.Streams; s > 1 {
+			tests = append(tests, bulk("upN", true, s), bulk("downN", false, s))
+		}
 	}
-	tests = append(tests, crr("crr_cf", false), crr("crr_sf", true),
-		test{"connect latency", func(p *path, rep int) error {
+	if b.cfg.runs("rate") {
+		tests = append(tests, crr("crr_cf", false), crr("crr_sf", true))
+	}
+	if b.cfg.runs("count") {
+		if c := b.newCounting(paths); c != nil {
+			defer c.close()
+			tests = append(tests, test{"syscalls, goroutines", func(p *path, rep int) error {
+				if p.tcpd == nil {
+					return nil
+				}
+				return b.count(ctx, c, p, rep)
+			}})
+		}
+	}
+	if b.cfg.runs("latency") {
+		tests = append(tests, test{"connect latency", func(p *path, rep int) error {
 			r, err := b.connectLatency(ctx, p)
 			if err != nil {
 				b.record("lat50", p.name, math.NaN())
@@ -283,12 +358,12 @@ func (b *bencher) interleaved(ctx context.Context, kernel, tcpd *path) error {
 				r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.errs)
 			return nil
 		}})
+	}
 
 	for rep := range b.cfg.Runs {
-		order := []*path{kernel, tcpd}
-		if rep%2 == 1 {
-			order = []*path{tcpd, kernel}
-		}
+		// Rotate which path goes first.
+		k := rep % len(paths)
+		order := append(slices.Clone(paths[k:]), paths[:k]...)
 		for _, t := range tests {
 			for _, p := range order {
 				if err := b.measure(ctx, p, t.name, rep, func() error { return t.run(p, rep) }); err != nil {
@@ -345,18 +420,21 @@ func (b *bencher) idleCount(limit, tcpdLimit int) int {
 }
 
 // idlePhase runs the idle test cfg.Runs times on the kernel path and on a
-// fresh tcpd each time (tcp.time_wait cfg.IdleTimeWait), so that every
-// tcpd run starts from a cold process.
-func (b *bencher) idlePhase(ctx context.Context, kernel, tcpd *path, n int) error {
+// fresh instance of each tcpd binary each time (tcp.time_wait
+// cfg.IdleTimeWait), so that every tcpd run starts from a cold process.
+func (b *bencher) idlePhase(ctx context.Context, kernel *path, tcpds []*path, n int) error {
 	b.notef("idle: separate tcpd instances with tcp.time_wait %v (main instance %v), one fresh per run; "+
 		"connections spread over %d client addresses (default limits.max_connections_per_client is 4096); "+
 		"the server closes first, so tcpd's client legs go through TIME_WAIT",
-		b.cfg.IdleTimeWait, mainTimeWait, len(tcpd.srcs))
-	var corrections float64
+		b.cfg.IdleTimeWait, mainTimeWait, len(kernel.srcs))
+	corrections := map[string]float64{}
+	paths := append([]*path{kernel}, tcpds...)
 	for rep := range b.cfg.Runs {
-		for _, p := range []*path{kernel, tcpd} {
-			name := fmt.Sprintf("tcpd-idle-%d", rep+1)
-			if p.tcpd == nil && p != kernel {
+		k := rep % len(paths)
+		order := append(slices.Clone(paths[k:]), paths[:k]...)
+		for _, p := range order {
+			name := fmt.Sprintf("%s-idle-%d", p.name, rep+1)
+			if p != kernel {
 				if err := b.startTCPD(ctx, p, name, b.cfg.IdleTimeWait); err != nil {
 					return err
 				}
@@ -382,7 +460,7 @@ func (b *bencher) idlePhase(ctx context.Context, kernel, tcpd *path, n int) erro
 						float64(r.rssBefore)/1024, float64(r.rssOpen)/1024, r.kbPerConn(), r.relaysActive,
 						r.drain.Seconds(), b.cfg.IdleAfter, float64(r.rssAfter)/1024, r.afterRatio())
 					if int(r.relaysActive) != r.n {
-						b.notef("idle run %d: tcpd reported %v active relays with %d connections open", rep+1, r.relaysActive, r.n)
+						b.notef("idle (%s) run %d: tcpd reported %v active relays with %d connections open", p.name, rep+1, r.relaysActive, r.n)
 					}
 				}
 				if r.noEOF > 0 {
@@ -396,72 +474,104 @@ func (b *bencher) idlePhase(ctx context.Context, kernel, tcpd *path, n int) erro
 			}
 			if p.tcpd != nil {
 				if m, err := p.scrape(ctx); err == nil {
-					corrections += m.sum("tcpd_conntrack_corrections_total")
+					corrections[p.name] += m.sum("tcpd_conntrack_corrections_total")
 				}
 				b.stopTCPD(p, name)
 			}
 		}
 	}
-	if corrections > 0 {
-		b.notef("idle: the idle-test tcpd instances counted %v conntrack corrections together", corrections)
+	for _, name := range slices.Sorted(maps.Keys(corrections)) {
+		if c := corrections[name]; c > 0 {
+			b.notef("idle: the idle-test %s instances counted %v conntrack corrections together", name, c)
+		}
 	}
 	return nil
 }
 
-// rows turns the recorded values into the table, in reading order.
+// rows turns the recorded values into the table, in reading order, for
+// the measurements that ran.
 func (b *bencher) rows() []Row {
 	get := func(id, path string) []float64 { return b.vals[id][path] }
 	row := func(metric, unit, better, agg, id string) Row {
-		return newRow(metric, unit, better, agg, get(id, "kernel"), get(id, "tcpd"))
+		return newRow(metric, unit, better, agg, get(id, "kernel"), get(id, "tcpd"), get(id, "base"))
 	}
+	var rows []Row
 	s := b.cfg.Streams
-	rows := []Row{
-		row("bulk upload, 1 stream", "Gbit/s", "higher", "median", "up1"),
-		row("bulk download, 1 stream", "Gbit/s", "higher", "median", "down1"),
-	}
-	if s > 1 {
+	if b.cfg.runs("bulk") {
 		rows = append(rows,
-			row(fmt.Sprintf("bulk upload, %d streams", s), "Gbit/s", "higher", "median", "upN"),
-			row(fmt.Sprintf("bulk download, %d streams", s), "Gbit/s", "higher", "median", "downN"))
-	}
-	rows = append(rows,
-		row("tcpd CPU per GB, upload", "CPU s/GB", "lower", "median", "cpu_up1"),
-		row("tcpd CPU per GB, download", "CPU s/GB", "lower", "median", "cpu_down1"))
-	if s > 1 {
+			row("bulk upload, 1 stream", "Gbit/s", "higher", "median", "up1"),
+			row("bulk download, 1 stream", "Gbit/s", "higher", "median", "down1"))
+		if s > 1 {
+			rows = append(rows,
+				row(fmt.Sprintf("bulk upload, %d streams", s), "Gbit/s", "higher", "median", "upN"),
+				row(fmt.Sprintf("bulk download, %d streams", s), "Gbit/s", "higher", "median", "downN"))
+		}
 		rows = append(rows,
-			row(fmt.Sprintf("tcpd CPU per GB, upload, %d streams", s), "CPU s/GB", "lower", "median", "cpu_upN"),
-			row(fmt.Sprintf("tcpd CPU per GB, download, %d streams", s), "CPU s/GB", "lower", "median", "cpu_downN"))
+			row("tcpd CPU per GB, upload", "CPU s/GB", "lower", "median", "cpu_up1"),
+			row("tcpd CPU per GB, download", "CPU s/GB", "lower", "median", "cpu_down1"))
+		if s > 1 {
+			rows = append(rows,
+				row(fmt.Sprintf("tcpd CPU per GB, upload, %d streams", s), "CPU s/GB", "lower", "median", "cpu_upN"),
+				row(fmt.Sprintf("tcpd CPU per GB, download, %d streams", s), "CPU s/GB", "lower", "median", "cpu_downN"))
+		}
 	}
 	w := b.cfg.Workers
-	rows = append(rows,
-		row(fmt.Sprintf("new conns, client closes first, %d workers", w), "conn/s", "higher", "median", "crr_cf"),
-		row("  errors", "", "", "total", "crr_cf_err"),
-		row(fmt.Sprintf("  stuck > %v", b.cfg.Stuck), "", "", "total", "crr_cf_stuck"),
-		row(fmt.Sprintf("new conns, server closes first, %d workers", w), "conn/s", "higher", "median", "crr_sf"),
-		row("  errors", "", "", "total", "crr_sf_err"),
-		row(fmt.Sprintf("  stuck > %v", b.cfg.Stuck), "", "", "total", "crr_sf_stuck"),
-		row("connect latency p50", "µs", "lower", "median", "lat50"),
-		row("connect latency p99", "µs", "lower", "median", "lat99"),
-		row("  failed connects", "", "", "total", "lat_err"),
-		row("idle connections open", "", "", "median", "idle_n"),
-		row("tcpd RSS before opening", "MiB", "", "median", "idle_rss0"),
-		row("tcpd RSS with all open", "MiB", "", "median", "idle_rss1"),
-		row("tcpd RSS per idle connection", "KiB", "lower", "median", "idle_kb"),
-		row("tcpd TIME_WAIT drain after close", "s", "", "median", "idle_drain"),
-		row(fmt.Sprintf("tcpd RSS %v after drain", b.cfg.IdleAfter), "MiB", "", "median", "idle_rss2"),
-		row("  ratio to RSS before opening", "x", "lower", "median", "idle_after"),
-		row("tcpd Go heap in use, all open", "MiB", "", "median", "idle_heap1"),
-		row(fmt.Sprintf("tcpd Go heap in use %v after drain", b.cfg.IdleAfter), "MiB", "", "median", "idle_heap2"),
-		row("kernel Slab per idle conn, machine-wide", "KiB", "lower", "median", "idle_slab"),
-		row("tcpd_conntrack_corrections_total", "", "", "final", "corrections"),
-		row("tcpd_tcp_time_wait_reused_total", "", "", "final", "reused"),
-		row("tcpd_tcp_time_wait_overflow_total", "", "", "final", "overflow"),
-	)
-	// A row with nothing measured on either side (a failed test) still
-	// shows, as n/a; "total" rows that are zero on both sides stay too, so
-	// that "no errors" is visible.
+	if b.cfg.runs("rate") {
+		for _, o := range []struct{ id, name string }{{"crr_cf", "client closes first"}, {"crr_sf", "server closes first"}} {
+			rows = append(rows,
+				row(fmt.Sprintf("new conns, %s, %d workers", o.name, w), "conn/s", "higher", "median", o.id),
+				row("  errors", "", "", "total", o.id+"_err"),
+				row(fmt.Sprintf("  stuck > %v", b.cfg.Stuck), "", "", "total", o.id+"_stuck"),
+				row("  tcpd CPU per conn, user", "µs", "lower", "median", o.id+"_user"),
+				row("  tcpd CPU per conn, system", "µs", "lower", "median", o.id+"_sys"),
+				row("  tcpd voluntary context switches per conn", "", "lower", "median", o.id+"_vcsw"),
+				row("  tcpd involuntary context switches per conn", "", "lower", "median", o.id+"_ivcsw"))
+		}
+	}
+	if b.cfg.runs("count") && b.vals["sys_total"] != nil {
+		rows = append(rows,
+			row("tcpd goroutines created per conn (perf)", "", "lower", "median", "goroutines"),
+			row("tcpd system calls per conn (perf)", "", "lower", "median", "sys_total"))
+		for _, k := range append(slices.Clone(syscallKinds), "other") {
+			r := row("  "+k, "", "lower", "median", "sys_"+k)
+			if busy(r.TCPD) || busy(r.Base) {
+				rows = append(rows, r)
+			}
+		}
+	}
+	if b.cfg.runs("latency") {
+		rows = append(rows,
+			row("connect latency p50", "µs", "lower", "median", "lat50"),
+			row("connect latency p99", "µs", "lower", "median", "lat99"),
+			row("  failed connects", "", "", "total", "lat_err"))
+	}
+	if b.cfg.runs("idle") {
+		rows = append(rows,
+			row("idle connections open", "", "", "median", "idle_n"),
+			row("tcpd RSS before opening", "MiB", "", "median", "idle_rss0"),
+			row("tcpd RSS with all open", "MiB", "", "median", "idle_rss1"),
+			row("tcpd RSS per idle connection", "KiB", "lower", "median", "idle_kb"),
+			row("tcpd TIME_WAIT drain after close", "s", "", "median", "idle_drain"),
+			row(fmt.Sprintf("tcpd RSS %v after drain", b.cfg.IdleAfter), "MiB", "", "median", "idle_rss2"),
+			row("  ratio to RSS before opening", "x", "lower", "median", "idle_after"),
+			row("tcpd Go heap in use, all open", "MiB", "", "median", "idle_heap1"),
+			row(fmt.Sprintf("tcpd Go heap in use %v after drain", b.cfg.IdleAfter), "MiB", "", "median", "idle_heap2"),
+			row("kernel Slab per idle conn, machine-wide", "KiB", "lower", "median", "idle_slab"))
+	}
+	if b.vals["corrections"] != nil {
+		rows = append(rows,
+			row("tcpd_conntrack_corrections_total", "", "", "final", "corrections"),
+			row("tcpd_tcp_time_wait_reused_total", "", "", "final", "reused"),
+			row("tcpd_tcp_time_wait_overflow_total", "", "", "final", "overflow"))
+	}
+	// A row with nothing measured on any path (a failed test) still shows,
+	// as n/a; "total" rows that are zero everywhere stay too, so that "no
+	// errors" is visible.
 	return rows
 }
+
+// busy reports a per-connection count worth a row of its own.
+func busy(v *float64) bool { return v != nil && *v >= perfQuiet }
 
 // selectMetrics keeps tcpd's own series, the process ones and the Go heap's,
 // without histogram buckets.

@@ -1,6 +1,8 @@
 // Command tcpdbench measures tcpd against the kernel's own forwarding path
 // in the same run and prints a table: bulk throughput, new connections per
-// second, connect latency, memory per idle connection and CPU per GB. It
+// second, connect latency, memory per idle connection, CPU per GB and what
+// each new connection costs tcpd (CPU, system calls, goroutines, context
+// switches); with --base, a second tcpd binary alongside. It
 // needs root (network namespaces, a TUN device); `sudo make bench` runs it.
 // Progress goes to stderr, the table to stdout and everything, with the
 // machine and the command, to the -out JSON file.
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +27,9 @@ import (
 func main() {
 	var cfg bench.Config
 	flag.StringVar(&cfg.TCPD, "tcpd", "bin/tcpd", "tcpd `binary` to measure")
+	flag.StringVar(&cfg.Base, "base", "", "a second tcpd `binary` (say, bin/tcpd-base from `make bench-base`) measured\nalongside, interleaved, for before/after figures from one run")
+	only := flag.String("only", "", "comma-separated `list` of the measurements to run: bulk, rate, count, latency, idle\n(default: all)")
+	flag.StringVar(&cfg.Perf, "perf", "perf", "perf `binary` of the counting phase (system calls and goroutines per connection)")
 	out := flag.String("out", "bench/out/results.json", "write the results as JSON to `file` (\"\" for none)")
 	flag.IntVar(&cfg.Runs, "runs", 3, "repetitions of each measurement; the table shows medians")
 	flag.DurationVar(&cfg.Bulk, "bulk", 5*time.Second, "length of one bulk transfer in one direction")
@@ -41,6 +47,9 @@ func main() {
 	if flag.NArg() != 0 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	if *only != "" {
+		cfg.Only = strings.Split(*only, ",")
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "tcpdbench: needs root to create network namespaces and a TUN device (try: sudo make bench)")
