@@ -131,6 +131,11 @@ type entry struct {
 	handshake   time.Duration
 	claimed     bool
 	lifetimeObs bool
+	// relay says a relay carries the connection's bytes (Relaying to
+	// Released). held says the connection is over but its relay has not
+	// finished: the entry has left the 4-tuple index and the TIME_WAIT
+	// list, both its ends count as closed, and Released removes it.
+	relay, held bool
 
 	// TIME_WAIT list, ordered by deadline (the timeout is the same for all,
 	// so entry order is deadline order).
@@ -164,6 +169,8 @@ type Table struct {
 	twHead   *entry
 	twTail   *entry
 	twCount  int
+	// relays counts entries with a relay attached.
+	relays int
 
 	handshake, dial, setup, twDwell, lifetime Histogram
 }
@@ -255,20 +262,32 @@ func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
 	return e
 }
 
-// removeLocked forgets e. The caller has already counted why.
+// removeLocked forgets e. The caller has already counted why. An entry
+// whose relay still runs is only held (see entry.held) until Released: a
+// relay never runs without its entry, so `tcpd conns` can show and kill
+// whatever tcpd still spends on the connection.
 func (t *Table) removeLocked(e *entry, now time.Time) {
 	if e.inTW {
 		t.twUnlinkLocked(e)
 	}
 	t.observeLifetimeLocked(e, now)
+	if t.byTuple[e.tuple] == e {
+		delete(t.byTuple, e.tuple)
+	}
+	if e.relay {
+		if !e.held {
+			e.held = true
+			for side := range e.ends {
+				t.setStateLocked(e, side, StateClosed, now)
+			}
+		}
+		return
+	}
 	for side := range e.ends {
 		t.counts[side][e.ends[side].state]--
 	}
 	if e.ends[sideTCPD].state == StateSynRecv {
 		t.synRecvDecLocked(e.tuple.Client.Addr())
-	}
-	if t.byTuple[e.tuple] == e {
-		delete(t.byTuple, e.tuple)
 	}
 	delete(t.byID, e.id)
 	t.counters.Closed++
@@ -615,6 +634,47 @@ func (t *Table) Claim(tu Tuple) ID {
 	return e.id
 }
 
+// Relaying records that a relay now carries id's bytes. From then on the
+// entry outlives whatever ends the connection — a reset, a netstack timer,
+// the end of TIME_WAIT — until Released. It reports false, attaching
+// nothing, when id has no entry or its connection is over already: the
+// caller must not relay it.
+func (t *Table) Relaying(id ID) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.byID[id]
+	if e == nil || e.held || e.relay {
+		return false
+	}
+	e.relay = true
+	t.relays++
+	return true
+}
+
+// Released records that id's relay has finished. An entry whose connection
+// ended while its relay ran is removed now.
+func (t *Table) Released(id ID) {
+	now := t.cfg.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.byID[id]
+	if e == nil || !e.relay {
+		return
+	}
+	e.relay = false
+	t.relays--
+	if e.held {
+		t.removeLocked(e, now)
+	}
+}
+
+// Relays returns how many entries have a relay attached.
+func (t *Table) Relays() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.relays
+}
+
 // Dialled records the upstream connect of id, which succeeded after d.
 func (t *Table) Dialled(id ID, d time.Duration) {
 	t.mu.Lock()
@@ -634,7 +694,7 @@ func (t *Table) Gone(id ID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byID[id]
-	if e == nil {
+	if e == nil || e.held {
 		return
 	}
 	if e.inTW {
@@ -666,7 +726,7 @@ func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byID[id]
-	if e == nil {
+	if e == nil || e.held {
 		return false, 0
 	}
 	ours := e.ends[sideTCPD].state
@@ -697,6 +757,7 @@ func (t *Table) Snapshot() Snapshot {
 		s.ClientStates[st] = uint64(t.counts[sideClient][st])
 	}
 	s.Live = len(t.byID)
+	s.Relays = t.relays
 	s.TimeWait = t.twCount
 	s.Counters = t.counters
 	s.TimeWaitLimit = t.twLimit

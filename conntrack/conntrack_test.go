@@ -644,3 +644,122 @@ func BenchmarkSegment(b *testing.B) {
 		seq += 1448
 	}
 }
+
+// TestRelayOutlivesNothing checks that an entry with a relay attached stays
+// in the table, both ends closed, for as long as the relay runs, whatever
+// ends the connection: a reset, the netstack reaping the endpoint, or the
+// 4-tuple's reuse from TIME_WAIT. Released then removes it.
+func TestRelayOutlivesNothing(t *testing.T) {
+	claim := func(t *testing.T, tab *ct.Table) ct.ID {
+		t.Helper()
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+		id := tab.Claim(tuple)
+		run(t, tab, handshake[1:])
+		if !tab.Relaying(id) {
+			t.Fatal("Relaying refused a live entry")
+		}
+		if tab.Relaying(id) {
+			t.Fatal("a second Relaying succeeded")
+		}
+		return id
+	}
+	held := func(t *testing.T, tab *ct.Table, id ct.ID) {
+		t.Helper()
+		snap := tab.Snapshot()
+		if snap.Live != 1 || snap.Relays != 1 || snap.States[ct.StateClosed] != 1 || snap.ClientStates[ct.StateClosed] != 1 || snap.Closed != 0 {
+			t.Fatalf("with its relay running, the ended connection's entry: live %d, relays %d, closed %d/%d, removed %d; want it held, closed on both ends",
+				snap.Live, snap.Relays, snap.States[ct.StateClosed], snap.ClientStates[ct.StateClosed], snap.Closed)
+		}
+		if cs := tab.Conns(nil); len(cs) != 1 || cs[0].ID != id {
+			t.Fatalf("Conns %v, want the held entry %d", cs, id)
+		}
+		checkCounts(t, tab)
+	}
+	released := func(t *testing.T, tab *ct.Table, id ct.ID, live int) {
+		t.Helper()
+		tab.Released(id)
+		snap := tab.Snapshot()
+		if snap.Live != live || snap.Relays != 0 || snap.Closed != 1 {
+			t.Fatalf("after Released: live %d, relays %d, removed %d; want %d, 0, 1", snap.Live, snap.Relays, snap.Closed, live)
+		}
+		checkCounts(t, tab)
+	}
+
+	t.Run("client reset", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		id := claim(t, tab)
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagRST, Seq: cISS + 1})
+		held(t, tab, id)
+		// Segments on the 4-tuple no longer reach the held entry.
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 1, Ack: tISS + 1})
+		if snap := tab.Snapshot(); snap.Untracked != 1 {
+			t.Fatalf("a segment on the held entry's 4-tuple: %d untracked, want 1", snap.Untracked)
+		}
+		// The stack's reconcile finds the endpoint gone: nothing changes,
+		// nothing is counted expired.
+		tab.Gone(id)
+		if corrected, _ := tab.Reconcile(id, ct.StateEstablished); corrected {
+			t.Fatal("Reconcile corrected a held entry")
+		}
+		held(t, tab, id)
+		if snap := tab.Snapshot(); snap.Expired != 0 || snap.Resets != 1 {
+			t.Fatalf("expired %d, resets %d; want 0 and 1", snap.Expired, snap.Resets)
+		}
+		released(t, tab, id, 0)
+	})
+
+	t.Run("endpoint reaped", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		id := claim(t, tab)
+		tab.Gone(id)
+		held(t, tab, id)
+		released(t, tab, id, 0)
+	})
+
+	t.Run("4-tuple reused from TIME_WAIT", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		id := claim(t, tab)
+		run(t, tab, tcpdTimeWait)
+		reuse := c("S", cISS+100000, 0, 0, SynR, SynS)
+		reuse.action = ct.ActionRetire
+		tab.Segment(reuse.dir, tuple, ct.Segment{Flags: flags(reuse.flags), Seq: reuse.seq})
+		snap := tab.Snapshot()
+		if snap.Live != 2 || snap.Relays != 1 || snap.TimeWait != 0 || snap.States[ct.StateSynRecv] != 1 || snap.States[ct.StateClosed] != 1 {
+			t.Fatalf("after reuse: live %d, relays %d, time_wait %d, states %v; want the new entry and the held old one", snap.Live, snap.Relays, snap.TimeWait, snap.States)
+		}
+		// The next segment on the 4-tuple reaches the new connection.
+		tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: 90000, Ack: cISS + 100001})
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 100001, Ack: 90001})
+		if snap := tab.Snapshot(); snap.States[ct.StateEstablished] != 1 || snap.States[ct.StateClosed] != 1 {
+			t.Fatalf("after the new handshake: states %v; want the new connection established, the held one closed", snap.States)
+		}
+		checkCounts(t, tab)
+		released(t, tab, id, 1)
+	})
+
+	t.Run("released before the end", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		id := claim(t, tab)
+		tab.Released(id)
+		if snap := tab.Snapshot(); snap.Live != 1 || snap.Relays != 0 {
+			t.Fatalf("after Released of a live connection: live %d, relays %d; want 1, 0", snap.Live, snap.Relays)
+		}
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagRST, Seq: cISS + 1})
+		if snap := tab.Snapshot(); snap.Live != 0 || snap.Closed != 1 {
+			t.Fatalf("a reset without a relay left live %d, removed %d", snap.Live, snap.Closed)
+		}
+	})
+
+	t.Run("no entry", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		if tab.Relaying(0) || tab.Relaying(42) {
+			t.Fatal("Relaying attached a relay to no entry")
+		}
+		id := claim(t, tab)
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagRST, Seq: cISS + 1})
+		tab.Released(id)
+		if tab.Relaying(id) {
+			t.Fatal("Relaying attached a relay to a removed entry")
+		}
+	})
+}

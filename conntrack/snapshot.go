@@ -46,6 +46,10 @@ type Snapshot struct {
 	ClientStates [NumStates]uint64
 	// Live is the number of entries.
 	Live int
+	// Relays is the number of entries with a relay attached; an entry
+	// whose connection is over stays (in state closed) until its relay
+	// has finished.
+	Relays int
 	// TimeWait is States[StateTimeWait]; TimeWaitLimit and TimeWaitTimeout
 	// are the configured cap and duration.
 	TimeWait        int

@@ -148,6 +148,7 @@ type Collector struct {
 	dropped, connections             *prometheus.Desc
 	dialFailures, ended              *prometheus.Desc
 	panics, active, inFlight         *prometheus.Desc
+	relayEntries                     *prometheus.Desc
 	handshakeTimeouts                *prometheus.Desc
 
 	netstack []*prometheus.Desc // parallel to netstackValues
@@ -206,6 +207,9 @@ func NewCollector(cfg Config) *Collector {
 		active: prometheus.NewDesc("tcpd_relays_active",
 			"Relays in progress.",
 			nil, nil),
+		relayEntries: prometheus.NewDesc("tcpd_conntrack_relay_entries",
+			"Tracking entries with a relay attached, read with tcpd_relays_active, which never exceeds it: an entry whose connection ended stays, in state close, until its relay has finished.",
+			nil, nil),
 		inFlight: prometheus.NewDesc("tcpd_handshakes_in_flight",
 			"Handshakes in progress in tcpd's connection handler.",
 			nil, nil),
@@ -242,7 +246,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, d := range []*prometheus.Desc{
 		c.tunPackets, c.tunBytes, c.relayBytes, c.dropped, c.connections,
-		c.dialFailures, c.ended, c.panics, c.active, c.inFlight, c.handshakeTimeouts,
+		c.dialFailures, c.ended, c.panics, c.active, c.relayEntries, c.inFlight, c.handshakeTimeouts,
 	} {
 		ch <- d
 	}
@@ -261,6 +265,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.conntrack.Snapshot()
 	c.collectConntrack(ch, &snap)
 	c.collectStack(ch, c.stack.Stats())
+	active, tracked := c.stack.Relays()
+	send(ch, c.active, prometheus.GaugeValue, float64(active))
+	send(ch, c.relayEntries, prometheus.GaugeValue, float64(tracked))
 	ns := c.stack.NetstackStats()
 	for i, v := range netstackValues {
 		send(ch, c.netstack[i], v.typ, float64(v.value(&ns)))
@@ -308,7 +315,6 @@ func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
 	}
 	send(ch, c.panics, prometheus.CounterValue, float64(st.Panics.Load()))
 	send(ch, c.handshakeTimeouts, prometheus.CounterValue, float64(st.HandshakeTimeouts.Load()))
-	send(ch, c.active, prometheus.GaugeValue, float64(st.Active.Load()))
 	send(ch, c.inFlight, prometheus.GaugeValue, float64(st.InFlight.Load()))
 }
 

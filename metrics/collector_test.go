@@ -65,6 +65,7 @@ func testSources() (*fakeConntrack, *fakeStack) {
 	st.stats.Panics.Store(1)
 	st.stats.HandshakeTimeouts.Store(3)
 	st.stats.Active.Store(4)
+	st.relayEntries = 5
 	st.stats.InFlight.Store(2)
 	return &fakeConntrack{snap: s}, st
 }
@@ -187,6 +188,9 @@ tcpd_relay_bytes_total{direction="out"} 1.1e+06
 # HELP tcpd_relays_active Relays in progress.
 # TYPE tcpd_relays_active gauge
 tcpd_relays_active 4
+# HELP tcpd_conntrack_relay_entries Tracking entries with a relay attached, read with tcpd_relays_active, which never exceeds it: an entry whose connection ended stays, in state close, until its relay has finished.
+# TYPE tcpd_conntrack_relay_entries gauge
+tcpd_conntrack_relay_entries 5
 # HELP tcpd_handshakes_in_flight Handshakes in progress in tcpd's connection handler.
 # TYPE tcpd_handshakes_in_flight gauge
 tcpd_handshakes_in_flight 2
@@ -211,6 +215,7 @@ tcpd_dropped_total{reason="spoofed_source"} 3
 tcpd_dropped_total{reason="tun_read_error"} 0
 tcpd_dropped_total{reason="tun_write_error"} 1
 tcpd_dropped_total{reason="unverifiable"} 0
+tcpd_dropped_total{reason="untracked"} 0
 `},
 		{"connections", `
 # HELP tcpd_connections_total Connection attempts by how they ended: relayed, denied by policy or a cap, upstream connect failed, or client handshake not completed.
@@ -364,6 +369,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_conntrack_established_total",
 		"tcpd_conntrack_expired_total",
 		"tcpd_conntrack_opened_total",
+		"tcpd_conntrack_relay_entries",
 		"tcpd_conntrack_resets_total",
 		"tcpd_conntrack_rst_ignored_total",
 		"tcpd_conntrack_table_full_total",

@@ -25,10 +25,13 @@ func (f *countingConntrack) Snapshot() conntrack.Snapshot {
 type fakeStack struct {
 	stats stack.Stats
 	ns    stack.NetstackStats
+	// relayEntries is what Relays reports as tracked.
+	relayEntries int
 }
 
 func (f *fakeStack) Stats() *stack.Stats                { return &f.stats }
 func (f *fakeStack) NetstackStats() stack.NetstackStats { return f.ns }
+func (f *fakeStack) Relays() (int64, int)               { return f.stats.Active.Load(), f.relayEntries }
 
 type fakeReload struct {
 	ok bool

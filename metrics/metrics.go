@@ -27,6 +27,9 @@ type ConntrackSource interface {
 type StackSource interface {
 	Stats() *stack.Stats
 	NetstackStats() stack.NetstackStats
+	// Relays returns the relays in progress and the tracking entries with
+	// a relay attached, read at one moment.
+	Relays() (active int64, tracked int)
 }
 
 // ReloadSource tells how the last configuration reload went.

@@ -68,6 +68,12 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		s.refuse(req, DropShuttingDown)
 		return
 	}
+	if id == 0 && !s.cfg.noTrack {
+		// The SYN is not tracked (the table is full, or its entry is gone
+		// already): a connection nobody could see is not made.
+		s.refuse(req, DropUntracked)
+		return
+	}
 	if v := s.policy.Load().Check(dst.Addr()); !v.Allowed {
 		s.refuse(req, DropDeniedDestination)
 		if ce := log.Check(zap.DebugLevel, "destination denied"); ce != nil {
@@ -90,7 +96,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	admitted := true
 	defer func() {
 		if admitted {
-			s.release(client.Addr(), false)
+			s.release(client.Addr())
 		}
 	}()
 
@@ -128,20 +134,28 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	ep = newEP
 	rec := s.register(id, ep, upstream.LocalAddr().String())
 	defer close(rec.done)
-	s.stats.Connections[ResultRelayed].Add(1)
 	s.setKeepalive(ep)
 
-	// The handshake is done: the slot moves from in-flight to connections.
-	s.release(client.Addr(), true)
+	// The handshake is done: the slot moves from in-flight to connections,
+	// and the relay is attached to the connection's tracking entry.
+	r := newRelay(s, ep, &wq, upstream)
 	admitted = false
-	defer s.releaseConn(client.Addr())
+	if !s.attach(client.Addr(), id, r) {
+		// No entry to attach to: the table was full when the SYN came,
+		// or the client reset the connection as its handshake completed.
+		// A relay nobody can see is not started.
+		s.stats.Dropped[DropUntracked].Add(1)
+		s.stats.Connections[ResultDenied].Add(1)
+		r.abort()
+		return
+	}
+	defer s.detach(client.Addr(), id, r)
+	rec.relay.Store(r)
+	s.stats.Connections[ResultRelayed].Add(1)
 
 	if ce := log.Check(zap.DebugLevel, "connection established"); ce != nil {
 		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Duration("dial", dialed))
 	}
-	r := newRelay(s, ep, &wq, upstream)
-	s.track(r, true)
-	defer s.track(r, false)
 	r.run()
 	if ce := log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst),
@@ -214,43 +228,66 @@ func (s *Stack) synOverCap(client netip.Addr) bool {
 	return s.table.SynRecvFrom(client) >= s.tune.Load().MaxInFlightPerClient
 }
 
-// release gives back an in-flight slot; established moves it to the
-// client's connection count.
-func (s *Stack) release(client netip.Addr, established bool) {
+// release gives back an in-flight slot.
+func (s *Stack) release(client netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.perClient[client]
 	c.inFlight--
 	s.stats.InFlight.Add(-1)
-	if established {
-		c.conns++
-		s.stats.Active.Add(1)
-	}
 	s.forgetClientLocked(client, c)
 }
 
-func (s *Stack) releaseConn(client netip.Addr) {
+// attach moves an established connection's in-flight slot to the client's
+// connection count and attaches its relay r to the tracking entry id. It
+// reports false, giving the slot back, when id has no live entry. The
+// attachment, the count of relays and the set of relays change together
+// under s.mu, so that Relays reads them consistently.
+func (s *Stack) attach(client netip.Addr, id conntrack.ID, r *relay) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.perClient[client]
+	c.inFlight--
+	s.stats.InFlight.Add(-1)
+	ok := s.cfg.noTrack || s.table.Relaying(id)
+	if ok {
+		c.conns++
+		s.stats.Active.Add(1)
+		s.active[r] = struct{}{}
+	}
+	s.forgetClientLocked(client, c)
+	return ok
+}
+
+// detach undoes attach once r has finished: the entry, if its connection
+// is over, leaves the table.
+func (s *Stack) detach(client netip.Addr, id conntrack.ID, r *relay) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.perClient[client]
 	c.conns--
 	s.stats.Active.Add(-1)
+	delete(s.active, r)
+	if !s.cfg.noTrack {
+		s.table.Released(id)
+	}
 	s.forgetClientLocked(client, c)
+}
+
+// Relays returns the relays in progress and the tracking entries that have
+// a relay attached, read together. Every relay is attached to its entry
+// before it counts as active and detached after it stops, so active never
+// exceeds tracked: a relay without an entry would be one `tcpd conns` can
+// neither show nor kill.
+func (s *Stack) Relays() (active int64, tracked int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats.Active.Load(), s.table.Relays()
 }
 
 func (s *Stack) forgetClientLocked(client netip.Addr, c *clientCount) {
 	if c.conns == 0 && c.inFlight == 0 {
 		delete(s.perClient, client)
-	}
-}
-
-func (s *Stack) track(r *relay, add bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		s.active[r] = struct{}{}
-	} else {
-		delete(s.active, r)
 	}
 }
 

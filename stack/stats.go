@@ -39,6 +39,11 @@ const (
 	DropTUNReadError
 	// DropTUNWriteError: a write to the TUN failed.
 	DropTUNWriteError
+	// DropUntracked: a connection whose handshake completed had no
+	// tracking entry to attach its relay to (the table was full when its
+	// SYN came, or the client reset it as the handshake completed); both
+	// legs were reset.
+	DropUntracked
 	NumDropReasons
 )
 
@@ -54,6 +59,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropUnverifiable:            "unverifiable",
 	DropTUNReadError:            "tun_read_error",
 	DropTUNWriteError:           "tun_write_error",
+	DropUntracked:               "untracked",
 }
 
 // String gives the label value.

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -36,6 +37,8 @@ type endpoint struct {
 	// done is closed when the connection's relay has finished: nothing is
 	// left in the endpoint that tcpd still has to read.
 	done chan struct{}
+	// relay is the connection's relay, once it runs.
+	relay atomic.Pointer[relay]
 }
 
 // register remembers ep for id, for reconciliation, `tcpd conns` and kill.
@@ -157,7 +160,7 @@ func (s *Stack) reconcile() {
 			}
 			logged++
 		}
-		if st == conntrack.StateClosed {
+		if st == conntrack.StateClosed && s.relayDone(id) {
 			s.unregister(id)
 		}
 	}
@@ -225,6 +228,21 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 	return out
 }
 
+// relayDone reports whether id's relay, if it had one, has finished. An
+// endpoint stays registered while its relay runs, so that Kill can end it.
+func (s *Stack) relayDone(id conntrack.ID) bool {
+	e := s.endpointOf(id)
+	if e == nil {
+		return true
+	}
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Kill resets the connection id on both legs. It reports whether tcpd held
 // an endpoint for it.
 func (s *Stack) Kill(id conntrack.ID) bool {
@@ -232,7 +250,10 @@ func (s *Stack) Kill(id conntrack.ID) bool {
 	if e == nil {
 		return false
 	}
-	e.ep.Abort() // the relay sees the error and resets the upstream leg
+	if r := e.relay.Load(); r != nil {
+		r.fail(EndAborted)
+	}
+	e.ep.Abort()
 	s.unregister(id)
 	return true
 }
