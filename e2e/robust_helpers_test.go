@@ -29,6 +29,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"tcpd/internal/netlab"
 )
 
 // Helpers of the robustness tests (robust_*_test.go): floods, impaired
@@ -366,9 +368,15 @@ type sniffer struct {
 
 func startSniffer(t *testing.T, g *gateway) *sniffer {
 	t.Helper()
+	return startSnifferOn(t, g.Client, g.ClientLink)
+}
+
+// startSnifferOn captures the TCP segments arriving on link in ns.
+func startSnifferOn(t *testing.T, ns *netlab.NS, link string) *sniffer {
+	t.Helper()
 	s := &sniffer{stop: make(chan struct{}), done: make(chan struct{})}
-	if err := g.Client.Do(func() error {
-		l, err := netlink.LinkByName(g.ClientLink)
+	if err := ns.Do(func() error {
+		l, err := netlink.LinkByName(link)
 		if err != nil {
 			return err
 		}
@@ -391,7 +399,7 @@ func startSniffer(t *testing.T, g *gateway) *sniffer {
 		}
 		return unix.Bind(s.fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: l.Attrs().Index})
 	}); err != nil {
-		t.Fatalf("sniffer on %s: %v", g.ClientLink, err)
+		t.Fatalf("sniffer on %s: %v", link, err)
 	}
 	go s.run()
 	t.Cleanup(func() { s.close() })

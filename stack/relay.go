@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"tcpd/conntrack"
@@ -24,10 +26,17 @@ const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
+// errUpstreamFailed is what a write to the client reports when the watcher
+// found the upstream socket failed and the client could not take the rest
+// at once.
+var errUpstreamFailed = errors.New("upstream failed while the client's window was closed")
+
 // relay carries the bytes of one connection both ways. Two goroutines run
 // it: the handler's own (client → destination) and relayUpstream
 // (destination → client). EOF on one side becomes a half-close (FIN) on the
-// other; any error becomes a reset of both legs.
+// other; any error becomes a reset of both legs, and so does a failure of
+// one leg while the relay is blocked writing to the other (the watcher,
+// watch.go, passes it on). A relay never reports a failed leg as EOF.
 type relay struct {
 	s        *Stack
 	ep       tcpip.Endpoint
@@ -41,6 +50,20 @@ type relay struct {
 	readable      chan struct{}
 	readableEntry waiter.Entry
 	clientTimer   *time.Timer
+	// errEntry, registered on the client endpoint's queue for the relay's
+	// life, hands the relay to the watcher when the client leg fails.
+	errEntry  waiter.Entry
+	errQueued atomic.Bool
+	// upToken is the upstream socket's token in the watcher; 0 if it is
+	// not watched.
+	upToken uint64
+	// upFailed is set by the watcher when the upstream socket reported an
+	// error; from then on a write to the client never blocks.
+	upFailed atomic.Bool
+	// upFIN is set before the relay half-closes the upstream socket.
+	upFIN atomic.Bool
+	// finished is set once run has closed both legs.
+	finished atomic.Bool
 
 	bytes [conntrack.NumDirs]atomic.Uint64
 	// lastActive is the UnixNano time of the last byte moved either way.
@@ -68,7 +91,30 @@ func newRelay(s *Stack, ep tcpip.Endpoint, wq *waiter.Queue, upstream net.Conn) 
 		default:
 		}
 	})
+	r.errEntry = waiter.NewFunctionEntry(waiter.EventErr, func(waiter.EventMask) {
+		// The netstack notifies after releasing the endpoint's lock, so
+		// the state is current; it may hold the queue's, so only enqueue.
+		if r.clientFailed() && !r.finished.Load() && r.errQueued.CompareAndSwap(false, true) {
+			s.watch.clientFailed(r)
+		}
+	})
 	return r
+}
+
+// clientFailed reports whether the client leg has failed: reset by the
+// client, or given up by keepalive, the user timeout or retransmissions.
+// A leg that ended with FIN is in another state.
+func (r *relay) clientFailed() bool {
+	return tcp.EndpointState(r.ep.State()) == tcp.StateError
+}
+
+// upstreamFailed is the watcher's report of an error on the upstream
+// socket. A relay reading the upstream will read it in its turn, after the
+// bytes that came before it; a write to the client that is blocked on a
+// closed window is interrupted, so that the reset is passed on now.
+func (r *relay) upstreamFailed() {
+	r.upFailed.Store(true)
+	r.client.SetWriteDeadline(time.Unix(1, 0))
 }
 
 // An idle connection must not pin a relay buffer: each direction borrows
@@ -121,6 +167,16 @@ func (r *relay) waitClient() {
 func (r *relay) run() {
 	r.wq.EventRegister(&r.readableEntry)
 	defer r.wq.EventUnregister(&r.readableEntry)
+	r.wq.EventRegister(&r.errEntry)
+	defer r.wq.EventUnregister(&r.errEntry)
+	if r.clientFailed() {
+		// Failed before the entry was registered: no notification will
+		// come, and the reads and writes report it anyway.
+		r.fail(EndClientReset)
+	}
+	r.s.watch.add(r)
+	defer r.s.watch.remove(r)
+	defer r.finished.Store(true)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -164,9 +220,19 @@ func (r *relay) copy(d conntrack.Dir, dst, src net.Conn) {
 		bp, n, err := read()
 		if n > 0 {
 			r.lastActive.Store(time.Now().UnixNano())
-			if _, werr := dst.Write((*bp)[:n]); werr != nil {
+			var werr error
+			if d == conntrack.ToClient {
+				werr = r.writeClient((*bp)[:n])
+			} else {
+				_, werr = dst.Write((*bp)[:n])
+			}
+			if werr != nil {
 				relayBufs.Put(bp)
-				r.fail(dstEnd)
+				if errors.Is(werr, errUpstreamFailed) {
+					r.fail(EndUpstreamReset)
+				} else {
+					r.fail(dstEnd)
+				}
 				return
 			}
 			r.bytes[d].Add(uint64(n))
@@ -179,14 +245,25 @@ func (r *relay) copy(d conntrack.Dir, dst, src net.Conn) {
 		case err == nil:
 			continue
 		case errors.Is(err, io.EOF):
+			// A leg whose error the other direction took first reads as
+			// EOF; only a FIN is passed on as one.
+			if d == conntrack.FromClient && r.clientFailed() || d == conntrack.ToClient && !r.upstreamFIN() {
+				r.fail(srcEnd)
+				return
+			}
+			if d == conntrack.FromClient {
+				r.upFIN.Store(true)
+			}
 			if cw, ok := dst.(closeWriter); ok {
 				if cerr := cw.CloseWrite(); cerr != nil {
 					r.fail(dstEnd)
 					return
 				}
 			}
+			// The other direction now runs under the half-close timeout,
+			// counted from this half-close.
+			r.lastActive.Store(time.Now().UnixNano())
 			r.halfClosed.Store(true)
-			// The other direction now runs under the half-close timeout.
 			r.armDeadline(r.other(src))
 			return
 		case isTimeout(err):
@@ -203,9 +280,36 @@ func (r *relay) copy(d conntrack.Dir, dst, src net.Conn) {
 	}
 }
 
+// writeClient writes b to the client, waiting while its window is closed,
+// unless the upstream has failed: then what the client can take at once is
+// written and the rest reported as errUpstreamFailed, so that the reset
+// is passed on without waiting for a client that may never read again.
+func (r *relay) writeClient(b []byte) error {
+	if !r.upFailed.Load() {
+		n, err := r.client.Write(b)
+		if err == nil || !r.upFailed.Load() || !isTimeout(err) {
+			return err
+		}
+		// The watcher interrupted the write.
+		b = b[n:]
+	}
+	var rd bytes.Reader
+	rd.Reset(b)
+	if n, terr := r.ep.Write(&rd, tcpip.WriteOptions{}); terr != nil || int(n) < len(b) {
+		return errUpstreamFailed
+	}
+	return nil
+}
+
 // isTimeout reports a read deadline expiry, from either leg (gonet's
-// timeout error is its own type, not os.ErrDeadlineExceeded).
+// timeout error is its own type, not os.ErrDeadlineExceeded). A socket
+// error that calls itself a timeout (ETIMEDOUT: keepalive or the user
+// timeout gave up on the destination) is the leg's death, not a deadline.
 func isTimeout(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return false
+	}
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

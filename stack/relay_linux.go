@@ -42,3 +42,29 @@ func (r *relay) readUpstream() (*[]byte, int, error) {
 	}
 	return bp, n, nil
 }
+
+// upstreamFIN reports whether the upstream socket's end of stream is the
+// destination's FIN, rather than a failure (reset, ETIMEDOUT) whose error
+// the other direction's write took first, after which the socket reads as
+// EOF too. A FIN leaves the socket in CLOSE_WAIT, a failure in CLOSE. Once
+// the relay has half-closed the socket itself, a FIN also leads to CLOSE
+// (by way of TIME_WAIT); but then nothing else reads or writes the socket,
+// and a failure is read as the error it is. When the state cannot be read,
+// the end is taken for a FIN.
+func (r *relay) upstreamFIN() bool {
+	if r.upRaw == nil {
+		return true
+	}
+	var (
+		info *unix.TCPInfo
+		ierr error
+	)
+	if err := r.upRaw.Control(func(fd uintptr) {
+		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || ierr != nil {
+		return true
+	}
+	// Read after the state: upFIN is set before the half-close that could
+	// have taken the socket to CLOSE.
+	return info.State != unix.BPF_TCP_CLOSE || r.upFIN.Load()
+}

@@ -170,6 +170,8 @@ type Stack struct {
 	// table is the connection manager every segment and lifecycle event
 	// reaches.
 	table *conntrack.Table
+	// watch passes on a leg's failure to a relay blocked on the other.
+	watch *watcher
 	// retireQ carries endpoints to tear down from the maintenance loop.
 	retireQ chan conntrack.ID
 	epMu    sync.Mutex
@@ -230,12 +232,18 @@ func New(cfg Config) (*Stack, error) {
 	if s.dialer == nil {
 		s.dialer = s.dialUpstream
 	}
+	w, err := newWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("stack: relay watcher: %w", err)
+	}
+	s.watch = w
 
 	dev := cfg.dev
 	if dev == nil {
 		var err error
 		dev, err = createTUN(cfg.TUN)
 		if err != nil {
+			w.close()
 			return nil, err
 		}
 	}
@@ -243,6 +251,7 @@ func New(cfg Config) (*Stack, error) {
 
 	if err := s.buildNetstack(); err != nil {
 		dev.Close()
+		w.close()
 		return nil, err
 	}
 	s.link.start()
@@ -460,6 +469,7 @@ func (s *Stack) Close() error {
 		// handler is still waiting for.
 		s.ns.Close()
 		s.conns.Wait()
+		s.watch.close()
 		// Closing the device ends the read loop.
 		s.link.closing.Store(true)
 		s.closeErr = s.dev.Close()

@@ -23,7 +23,8 @@ type Tunables struct {
 	// Keepalive applies to both legs.
 	Keepalive Keepalive
 	// HalfCloseTimeout bounds how long a half-closed connection may go without
-	// moving a byte in its open direction. Zero means 60s.
+	// moving a byte in its open direction, counted from the half-close or
+	// the last byte after it. Zero means 60s.
 	HalfCloseTimeout time.Duration
 	// IdleTimeout, when non-zero, closes a connection that moves no byte in
 	// either direction for that long.

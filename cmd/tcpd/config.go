@@ -153,7 +153,7 @@ var keys = []key{
 		doc:  "Unanswered keepalive probes before the connection is reset."},
 	{path: "tcp.half_close_timeout", apply: atOnce,
 		spec: field(func(c *config) *time.Duration { return &c.stack.HalfCloseTimeout }, 60*time.Second, duration(time.Second, day, false)),
-		doc:  "A half-closed connection that moves no byte in its open direction for this long is closed."},
+		doc:  "A half-closed connection that moves no byte in its open direction for this long after its half-close is reset."},
 	{path: "tcp.idle_timeout", apply: atOnce,
 		spec: field(func(c *config) *time.Duration { return &c.stack.IdleTimeout }, 0, duration(time.Second, 7*day, true)),
 		doc:  "A connection that moves no byte in either direction for this long is closed; 0s never."},
