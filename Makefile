@@ -42,7 +42,7 @@ bench-base:
 # lean: the image builder (go-containerregistry) and the Kubernetes
 # manifests' tests (k8s.io/api, the Prometheus Operator's types). "go test
 # ./..." at the root does not enter them; test and vet do.
-SUBMODULES := deploy/image
+SUBMODULES := deploy/image deploy/kubernetes
 
 # The whole suite: vet, tier A (no privileges) and tier B (root: real TUN
 # devices in network namespaces; skipped with a message when not root), in
