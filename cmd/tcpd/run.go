@@ -55,7 +55,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}()
 	}
 	d := &daemon{path: *path, levelFlag: *level, formatFlag: *format}
-	return d.run()
+	return errors.Join(d.run(), checkLeaks())
 }
 
 // daemon is one run of tcpd: its configuration, logger and stack.

@@ -79,7 +79,8 @@ func BuildTags(t testing.TB, pkg string, tags ...string) string {
 
 // BuildTCPD returns the path of a tcpd binary: $TCPD_BIN if set (a relative
 // path is taken from the module root, where make runs), otherwise
-// ./cmd/tcpd built once per process.
+// ./cmd/tcpd built once per process with -tags leakcheck, so that a run
+// that leaves a goroutine behind exits 1 and fails the test that stops it.
 func BuildTCPD(t testing.TB) string {
 	t.Helper()
 	if bin := os.Getenv("TCPD_BIN"); bin != "" {
@@ -95,7 +96,7 @@ func BuildTCPD(t testing.TB) string {
 		}
 		return bin
 	}
-	return Build(t, "./cmd/tcpd")
+	return BuildTags(t, "./cmd/tcpd", "leakcheck")
 }
 
 func goBuild(pkg string, tags []string) (string, error) {
