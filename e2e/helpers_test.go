@@ -40,6 +40,7 @@ type gwConfig struct {
 	IdleTimeout                      string // tcp.idle_timeout
 	HandshakeTimeout                 string // tcp.handshake_timeout
 	CongestionControl                string // tcp.congestion_control
+	Mark                             uint32 // upstream.mark
 	MaxInFlightPerClient             int    // limits.max_in_flight_per_client
 	// LogLevel is log.level; "" means debug, which logs every connection.
 	LogLevel string
@@ -126,6 +127,7 @@ func (c gwConfig) yaml() string {
 clients: ["%s"]
 upstream:
   dial_timeout: %s
+  mark: %d
 tcp:
   half_close_timeout: %s
   time_wait: %s
@@ -136,7 +138,7 @@ admin:
   socket: "%s"
 log:
   level: %s
-`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.HalfCloseTimeout,
+`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, c.HalfCloseTimeout,
 		c.TimeWait, c.TimeWaitLimit, extra.String(), listen, c.AdminSocket, c.LogLevel)
 }
 

@@ -14,14 +14,16 @@ import (
 )
 
 // TestReloadTellsTheTruth sends tcpd SIGHUP with a file that changes a key
-// that needs a restart (tun.mtu) and one that applies to new connections
-// (tcp.congestion_control), twice:
+// that needs a restart (tun.mtu) and two that apply to new connections
+// (tcp.congestion_control, upstream.mark), twice:
 //   - every reload warns that tun.mtu keeps its running value, not just the
 //     first (a reload once stored the whole file as the configuration in
 //     force, so the second found nothing to warn about);
 //   - congestion control is not among the keys that need a restart, and a
 //     connection opened after the reload runs cubic while the one opened
-//     before keeps reno, as tcpd conns shows.
+//     before keeps reno, as tcpd conns shows; likewise only the new
+//     connection's upstream socket carries the new firewall mark, as the
+//     gateway's ss -e shows.
 func TestReloadTellsTheTruth(t *testing.T) {
 	t.Parallel()
 	cfg := gwConfig{LogLevel: "info"}
@@ -32,7 +34,7 @@ func TestReloadTellsTheTruth(t *testing.T) {
 	}
 
 	cfg.Metrics, cfg.AdminSocket = true, sock
-	cfg.MTU, cfg.CongestionControl = 1400, "cubic"
+	cfg.MTU, cfg.CongestionControl, cfg.Mark = 1400, "cubic", 7
 	if err := os.WriteFile(g.tcpd.ConfigPath(), []byte(cfg.yaml()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -48,13 +50,49 @@ func TestReloadTellsTheTruth(t *testing.T) {
 		}
 	}
 	dialN(t, g, port, 1, accepted)
-	var ccs []string
+	var ccs, marks []string
+	upstream := upstreamMarks(t, g, port)
 	for _, r := range connsJSON(t, sock) {
 		ccs = append(ccs, r.CongestionControl)
+		mark, ok := upstream[r.Upstream]
+		if !ok {
+			t.Fatalf("no upstream socket %s in the gateway's ss -e: %v", r.Upstream, upstream)
+		}
+		marks = append(marks, mark)
 	}
 	if !slices.Equal(ccs, []string{"reno", "cubic"}) {
-		t.Fatalf("congestion control of the connection opened before the reloads and the one after: %q, want reno, cubic", ccs)
+		t.Errorf("congestion control of the connection opened before the reloads and the one after: %q, want reno, cubic", ccs)
 	}
+	if !slices.Equal(marks, []string{"", "0x7"}) {
+		t.Errorf("firewall marks of the upstream sockets opened before the reloads and after: %q, want none, 0x7", marks)
+	}
+}
+
+// upstreamMarks runs ss -e in the gateway namespace and returns the
+// firewall mark ("" for none) of each socket connected to port, by its
+// local address.
+func upstreamMarks(t *testing.T, g *gateway, port int) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := g.Gateway.Command(ctx, "ss", "-Htne", "dport", "=", fmt.Sprintf(":%d", port)).Output()
+	if err != nil {
+		t.Fatalf("ss -Htne in the gateway namespace: %v", err)
+	}
+	marks := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		marks[f[3]] = ""
+		for _, x := range f[5:] {
+			if m, ok := strings.CutPrefix(x, "fwmark:"); ok {
+				marks[f[3]] = m
+			}
+		}
+	}
+	return marks
 }
 
 // reload sends tcpd SIGHUP and waits for its n-th "reloaded" line.

@@ -44,6 +44,8 @@ type connRow struct {
 	InState     float64 `json:"in_state_seconds"`
 	// CongestionControl is the algorithm of tcpd's end ("reno", "cubic").
 	CongestionControl string `json:"congestion_control"`
+	// Upstream is the local address of tcpd's upstream socket.
+	Upstream string `json:"upstream"`
 }
 
 // connsJSON runs `tcpd conns -o json args...` and decodes the rows.

@@ -31,21 +31,22 @@ func (s *Stack) controlUpstream(network, address string, c syscall.RawConn) erro
 		return fmt.Errorf("%w: %s (%s)", errDialDenied, ap.Addr(), v.Reason)
 	}
 	var serr error
-	ut := s.tune.Load().Keepalive.userTimeout()
+	tune := s.tune.Load()
+	ut := tune.Keepalive.userTimeout()
 	err = c.Control(func(fd uintptr) {
 		if e := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ut.Milliseconds())); e != nil {
 			serr = fmt.Errorf("set TCP_USER_TIMEOUT: %w", e)
 			return
 		}
-		if s.cfg.Mark != 0 {
-			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(s.cfg.Mark)); e != nil {
-				serr = fmt.Errorf("set SO_MARK %d: %w", s.cfg.Mark, e)
+		if tune.Mark != 0 {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(tune.Mark)); e != nil {
+				serr = fmt.Errorf("set SO_MARK %d: %w", tune.Mark, e)
 				return
 			}
 		}
-		if s.cfg.Interface != "" {
-			if e := unix.BindToDevice(int(fd), s.cfg.Interface); e != nil {
-				serr = fmt.Errorf("bind to device %s: %w", s.cfg.Interface, e)
+		if tune.Interface != "" {
+			if e := unix.BindToDevice(int(fd), tune.Interface); e != nil {
+				serr = fmt.Errorf("bind to device %s: %w", tune.Interface, e)
 			}
 		}
 	})

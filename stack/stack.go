@@ -90,11 +90,6 @@ type Config struct {
 	// built-in secure default for Clients (policy.New with no allow list).
 	Policy *policy.Policy
 
-	// Interface, when set, binds upstream sockets to it (SO_BINDTODEVICE).
-	Interface string
-	// Mark, when non-zero, is set on upstream sockets (SO_MARK).
-	Mark uint32
-
 	// MaxInFlight caps handshakes in progress (SYN received, not yet
 	// established): the netstack's forwarder is built with it. Zero means
 	// 4096.

@@ -20,6 +20,10 @@ import (
 type Tunables struct {
 	// DialTimeout bounds the upstream connect. Zero means 10s.
 	DialTimeout time.Duration
+	// Interface, when set, binds upstream sockets to it (SO_BINDTODEVICE).
+	Interface string
+	// Mark, when non-zero, is set on upstream sockets (SO_MARK).
+	Mark uint32
 	// Keepalive applies to both legs.
 	Keepalive Keepalive
 	// HalfCloseTimeout bounds how long a half-closed connection may go without

@@ -32,8 +32,11 @@ import (
 // To add a key: add its row where it belongs in the file's order, and the
 // field it sets to the package's Config (for a key that reloads, to
 // stack.Tunables, whose SetTunables a reload calls with the whole struct,
-// or to policy.Config), and make the package use the field. Then run
-// `go generate ./cmd/tcpd` to rewrite configs/tcpd.yaml and README's table.
+// or to policy.Config), with the package's own zero-value default stated on
+// the field and applied in its WithDefaults (TestPackageDefaultsAgree holds
+// it to the row's), and make the package use the field. A rule across keys
+// goes in crossCheck. Then run `go generate ./cmd/tcpd` to rewrite
+// configs/tcpd.yaml and README's table.
 // Nothing else is written by hand: the allowed keys of each section, the
 // error messages, the defaults, the reload diff and the documentation come
 // from the row. A key that reloads but is applied by anything other than
@@ -135,10 +138,10 @@ var keys = []key{
 	{path: "upstream.dial_timeout", apply: newConns,
 		spec: field(func(c *config) *time.Duration { return &c.stack.DialTimeout }, 10*time.Second, duration(100*time.Millisecond, 5*time.Minute, false)),
 		doc:  "How long a connect to the destination may take; then the client gets RST."},
-	{path: "upstream.interface", apply: restart,
+	{path: "upstream.interface", apply: newConns,
 		spec: field(func(c *config) *string { return &c.stack.Interface }, "", ifName(true)),
 		doc:  "Network interface upstream sockets are bound to (SO_BINDTODEVICE); \"\" binds none."},
-	{path: "upstream.mark", apply: restart,
+	{path: "upstream.mark", apply: newConns,
 		spec: field(func(c *config) *uint32 { return &c.stack.Mark }, 0, integer[uint32](0, math.MaxUint32)),
 		doc:  "Firewall mark set on upstream sockets (SO_MARK), for policy routing; 0 sets none."},
 
@@ -387,18 +390,33 @@ func (c *config) set(path, value string) error {
 // reloaded returns the configuration in force after a reload that read
 // file: the keys a reload applies take file's values, the others keep
 // running's. changed lists the keys that need a restart and whose value in
-// file differs from the one in force, as "key: in force → in the file".
-func reloaded(running, file *config) (next *config, changed []string) {
+// file differs from the one in force, as "key: in force → in the file". It
+// fails when the result would break a rule across keys that file alone
+// keeps: a per-client cap above a global cap that keeps its running value,
+// upstream.interface naming the running TUN.
+func reloaded(running, file *config) (next *config, changed []string, err error) {
 	n := *running
+	d := newDecoder()
 	for _, k := range keys {
 		switch {
 		case k.apply != restart:
 			k.spec.copy(&n, file)
+			// A rule broken in force is reported against the key the
+			// file changes.
+			d.lines[k.path] = 0
 		case !k.spec.equal(running, file):
 			changed = append(changed, fmt.Sprintf("%s: %s → %s", k.path, k.spec.format(running), k.spec.format(file)))
 		}
 	}
-	return &n, changed
+	d.crossCheck(&n)
+	if len(d.errs) > 0 {
+		msgs := make([]string, len(d.errs))
+		for i, e := range d.errs {
+			msgs[i] = e.msg
+		}
+		return nil, nil, fmt.Errorf("with the settings that need a restart at their running values: %s", strings.Join(msgs, "; "))
+	}
+	return &n, changed, nil
 }
 
 // logLevel returns log.level.

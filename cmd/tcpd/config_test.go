@@ -253,7 +253,6 @@ shutdown_grace: 0s
 	}
 	want.stack.Clients = []netip.Prefix{pfx("100.64.0.0/10"), pfx("fd64::/64")}
 	want.policy = policy.Config{Allow: []netip.Prefix{pfx("10.1.0.0/16")}, Deny: []netip.Prefix{pfx("203.0.113.0/24"), pfx("2001:db8::/32")}}
-	want.stack.Interface, want.stack.Mark = "eth1", 255
 	want.stack.MaxInFlight = 100
 	want.stack.Tunables = stack.Tunables{
 		DialTimeout:             90 * time.Second,
@@ -269,6 +268,7 @@ shutdown_grace: 0s
 		MaxConnectionsPerClient: 1000,
 		MaxInFlightPerClient:    1,
 	}
+	want.stack.Interface, want.stack.Mark = "eth1", 255
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
 	}
@@ -504,13 +504,16 @@ admin: {socket: /tmp/a.sock}
 log: {format: json, level: error}
 `, []string{"tun.name: tcpd0 → t1", "tun.mtu: 1500 → 1400", `tun.addresses: ["100.64.0.1/32", "fd64::1/128"] → ["100.64.0.2/32"]`,
 			`tun.offload: auto → "off"`, `clients: ["100.64.0.0/10", "fd64::/64"] → ["100.64.0.0/11"]`,
-			`upstream.interface: "" → eth0`, "upstream.mark: 0 → 7", "limits.max_in_flight: 4096 → 300",
+			"limits.max_in_flight: 4096 → 300",
 			`metrics.listen: 127.0.0.1:9810 → :9000`, "admin.socket: /run/tcpd/tcpd.sock → /tmp/a.sock", "log.format: auto → json"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			file := mustParse(t, tt.yaml)
-			next, changed := reloaded(base, file)
+			next, changed, err := reloaded(base, file)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if !slices.Equal(changed, tt.changed) {
 				t.Errorf("changed %q, want %q", changed, tt.changed)
 			}
@@ -534,7 +537,10 @@ func TestReloadWarnsUntilRestart(t *testing.T) {
 	running := defaultConfig()
 	file := mustParse(t, "tun:\n  mtu: 9000\nlog:\n  level: debug\n")
 	for i := range 3 {
-		next, changed := reloaded(running, file)
+		next, changed, err := reloaded(running, file)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if !slices.Equal(changed, []string{"tun.mtu: 1500 → 9000"}) {
 			t.Fatalf("reload %d: changed %q, want tun.mtu still pending", i+1, changed)
 		}
@@ -544,8 +550,26 @@ func TestReloadWarnsUntilRestart(t *testing.T) {
 		running = next
 	}
 	// Putting the file back as it was clears the warning.
-	if _, changed := reloaded(running, defaultConfig()); changed != nil {
+	if _, changed, err := reloaded(running, defaultConfig()); changed != nil || err != nil {
 		t.Fatalf("file back to the running values: changed %q", changed)
+	}
+}
+
+// TestReloadedChecksWhatWillBeInForce: a file that is valid by itself but
+// breaks a rule across keys once the keys that need a restart keep their
+// running values is rejected, naming the key it changes.
+func TestReloadedChecksWhatWillBeInForce(t *testing.T) {
+	running := defaultConfig()
+	for _, tt := range []struct{ yaml, want string }{
+		{"tun:\n  name: tcpd1\nupstream:\n  interface: tcpd0\n",
+			`upstream.interface: "tcpd0" is tun.name; upstream sockets would loop back into tcpd`},
+		{"limits:\n  max_in_flight: 8192\n  max_in_flight_per_client: 5000\n",
+			"limits.max_in_flight_per_client: 5000 is out of range (allowed 1..4096, at most limits.max_in_flight)"},
+	} {
+		next, _, err := reloaded(running, mustParse(t, tt.yaml))
+		if err == nil || !strings.Contains(err.Error(), tt.want) || next != nil {
+			t.Errorf("%q: error %v, want one containing %q", tt.yaml, err, tt.want)
+		}
 	}
 }
 
@@ -580,11 +604,11 @@ limits:
 		},
 		Clients:     []netip.Prefix{pfx("100.64.0.0/12"), pfx("fd64::/64")},
 		Policy:      pol,
-		Interface:   "eth2",
-		Mark:        4294967295,
 		MaxInFlight: 500,
 		Tunables: stack.Tunables{
 			DialTimeout:             3 * time.Second,
+			Interface:               "eth2",
+			Mark:                    4294967295,
 			Keepalive:               stack.Keepalive{Idle: 61 * time.Second, Interval: 7 * time.Second, Count: 9},
 			HalfCloseTimeout:        45 * time.Second,
 			IdleTimeout:             time.Hour,

@@ -252,7 +252,13 @@ func (d *daemon) reload() {
 			zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
 		return
 	}
-	next, changed := reloaded(d.cfg, file)
+	next, changed, err := reloaded(d.cfg, file)
+	if err != nil {
+		d.setReload(false)
+		d.log.Error("reload rejected; the running configuration stays in force",
+			zap.String("config", d.source()), zap.String("error", err.Error()))
+		return
+	}
 	pol, err := policy.New(next.policyConfig())
 	if err != nil {
 		d.setReload(false)
