@@ -59,6 +59,16 @@ func Build(t testing.TB, pkg string) string {
 // cmd/tcpd. Each package and set of tags is built once per process.
 func BuildTags(t testing.TB, pkg string, tags ...string) string {
 	t.Helper()
+	path, err := buildOnce(pkg, tags...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// buildOnce is BuildTags for callers without a testing.TB (the demo, labs
+// that build their own helpers).
+func buildOnce(pkg string, tags ...string) (string, error) {
 	key := strings.Join(append([]string{pkg}, tags...), " ")
 	builds.Lock()
 	if builds.pkgs == nil {
@@ -71,10 +81,7 @@ func BuildTags(t testing.TB, pkg string, tags ...string) string {
 	}
 	builds.Unlock()
 	b.once.Do(func() { b.path, b.err = goBuild(pkg, tags) })
-	if b.err != nil {
-		t.Fatal(b.err)
-	}
-	return b.path
+	return b.path, b.err
 }
 
 // BuildTCPD returns the path of a tcpd binary: $TCPD_BIN if set (a relative

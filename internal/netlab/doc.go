@@ -16,6 +16,13 @@
 // VPN gateway running tcpd would have, so that everything arriving from
 // clients, even for the gateway's own addresses, goes into tcpd's TUN.
 //
+// With [Options].WireGuard the clients are WireGuard peers instead: several
+// client namespaces, each joined to the gateway by an underlay veth and a
+// real WireGuard tunnel over it (wgpeer processes built from the
+// golang.zx2c4.com/wireguard module; no kernel module, no wg binary), with
+// the gateway set up as README's "Running it on a WireGuard gateway" says.
+// See [WireGuard].
+//
 // [Lab.ImpairClientLink] emulates a lossy, slow client link in userspace
 // (delay, jitter, loss, duplication, reordering, like netem, which the
 // kernels tcpd is tested on lack): packets crossing the client link are

@@ -129,6 +129,9 @@ type Impairer struct {
 // Only one Impairer per lab can be open. Close restores the direct path;
 // Lab.Close closes it too.
 func (l *Lab) ImpairClientLink(toGateway, toClient Impairment) (_ *Impairer, err error) {
+	if l.Peers != nil {
+		return nil, errors.New("netlab: ImpairClientLink impairs a veth lab's client link; this is a WireGuard lab")
+	}
 	if err := toGateway.validate(); err != nil {
 		return nil, fmt.Errorf("netlab: impair towards the gateway: %w", err)
 	}

@@ -50,6 +50,9 @@ var (
 type Options struct {
 	// MTU of all veths; 0 means 1500.
 	MTU int
+	// WireGuard, when set, joins the clients to the gateway through a real
+	// WireGuard tunnel instead of a veth; see [WireGuard].
+	WireGuard *WireGuard
 }
 
 // Lab is one client/gateway/server topology. See the package documentation.
@@ -70,6 +73,16 @@ type Lab struct {
 	// MTU of the veths.
 	MTU int
 
+	// Peers are the client namespaces of a WireGuard lab, each a WireGuard
+	// peer of the gateway, Peers[0] being Client; nil in a veth lab. In a
+	// WireGuard lab ClientLink is Peers[0]'s WireGuard interface,
+	// GatewayClientLink the gateway's, and the Client and GatewayClient
+	// addresses are those of these interfaces.
+	Peers []*Peer
+	// WireGuardMTU is the MTU of the gateway's WireGuard interface; 0 in a
+	// veth lab.
+	WireGuardMTU int
+
 	mu     sync.Mutex
 	closed bool       // set once Close starts; no new processes after that
 	nss    []*NS      // namespaces created so far, in creation order
@@ -79,6 +92,9 @@ type Lab struct {
 	err    error      // Close's result
 	routes sync.Mutex // serialises RouteIntoTUN / RouteDirect / ImpairClientLink
 	impair *Impairer  // the open ImpairClientLink, if any
+	// gwVeths are the gateway's ends of the lab's veths, which Close
+	// deletes (deleting one end deletes the pair).
+	gwVeths []string
 }
 
 // SetupError is returned by New when building the lab failed. Everything
@@ -171,7 +187,13 @@ func New(opts Options) (_ *Lab, err error) {
 		ID:                 id,
 		MTU:                mtu,
 	}
-	names := []string{nsPrefix + id + "-c", nsPrefix + id + "-g", nsPrefix + id + "-s"}
+	names := []string{nsPrefix + id + "-c"}
+	if wg := opts.WireGuard; wg != nil {
+		for i := 1; i < wg.peers(); i++ {
+			names = append(names, fmt.Sprintf("%s%s-c%d", nsPrefix, id, i))
+		}
+	}
+	names = append(names, nsPrefix+id+"-g", nsPrefix+id+"-s")
 	register(l)
 	defer func() {
 		if err != nil {
@@ -185,6 +207,7 @@ func New(opts Options) (_ *Lab, err error) {
 		return nil, fmt.Errorf("invalid MTU %d", mtu)
 	}
 
+	var clients []*NS
 	for i, name := range names {
 		ns, err := createNS(name)
 		if err != nil {
@@ -194,13 +217,20 @@ func New(opts Options) (_ *Lab, err error) {
 		l.nss = append(l.nss, ns)
 		l.mu.Unlock()
 		switch i {
-		case 0:
-			l.Client = ns
-		case 1:
+		case len(names) - 2:
 			l.Gateway = ns
-		case 2:
+		case len(names) - 1:
 			l.Server = ns
+		default:
+			clients = append(clients, ns)
 		}
+	}
+	l.Client = clients[0]
+	if opts.WireGuard != nil {
+		if err := l.setupWireGuard(*opts.WireGuard, clients); err != nil {
+			return nil, err
+		}
+		return l, nil
 	}
 	if err := l.setup(); err != nil {
 		return nil, err
@@ -245,10 +275,10 @@ func (l *Lab) setup() error {
 
 	// Each veth is created directly inside its namespaces, so nothing ever
 	// appears in the caller's namespace.
-	if err := addVeth(c, l.ClientLink, g, l.GatewayClientLink, l.MTU); err != nil {
+	if err := l.addVeth(c, l.ClientLink, l.GatewayClientLink, l.MTU); err != nil {
 		return err
 	}
-	if err := addVeth(s, l.ServerLink, g, l.GatewayServerLink, l.MTU); err != nil {
+	if err := l.addVeth(s, l.ServerLink, l.GatewayServerLink, l.MTU); err != nil {
 		return err
 	}
 	if err := c.sysctls([2]string{"net/ipv6/conf/" + l.ClientLink + "/accept_dad", "0"}); err != nil {
@@ -365,6 +395,18 @@ func (l *Lab) setup() error {
 	return nil
 }
 
+// addVeth creates a veth pair with one end, aName, in a and the other,
+// gwName, in the lab's gateway, and has Close delete it.
+func (l *Lab) addVeth(a *NS, aName string, gwName string, mtu int) error {
+	if err := addVeth(a, aName, l.Gateway, gwName, mtu); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.gwVeths = append(l.gwVeths, gwName)
+	l.mu.Unlock()
+	return nil
+}
+
 // addVeth creates a veth pair with one end, aName, in a and the other, bName,
 // in b.
 func addVeth(a *NS, aName string, b *NS, bName string, mtu int) error {
@@ -434,7 +476,7 @@ func defaultDst(v6 bool) *net.IPNet {
 var families = []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 
 // RouteIntoTUN gives the gateway the policy routing of a VPN gateway running
-// tcpd with the TUN dev, for IPv4 and IPv6:
+// tcpd with the TUN dev, for IPv4 and IPv6. In a veth lab:
 //
 //	ip rule add iif <GatewayClientLink> lookup 100 pref 100
 //	ip rule add pref 200 lookup local
@@ -443,8 +485,15 @@ var families = []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 //
 // so that everything arriving from clients, even for the gateway's own
 // addresses, goes into the TUN (tcpd's destination policy then protects the
-// host). Traffic the gateway itself originates or receives on other links
-// is routed as before. Calling it again (say for a restarted tcpd) is fine.
+// host). In a WireGuard lab, exactly what README's "Running it on a
+// WireGuard gateway" tells an operator:
+//
+//	ip rule add iif <wg> ipproto tcp lookup 100 pref 100
+//	ip route replace default dev <dev> table 100
+//
+// so that only TCP goes to tcpd and UDP and ICMP stay with the kernel.
+// Traffic the gateway itself originates or receives on other links is
+// routed as before. Calling it again (say for a restarted tcpd) is fine.
 func (l *Lab) RouteIntoTUN(dev string) error {
 	l.routes.Lock()
 	defer l.routes.Unlock()
@@ -463,12 +512,16 @@ func (l *Lab) RouteIntoTUN(dev string) error {
 		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("netlab: default dev %s table %d (%s): %w", dev, TUNTable, famName(fam), err)
 		}
+		if err := ensureRule(h, l.tunRule(fam)); err != nil {
+			return err
+		}
+		if l.Peers != nil {
+			continue // the local table stays first
+		}
 		// Add the new local rule before removing the old one, so local
 		// delivery never disappears.
-		for _, want := range []*netlink.Rule{l.tunRule(fam), localRule(fam, LocalRulePref)} {
-			if err := ensureRule(h, want); err != nil {
-				return err
-			}
+		if err := ensureRule(h, localRule(fam, LocalRulePref)); err != nil {
+			return err
 		}
 		if err := removeRule(h, localRule(fam, 0)); err != nil {
 			return err
@@ -518,6 +571,9 @@ func (l *Lab) tunRule(fam int) *netlink.Rule {
 	r.Priority = TUNRulePref
 	r.Table = TUNTable
 	r.IifName = l.GatewayClientLink
+	if l.Peers != nil {
+		r.IPProto = unix.IPPROTO_TCP
+	}
 	return r
 }
 
@@ -529,8 +585,8 @@ func localRule(fam, pref int) *netlink.Rule {
 	return r
 }
 
-// findRule reports whether a rule with want's family, preference, table and
-// input interface, and no other selector, exists.
+// findRule reports whether a rule with want's family, preference, table,
+// input interface and IP protocol, and no other selector, exists.
 func findRule(h *netlink.Handle, want *netlink.Rule) (bool, error) {
 	rules, err := h.RuleList(want.Family)
 	if err != nil {
@@ -538,7 +594,7 @@ func findRule(h *netlink.Handle, want *netlink.Rule) (bool, error) {
 	}
 	for _, r := range rules {
 		if r.Priority == want.Priority && r.Table == want.Table && r.IifName == want.IifName &&
-			r.OifName == "" && r.Src == nil && r.Dst == nil && r.Mark == 0 && !r.Invert {
+			r.IPProto == want.IPProto && r.OifName == "" && r.Src == nil && r.Dst == nil && r.Mark == 0 && !r.Invert {
 			return true, nil
 		}
 	}
@@ -572,6 +628,9 @@ func ruleString(r *netlink.Rule) string {
 	if r.IifName != "" {
 		s += " iif " + r.IifName
 	}
+	if r.IPProto != 0 {
+		s += fmt.Sprintf(" ipproto %d", r.IPProto)
+	}
 	if r.Table == unix.RT_TABLE_LOCAL {
 		return s + " lookup local"
 	}
@@ -597,7 +656,7 @@ func (l *Lab) Close() error {
 func (l *Lab) close() error {
 	l.mu.Lock()
 	l.closed = true
-	procs, nss, tmp, imp := l.procs, l.nss, l.tmp, l.impair
+	procs, nss, tmp, imp, veths := l.procs, l.nss, l.tmp, l.impair, l.gwVeths
 	l.mu.Unlock()
 	defer unregister(l)
 
@@ -617,10 +676,10 @@ func (l *Lab) close() error {
 	// namespace any more (a socket, a process started with NS.Command), so
 	// remove the veths explicitly: deleting one end deletes its peer.
 	if g := l.Gateway; g != nil {
-		for _, name := range []string{l.GatewayClientLink, l.GatewayServerLink} {
+		for _, name := range veths {
 			link, err := g.nl.LinkByName(name)
 			if err != nil {
-				continue // never created
+				continue // gone with its peer's namespace
 			}
 			if err := g.nl.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 				errs = append(errs, fmt.Errorf("delete %s in %s: %w", name, g.Name, err))

@@ -69,11 +69,11 @@ func sweep() {
 			if ownerAlive(id) {
 				continue
 			}
-			for _, suffix := range []string{"-c", "-g", "-s", "-m"} { // -m: a Monitor
-				name := nsPrefix + id + suffix
-				if _, err := os.Stat(filepath.Join(netnsDir, name)); err != nil {
-					continue
-				}
+			// -c, -g, -s and -m (a Monitor); a WireGuard lab's further
+			// peers are -c1, -c2...
+			paths, _ := filepath.Glob(filepath.Join(netnsDir, nsPrefix+id+"-*"))
+			for _, path := range paths {
+				name := filepath.Base(path)
 				killInside(name)
 				deleteNS(name)
 			}
