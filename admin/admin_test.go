@@ -83,6 +83,7 @@ func fixture() []stack.ConnInfo {
 	tw.BytesIn, tw.BytesOut = 300, 1<<20
 	tw.Handshake, tw.Dial = 2*time.Millisecond, 8*time.Millisecond
 	tw.TimeWaitLeft = 26 * time.Second
+	tw.MSS, tw.AdvMSS, tw.SendMSS = 1400, 1460, 1400
 
 	est := conn(3, "100.64.0.7:51000", "203.0.113.10:443", conntrack.StateEstablished, conntrack.StateEstablished)
 	est.Opened = now.Add(-250 * time.Second)
@@ -92,6 +93,7 @@ func fixture() []stack.ConnInfo {
 	est.RTT, est.RTTVar, est.Retransmits = 25*time.Millisecond, 5*time.Millisecond, 2
 	est.CongestionControl = "cubic"
 	est.Upstream = "192.0.2.1:33000"
+	est.MSS, est.ClampedFrom, est.AdvMSS, est.SendMSS = 1380, 1460, 1460, 1380
 
 	syn := conn(12, "[fd00::7]:50000", "[2001:db8::1]:443", conntrack.StateSynRecv, conntrack.StateSynSent)
 	syn.Opened = now.Add(-time.Second)
@@ -208,10 +210,12 @@ func TestConns(t *testing.T) {
 		Conns: []admin.Conn{
 			{ID: 3, State: "established", ClientState: "established", Client: "100.64.0.7:51000", Dst: "203.0.113.10:443",
 				Upstream: "192.0.2.1:33000", AgeSeconds: 250, InStateSeconds: 249.5, BytesIn: 1234, BytesOut: 5678,
-				RTTSeconds: 0.025, RTTVarSeconds: 0.005, Retransmits: 2, CongestionControl: "cubic", HandshakeSeconds: 0.012, DialSeconds: 0.03},
+				RTTSeconds: 0.025, RTTVarSeconds: 0.005, Retransmits: 2, CongestionControl: "cubic", HandshakeSeconds: 0.012, DialSeconds: 0.03,
+				MSS: 1380, ClientMSS: 1460, MSSClamped: true, AdvMSS: 1460},
 			{ID: 9, State: "time_wait", ClientState: "fin_wait2", Client: "100.64.0.8:40000", Dst: "198.51.100.7:80",
 				AgeSeconds: 95, InStateSeconds: 4, BytesIn: 300, BytesOut: 1 << 20,
-				HandshakeSeconds: 0.002, DialSeconds: 0.008, TimeWaitLeftSeconds: 26},
+				HandshakeSeconds: 0.002, DialSeconds: 0.008, TimeWaitLeftSeconds: 26,
+				MSS: 1400, ClientMSS: 1400, AdvMSS: 1460},
 			{ID: 12, State: "syn_recv", ClientState: "syn_sent", Client: "[fd00::7]:50000", Dst: "[2001:db8::1]:443",
 				AgeSeconds: 1, InStateSeconds: 1},
 		},
@@ -231,9 +235,9 @@ func TestConns(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	wantKeys := []string{"age_seconds", "bytes_in", "bytes_out", "client", "client_state", "congestion_control", "dial_seconds", "dst",
-		"handshake_seconds", "id", "in_state_seconds", "retransmits", "rtt_seconds", "rttvar_seconds", "state",
-		"time_wait_left_seconds", "upstream"}
+	wantKeys := []string{"adv_mss", "age_seconds", "bytes_in", "bytes_out", "client", "client_mss", "client_state",
+		"congestion_control", "dial_seconds", "dst", "handshake_seconds", "id", "in_state_seconds", "mss", "mss_clamped",
+		"retransmits", "rtt_seconds", "rttvar_seconds", "state", "time_wait_left_seconds", "upstream"}
 	if !slices.Equal(keys, wantKeys) {
 		t.Errorf("keys %q, want %q", keys, wantKeys)
 	}

@@ -55,6 +55,14 @@ type Conn struct {
 	HandshakeSeconds    float64 `json:"handshake_seconds"`
 	DialSeconds         float64 `json:"dial_seconds"`
 	TimeWaitLeftSeconds float64 `json:"time_wait_left_seconds"`
+	// MSS is the MSS tcpd sends to the client with. ClientMSS is the MSS
+	// option of the client's SYN as the client sent it (0: none), and
+	// MSSClamped says tcpd lowered it to the path back to the client
+	// (tcp.mss_clamp). AdvMSS is the MSS tcpd's SYN-ACK offered the client.
+	MSS        int  `json:"mss"`
+	ClientMSS  int  `json:"client_mss"`
+	MSSClamped bool `json:"mss_clamped"`
+	AdvMSS     int  `json:"adv_mss"`
 }
 
 // Summary is the body of GET /v1/summary: conntrack.Snapshot without the
@@ -161,7 +169,7 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 }
 
 func connRow(c stack.ConnInfo, now time.Time) Conn {
-	return Conn{
+	row := Conn{
 		ID:                  uint64(c.ID),
 		State:               c.State.String(),
 		ClientState:         c.ClientState.String(),
@@ -179,7 +187,15 @@ func connRow(c stack.ConnInfo, now time.Time) Conn {
 		HandshakeSeconds:    c.Handshake.Seconds(),
 		DialSeconds:         c.Dial.Seconds(),
 		TimeWaitLeftSeconds: c.TimeWaitLeft.Seconds(),
+		MSS:                 c.SendMSS,
+		ClientMSS:           int(c.MSS),
+		MSSClamped:          c.ClampedFrom != 0,
+		AdvMSS:              int(c.AdvMSS),
 	}
+	if c.ClampedFrom != 0 {
+		row.ClientMSS = int(c.ClampedFrom)
+	}
+	return row
 }
 
 // since is now-t in seconds, 0 for an unset t or a t in the future.

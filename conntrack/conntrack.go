@@ -31,6 +31,13 @@ type Segment struct {
 	Ack   uint32
 	// Len is the payload length (SYN and FIN not included).
 	Len uint32
+	// MSS is the value of a SYN's MSS option as it crossed the TUN (after
+	// tcpd clamped a client's), 0 for a segment without one (RFC 9293
+	// 3.7.1: its receiver assumes 536 bytes).
+	MSS uint16
+	// ClampedFrom is, on a client's SYN whose MSS tcpd lowered, the value
+	// the client sent; 0 otherwise.
+	ClampedFrom uint16
 }
 
 // Config configures a Table. The zero value works.
@@ -136,6 +143,9 @@ type entry struct {
 	// finished: the entry has left the 4-tuple index and the TIME_WAIT
 	// list, both its ends count as closed, and Released removes it.
 	relay, held bool
+	// mss and clampedFrom come from the client's SYN, advMSS from tcpd's
+	// SYN-ACK (Segment.MSS, Segment.ClampedFrom).
+	mss, clampedFrom, advMSS uint16
 
 	// TIME_WAIT list, ordered by deadline (the timeout is the same for all,
 	// so entry order is deadline order).
@@ -247,7 +257,7 @@ func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
 		return nil
 	}
 	t.nextID++
-	e := &entry{id: t.nextID, tuple: tu, opened: now, lastSeen: now}
+	e := &entry{id: t.nextID, tuple: tu, opened: now, lastSeen: now, mss: s.MSS, clampedFrom: s.ClampedFrom}
 	// tcpd's netstack is conceptually LISTEN and takes the SYN to
 	// SYN-RECEIVED (RFC 9293 3.10.7.2); the client has sent it: SYN-SENT.
 	e.ends[sideTCPD] = end{state: StateSynRecv, since: now}
@@ -361,6 +371,9 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			// SYN-ACK: the sender is in SYN-RECEIVED.
 			if xs == sideTCPD && e.synAckAt.IsZero() {
 				e.synAckAt = now
+			}
+			if xs == sideTCPD {
+				e.advMSS = s.MSS
 			}
 			if x.state == StateListen || x.state == StateSynSent {
 				t.setStateLocked(e, xs, StateSynRecv, now)
@@ -789,6 +802,9 @@ func (t *Table) Conns(keep func(*Conn) bool) []Conn {
 			BytesOut:    e.ends[sideTCPD].bytes,
 			Handshake:   e.handshake,
 			Dial:        e.dial,
+			MSS:         e.mss,
+			ClampedFrom: e.clampedFrom,
+			AdvMSS:      e.advMSS,
 		}
 		if e.inTW {
 			c.TimeWaitLeft = max(e.twDeadline.Sub(now), 0)

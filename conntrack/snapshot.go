@@ -100,4 +100,9 @@ type Conn struct {
 	Handshake, Dial time.Duration
 	// TimeWaitLeft is how long the entry stays in TIME_WAIT; zero otherwise.
 	TimeWaitLeft time.Duration
+	// MSS is the MSS option of the client's SYN as tcpd's netstack read
+	// it, 0 if it had none; ClampedFrom, when tcpd lowered it, the value
+	// the client sent (else 0). AdvMSS is the MSS tcpd's SYN-ACK offered
+	// the client, 0 before it was sent.
+	MSS, ClampedFrom, AdvMSS uint16
 }

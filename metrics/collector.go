@@ -149,7 +149,7 @@ type Collector struct {
 	dialFailures, ended              *prometheus.Desc
 	panics, active, inFlight         *prometheus.Desc
 	relayEntries                     *prometheus.Desc
-	handshakeTimeouts                *prometheus.Desc
+	handshakeTimeouts, mssClamped    *prometheus.Desc
 
 	netstack []*prometheus.Desc // parallel to netstackValues
 
@@ -201,6 +201,9 @@ func NewCollector(cfg Config) *Collector {
 		handshakeTimeouts: prometheus.NewDesc("tcpd_handshake_timeouts_total",
 			"Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout.",
 			nil, nil),
+		mssClamped: prometheus.NewDesc("tcpd_tcp_mss_clamped_total",
+			"Client SYNs whose MSS tcpd lowered to what the kernel's route back to the client carries (tcp.mss_clamp), so that no segment is too big for the VPN interface.",
+			nil, nil),
 		panics: prometheus.NewDesc("tcpd_handler_panics_total",
 			"Connection handlers that panicked; each reset only its own connection.",
 			nil, nil),
@@ -246,7 +249,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, d := range []*prometheus.Desc{
 		c.tunPackets, c.tunBytes, c.relayBytes, c.dropped, c.connections,
-		c.dialFailures, c.ended, c.panics, c.active, c.relayEntries, c.inFlight, c.handshakeTimeouts,
+		c.dialFailures, c.ended, c.panics, c.active, c.relayEntries, c.inFlight, c.handshakeTimeouts, c.mssClamped,
 	} {
 		ch <- d
 	}
@@ -315,6 +318,7 @@ func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
 	}
 	send(ch, c.panics, prometheus.CounterValue, float64(st.Panics.Load()))
 	send(ch, c.handshakeTimeouts, prometheus.CounterValue, float64(st.HandshakeTimeouts.Load()))
+	send(ch, c.mssClamped, prometheus.CounterValue, float64(st.MSSClamped.Load()))
 	send(ch, c.inFlight, prometheus.GaugeValue, float64(st.InFlight.Load()))
 }
 

@@ -64,6 +64,8 @@ func testSources() (*fakeConntrack, *fakeStack) {
 	st.stats.Ended[stack.EndTimeout].Store(2)
 	st.stats.Panics.Store(1)
 	st.stats.HandshakeTimeouts.Store(3)
+	st.stats.MSSClamped.Store(7)
+	st.stats.Dropped[stack.DropNotTCP].Store(2)
 	st.stats.Active.Store(4)
 	st.relayEntries = 5
 	st.stats.InFlight.Store(2)
@@ -200,6 +202,9 @@ tcpd_handler_panics_total 1
 # HELP tcpd_handshake_timeouts_total Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout.
 # TYPE tcpd_handshake_timeouts_total counter
 tcpd_handshake_timeouts_total 3
+# HELP tcpd_tcp_mss_clamped_total Client SYNs whose MSS tcpd lowered to what the kernel's route back to the client carries (tcp.mss_clamp), so that no segment is too big for the VPN interface.
+# TYPE tcpd_tcp_mss_clamped_total counter
+tcpd_tcp_mss_clamped_total 7
 `},
 		{"drops", `
 # HELP tcpd_dropped_total Packets and connection attempts tcpd dropped or refused, by reason.
@@ -210,6 +215,7 @@ tcpd_dropped_total{reason="malformed"} 0
 tcpd_dropped_total{reason="max_connections"} 0
 tcpd_dropped_total{reason="max_connections_per_client"} 0
 tcpd_dropped_total{reason="max_in_flight_per_client"} 0
+tcpd_dropped_total{reason="not_tcp"} 2
 tcpd_dropped_total{reason="shutting_down"} 0
 tcpd_dropped_total{reason="spoofed_source"} 3
 tcpd_dropped_total{reason="tun_read_error"} 0
@@ -410,6 +416,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_tcp_connection_setup_duration_seconds",
 		"tcpd_tcp_connection_states",
 		"tcpd_tcp_handshake_duration_seconds",
+		"tcpd_tcp_mss_clamped_total",
 		"tcpd_tcp_time_wait_connections",
 		"tcpd_tcp_time_wait_duration_seconds",
 		"tcpd_tcp_time_wait_entered_total",

@@ -126,26 +126,29 @@ func TestVerifyChecksums(t *testing.T) {
 }
 
 // TestLinkDeliversOnlyVerified checks that what the link hands the netstack,
-// which it tells that every checksum was verified, was verified: a UDP
-// datagram with a bad checksum and a TCP fragment never reach it.
+// which it tells that every checksum was verified, was verified: an ICMP
+// error with a bad checksum and a TCP fragment never reach it. (A client's
+// other non-TCP packets are dropped before any checksum, as not_tcp; ICMP
+// errors pass, for the TCP connections they quote.)
 func TestLinkDeliversOnlyVerified(t *testing.T) {
 	h := newHarness(t, Config{}, clientAddr)
 	h.listen(t, func(c net.Conn) {})
-	udp := make([]byte, header.UDPMinimumSize+4)
-	header.UDP(udp).Encode(&header.UDPFields{SrcPort: 5353, DstPort: 53, Length: uint16(len(udp))})
+	// Destination unreachable, quoting an IPv4 header and 8 bytes.
+	unreach := make([]byte, 8+header.IPv4MinimumSize+8)
+	unreach[0] = 3
 	syn := buildV4(netip.AddrPortFrom(clientAddr, 40000), netip.AddrPortFrom(dstAddr, 80), header.TCPFlagSyn, 1000, 0, 0)[header.IPv4MinimumSize:]
 
 	before := h.s.NetstackStats().IPPacketsReceived
-	h.inject <- corrupt(ipPacket(clientAddr, dstAddr, header.UDPProtocolNumber, udp, false))
+	h.inject <- corrupt(ipPacket(clientAddr, dstAddr, header.ICMPv4ProtocolNumber, unreach, false))
 	h.inject <- ipPacket(clientAddr, dstAddr, header.TCPProtocolNumber, syn, true)
 	st := h.s.Stats()
 	waitFor(t, "both packets to be dropped", func() bool {
 		return st.Dropped[DropBadChecksum].Load() == 1 && st.Dropped[DropUnverifiable].Load() == 1
 	})
-	// A good datagram on the same path does reach the netstack, so the
+	// A good ICMP error on the same path does reach the netstack, so the
 	// count below would have moved had the others been delivered.
-	h.inject <- ipPacket(clientAddr, dstAddr, header.UDPProtocolNumber, udp, false)
-	waitFor(t, "the good datagram to reach the netstack", func() bool {
+	h.inject <- ipPacket(clientAddr, dstAddr, header.ICMPv4ProtocolNumber, unreach, false)
+	waitFor(t, "the good ICMP error to reach the netstack", func() bool {
 		return h.s.NetstackStats().IPPacketsReceived == before+1
 	})
 	if n := h.s.Snapshot().Opened; n != 0 {

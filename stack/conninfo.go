@@ -22,4 +22,9 @@ type ConnInfo struct {
 	// Upstream is the local address of the upstream socket, "" before the
 	// dial completed.
 	Upstream string
+	// SendMSS is the MSS tcpd sends to the client with: the client's (as
+	// clamped; 536 bytes without the option) bounded by the TUN's MTU. The
+	// netstack's segments carry up to that much payload less the space of
+	// their TCP options.
+	SendMSS int
 }

@@ -52,7 +52,10 @@ type link struct {
 	retireForSYN func(id conntrack.ID, syn []byte) bool
 	// synOverCap reports a client at its in-flight handshake cap.
 	synOverCap func(client netip.Addr) bool
-	noTrack    bool
+	// clampSYN lowers the MSS of a client's SYN to what the path back to
+	// the client carries (Stack.clampSYN).
+	clampSYN func(pkt []byte, client, dst netip.AddrPort, mss uint16, csum kernelCsum) (uint16, uint16)
+	noTrack  bool
 
 	// dispatcher is set by Attach; every inbound packet loads it.
 	dispatcher atomic.Pointer[dispatcherRef]
@@ -169,12 +172,12 @@ func (l *link) readTUN() {
 }
 
 // deliver hands one inbound packet from the plain path to the netstack.
-func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, false) }
+func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, kernelCsumNone) }
 
 // deliverPacket checks one inbound packet — IP version, source address,
 // every checksum unless the kernel vouched for them (csumValid), the
 // per-client SYN cap — shows it to conntrack and hands it to the netstack.
-func (l *link) deliverPacket(pkt []byte, csumValid bool) {
+func (l *link) deliverPacket(pkt []byte, csum kernelCsum) {
 	l.stats.TUNPackets[conntrack.FromClient].Add(1)
 	l.stats.TUNBytes[conntrack.FromClient].Add(uint64(len(pkt)))
 	proto, src, ok := ipSource(pkt)
@@ -182,11 +185,21 @@ func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 		l.stats.Dropped[DropMalformed].Add(1)
 		return
 	}
+	if linkScoped(pkt) {
+		// The TUN's own link traffic, which the gateway's kernel sends
+		// on any interface (neighbour discovery, MLD, router
+		// solicitations): not a client's, and nothing tcpd drops.
+		return
+	}
 	if !l.clientAllowed(src) {
 		l.stats.Dropped[DropSpoofedSource].Add(1)
 		return
 	}
-	if !csumValid {
+	if !forNetstack(pkt) {
+		l.stats.Dropped[DropNotTCP].Add(1)
+		return
+	}
+	if csum == kernelCsumNone {
 		switch verifyChecksums(pkt) {
 		case csumBad:
 			l.stats.Dropped[DropBadChecksum].Add(1)
@@ -197,12 +210,17 @@ func (l *link) deliverPacket(pkt []byte, csumValid bool) {
 		}
 	}
 	from, to, seg, ok := parseTCP(pkt)
-	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN && l.synOverCap != nil && l.synOverCap(src) {
-		// A client at its handshake cap: drop its SYN here, before it
-		// costs a conntrack entry, a forwarder slot and a goroutine, as a
-		// full SYN queue would. The client retransmits.
-		l.stats.Dropped[DropMaxInFlightPerClient].Add(1)
-		return
+	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN {
+		if l.synOverCap != nil && l.synOverCap(src) {
+			// A client at its handshake cap: drop its SYN here, before it
+			// costs a conntrack entry, a forwarder slot and a goroutine,
+			// as a full SYN queue would. The client retransmits.
+			l.stats.Dropped[DropMaxInFlightPerClient].Add(1)
+			return
+		}
+		if l.clampSYN != nil {
+			seg.MSS, seg.ClampedFrom = l.clampSYN(pkt, from, to, seg.MSS, csum)
+		}
 	}
 	if ok && !l.noTrack {
 		a := l.table.Segment(conntrack.FromClient, conntrack.Tuple{Client: from, Dst: to}, seg)

@@ -93,5 +93,102 @@ func parseTCPHeader(pkt []byte, wireLen int) (src, dst netip.AddrPort, seg connt
 		Ack:   binary.BigEndian.Uint32(tcp[8:12]),
 		Len:   uint32(payload - off),
 	}
+	if seg.Flags&conntrack.FlagSYN != 0 {
+		if at := mssOptionAt(tcp[tcpMinHeader:off]); at >= 0 {
+			seg.MSS = binary.BigEndian.Uint16(tcp[tcpMinHeader+at:])
+		}
+	}
 	return src, dst, seg, true
+}
+
+// TCP option kinds (RFC 9293 3.2).
+const (
+	optEnd    = 0
+	optNOP    = 1
+	optMSS    = 2
+	optMSSLen = 4
+)
+
+// mssOptionAt returns the offset in opts (a TCP header's options) of the
+// MSS option's 2-byte value, or -1 if there is none or the options are
+// malformed before it.
+func mssOptionAt(opts []byte) int {
+	for i := 0; i < len(opts); {
+		switch opts[i] {
+		case optEnd:
+			return -1
+		case optNOP:
+			i++
+			continue
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return -1
+		}
+		if opts[i] == optMSS && opts[i+1] == optMSSLen {
+			return i + 2
+		}
+		i += int(opts[i+1])
+	}
+	return -1
+}
+
+// linkScoped reports a packet that belongs to the link rather than to a
+// client behind it: IPv6 from the unspecified or a link-local address (the
+// sources of neighbour discovery, MLD and router solicitations), or any
+// packet to a multicast or the limited broadcast address. pkt holds at
+// least the fixed IP header (ipSource said so).
+func linkScoped(pkt []byte) bool {
+	if pkt[0]>>4 == 4 {
+		dst := netip.AddrFrom4([4]byte(pkt[16:20]))
+		return dst.IsMulticast() || dst == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	}
+	src := netip.AddrFrom16([16]byte(pkt[8:24]))
+	dst := netip.AddrFrom16([16]byte(pkt[24:40]))
+	return src.IsUnspecified() || src.IsLinkLocalUnicast() || dst.IsMulticast()
+}
+
+// IP protocol numbers and ICMP error types the netstack may use for the
+// TCP connections they quote (RFC 792, RFC 4443 section 2.1).
+const (
+	protoICMPv4 = 1
+	protoICMPv6 = 58
+
+	icmpv4DestUnreachable = 3
+	icmpv4TimeExceeded    = 11
+	icmpv4ParamProblem    = 12
+	icmpv6LastError       = 127 // types 0-127 are errors
+)
+
+// forNetstack reports whether the netstack has any use for a client's
+// packet: TCP (fragments and IPv6 extension headers included: the netstack
+// judges those) or an ICMP error, which may quote one of tcpd's segments
+// (packet too big, unreachable). Everything else is for protocols tcpd
+// does not terminate. pkt holds at least the fixed IP header.
+func forNetstack(pkt []byte) bool {
+	if pkt[0]>>4 == 4 {
+		ihl := int(pkt[0]&0x0f) * 4
+		switch pkt[9] {
+		case protoTCP:
+			return true
+		case protoICMPv4:
+			frag := binary.BigEndian.Uint16(pkt[6:8]) & 0x1fff
+			if frag != 0 || ihl < ipv4MinHeader || len(pkt) <= ihl {
+				return false
+			}
+			switch pkt[ihl] {
+			case icmpv4DestUnreachable, icmpv4TimeExceeded, icmpv4ParamProblem:
+				return true
+			}
+		}
+		return false
+	}
+	switch next := pkt[6]; next {
+	case protoTCP:
+		return true
+	case protoICMPv6:
+		return len(pkt) > ipv6Header && pkt[ipv6Header] <= icmpv6LastError
+	case 0, 43, 44, 60: // hop-by-hop, routing, fragment, destination options
+		return true
+	}
+	return false
 }

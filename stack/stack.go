@@ -108,6 +108,9 @@ type Config struct {
 	noTrack bool
 	// dial replaces the upstream dialer in tests.
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// routes replaces the kernel's answers about routes back to clients in
+	// tests; nil with a test device means no automatic MSS clamping.
+	routes pathQuerier
 }
 
 const nicID tcpip.NICID = 1
@@ -177,6 +180,13 @@ type Stack struct {
 	// cfg, for those. tuneMu serialises SetTunables.
 	tune   atomic.Pointer[Tunables]
 	tuneMu sync.Mutex
+	// devEvents is closed when the device has closed its event channel.
+	devEvents chan struct{}
+	// paths caches the MSS of the routes back to clients; nil when the
+	// kernel cannot be asked (tests, other systems). stopWatch closes
+	// its sockets, once the packet loop has ended.
+	paths     *paths
+	stopWatch func()
 	// memPeak and memFreed belong to the maintenance loop (returnMemory).
 	memPeak  int64
 	memFreed time.Time
@@ -236,24 +246,48 @@ func New(cfg Config) (*Stack, error) {
 	dev := cfg.dev
 	if dev == nil {
 		var err error
-		dev, err = createTUN(cfg.TUN)
+		dev, err = createTUN(cfg.TUN, cfg.Logger)
 		if err != nil {
 			w.close()
 			return nil, err
 		}
 	}
 	s.dev = dev
+	s.devEvents = drainEvents(dev)
 
 	if err := s.buildNetstack(); err != nil {
 		dev.Close()
 		w.close()
 		return nil, err
 	}
+	s.startPaths()
 	s.link.start()
 	s.lastTick.Store(time.Now().UnixNano())
 	s.bg.Add(1)
 	go s.maintain()
 	return s, nil
+}
+
+// drainEvents reads the device's events (up, down, MTU) until the device
+// closes their channel at Close, and closes the returned channel then.
+// Nothing in tcpd acts on them, but they must be read: wireguard's TUN
+// sends them from its netlink listener into a channel of five, and a
+// listener blocked on a full one never sees Close and outlives the stack.
+// Every link change tcpd makes while configuring the TUN (MTU, queue
+// length, rp_filter, multicast, up) is one or two events.
+func drainEvents(dev tun.Device) chan struct{} {
+	done := make(chan struct{})
+	events := dev.Events()
+	if events == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		for range events {
+		}
+	}()
+	return done
 }
 
 // hostAddrRefresh is how often the policy re-reads the host's addresses, so
@@ -343,6 +377,7 @@ func (s *Stack) buildNetstack() error {
 	s.link.noTrack = s.cfg.noTrack
 	s.link.retireForSYN = s.retireForSYN
 	s.link.synOverCap = s.synOverCap
+	s.link.clampSYN = s.clampSYN
 	s.ns = gvstack.New(gvstack.Options{
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol},
@@ -469,7 +504,11 @@ func (s *Stack) Close() error {
 		s.link.closing.Store(true)
 		s.closeErr = s.dev.Close()
 		s.link.wait()
+		<-s.devEvents
 		s.ns.Wait()
+		if s.stopWatch != nil {
+			s.stopWatch()
+		}
 	})
 	return s.closeErr
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -44,7 +45,12 @@ type harness struct {
 	dialErr  error
 	// inject hands a raw IP packet to tcpd's TUN, as if a client sent it.
 	inject chan<- []byte
+	// out, when set, sees every packet tcpd writes to the TUN.
+	out atomic.Pointer[func([]byte)]
 }
+
+// observeOut has fn see every packet tcpd writes to its TUN from now on.
+func (h *harness) observeOut(fn func([]byte)) { h.out.Store(&fn) }
 
 func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	t.Helper()
@@ -106,6 +112,9 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 			case p, ok := <-ch.Inbound:
 				if !ok {
 					return
+				}
+				if fn := h.out.Load(); fn != nil {
+					(*fn)(p)
 				}
 				dev.Write([][]byte{p}, 0)
 			case <-done:

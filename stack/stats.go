@@ -32,7 +32,7 @@ const (
 	DropBadChecksum
 	// DropUnverifiable: a packet the kernel did not vouch for whose
 	// transport checksum tcpd cannot check before the netstack sees it: an
-	// IP fragment, or a protocol other than TCP, UDP, ICMP and ICMPv6.
+	// IP fragment, or an IPv6 extension header before the transport's.
 	DropUnverifiable
 	// DropTUNReadError: a read from the TUN failed (a malformed virtio-net
 	// frame, for example).
@@ -44,6 +44,10 @@ const (
 	// SYN came, or the client reset it as the handshake completed); both
 	// legs were reset.
 	DropUntracked
+	// DropNotTCP: a client's packet that is neither TCP nor an ICMP error
+	// (UDP, ICMP echo, other protocols): tcpd terminates TCP only, and
+	// README's routing sends it nothing else.
+	DropNotTCP
 	NumDropReasons
 )
 
@@ -60,6 +64,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropTUNReadError:            "tun_read_error",
 	DropTUNWriteError:           "tun_write_error",
 	DropUntracked:               "untracked",
+	DropNotTCP:                  "not_tcp",
 }
 
 // String gives the label value.
@@ -179,6 +184,9 @@ type Stats struct {
 	// HandshakeTimeouts counts half-open connections aborted because the
 	// client did not ACK the SYN-ACK within the handshake timeout.
 	HandshakeTimeouts atomic.Uint64
+	// MSSClamped counts client SYNs whose MSS tcpd lowered to what the path
+	// back to the client carries (Tunables.MSSClamp).
+	MSSClamped atomic.Uint64
 	// Active is the number of relays in progress.
 	Active atomic.Int64
 	// InFlight is the number of handshakes in progress in tcpd's handler.

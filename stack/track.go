@@ -206,8 +206,10 @@ func (s *Stack) Snapshot() conntrack.Snapshot { return s.table.Snapshot() }
 func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 	cs := s.table.Conns(keep)
 	out := make([]ConnInfo, len(cs))
+	mtu := int(s.link.MTU())
 	for i, c := range cs {
 		out[i].Conn = c
+		out[i].SendMSS = sendMSS(c.MSS, c.Tuple.Client.Addr().Is6(), mtu)
 		e := s.endpointOf(c.ID)
 		if e == nil {
 			continue
@@ -242,6 +244,24 @@ func (s *Stack) relayDone(id conntrack.ID) bool {
 		return false
 	}
 }
+
+// sendMSS is the MSS the netstack sends with, given the MSS option of the
+// client's SYN (0: none) and the TUN's MTU.
+func sendMSS(opt uint16, v6 bool, mtu int) int {
+	mss := int(opt)
+	if mss == 0 {
+		mss = defaultMSS
+	}
+	hdr := ipv4TCPHeaders
+	if v6 {
+		hdr = ipv6TCPHeaders
+	}
+	return max(min(mss, mtu-hdr), 0)
+}
+
+// defaultMSS is what a sender assumes of a SYN without the MSS option (RFC
+// 9293 3.7.1), and what the netstack assumes for IPv6 too.
+const defaultMSS = 536
 
 // Kill resets the connection id on both legs. It reports whether tcpd held
 // an endpoint for it.

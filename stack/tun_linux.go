@@ -3,18 +3,21 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
 // createTUN creates the TUN device, gives it its addresses and transmit
-// queue length through netlink and brings it up.
-func createTUN(cfg TUNConfig) (tun.Device, error) {
+// queue length through netlink and brings it up. What it could not set
+// without harm to the data path is logged.
+func createTUN(cfg TUNConfig, log *zap.Logger) (tun.Device, error) {
 	var (
 		dev tun.Device
 		err error
@@ -32,7 +35,7 @@ func createTUN(cfg TUNConfig) (tun.Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
 	}
-	if err := configureTUN(cfg); err != nil {
+	if err := configureTUN(cfg, log); err != nil {
 		dev.Close()
 		return nil, err
 	}
@@ -66,8 +69,9 @@ func createPlainTUN(name string, mtu int) (tun.Device, error) {
 // configureTUN sets the queue length, the addresses and the up flag, and
 // turns off reverse-path filtering on the device: tcpd answers from the
 // destinations' addresses, which the kernel would otherwise expect on
-// another interface.
-func configureTUN(cfg TUNConfig) error {
+// another interface. It also keeps the kernel from sending its own IPv6
+// control packets into the device (quietIPv6).
+func configureTUN(cfg TUNConfig, log *zap.Logger) error {
 	l, err := netlink.LinkByName(cfg.Name)
 	if err != nil {
 		return fmt.Errorf("find TUN %s: %w", cfg.Name, err)
@@ -89,6 +93,14 @@ func configureTUN(cfg TUNConfig) error {
 	}
 	if err := setRPFilter(l, 0); err != nil {
 		return fmt.Errorf("disable rp_filter on %s: %w", cfg.Name, err)
+	}
+	// While the device is down, in this order: the silent leave needs
+	// multicast still on.
+	if err := quietIPv6(cfg.Name); err != nil {
+		log.Debug("the kernel may send IPv6 control packets into the TUN, which tcpd ignores", zap.Error(err))
+	}
+	if err := netlink.LinkSetMulticastOff(l); err != nil {
+		return fmt.Errorf("turn multicast off on %s: %w", cfg.Name, err)
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("bring %s up: %w", cfg.Name, err)
@@ -117,17 +129,71 @@ func setRPFilter(l netlink.Link, v uint32) error {
 	return err
 }
 
-// RPFilterWarning returns a non-empty explanation when the host's
-// reverse-path filter would drop tcpd's replies: the effective value for a
-// device is the maximum of "all" and the device's own, and tcpd can only
-// lower the latter.
-func RPFilterWarning() string {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
-	if err != nil {
-		return ""
+// quietIPv6 keeps the kernel from originating IPv6 control traffic on the
+// TUN, which is still down: no router solicitations (accept_ra,
+// router_solicitations), and no MLD reports for the all-routers groups a
+// forwarding host joins on every interface. Turning the device's own
+// forwarding flag off leaves those groups; it only says whether the kernel
+// acts as a router on the device, while what it forwards follows
+// net.ipv6.conf.all.forwarding. MLDv1 first, because an MLDv2 leave is
+// reported once the device comes up, and an MLDv1 leave of a group never
+// reported is silent. With multicast off afterwards, which keeps a later
+// change of "all" from joining those groups again, the kernel sends
+// nothing into the TUN. These settings exist only under /proc/sys (IPv6
+// takes none over rtnetlink), which a container or systemd's
+// ProtectKernelTunables mounts read-only; then the link ignores what the
+// kernel sends (linkScoped) and nothing is lost.
+func quietIPv6(name string) error {
+	for _, kv := range [][2]string{{"force_mld_version", "1"}, {"forwarding", "0"}, {"accept_ra", "0"}, {"router_solicitations", "0"}} {
+		path := "/proc/sys/net/ipv6/conf/" + name + "/" + kv[0]
+		if err := os.WriteFile(path, []byte(kv[1]), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("set net.ipv6.conf.%s.%s=%s: %w", name, kv[0], kv[1], err)
+		}
 	}
-	if v := strings.TrimSpace(string(b)); v != "0" {
-		return "net.ipv4.conf.all.rp_filter is " + v + ": replies written to the TUN from destination addresses may be dropped; set it to 0 (per-interface values still apply to other interfaces)"
+	return nil
+}
+
+// rpFilterMode returns the reverse-path filter mode the kernel applies to
+// packets arriving on the TUN, the larger of "all" and the TUN's own (0
+// off, 1 strict, 2 loose), "" if unknown.
+func rpFilterMode(tun string) string {
+	mode := ""
+	for _, dev := range []string{"all", tun} {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + dev + "/rp_filter")
+		if err != nil {
+			return ""
+		}
+		mode = max(mode, strings.TrimSpace(string(b)))
 	}
-	return ""
+	return mode
+}
+
+// ForwardingWarnings explains what in the kernel's forwarding settings
+// keeps tcpd from working for the client prefixes' families: the clients'
+// packets reach the TUN, and tcpd's replies leave it, only by forwarding.
+// Reverse-path filtering is judged per client instead, by the kernel itself
+// (kernelRoutes.replyRoute), once routes into the TUN exist.
+func ForwardingWarnings(tun string, clients []netip.Prefix) []string {
+	var v4, v6 bool
+	for _, p := range clients {
+		v4 = v4 || p.Addr().Is4()
+		v6 = v6 || p.Addr().Is6()
+	}
+	var out []string
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "" // no such family: nothing to say
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if v4 && read("/proc/sys/net/ipv4/conf/"+tun+"/forwarding") == "0" {
+		out = append(out, "IPv4 forwarding is off (net.ipv4.ip_forward is 0): the kernel forwards neither clients' IPv4 packets into "+
+			tun+" nor tcpd's replies back to them; set net.ipv4.ip_forward=1")
+	}
+	if v6 && read("/proc/sys/net/ipv6/conf/all/forwarding") == "0" {
+		out = append(out, "IPv6 forwarding is off (net.ipv6.conf.all.forwarding is 0): the kernel forwards neither clients' IPv6 packets into "+
+			tun+" nor tcpd's replies back to them; set net.ipv6.conf.all.forwarding=1")
+	}
+	return out
 }

@@ -60,6 +60,13 @@ type Tunables struct {
 	// MaxInFlightPerClient caps handshakes in progress per client address.
 	// Zero means 256.
 	MaxInFlightPerClient int
+	// MSSClamp bounds the MSS tcpd accepts from a client's SYN, so that
+	// the netstack never sends the client a segment the path back to it
+	// cannot carry. Zero (MSSClampAuto) clamps to the MTU of the kernel's
+	// route back to that client less 40 (IPv4) or 60 (IPv6) bytes of
+	// headers; a positive value is a fixed MSS for both families;
+	// MSSClampOff (any negative value) leaves the client's MSS alone.
+	MSSClamp int
 }
 
 // CongestionControls are the values CongestionControl takes.
@@ -102,6 +109,9 @@ func (t Tunables) WithDefaults() Tunables {
 	}
 	if t.MaxInFlightPerClient == 0 {
 		t.MaxInFlightPerClient = 256
+	}
+	if t.MSSClamp < 0 {
+		t.MSSClamp = MSSClampOff
 	}
 	return t
 }

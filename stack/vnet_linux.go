@@ -86,7 +86,14 @@ func (l *link) readVnet() {
 		flags, gso := buf[0], buf[1]
 		switch gso {
 		case vnetGSONone, vnetGSOTCPv4, vnetGSOTCPv6:
-			l.deliverPacket(buf[vnetHdrLen:n], flags&(vnetFlagNeedsCsum|vnetFlagDataValid) != 0)
+			csum := kernelCsumNone
+			switch {
+			case flags&vnetFlagNeedsCsum != 0:
+				csum = kernelCsumPartial
+			case flags&vnetFlagDataValid != 0:
+				csum = kernelCsumValid
+			}
+			l.deliverPacket(buf[vnetHdrLen:n], csum)
 		default:
 			// UDP segmentation offload or ECN variants: nothing tcpd
 			// terminates.

@@ -81,6 +81,11 @@ const (
 	maxInFlight = 1 << 16
 	// maxKeepaliveCount is Linux's limit on TCP_KEEPCNT (MAX_TCP_KEEPCNT).
 	maxKeepaliveCount = 127
+	// minMSS and maxMSS bound a fixed tcp.mss_clamp: 536 bytes is the MSS
+	// every IPv4 host must accept (RFC 9293 3.7.1); 65495 fills the largest
+	// IPv4 packet.
+	minMSS = 536
+	maxMSS = maxMTU - 40
 )
 
 // config is a validated configuration: what each package is handed. The
@@ -177,6 +182,14 @@ var keys = []key{
 	{path: "tcp.loss_detection", apply: newConns,
 		spec: field(func(c *config) *bool { return &c.stack.NoRACK }, false, enum(choice[bool]{"rack", false}, choice[bool]{"dupack", true})),
 		doc:  "Loss detection towards the clients: rack (RACK-TLP, RFC 8985) or dupack (three duplicate ACKs only)."},
+	{path: "tcp.mss_clamp", apply: newConns,
+		spec: field(func(c *config) *int { return &c.stack.MSSClamp }, stack.MSSClampAuto, mssClamp(minMSS, maxMSS)),
+		doc: "Largest MSS tcpd accepts from a client's SYN: auto clamps it to the MTU of the kernel's route back to that client, " +
+			"off leaves it, a number is a fixed MSS for IPv4 and IPv6.",
+		more: "auto takes the route's MTU (the VPN interface's, or the route's own mtu) less 40 (IPv4) or 60 (IPv6) bytes, " +
+			"as iptables' TCPMSS --clamp-mss-to-pmtu does on a router: tcpd answers from the destinations' addresses, " +
+			"so an ICMP \"fragmentation needed\" never reaches it, and a segment too big for the VPN interface would stall " +
+			"the connection. Clamped SYNs are counted in tcpd_tcp_mss_clamped_total."},
 
 	{path: "limits.max_connections", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.MaxConnections }, 65536, integer[int](1, maxConnections)),
@@ -447,6 +460,9 @@ func (c *config) stackConfig(pol *policy.Policy, log *zap.Logger) stack.Config {
 
 // tunMTU returns tun.mtu.
 func (c *config) tunMTU() int { return c.stack.TUN.MTU }
+
+// mssClampString returns tcp.mss_clamp as the file spells it.
+func (c *config) mssClampString() string { return mssClamp(minMSS, maxMSS).format(c.stack.MSSClamp) }
 
 // tunAddresses returns tun.addresses.
 func (c *config) tunAddresses() []netip.Prefix { return slices.Clone(c.stack.TUN.Addresses) }

@@ -229,6 +229,7 @@ tcp:
   handshake_timeout: 1s
   congestion_control: cubic
   loss_detection: dupack
+  mss_clamp: off
 limits:
   max_connections: 1_000
   max_connections_per_client: 1000
@@ -267,6 +268,7 @@ shutdown_grace: 0s
 		MaxConnections:          1000,
 		MaxConnectionsPerClient: 1000,
 		MaxInFlightPerClient:    1,
+		MSSClamp:                stack.MSSClampOff,
 	}
 	want.stack.Interface, want.stack.Mark = "eth1", 255
 	if !reflect.DeepEqual(c, want) {
@@ -280,6 +282,26 @@ shutdown_grace: 0s
 	pc := c.policyConfig()
 	if !slices.Equal(pc.Allow, want.policy.Allow) || !slices.Equal(pc.Deny, want.policy.Deny) || !slices.Equal(pc.Clients, want.stack.Clients) || pc.HostAddrs != nil {
 		t.Errorf("policyConfig() = %+v", pc)
+	}
+}
+
+func TestMSSClampKey(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want int
+		text string
+	}{
+		{"", stack.MSSClampAuto, "auto"},
+		{"tcp:\n  mss_clamp: auto\n", stack.MSSClampAuto, "auto"},
+		{"tcp:\n  mss_clamp: off\n", stack.MSSClampOff, "off"},
+		{"tcp:\n  mss_clamp: \"off\"\n", stack.MSSClampOff, "off"},
+		{"tcp:\n  mss_clamp: 1380\n", 1380, "1380"},
+		{"tcp:\n  mss_clamp: 536\n", 536, "536"},
+	} {
+		c := mustParse(t, tc.yaml)
+		if got := c.stackConfig(nil, nil).MSSClamp; got != tc.want || c.mssClampString() != tc.text {
+			t.Errorf("%q: MSSClamp %d, shown %q; want %d, %q", tc.yaml, got, c.mssClampString(), tc.want, tc.text)
+		}
 	}
 }
 
@@ -335,6 +357,16 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{"line 1: shutdown_grace: -1s is out of range (allowed 0s..10m)"}},
 		{"bad congestion control", "tcp:\n  congestion_control: bbr\n",
 			[]string{`line 2: tcp.congestion_control: "bbr" is not allowed (allowed: reno, cubic)`}},
+		{"mss_clamp below range", "tcp:\n  mss_clamp: 100\n",
+			[]string{"line 2: tcp.mss_clamp: 100 is out of range (allowed: auto, off, or an MSS in 536..65495)"}},
+		{"mss_clamp above range", "tcp:\n  mss_clamp: 65496\n",
+			[]string{"line 2: tcp.mss_clamp: 65496 is out of range (allowed: auto, off, or an MSS in 536..65495)"}},
+		{"mss_clamp word", "tcp:\n  mss_clamp: pmtu\n",
+			[]string{`line 2: tcp.mss_clamp: "pmtu" is not allowed (allowed: auto, off, or an MSS in 536..65495)`}},
+		{"mss_clamp quoted number", "tcp:\n  mss_clamp: \"1380\"\n",
+			[]string{`line 2: tcp.mss_clamp: "1380" is not allowed (allowed: auto, off, or an MSS in 536..65495)`}},
+		{"mss_clamp list", "tcp:\n  mss_clamp: [1380]\n",
+			[]string{"line 2: tcp.mss_clamp: expected auto, off or an integer, got a list"}},
 		{"bad log format", "log:\n  format: text\n",
 			[]string{`line 2: log.format: "text" is not allowed (allowed: auto, json, console)`}},
 		{"bad log level", "log:\n  level: INFO\n",

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"tcpd/stack"
 )
 
 // This file holds the machinery behind the configuration table in
@@ -313,6 +315,42 @@ func socketPath() kind[string] {
 				return "", false
 			}
 			return s, true
+		},
+	}
+}
+
+// mssClamp is tcp.mss_clamp's kind: auto (stack.MSSClampAuto), off
+// (stack.MSSClampOff) or a fixed MSS in lo..hi.
+func mssClamp(lo, hi int64) kind[int] {
+	allowed := fmt.Sprintf("auto, off, or an MSS in %d..%d", lo, hi)
+	return kind[int]{
+		allowed: allowed,
+		format: func(v int) string {
+			switch v {
+			case stack.MSSClampAuto:
+				return "auto"
+			case stack.MSSClampOff:
+				return "off"
+			}
+			return strconv.Itoa(v)
+		},
+		decode: func(d *decoder, n *yaml.Node, key string) (int, bool) {
+			v, ok := d.scalar(n, key, "auto, off or an integer", "allowed: "+allowed)
+			if !ok {
+				return 0, false
+			}
+			if v.ShortTag() == "!!int" {
+				x, ok := d.integer(n, key, lo, hi, "allowed: "+allowed)
+				return int(x), ok
+			}
+			switch v.Value {
+			case "auto":
+				return stack.MSSClampAuto, true
+			case "off":
+				return stack.MSSClampOff, true
+			}
+			d.errorf(n, key, "%q is not allowed (allowed: %s)", v.Value, allowed)
+			return 0, false
 		},
 	}
 }

@@ -39,7 +39,8 @@ const connsSynopsis = `Usage:
 
 Lists the TCP connections tcpd terminates, like "ss -tan" but with both
 ends: tcpd's state and the client's (as seen on the TUN), age, time in the
-current state, bytes each way, RTT to the client, retransmissions, handshake
+current state, bytes each way, RTT to the client, retransmissions, the MSS
+tcpd sends with ("*": lowered to the path back to the client), handshake
 time and the TIME-WAIT time left. -s prints totals like "ss -s" instead.
 "kill ID" resets that connection on both legs (ID from the list).
 
@@ -259,16 +260,28 @@ func (c *adminClient) do(method, path string) ([]byte, error) {
 // printConns writes the table, like `ss -tan` with both ends' states.
 func printConns(w io.Writer, rows []admin.Conn) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tState\tClient-State\tClient\tDestination\tAge\tIn-State\tBytes-In\tBytes-Out\tRTT\tRetrans\tHandshake\tTW-Left")
+	fmt.Fprintln(tw, "ID\tState\tClient-State\tClient\tDestination\tAge\tIn-State\tBytes-In\tBytes-Out\tRTT\tRetrans\tMSS\tHandshake\tTW-Left")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
 			r.ID, ssName(r.State), ssName(r.ClientState), r.Client, r.Dst,
 			humanDuration(r.AgeSeconds), humanDuration(r.InStateSeconds),
 			humanBytes(r.BytesIn), humanBytes(r.BytesOut),
-			knownDuration(r.RTTSeconds), r.Retransmits, knownDuration(r.HandshakeSeconds),
+			knownDuration(r.RTTSeconds), r.Retransmits, mssColumn(r), knownDuration(r.HandshakeSeconds),
 			knownDuration(r.TimeWaitLeftSeconds))
 	}
 	return tw.Flush()
+}
+
+// mssColumn is the MSS tcpd sends with, marked "*" when tcpd lowered the
+// client's MSS to the path back to it; "-" for a row without one.
+func mssColumn(r admin.Conn) string {
+	switch {
+	case r.MSS == 0:
+		return "-"
+	case r.MSSClamped:
+		return strconv.Itoa(r.MSS) + "*"
+	}
+	return strconv.Itoa(r.MSS)
 }
 
 // printSummary writes totals, like `ss -s`.

@@ -72,11 +72,13 @@ func connsFixture() []stack.ConnInfo {
 	est.Handshake, est.Dial = 12*time.Millisecond, 30*time.Millisecond
 	est.RTT, est.RTTVar, est.Retransmits = 3200*time.Microsecond, time.Millisecond, 2
 	est.Upstream = "192.0.2.1:33000"
+	est.MSS, est.ClampedFrom, est.AdvMSS, est.SendMSS = 1380, 1460, 1460, 1380
 
 	tw := testConn(9, "100.64.0.8:40000", "198.51.100.7:80", conntrack.StateTimeWait, conntrack.StateFinWait2, 95*time.Second, 4*time.Second)
 	tw.BytesIn, tw.BytesOut = 300, 1<<20
 	tw.Handshake, tw.Dial = 850*time.Microsecond, 8*time.Millisecond
 	tw.TimeWaitLeft = 26 * time.Second
+	tw.MSS, tw.AdvMSS, tw.SendMSS = 1460, 1460, 1460
 
 	syn := testConn(12, "[fd00::7]:50000", "[2001:db8::1]:443", conntrack.StateSynRecv, conntrack.StateSynSent, 1500*time.Millisecond, 1500*time.Millisecond)
 
@@ -84,6 +86,7 @@ func connsFixture() []stack.ConnInfo {
 	old.BytesIn, old.BytesOut = 48<<10, 999
 	old.Handshake, old.Dial = 40*time.Millisecond, 2*time.Second
 	old.RTT, old.Retransmits = 180*time.Millisecond, 17
+	old.SendMSS = 536 // no MSS option
 	return []stack.ConnInfo{syn, tw, old, est}
 }
 
@@ -137,11 +140,11 @@ func TestConnsTable(t *testing.T) {
 	if code != 0 || errs != "" {
 		t.Fatalf("exit %d, stderr %q", code, errs)
 	}
-	want := `ID  State       Client-State  Client            Destination        Age    In-State  Bytes-In  Bytes-Out  RTT    Retrans  Handshake  TW-Left
-3   ESTAB       ESTAB         100.64.0.7:51000  203.0.113.10:443   4m10s  4m9s      1.2KiB    3GiB       3.2ms  2        12ms       -
-9   TIME-WAIT   FIN-WAIT-2    100.64.0.8:40000  198.51.100.7:80    1m35s  4s        300B      1MiB       -      0        850µs      26s
-12  SYN-RECV    SYN-SENT      [fd00::7]:50000   [2001:db8::1]:443  1.5s   1.5s      0B        0B         -      0        -          -
-20  CLOSE-WAIT  FIN-WAIT-2    100.64.1.2:60000  203.0.113.10:22    1d2h   3h2m      48KiB     999B       180ms  17       40ms       -
+	want := `ID  State       Client-State  Client            Destination        Age    In-State  Bytes-In  Bytes-Out  RTT    Retrans  MSS    Handshake  TW-Left
+3   ESTAB       ESTAB         100.64.0.7:51000  203.0.113.10:443   4m10s  4m9s      1.2KiB    3GiB       3.2ms  2        1380*  12ms       -
+9   TIME-WAIT   FIN-WAIT-2    100.64.0.8:40000  198.51.100.7:80    1m35s  4s        300B      1MiB       -      0        1460   850µs      26s
+12  SYN-RECV    SYN-SENT      [fd00::7]:50000   [2001:db8::1]:443  1.5s   1.5s      0B        0B         -      0        -      -          -
+20  CLOSE-WAIT  FIN-WAIT-2    100.64.1.2:60000  203.0.113.10:22    1d2h   3h2m      48KiB     999B       180ms  17       536    40ms       -
 `
 	if out != want {
 		t.Errorf("got\n%s\nwant\n%s", out, want)

@@ -146,7 +146,7 @@ func (d *daemon) run() error {
 		d.stopEndpoints()
 		return err
 	}
-	if w := stack.RPFilterWarning(); w != "" {
+	for _, w := range stack.ForwardingWarnings(d.st.Name(), cfg.clientPrefixes()) {
 		d.log.Warn(w)
 	}
 	var scrape http.Handler
@@ -176,6 +176,7 @@ func (d *daemon) run() error {
 		zap.String("tun", d.st.Name()),
 		zap.Int("mtu", cfg.tunMTU()),
 		zap.Bool("offload", d.st.Offload()),
+		zap.String("mss_clamp", cfg.mssClampString()),
 		zap.Strings("addresses", prefixStrings(cfg.tunAddresses())),
 		zap.Strings("clients", prefixStrings(cfg.clientPrefixes())),
 		zap.String("policy", pol.Summary()),
