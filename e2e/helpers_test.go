@@ -35,13 +35,16 @@ type gwConfig struct {
 	TimeWaitLimit    int
 	// The keys below are written only when set; unset, tcpd's defaults
 	// apply.
-	KeepaliveIdle, KeepaliveInterval string // tcp.keepalive.idle, .interval
-	KeepaliveCount                   int    // tcp.keepalive.count
-	IdleTimeout                      string // tcp.idle_timeout
-	HandshakeTimeout                 string // tcp.handshake_timeout
-	CongestionControl                string // tcp.congestion_control
-	Mark                             uint32 // upstream.mark
-	MaxInFlightPerClient             int    // limits.max_in_flight_per_client
+	KeepaliveIdle, KeepaliveInterval string   // tcp.keepalive.idle, .interval
+	KeepaliveCount                   int      // tcp.keepalive.count
+	IdleTimeout                      string   // tcp.idle_timeout
+	HandshakeTimeout                 string   // tcp.handshake_timeout
+	CongestionControl                string   // tcp.congestion_control
+	Mark                             uint32   // upstream.mark
+	MaxInFlightPerClient             int      // limits.max_in_flight_per_client
+	MSSClamp                         string   // tcp.mss_clamp
+	PolicyAllow                      []string // policy.allow
+	ShutdownGrace                    string   // shutdown_grace
 	// LogLevel is log.level; "" means debug, which logs every connection.
 	LogLevel string
 	// Metrics turns on the metrics listener at metricsAddr inside the
@@ -103,6 +106,9 @@ func (c gwConfig) yaml() string {
 	if c.CongestionControl != "" {
 		extraTCP = append(extraTCP, "congestion_control: "+c.CongestionControl)
 	}
+	if c.MSSClamp != "" {
+		extraTCP = append(extraTCP, "mss_clamp: "+c.MSSClamp)
+	}
 	if c.MaxInFlightPerClient != 0 {
 		limits = append(limits, fmt.Sprintf("max_in_flight_per_client: %d", c.MaxInFlightPerClient))
 	}
@@ -115,6 +121,12 @@ func (c gwConfig) yaml() string {
 		for _, l := range limits {
 			extra.WriteString("  " + l + "\n")
 		}
+	}
+	if c.ShutdownGrace != "" {
+		extra.WriteString("shutdown_grace: " + c.ShutdownGrace + "\n")
+	}
+	if len(c.PolicyAllow) > 0 {
+		extra.WriteString(`policy:` + "\n" + `  allow: ["` + strings.Join(c.PolicyAllow, `", "`) + `"]` + "\n")
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "debug"

@@ -338,6 +338,7 @@ type tcpSegment struct {
 	flags    header.TCPFlags
 	mss      int // the MSS option's value; 0 if absent
 	payload  int // payload bytes of the packet as captured
+	hdrLen   int // bytes of IP and TCP headers, options included
 	// gsoSize is the segment size of a GSO (or GRO) super-packet from its
 	// virtio-net header, 0 for a plain packet: the sizes of the segments it
 	// stands for on a real wire.
@@ -353,17 +354,18 @@ func (s tcpSegment) segSize() int {
 	return s.payload
 }
 
-// sniffer captures the TCP segments arriving on the client's veth, in the
-// client namespace, with an AF_PACKET socket. PACKET_VNET_HDR makes the
+// sniffer captures the TCP segments arriving on a link (the client's veth,
+// tcpd's TUN), with an AF_PACKET socket. PACKET_VNET_HDR makes the
 // kernel put a virtio-net header in front of each packet: veths pass GSO
 // super-packets along whole, and only that header says what size the
 // segments they stand for have.
 type sniffer struct {
-	fd   int
-	mu   sync.Mutex
-	segs []tcpSegment
-	stop chan struct{}
-	done chan struct{}
+	fd      int
+	linkHdr int
+	mu      sync.Mutex
+	segs    []tcpSegment
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 func startSniffer(t *testing.T, g *gateway) *sniffer {
@@ -371,17 +373,25 @@ func startSniffer(t *testing.T, g *gateway) *sniffer {
 	return startSnifferOn(t, g.Client, g.ClientLink)
 }
 
-// startSnifferOn captures the TCP segments arriving on link in ns.
+// startSnifferOn captures the TCP segments arriving on the Ethernet link in
+// ns.
 func startSnifferOn(t *testing.T, ns *netlab.NS, link string) *sniffer {
 	t.Helper()
-	s := &sniffer{stop: make(chan struct{}), done: make(chan struct{})}
+	return sniffLink(t, ns, link, ethHdrSize)
+}
+
+// sniffLink captures the TCP segments arriving on link in ns, whose frames
+// carry a link-layer header of linkHdr bytes (0 on a TUN).
+func sniffLink(t *testing.T, ns *netlab.NS, link string, linkHdr int) *sniffer {
+	t.Helper()
+	s := &sniffer{stop: make(chan struct{}), done: make(chan struct{}), linkHdr: linkHdr}
 	if err := ns.Do(func() error {
 		l, err := netlink.LinkByName(link)
 		if err != nil {
 			return err
 		}
 		proto := htons(unix.ETH_P_ALL)
-		// SOCK_RAW (frames with their Ethernet header): the kernel
+		// SOCK_RAW (frames with their link-layer header): the kernel
 		// takes PACKET_VNET_HDR on raw packet sockets only.
 		s.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
 		if err != nil {
@@ -427,10 +437,10 @@ func (s *sniffer) run() {
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 			continue
 		}
-		if n < vnetHdrSize+ethHdrSize {
+		if n < vnetHdrSize+s.linkHdr {
 			continue
 		}
-		seg, ok := parseSegment(buf[vnetHdrSize+ethHdrSize : n])
+		seg, ok := parseSegment(buf[vnetHdrSize+s.linkHdr : n])
 		if !ok {
 			continue
 		}
@@ -501,6 +511,7 @@ func parseSegment(p []byte) (tcpSegment, bool) {
 	seg.dst = netip.AddrPortFrom(dst, h.DestinationPort())
 	seg.flags = h.Flags()
 	seg.payload = len(tcp) - off
+	seg.hdrLen = len(p) - len(tcp) + off
 	if h.Flags().Contains(header.TCPFlagSyn) {
 		seg.mss = mssOf(h.Options())
 	}

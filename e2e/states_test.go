@@ -46,6 +46,13 @@ type connRow struct {
 	CongestionControl string `json:"congestion_control"`
 	// Upstream is the local address of tcpd's upstream socket.
 	Upstream string `json:"upstream"`
+	// MSS is the MSS tcpd sends with; ClientMSS what the client's SYN
+	// offered; MSSClamped whether tcpd lowered it; AdvMSS what tcpd's
+	// SYN-ACK offered.
+	MSS        int  `json:"mss"`
+	ClientMSS  int  `json:"client_mss"`
+	MSSClamped bool `json:"mss_clamped"`
+	AdvMSS     int  `json:"adv_mss"`
 }
 
 // connsJSON runs `tcpd conns -o json args...` and decodes the rows.
