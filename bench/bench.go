@@ -33,7 +33,7 @@ type Config struct {
 	// Only, if not empty, limits the run to these groups of measurements:
 	// "bulk", "rate" (connection rate, with tcpd's CPU and context switches
 	// per connection), "count" (system calls and goroutines per connection,
-	// under perf), "latency" and "idle". Empty means all.
+	// under perf), "latency", "idle" and "wireguard". Empty means all.
 	Only []string
 	// Runs is how many times each measurement is repeated; the table shows
 	// medians. Zero means 3.
@@ -110,7 +110,7 @@ func (c *Config) setDefaults() {
 }
 
 // groups are the measurement groups Only may name, in running order.
-var groups = []string{"bulk", "rate", "count", "latency", "idle"}
+var groups = []string{"bulk", "rate", "count", "latency", "idle", "wireguard"}
 
 // checkOnly rejects an unknown group in Only.
 func (c *Config) checkOnly() error {

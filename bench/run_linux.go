@@ -140,11 +140,26 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			idlePaths = append(idlePaths, ip)
 		}
 	}
+	var wgKernel, wgTCPD *path
+	if cfg.runs("wireguard") {
+		for _, w := range []struct {
+			p    **path
+			name string
+			bin  string
+		}{{&wgKernel, "kernel", ""}, {&wgTCPD, "tcpd", cfg.TCPD}} {
+			p, err := newWireGuardPath(w.name, w.bin)
+			if err != nil {
+				return nil, fmt.Errorf("WireGuard lab: %w", err)
+			}
+			labs = append(labs, p.lab)
+			*w.p = p
+		}
+	}
 	var ids []string
 	for _, l := range labs {
 		ids = append(ids, l.ID)
 	}
-	b.progress("labs %s built (kernel, then per tcpd binary its main lab and its idle-test lab)", strings.Join(ids, ", "))
+	b.progress("labs %s built (kernel, then per tcpd binary its main lab and its idle-test lab, then the WireGuard labs)", strings.Join(ids, ", "))
 
 	mainTests := slices.ContainsFunc([]string{"bulk", "rate", "count", "latency"}, cfg.runs)
 	final := map[string]series{}
@@ -216,6 +231,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.runs("idle") {
 		n := b.idleCount(int(limit), int(tcpdFiles))
 		if err := b.idlePhase(ctx, kernel, idlePaths, n); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.runs("wireguard") {
+		if err := b.wireguardPhase(ctx, wgKernel, wgTCPD); err != nil {
 			return nil, err
 		}
 	}
@@ -557,6 +577,12 @@ func (b *bencher) rows() []Row {
 			row("tcpd Go heap in use, all open", "MiB", "", "median", "idle_heap1"),
 			row(fmt.Sprintf("tcpd Go heap in use %v after drain", b.cfg.IdleAfter), "MiB", "", "median", "idle_heap2"),
 			row("kernel Slab per idle conn, machine-wide", "KiB", "lower", "median", "idle_slab"))
+	}
+	if b.cfg.runs("wireguard") {
+		rows = append(rows,
+			row(fmt.Sprintf("WireGuard download, client MSS %d, tunnel MTU %d", wgClientMSS, wgMTU), "Gbit/s", "higher", "median", "wg_down"),
+			row("  tcpd CPU per GB", "CPU s/GB", "lower", "median", "wg_cpu"),
+			row("  tcpd_tcp_mss_clamped_total", "", "", "final", "wg_clamped"))
 	}
 	if b.vals["corrections"] != nil {
 		rows = append(rows,

@@ -28,7 +28,7 @@ func main() {
 	var cfg bench.Config
 	flag.StringVar(&cfg.TCPD, "tcpd", "bin/tcpd", "tcpd `binary` to measure")
 	flag.StringVar(&cfg.Base, "base", "", "a second tcpd `binary` (say, bin/tcpd-base from `make bench-base`) measured\nalongside, interleaved, for before/after figures from one run")
-	only := flag.String("only", "", "comma-separated `list` of the measurements to run: bulk, rate, count, latency, idle\n(default: all)")
+	only := flag.String("only", "", "comma-separated `list` of the measurements to run: bulk, rate, count, latency, idle,\nwireguard (default: all)")
 	flag.StringVar(&cfg.Perf, "perf", "perf", "perf `binary` of the counting phase (system calls and goroutines per connection)")
 	out := flag.String("out", "bench/out/results.json", "write the results as JSON to `file` (\"\" for none)")
 	flag.IntVar(&cfg.Runs, "runs", 3, "repetitions of each measurement; the table shows medians")
