@@ -49,6 +49,10 @@ func TestReloadTellsTheTruth(t *testing.T) {
 			t.Fatalf("reload %d warned about %s; want tun.mtu 1500 → 1400 and not congestion control", i, keys)
 		}
 	}
+	if m := sample(t, g); m["tcpd_config_restart_pending"] != 1 || m["tcpd_config_last_reload_successful"] != 1 {
+		t.Errorf("tcpd_config_restart_pending %v, last reload successful %v; want 1 (tun.mtu) and 1",
+			m["tcpd_config_restart_pending"], m["tcpd_config_last_reload_successful"])
+	}
 	dialN(t, g, port, 1, accepted)
 	var ccs, marks []string
 	upstream := upstreamMarks(t, g, port)

@@ -153,7 +153,8 @@ type Collector struct {
 
 	netstack []*prometheus.Desc // parallel to netstackValues
 
-	reloadOK, reloadTime *prometheus.Desc // nil without a ReloadSource
+	// nil without a ReloadSource
+	reloadOK, reloadTime, restartPending *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -233,6 +234,9 @@ func NewCollector(cfg Config) *Collector {
 		c.reloadTime = prometheus.NewDesc("tcpd_config_last_reload_success_timestamp_seconds",
 			"Unix time the configuration in use was loaded, at start or by the last successful reload.",
 			nil, nil)
+		c.restartPending = prometheus.NewDesc("tcpd_config_restart_pending",
+			"Settings whose value in the configuration file, as the last successful reload read it, differs from the one in force and takes effect only at restart.",
+			nil, nil)
 	}
 	return c
 }
@@ -259,6 +263,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	if c.reload != nil {
 		ch <- c.reloadOK
 		ch <- c.reloadTime
+		ch <- c.restartPending
 	}
 }
 
@@ -282,6 +287,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		send(ch, c.reloadOK, prometheus.GaugeValue, boolValue(ok))
 		send(ch, c.reloadTime, prometheus.GaugeValue, float64(at.Unix())+float64(at.Nanosecond())/1e9)
+		send(ch, c.restartPending, prometheus.GaugeValue, float64(c.reload.RestartPending()))
 	}
 }
 

@@ -367,6 +367,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 	want := []string{
 		"tcpd_config_last_reload_success_timestamp_seconds",
 		"tcpd_config_last_reload_successful",
+		"tcpd_config_restart_pending",
 		"tcpd_connection_duration_seconds",
 		"tcpd_connections_total",
 		"tcpd_conntrack_closed_total",
@@ -453,7 +454,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 func TestCollectorReload(t *testing.T) {
 	_, st := testSources()
 	ct := &fakeConntrack{}
-	names := []string{"tcpd_config_last_reload_successful", "tcpd_config_last_reload_success_timestamp_seconds"}
+	names := []string{"tcpd_config_last_reload_successful", "tcpd_config_last_reload_success_timestamp_seconds", "tcpd_config_restart_pending"}
 
 	t.Run("absent without a ReloadSource", func(t *testing.T) {
 		c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st})
@@ -463,7 +464,7 @@ func TestCollectorReload(t *testing.T) {
 	})
 	t.Run("failed", func(t *testing.T) {
 		c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st,
-			Reload: fakeReload{ok: false, at: time.Unix(1700000000, 500e6)}})
+			Reload: fakeReload{ok: false, at: time.Unix(1700000000, 500e6), pending: 2}})
 		want := `
 # HELP tcpd_config_last_reload_successful 1 if the last configuration reload succeeded (or none was tried since start), 0 if it failed.
 # TYPE tcpd_config_last_reload_successful gauge
@@ -471,6 +472,9 @@ tcpd_config_last_reload_successful 0
 # HELP tcpd_config_last_reload_success_timestamp_seconds Unix time the configuration in use was loaded, at start or by the last successful reload.
 # TYPE tcpd_config_last_reload_success_timestamp_seconds gauge
 tcpd_config_last_reload_success_timestamp_seconds 1.7000000005e+09
+# HELP tcpd_config_restart_pending Settings whose value in the configuration file, as the last successful reload read it, differs from the one in force and takes effect only at restart.
+# TYPE tcpd_config_restart_pending gauge
+tcpd_config_restart_pending 2
 `
 		if err := testutil.GatherAndCompare(pedantic(t, c), strings.NewReader(want), names...); err != nil {
 			t.Error(err)

@@ -34,11 +34,13 @@ func (f *fakeStack) NetstackStats() stack.NetstackStats { return f.ns }
 func (f *fakeStack) Relays() (int64, int)               { return f.stats.Active.Load(), f.relayEntries }
 
 type fakeReload struct {
-	ok bool
-	at time.Time
+	ok      bool
+	at      time.Time
+	pending int
 }
 
 func (f fakeReload) LastReload() (bool, time.Time) { return f.ok, f.at }
+func (f fakeReload) RestartPending() int           { return f.pending }
 
 // netstackStats gives every field a distinct value, so that a field
 // exported under another's name shows up in a comparison.

@@ -39,6 +39,10 @@ type ReloadSource interface {
 	// reload has succeeded since start; the configuration in use is then
 	// the one loaded at start.
 	LastReload() (ok bool, at time.Time)
+	// RestartPending reports how many settings of the configuration file,
+	// as the last successful reload read it, differ from those in force
+	// and wait for a restart.
+	RestartPending() int
 }
 
 // Config says where the metrics come from.

@@ -75,6 +75,9 @@ type daemon struct {
 	reloadMu sync.Mutex
 	reloadOK bool
 	reloadAt time.Time
+	// pending counts the settings the last successful reload left for a
+	// restart.
+	pending int
 }
 
 // LastReload implements metrics.ReloadSource.
@@ -84,12 +87,22 @@ func (d *daemon) LastReload() (bool, time.Time) {
 	return d.reloadOK, d.reloadAt
 }
 
-func (d *daemon) setReload(ok bool) {
+// RestartPending implements metrics.ReloadSource.
+func (d *daemon) RestartPending() int {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	return d.pending
+}
+
+// setReload records a reload's outcome; pending counts the settings a
+// successful one left for a restart.
+func (d *daemon) setReload(ok bool, pending int) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	d.reloadOK = ok
 	if ok {
 		d.reloadAt = time.Now()
+		d.pending = pending
 	}
 }
 
@@ -248,33 +261,33 @@ func (d *daemon) reload() {
 	start := time.Now()
 	file, err := d.load()
 	if err != nil {
-		d.setReload(false)
+		d.setReload(false, 0)
 		d.log.Error("reload rejected; the running configuration stays in force",
 			zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
 		return
 	}
 	next, changed, err := reloaded(d.cfg, file)
 	if err != nil {
-		d.setReload(false)
+		d.setReload(false, 0)
 		d.log.Error("reload rejected; the running configuration stays in force",
 			zap.String("config", d.source()), zap.String("error", err.Error()))
 		return
 	}
 	pol, err := policy.New(next.policyConfig())
 	if err != nil {
-		d.setReload(false)
+		d.setReload(false, 0)
 		d.log.Error("reload rejected: destination policy", zap.Error(err))
 		return
 	}
 	if err := d.st.SetTunables(next.stack.Tunables); err != nil {
-		d.setReload(false)
+		d.setReload(false, 0)
 		d.log.Error("reload rejected: apply settings", zap.Error(err))
 		return
 	}
 	d.st.SetPolicy(pol)
 	d.level.SetLevel(next.logLevel())
 	d.cfg = next
-	d.setReload(true)
+	d.setReload(true, len(changed))
 	if len(changed) > 0 {
 		d.log.Warn("reload: these settings need a restart and keep their running values",
 			zap.Strings("keys", changed))
