@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"tcpd/conntrack"
+	"tcpd/internal/connlimit"
 	"tcpd/stack"
 )
 
@@ -69,6 +70,11 @@ type Server struct {
 	closeErr  error
 }
 
+// MaxConnections bounds the connections the admin socket holds open at
+// once; past it, the one idle longest is closed for a new one (see
+// internal/connlimit). `tcpd conns` opens one per command.
+const MaxConnections = 8
+
 // dialTimeout bounds the liveness check of an existing socket file. A live
 // daemon's kernel accepts the connection from its backlog at once, so this
 // only matters for a wedged one.
@@ -103,12 +109,13 @@ func Listen(cfg Config) (*Server, error) {
 	if err := removeStale(cfg.Path); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", cfg.Path)
+	bound, err := net.Listen("unix", cfg.Path)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	// Close removes the file itself, after checking it is still ours.
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	bound.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln := connlimit.New(bound, MaxConnections)
 	// Between bind and chmod the file has the umask's mode; the directory
 	// (0750 when we create it) is what guards that window.
 	if err := os.Chmod(cfg.Path, cfg.Mode); err != nil {
@@ -131,7 +138,8 @@ func Listen(cfg Config) (*Server, error) {
 	s.http = &http.Server{
 		Handler:           newAPI(cfg),
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       time.Minute,
+		IdleTimeout:       10 * time.Second,
+		ConnState:         ln.ConnState,
 		ErrorLog:          zap.NewStdLog(cfg.Logger),
 	}
 	go s.serve(ln)

@@ -11,12 +11,26 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"tcpd/internal/connlimit"
 )
 
 // maxScrapesInFlight bounds concurrent scrapes; more are answered 503. One
 // or two Prometheus servers scrape tcpd, so more than this at once is a
 // misconfiguration or a loop, and each scrape takes a Snapshot.
 const maxScrapesInFlight = 4
+
+// MaxConnections bounds the connections the metrics listener holds open at
+// once (scrapers, probes, someone with curl): past it, the one idle longest
+// is closed for a new one (see internal/connlimit). One or two Prometheus
+// servers and a prober need a handful; the cap is what keeps a local
+// process that opens thousands from taking the descriptors the relays and
+// the admin socket need.
+const MaxConnections = 16
+
+// idleTimeout closes a keep-alive connection idle this long; a scraper
+// whose interval is longer connects anew, which costs it one handshake.
+const idleTimeout = 30 * time.Second
 
 // scrapeTimeout bounds one gather; Prometheus' own default scrape timeout
 // is 10s, so an answer later than that is read by no one.
@@ -71,10 +85,11 @@ type Server struct {
 // before it announces readiness, and serves h on /metrics, a link to it on
 // /, and, when health is not nil, /healthz and /readyz, until Close.
 func Listen(addr string, h http.Handler, health Health) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	bound, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	ln := connlimit.New(bound, MaxConnections)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
 	if health != nil {
@@ -97,8 +112,9 @@ func Listen(addr string, h http.Handler, health Health) (*Server, error) {
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      scrapeTimeout + 5*time.Second,
-			IdleTimeout:       2 * time.Minute,
+			IdleTimeout:       idleTimeout,
 			MaxHeaderBytes:    16 << 10,
+			ConnState:         ln.ConnState,
 		},
 		done: make(chan struct{}),
 	}
