@@ -51,6 +51,9 @@ type gwConfig struct {
 	// gateway namespace; AdminSocket, when set, is the admin socket's path.
 	Metrics     bool
 	AdminSocket string
+	// OpenFiles, when set, is tcpd's open-file limit (not a key: the
+	// process is started under it).
+	OpenFiles int
 }
 
 // metricsAddr is where tcpd listens for scrapes inside the gateway namespace.
@@ -166,7 +169,7 @@ func startGateway(t *testing.T, opts netlab.Options, cfg gwConfig) *gateway {
 	lab := netlab.NewT(t, opts)
 	bin := netlab.BuildTCPD(t)
 	// The context bounds tcpd's whole life, which the cleanup below ends.
-	p, err := lab.StartTCPD(context.Background(), bin, cfg.yaml())
+	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{OpenFiles: cfg.OpenFiles})
 	if err != nil {
 		t.Fatalf("start tcpd: %v", err)
 	}

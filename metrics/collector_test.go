@@ -211,6 +211,7 @@ tcpd_tcp_mss_clamped_total 7
 # TYPE tcpd_dropped_total counter
 tcpd_dropped_total{reason="bad_checksum"} 0
 tcpd_dropped_total{reason="denied_destination"} 8
+tcpd_dropped_total{reason="fd_limit"} 0
 tcpd_dropped_total{reason="malformed"} 0
 tcpd_dropped_total{reason="max_connections"} 0
 tcpd_dropped_total{reason="max_connections_per_client"} 0
@@ -233,6 +234,8 @@ tcpd_connections_total{result="upstream_failed"} 5
 # HELP tcpd_upstream_connect_failures_total Failed upstream connects, by cause.
 # TYPE tcpd_upstream_connect_failures_total counter
 tcpd_upstream_connect_failures_total{reason="denied"} 0
+tcpd_upstream_connect_failures_total{reason="no_descriptor"} 0
+tcpd_upstream_connect_failures_total{reason="no_local_port"} 0
 tcpd_upstream_connect_failures_total{reason="other"} 0
 tcpd_upstream_connect_failures_total{reason="refused"} 4
 tcpd_upstream_connect_failures_total{reason="timeout"} 1

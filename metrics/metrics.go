@@ -56,6 +56,9 @@ type Config struct {
 	// Version is the value of tcpd_build_info's version label. Empty means
 	// "unknown".
 	Version string
+	// FDBudget is the stack's FDBudget, for tcpd_fd_budget; zero when the
+	// open-file limit caps nothing.
+	FDBudget int
 }
 
 // NewRegistry returns a private registry holding a Collector for cfg, the Go
@@ -73,11 +76,19 @@ func NewRegistry(cfg Config) *prometheus.Registry {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	buildInfo.Set(1)
+	budget := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tcpd_fd_budget",
+		Help: "Relayed connections plus handshakes in progress that the open-file limit leaves room for after tcpd's own descriptors " +
+			"(each holds one, its upstream socket); more are refused and counted in tcpd_dropped_total{reason=\"fd_limit\"}. " +
+			"0 when the limit caps nothing. Compare process_max_fds and process_open_fds.",
+	})
+	budget.Set(float64(cfg.FDBudget))
 	reg.MustRegister(
 		NewCollector(cfg),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
+		budget,
 	)
 	return reg
 }

@@ -104,8 +104,10 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	upstream, err := s.dial(dst)
 	if err != nil {
 		s.stats.Connections[ResultUpstreamFailed].Add(1)
-		s.stats.DialFailures[classifyDial(err)].Add(1)
+		f := classifyDial(err)
+		s.stats.DialFailures[f].Add(1)
 		req.complete(true)
+		s.warnDialFailure(f, dst, err)
 		if ce := log.Check(zap.DebugLevel, "upstream dial failed"); ce != nil {
 			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Error(err))
 		}
@@ -200,8 +202,12 @@ func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tune := s.tune.Load()
-	if int(s.stats.Active.Load()+s.stats.InFlight.Load()) >= tune.MaxConnections {
+	open := int(s.stats.Active.Load() + s.stats.InFlight.Load())
+	if open >= tune.MaxConnections {
 		return DropMaxConnections, false
+	}
+	if b := s.cfg.FDBudget; b > 0 && open >= b {
+		return DropFDLimit, false
 	}
 	c := s.perClient[client]
 	if c == nil {
@@ -327,6 +333,10 @@ func classifyDial(err error) DialFailure {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.Is(err, syscall.ETIMEDOUT), errors.As(err, &ne) && ne.Timeout():
 		return DialTimeout
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		return DialNoDescriptor
+	case errors.Is(err, syscall.EADDRNOTAVAIL), errors.Is(err, syscall.EADDRINUSE):
+		return DialNoLocalPort
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
 		errors.Is(err, syscall.EHOSTDOWN), errors.Is(err, syscall.ENETDOWN):
 		return DialUnreachable

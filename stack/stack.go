@@ -90,6 +90,13 @@ type Config struct {
 	// built-in secure default for Clients (policy.New with no allow list).
 	Policy *policy.Policy
 
+	// FDBudget caps relayed connections and handshakes in progress
+	// together at what the open-file limit leaves after tcpd's own
+	// descriptors: each holds one, its upstream socket (the client leg
+	// lives in the netstack). More are refused with RST and counted
+	// DropFDLimit, so that tcpd never runs out of descriptors for its
+	// listeners and logs. Zero means no cap.
+	FDBudget int
 	// MaxInFlight caps handshakes in progress (SYN received, not yet
 	// established): the netstack's forwarder is built with it. Zero means
 	// 4096.
@@ -170,6 +177,8 @@ type Stack struct {
 	table *conntrack.Table
 	// watch passes on a leg's failure to a relay blocked on the other.
 	watch *watcher
+	// dialWarn rate-limits the warnings of warnDialFailure.
+	dialWarn [NumDialFailures]rateLimit
 	// retireQ carries endpoints to tear down from the maintenance loop.
 	retireQ chan conntrack.ID
 	epMu    sync.Mutex

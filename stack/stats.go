@@ -48,6 +48,9 @@ const (
 	// (UDP, ICMP echo, other protocols): tcpd terminates TCP only, and
 	// README's routing sends it nothing else.
 	DropNotTCP
+	// DropFDLimit: the open-file limit leaves no descriptor for one more
+	// upstream socket after tcpd's own reserve (answered RST).
+	DropFDLimit
 	NumDropReasons
 )
 
@@ -65,6 +68,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropTUNWriteError:           "tun_write_error",
 	DropUntracked:               "untracked",
 	DropNotTCP:                  "not_tcp",
+	DropFDLimit:                 "fd_limit",
 }
 
 // String gives the label value.
@@ -110,17 +114,25 @@ const (
 	DialUnreachable
 	// DialDenied: the dialler's control hook refused the address.
 	DialDenied
+	// DialNoDescriptor: the process or the system is out of file
+	// descriptors (EMFILE, ENFILE).
+	DialNoDescriptor
+	// DialNoLocalPort: no local address and port free toward the
+	// destination (EADDRNOTAVAIL, or EADDRINUSE binding a source address).
+	DialNoLocalPort
 	// DialOther: anything else.
 	DialOther
 	NumDialFailures
 )
 
 var dialFailureNames = [NumDialFailures]string{
-	DialRefused:     "refused",
-	DialTimeout:     "timeout",
-	DialUnreachable: "unreachable",
-	DialDenied:      "denied",
-	DialOther:       "other",
+	DialRefused:      "refused",
+	DialTimeout:      "timeout",
+	DialUnreachable:  "unreachable",
+	DialDenied:       "denied",
+	DialNoDescriptor: "no_descriptor",
+	DialNoLocalPort:  "no_local_port",
+	DialOther:        "other",
 }
 
 // String gives the label value.

@@ -99,7 +99,7 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 }
 
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("check-config", "Usage: tcpd check-config FILE\n\nValidates FILE as a tcpd configuration: unknown keys, types, ranges.\nExit status 0 when valid; 1 with every problem listed when not.", stderr)
+	fs := newFlagSet("check-config", "Usage: tcpd check-config FILE\n\nValidates FILE as a tcpd configuration: unknown keys, types, ranges, and\nthe connection caps against the open-file limits: a cap no limit on this\nhost can meet is an error; one above this process's own limit, a warning.\nExit status 0 when valid; 1 with every problem listed when not.", stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -110,8 +110,16 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	if _, err := loadConfig(fs.Arg(0)); err != nil {
+	c, err := loadConfig(fs.Arg(0))
+	if err != nil {
 		return err
+	}
+	warning, err := checkFDCaps(c, hostOpenFileMax(), openFileLimit())
+	if err != nil {
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	}
+	if warning != "" {
+		fmt.Fprintf(stderr, "%s: %s\n", fs.Arg(0), warning)
 	}
 	fmt.Fprintf(stdout, "%s: valid\n", fs.Arg(0))
 	return nil

@@ -71,6 +71,8 @@ type daemon struct {
 	metrics *metrics.Server
 	admin   *admin.Server
 	health  *health
+	// fdLimit is the open-file limit read at start; 0 if unknown.
+	fdLimit int
 
 	reloadMu sync.Mutex
 	reloadOK bool
@@ -151,9 +153,29 @@ func (d *daemon) run() error {
 		d.log.Error("start failed", zap.Error(err))
 		return err
 	}
+	// The open-file limit bounds the connections tcpd can hold; what it
+	// keeps for itself keeps the metrics listener, the admin socket and
+	// the log working when the connections reach it.
+	var budget int
+	if lim := openFileLimit(); lim > 0 {
+		b := newFDBudget(lim)
+		warning, err := b.check(cfg)
+		if err != nil {
+			d.log.Error("start failed", zap.Error(err))
+			d.stopEndpoints()
+			return err
+		}
+		if warning != "" {
+			d.log.Warn(warning, zap.Int("open_file_limit", lim), zap.Int("needed", fdNeed(cfg)), zap.Int("fd_budget", b.conns))
+		}
+		budget = b.conns
+		d.fdLimit = lim
+	}
 	d.health.starting("creating the TUN and the netstack")
 	d.holdStartForTest()
-	d.st, err = stack.New(cfg.stackConfig(pol, d.log))
+	sc := cfg.stackConfig(pol, d.log)
+	sc.FDBudget = budget
+	d.st, err = stack.New(sc)
 	if err != nil {
 		d.log.Error("start failed", zap.Error(err))
 		d.stopEndpoints()
@@ -164,7 +186,7 @@ func (d *daemon) run() error {
 	}
 	var scrape http.Handler
 	if d.metrics != nil {
-		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Version: buildVersion()})
+		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Version: buildVersion(), FDBudget: budget})
 		scrape = metrics.Handler(reg)
 	}
 	d.health.serve(d.st, scrape)
@@ -291,6 +313,11 @@ func (d *daemon) reload() {
 	if len(changed) > 0 {
 		d.log.Warn("reload: these settings need a restart and keep their running values",
 			zap.Strings("keys", changed))
+	}
+	if d.fdLimit > 0 {
+		if warning, _ := newFDBudget(d.fdLimit).check(next); warning != "" {
+			d.log.Warn(warning, zap.Int("open_file_limit", d.fdLimit), zap.Int("needed", fdNeed(next)))
+		}
 	}
 	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", next.logLevel()),
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))

@@ -51,6 +51,9 @@ func (l *Lab) StartProc(cmd *exec.Cmd) (*Proc, error) {
 	}
 	if len(cmd.Args) > 4 && cmd.Args[1] == "netns" && cmd.Args[2] == "exec" {
 		p.name = filepath.Base(cmd.Args[4]) // `ip netns exec <ns> <name> ...`
+		if p.name == "prlimit" && len(cmd.Args) > 7 {
+			p.name = filepath.Base(cmd.Args[7]) // `... prlimit --nofile=N:N -- <name> ...`
+		}
 	}
 	if os.Getenv("NETLAB_VERBOSE") == "1" {
 		p.log.echo = os.Stderr
@@ -91,6 +94,19 @@ func (l *Lab) StartProc(cmd *exec.Cmd) (*Proc, error) {
 // ctx bounds the wait for readiness and the process's life: when ctx is done
 // tcpd gets SIGTERM, and SIGKILL 30 s later if it is still running.
 func (l *Lab) StartTCPD(ctx context.Context, bin string, configYAML string, extraArgs ...string) (*Proc, error) {
+	return l.StartTCPDWith(ctx, bin, configYAML, TCPDOptions{}, extraArgs...)
+}
+
+// TCPDOptions vary how StartTCPDWith runs tcpd.
+type TCPDOptions struct {
+	// OpenFiles, when positive, is tcpd's open-file limit (RLIMIT_NOFILE,
+	// soft and hard), set by prlimit(1), which then execs tcpd in its
+	// place: the pid stays tcpd's.
+	OpenFiles int
+}
+
+// StartTCPDWith is StartTCPD with options.
+func (l *Lab) StartTCPDWith(ctx context.Context, bin string, configYAML string, opts TCPDOptions, extraArgs ...string) (*Proc, error) {
 	args := []string{"run"}
 	var config string
 	if configYAML != "" {
@@ -112,7 +128,12 @@ func (l *Lab) StartTCPD(ctx context.Context, bin string, configYAML string, extr
 	args = append(args, "--log-format", "json")
 	args = append(args, extraArgs...)
 
-	cmd := l.Gateway.Command(ctx, bin, args...)
+	name := bin
+	if opts.OpenFiles > 0 {
+		args = append([]string{fmt.Sprintf("--nofile=%d:%d", opts.OpenFiles, opts.OpenFiles), "--", bin}, args...)
+		name = "prlimit"
+	}
+	cmd := l.Gateway.Command(ctx, name, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = stopTimeout
 	p, err := l.StartProc(cmd)
