@@ -255,12 +255,12 @@ func (d *daemon) source() string {
 // removes the TUN.
 func (d *daemon) shutdown() error {
 	grace := d.cfg.shutdownGrace()
-	active := d.st.Stats().Active.Load()
-	d.log.Info("shutting down", zap.Int64("active_connections", active), zap.Duration("grace", grace))
 	// /readyz answers 503 from here on, while the listener stays up
 	// through the drain, so that a load balancer sends new clients
-	// elsewhere while these finish.
+	// elsewhere while these finish; before the log line says so.
 	d.health.setPhase(phaseDraining)
+	active := d.st.Stats().Active.Load()
+	d.log.Info("shutting down", zap.Int64("active_connections", active), zap.Duration("grace", grace))
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	reset, err := d.st.Shutdown(ctx)
