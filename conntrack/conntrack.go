@@ -38,12 +38,19 @@ type Segment struct {
 	// ClampedFrom is, on a client's SYN whose MSS tcpd lowered, the value
 	// the client sent; 0 otherwise.
 	ClampedFrom uint16
+	// Wnd is the window field as sent, unscaled.
+	Wnd uint16
+	// TS says the segment carries the timestamps option (RFC 7323 3.2),
+	// with TSVal and TSEcr.
+	TS           bool
+	TSVal, TSEcr uint32
 }
 
 // Config configures a Table. The zero value works.
 type Config struct {
-	// TimeWait is how long tcpd holds a connection in TIME_WAIT; it must
-	// match the netstack's timer. Zero means 30s.
+	// TimeWait is how long tcpd holds a connection in TIME_WAIT, answering
+	// for it at the link once the netstack has let its endpoint go. Zero
+	// means 30s.
 	TimeWait time.Duration
 	// TimeWaitLimit caps entries in TIME_WAIT; one more is cut short and
 	// counted, as Linux does beyond tcp_max_tw_buckets. Nil means 16384;
@@ -79,22 +86,33 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// ActionKind tells the caller of Segment what the netstack must do.
+// ActionKind tells the caller of Segment what to do with the segment.
 type ActionKind uint8
 
 const (
-	// ActionNone: nothing.
+	// ActionNone: hand the segment on to the netstack.
 	ActionNone ActionKind = iota
-	// ActionRetire: tear down the netstack endpoint of Action.ID, which
-	// conntrack has retired from TIME_WAIT (reuse or overflow). For reuse
-	// it must happen before the SYN is delivered to the netstack.
-	ActionRetire
+	// ActionDrop: the segment reached a connection in TIME_WAIT, which
+	// takes it without a reply (an RST, RFC 1337; a bare in-window ACK;
+	// a SYN that may not reopen the 4-tuple, RFC 6191): the netstack must
+	// not see it. For a segment from the netstack, an RST for a
+	// connection in TIME_WAIT: the client must not see it.
+	ActionDrop
+	// ActionReply: the segment reached a connection in TIME_WAIT, which
+	// answers it with Action.Reply, an ACK (a retransmitted FIN, an old
+	// duplicate). The netstack must not see it.
+	ActionReply
+	// ActionReuse: a SYN reopens a 4-tuple that was in TIME_WAIT (RFC
+	// 6191); its new entry exists. Hand it to the netstack once the old
+	// connection's endpoint has left it.
+	ActionReuse
 )
 
 // Action is Segment's answer.
 type Action struct {
 	Kind ActionKind
-	ID   ID
+	// Reply is the ACK to send to the client for ActionReply.
+	Reply Reply
 }
 
 const (
@@ -106,7 +124,7 @@ const (
 // and those it acknowledged.
 type end struct {
 	state State
-	since time.Time
+	since mono
 	// iss is the end's initial sequence number; synSent says it is known.
 	iss     uint32
 	synSent bool
@@ -126,14 +144,14 @@ type end struct {
 }
 
 type entry struct {
-	id    ID
-	tuple Tuple
-	ends  [2]end
+	id   ID
+	key  key
+	ends [2]end
 
-	opened      time.Time
-	lastSeen    time.Time
-	synAckAt    time.Time
-	established time.Time
+	opened      mono
+	lastSeen    mono
+	synAckAt    mono
+	established mono
 	dial        time.Duration
 	handshake   time.Duration
 	claimed     bool
@@ -149,10 +167,19 @@ type entry struct {
 
 	// TIME_WAIT list, ordered by deadline (the timeout is the same for all,
 	// so entry order is deadline order).
-	twDeadline     time.Time
-	twSince        time.Time
+	twDeadline     mono
+	twSince        mono
 	twPrev, twNext *entry
 	inTW           bool
+
+	// What tcpd's netstack last sent, for the ACKs tcpd sends itself in
+	// TIME_WAIT: the window field, and with the timestamps option (ts) its
+	// TSval, when it was seen (tsAt) and the TSecr it echoed, which
+	// TIME_WAIT keeps as TS.Recent (RFC 7323 4.3).
+	wnd          uint16
+	ts           bool
+	tsVal, tsEcr uint32
+	tsAt         mono
 
 	// mismatch is the netstack state seen differing at the last reconcile.
 	mismatch    State
@@ -166,9 +193,12 @@ type Table struct {
 	cfg Config
 	// twLimit is *cfg.TimeWaitLimit, never negative.
 	twLimit int
+	// epoch is just before the table was created: the zero of its mono
+	// times.
+	epoch time.Time
 
 	mu      sync.Mutex
-	byTuple map[Tuple]*entry
+	byTuple map[key]*entry
 	byID    map[ID]*entry
 	nextID  ID
 	counts  [2][NumStates]int
@@ -187,9 +217,10 @@ type Table struct {
 
 // New returns an empty table.
 func New(cfg Config) *Table {
-	t := &Table{byTuple: map[Tuple]*entry{}, byID: map[ID]*entry{}, synRecv: map[netip.Addr]int{}}
+	t := &Table{byTuple: map[key]*entry{}, byID: map[ID]*entry{}, synRecv: map[netip.Addr]int{}}
 	t.cfg = cfg.WithDefaults()
 	t.twLimit = max(*t.cfg.TimeWaitLimit, 0)
+	t.epoch = t.cfg.Now().Add(-time.Nanosecond)
 	return t
 }
 
@@ -229,7 +260,7 @@ func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
 func seqGT(a, b uint32) bool  { return int32(a-b) > 0 }
 func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
 
-func (t *Table) setStateLocked(e *entry, side int, s State, now time.Time) {
+func (t *Table) setStateLocked(e *entry, side int, s State, now mono) {
 	old := e.ends[side].state
 	if old == s {
 		return
@@ -239,10 +270,10 @@ func (t *Table) setStateLocked(e *entry, side int, s State, now time.Time) {
 	}
 	if side == sideTCPD {
 		if old == StateSynRecv {
-			t.synRecvDecLocked(e.tuple.Client.Addr())
+			t.synRecvDecLocked(e.key.clientAddr())
 		}
 		if s == StateSynRecv {
-			t.synRecv[e.tuple.Client.Addr()]++
+			t.synRecv[e.key.clientAddr()]++
 		}
 	}
 	t.counts[side][old]--
@@ -251,13 +282,13 @@ func (t *Table) setStateLocked(e *entry, side int, s State, now time.Time) {
 	e.ends[side].since = now
 }
 
-func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
+func (t *Table) createLocked(k key, s Segment, now mono) *entry {
 	if len(t.byTuple) >= t.cfg.MaxEntries {
 		t.counters.TableFull++
 		return nil
 	}
 	t.nextID++
-	e := &entry{id: t.nextID, tuple: tu, opened: now, lastSeen: now, mss: s.MSS, clampedFrom: s.ClampedFrom}
+	e := &entry{id: t.nextID, key: k, opened: now, lastSeen: now, mss: s.MSS, clampedFrom: s.ClampedFrom}
 	// tcpd's netstack is conceptually LISTEN and takes the SYN to
 	// SYN-RECEIVED (RFC 9293 3.10.7.2); the client has sent it: SYN-SENT.
 	e.ends[sideTCPD] = end{state: StateSynRecv, since: now}
@@ -265,8 +296,8 @@ func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
 	*c = end{state: StateSynSent, since: now, iss: s.Seq, synSent: true, nxt: s.Seq + 1, dataNxt: s.Seq + 1}
 	t.counts[sideTCPD][StateSynRecv]++
 	t.counts[sideClient][StateSynSent]++
-	t.synRecv[tu.Client.Addr()]++
-	t.byTuple[tu] = e
+	t.synRecv[k.clientAddr()]++
+	t.byTuple[k] = e
 	t.byID[e.id] = e
 	t.counters.Opened++
 	return e
@@ -276,13 +307,13 @@ func (t *Table) createLocked(tu Tuple, s Segment, now time.Time) *entry {
 // whose relay still runs is only held (see entry.held) until Released: a
 // relay never runs without its entry, so `tcpd conns` can show and kill
 // whatever tcpd still spends on the connection.
-func (t *Table) removeLocked(e *entry, now time.Time) {
+func (t *Table) removeLocked(e *entry, now mono) {
 	if e.inTW {
 		t.twUnlinkLocked(e)
 	}
 	t.observeLifetimeLocked(e, now)
-	if t.byTuple[e.tuple] == e {
-		delete(t.byTuple, e.tuple)
+	if t.byTuple[e.key] == e {
+		delete(t.byTuple, e.key)
 	}
 	if e.relay {
 		if !e.held {
@@ -297,47 +328,51 @@ func (t *Table) removeLocked(e *entry, now time.Time) {
 		t.counts[side][e.ends[side].state]--
 	}
 	if e.ends[sideTCPD].state == StateSynRecv {
-		t.synRecvDecLocked(e.tuple.Client.Addr())
+		t.synRecvDecLocked(e.key.clientAddr())
 	}
 	delete(t.byID, e.id)
 	t.counters.Closed++
 }
 
-func (t *Table) observeLifetimeLocked(e *entry, now time.Time) {
-	if !e.lifetimeObs && !e.established.IsZero() {
+func (t *Table) observeLifetimeLocked(e *entry, now mono) {
+	if !e.lifetimeObs && e.established != 0 {
 		e.lifetimeObs = true
-		t.lifetime.Observe(now.Sub(e.established))
+		t.lifetime.Observe(now.sub(e.established))
 	}
 }
 
 // Segment records one TCP segment that crossed the TUN. tu is always the
 // client's view (Client = the client's address and port), whatever dir is.
 func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 
 	bareSYN := s.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN
-	e := t.byTuple[tu]
+	k := keyOf(tu)
+	e := t.byTuple[k]
 	if e == nil {
 		if dir == FromClient && bareSYN {
-			t.createLocked(tu, s, now)
+			t.createLocked(k, s, now)
 			return Action{}
 		}
 		t.counters.Untracked++
 		return Action{}
 	}
 	e.lastSeen = now
-	if dir == FromClient && bareSYN && e.ends[sideTCPD].state == StateTimeWait &&
-		seqGT(s.Seq, e.ends[sideClient].nxt) {
-		// RFC 6191 / RFC 1122 4.2.2.13: a new SYN whose sequence number is
-		// beyond the old connection's may reopen a 4-tuple in TIME_WAIT.
-		old := e.id
-		t.counters.TimeWaitReused++
-		t.twDwell.Observe(now.Sub(e.twSince))
-		t.removeLocked(e, now)
-		t.createLocked(tu, s, now)
-		return Action{Kind: ActionRetire, ID: old}
+	if e.inTW {
+		if dir == FromClient {
+			return t.timeWaitLocked(e, k, s, now)
+		}
+		if s.Flags&FlagRST != 0 {
+			// The netstack answers RST to what was queued on an
+			// endpoint when it let it go for TIME_WAIT: TIME_WAIT is
+			// conntrack's, and sends no RST.
+			return Action{Kind: ActionDrop}
+		}
+	}
+	if dir == ToClient {
+		e.sentByTCPD(s, now)
 	}
 
 	xs, ys := sideClient, sideTCPD
@@ -369,7 +404,7 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			}
 		default:
 			// SYN-ACK: the sender is in SYN-RECEIVED.
-			if xs == sideTCPD && e.synAckAt.IsZero() {
+			if xs == sideTCPD && e.synAckAt == 0 {
 				e.synAckAt = now
 			}
 			if xs == sideTCPD {
@@ -465,11 +500,6 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			case StateCloseWait:
 				t.setStateLocked(e, xs, StateLastAck, now)
 			}
-		case finSeq == x.finSeq && ys == sideTCPD && e.inTW:
-			// A retransmitted FIN in TIME_WAIT restarts the 2MSL timer
-			// (RFC 9293 3.10.7.4, TIME-WAIT).
-			t.twUnlinkLocked(e)
-			t.twPushLocked(e, now)
 		}
 	}
 
@@ -478,7 +508,7 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 
 // afterLocked applies what tcpd's new state implies: TIME_WAIT accounting
 // and removal once closed.
-func (t *Table) afterLocked(e *entry, now time.Time) Action {
+func (t *Table) afterLocked(e *entry, now mono) Action {
 	switch e.ends[sideTCPD].state {
 	case StateTimeWait:
 		if e.inTW {
@@ -486,10 +516,12 @@ func (t *Table) afterLocked(e *entry, now time.Time) Action {
 		}
 		t.observeLifetimeLocked(e, now)
 		if t.twCount >= t.twLimit {
+			// The netstack has let the endpoint go already: the
+			// connection simply has no TIME_WAIT, as beyond Linux's
+			// tcp_max_tw_buckets.
 			t.counters.TimeWaitOverflow++
-			id := e.id
 			t.removeLocked(e, now)
-			return Action{Kind: ActionRetire, ID: id}
+			return Action{}
 		}
 		t.counters.TimeWaitEntered++
 		e.twSince = now
@@ -500,17 +532,17 @@ func (t *Table) afterLocked(e *entry, now time.Time) Action {
 	return Action{}
 }
 
-func (t *Table) establishedLocked(e *entry, now time.Time) {
-	if !e.established.IsZero() {
+func (t *Table) establishedLocked(e *entry, now mono) {
+	if e.established != 0 {
 		return
 	}
 	e.established = now
 	t.counters.Established++
-	if !e.synAckAt.IsZero() {
-		e.handshake = now.Sub(e.synAckAt)
+	if e.synAckAt != 0 {
+		e.handshake = now.sub(e.synAckAt)
 		t.handshake.Observe(e.handshake)
 	}
-	t.setup.Observe(now.Sub(e.opened))
+	t.setup.Observe(now.sub(e.opened))
 }
 
 // rstLocked handles a RST from side xs. RFC 5961 3.2: the receiver accepts
@@ -519,7 +551,7 @@ func (t *Table) establishedLocked(e *entry, now time.Time) {
 // RST in that range is taken, and anything else (out of window, or in window
 // but not at RCV.NXT, which earns a challenge ACK) is ignored. In SYN-SENT it
 // is acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
-func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now time.Time) Action {
+func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now mono) Action {
 	x, y := &e.ends[xs], &e.ends[ys]
 	// A RST that acknowledges nothing of the receiver's current connection
 	// comes from an older incarnation of the 4-tuple (a TIME_WAIT endpoint
@@ -538,10 +570,6 @@ func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now time.Time) Action
 	}
 	var acceptable bool
 	switch {
-	case ys == sideTCPD && y.state == StateTimeWait:
-		// tcpd's netstack drops every RST in TIME_WAIT (RFC 1337, fix 1:
-		// no TIME-WAIT assassination), so its end stays there.
-		acceptable = false
 	case y.state == StateSynSent:
 		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
 	case y.ackSent:
@@ -567,9 +595,9 @@ func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now time.Time) Action
 	return t.afterLocked(e, now)
 }
 
-func (t *Table) twPushLocked(e *entry, now time.Time) {
+func (t *Table) twPushLocked(e *entry, now mono) {
 	e.inTW = true
-	e.twDeadline = now.Add(t.cfg.TimeWait)
+	e.twDeadline = now.add(t.cfg.TimeWait)
 	e.twPrev, e.twNext = t.twTail, nil
 	if t.twTail != nil {
 		t.twTail.twNext = e
@@ -599,16 +627,16 @@ func (t *Table) twUnlinkLocked(e *entry) {
 // only the expired entries, so the stack calls it often; the dwell recorded
 // is the configured one, not the caller's lateness.
 func (t *Table) ExpireTimeWait() int {
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.expireTimeWaitLocked(now)
 }
 
-func (t *Table) expireTimeWaitLocked(now time.Time) int {
+func (t *Table) expireTimeWaitLocked(now mono) int {
 	n := 0
-	for e := t.twHead; e != nil && !now.Before(e.twDeadline); e = t.twHead {
-		t.twDwell.Observe(e.twDeadline.Sub(e.twSince))
+	for e := t.twHead; e != nil && now >= e.twDeadline; e = t.twHead {
+		t.twDwell.Observe(e.twDeadline.sub(e.twSince))
 		t.removeLocked(e, now)
 		n++
 	}
@@ -618,13 +646,13 @@ func (t *Table) expireTimeWaitLocked(now time.Time) int {
 // Tick runs the timers: TIME_WAIT expiry and entries no handler claimed.
 // The stack calls it periodically; it returns how many entries it removed.
 func (t *Table) Tick() int {
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := t.expireTimeWaitLocked(now)
 	for _, e := range t.byID {
 		if !e.claimed && e.ends[sideTCPD].state == StateSynRecv && !e.ends[sideTCPD].synSent &&
-			now.Sub(e.lastSeen) >= t.cfg.Unclaimed {
+			now.sub(e.lastSeen) >= t.cfg.Unclaimed {
 			t.counters.Expired++
 			t.removeLocked(e, now)
 			n++
@@ -639,7 +667,7 @@ func (t *Table) Tick() int {
 func (t *Table) Claim(tu Tuple) ID {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.byTuple[tu]
+	e := t.byTuple[keyOf(tu)]
 	if e == nil || e.claimed || e.ends[sideTCPD].state != StateSynRecv {
 		return 0
 	}
@@ -667,7 +695,7 @@ func (t *Table) Relaying(id ID) bool {
 // Released records that id's relay has finished. An entry whose connection
 // ended while its relay ran is removed now.
 func (t *Table) Released(id ID) {
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byID[id]
@@ -701,41 +729,35 @@ func (t *Table) Dialled(id ID, d time.Duration) {
 // Gone reports that the netstack holds no endpoint for id any more and no
 // segment will close it: the handshake failed or was abandoned, the handler
 // dropped the SYN silently, or a netstack timer reaped the endpoint. The
-// entry is removed.
+// entry is removed, unless it is in TIME_WAIT: the netstack lets an
+// endpoint go as it enters TIME_WAIT, and the entry is what remains of the
+// connection until its own timer expires.
 func (t *Table) Gone(id ID) {
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byID[id]
-	if e == nil || e.held {
+	if e == nil || e.held || e.inTW {
 		return
 	}
-	if e.inTW {
-		// The netstack's TIME_WAIT timer, which runs with ours, fired
-		// first: an ordinary expiry.
-		end := now
-		if e.twDeadline.Before(end) {
-			end = e.twDeadline
-		}
-		t.twDwell.Observe(end.Sub(e.twSince))
-	} else {
-		t.counters.Expired++
-	}
+	t.counters.Expired++
 	t.removeLocked(e, now)
 }
 
 // Reconcile compares tcpd's state for id with the netstack endpoint's own
 // state ns. A disagreement seen at two consecutive calls is corrected to ns
-// and counted. Two lags are not disagreements: the netstack enters
-// FIN-WAIT-1 or LAST-ACK when it queues its FIN, before the FIN crosses the
-// TUN. StateClosed means the endpoint is gone, as Gone. It returns whether
-// it corrected the entry, and the state conntrack had.
+// and counted. Lags are not disagreements: the netstack enters FIN-WAIT-1
+// or LAST-ACK when it queues its FIN, before the FIN crosses the TUN, and
+// an entry in TIME_WAIT is tcpd's own, whose endpoint passes through
+// TIME_WAIT to closed at once. StateClosed means the endpoint is gone, as
+// Gone. It returns whether it corrected the entry, and the state conntrack
+// had.
 func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 	if ns == StateClosed {
 		t.Gone(id)
 		return false, 0
 	}
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.byID[id]
@@ -743,7 +765,8 @@ func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 		return false, 0
 	}
 	ours := e.ends[sideTCPD].state
-	if ours == ns || (ours == StateEstablished && ns == StateFinWait1) || (ours == StateCloseWait && ns == StateLastAck) {
+	if ours == ns || (ours == StateEstablished && ns == StateFinWait1) || (ours == StateCloseWait && ns == StateLastAck) ||
+		(e.inTW && ns == StateTimeWait) {
 		e.hasMismatch = false
 		return false, ours
 	}
@@ -787,17 +810,17 @@ func (t *Table) Snapshot() Snapshot {
 // Conns returns the live table, in ID order, keeping the rows keep accepts
 // (nil keeps all).
 func (t *Table) Conns(keep func(*Conn) bool) []Conn {
-	now := t.cfg.Now()
+	now := t.now()
 	t.mu.Lock()
 	out := make([]Conn, 0, len(t.byID))
 	for _, e := range t.byID {
 		c := Conn{
 			ID:          e.id,
-			Tuple:       e.tuple,
+			Tuple:       e.key.tuple(),
 			State:       e.ends[sideTCPD].state,
 			ClientState: e.ends[sideClient].state,
-			Opened:      e.opened,
-			Since:       e.ends[sideTCPD].since,
+			Opened:      t.wall(e.opened),
+			Since:       t.wall(e.ends[sideTCPD].since),
 			BytesIn:     e.ends[sideClient].bytes,
 			BytesOut:    e.ends[sideTCPD].bytes,
 			Handshake:   e.handshake,
@@ -807,7 +830,7 @@ func (t *Table) Conns(keep func(*Conn) bool) []Conn {
 			AdvMSS:      e.advMSS,
 		}
 		if e.inTW {
-			c.TimeWaitLeft = max(e.twDeadline.Sub(now), 0)
+			c.TimeWaitLeft = max(e.twDeadline.sub(now), 0)
 		}
 		if keep == nil || keep(&c) {
 			out = append(out, c)

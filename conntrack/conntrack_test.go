@@ -1,8 +1,10 @@
 package conntrack_test
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +78,9 @@ func s(fl string, seq, ack, n uint32, tcpd, client ct.State) step {
 }
 
 func gone(st step) step { st.gone = true; return st }
+
+// act sets the action Segment must answer for st.
+func act(st step, k ct.ActionKind) step { st.action = k; return st }
 
 const (
 	Closed = ct.StateClosed
@@ -223,7 +228,7 @@ func TestTransitions(t *testing.T) {
 			s("FA", tISS+1, cISS+1, 0, FW1, Est),
 			c("FA", cISS+1, tISS+2, 0, FW2, LA),
 			s("A", tISS+2, cISS+2, 0, TW, Closed),
-			c("R", cISS+2, 0, 0, TW, Closed),
+			act(c("R", cISS+2, 0, 0, TW, Closed), ct.ActionDrop),
 		},
 	}
 	for name, script := range scripts {
@@ -302,8 +307,9 @@ func TestTimeWaitExpiry(t *testing.T) {
 		t.Fatalf("TimeWaitLeft %v, want 30s", conns[0].TimeWaitLeft)
 	}
 	clk.advance(20 * time.Second)
-	// The client retransmits its FIN (our ACK was lost): 2MSL restarts.
-	run(t, tab, []step{c("FA", cISS+1, tISS+2, 0, TW, Closed)})
+	// The client retransmits its FIN (our ACK was lost): tcpd answers it
+	// and 2MSL restarts.
+	run(t, tab, []step{act(c("FA", cISS+1, tISS+2, 0, TW, Closed), ct.ActionReply)})
 	clk.advance(29 * time.Second)
 	if n := tab.Tick(); n != 0 {
 		t.Fatalf("Tick removed %d entries 29s after the restart", n)
@@ -327,30 +333,162 @@ func TestTimeWaitReuse(t *testing.T) {
 	old, _ := lookup(tab, tuple)
 
 	// A SYN at or below the old connection's sequence space is not a new
-	// incarnation: TIME_WAIT stays.
-	run(t, tab, []step{c("S", cISS+1, 0, 0, TW, SynS)})
+	// incarnation: it is dropped and TIME_WAIT stays (RFC 6191).
+	run(t, tab, []step{act(c("S", cISS+1, 0, 0, TW, Closed), ct.ActionDrop)})
 
-	// A SYN beyond it retires the old entry at once.
-	reuse := c("S", cISS+100000, 0, 0, SynR, SynS)
-	reuse.action = ct.ActionRetire
-	run(t, tab, []step{reuse})
+	// A SYN beyond it retires the old entry at once and opens a new one.
+	run(t, tab, []step{act(c("S", cISS+100000, 0, 0, SynR, SynS), ct.ActionReuse)})
 	id, _ := lookup(tab, tuple)
 	if id == old {
 		t.Fatal("the new connection kept the old ID")
 	}
-	// The retired endpoint's own RST (acknowledging the old sequence
-	// space) must not touch the new connection.
+	// A stale RST from the old connection's sequence space must not touch
+	// the new connection.
 	run(t, tab, []step{
 		s("RA", tISS+2, cISS+2, 0, SynR, SynS),
-		// gVisor then answers a stale segment with a bare RST carrying
-		// the old sequence numbers: not this connection's either.
 		s("R", tISS+2, 0, 0, SynR, SynS),
 		s("SA", 90000, cISS+100001, 0, SynR, SynS),
 		c("A", cISS+100001, 90001, 0, Est, Est),
 	})
 	snap := tab.Snapshot()
-	if snap.TimeWaitReused != 1 || snap.TimeWait != 0 || snap.Opened != 2 || snap.RSTIgnored != 2 {
-		t.Fatalf("counters after reuse: %+v", snap.Counters)
+	if snap.TimeWaitReused != 1 || snap.TimeWait != 0 || snap.Opened != 2 || snap.RSTIgnored != 2 || snap.TimeWaitDwell.Count != 1 {
+		t.Fatalf("counters after reuse: %+v, dwell count %d", snap.Counters, snap.TimeWaitDwell.Count)
+	}
+}
+
+// TestTimeWaitDuties drives each of TIME_WAIT's duties with a crafted
+// segment and checks the verdict and, where tcpd answers, every field of
+// its ACK, with and without timestamps.
+func TestTimeWaitDuties(t *testing.T) {
+	const (
+		tsT = 700000 // tcpd's TSval on its last segment
+		tsC = 300000 // the client's TSval on its FIN, echoed by tcpd
+		wnd = 502
+	)
+	// The close, as it crossed the TUN; with ts, every segment carries
+	// the timestamps option.
+	closeSteps := func(ts bool) []ct.Segment {
+		seg := func(fl string, seq, ack, tv, te uint32) ct.Segment {
+			return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: wnd, TS: ts, TSVal: tv, TSEcr: te}
+		}
+		return []ct.Segment{
+			seg("S", cISS, 0, tsC-30, 0),
+			seg("SA", tISS, cISS+1, tsT-30, tsC-30),
+			seg("A", cISS+1, tISS+1, tsC-20, tsT-30),
+			seg("FA", tISS+1, cISS+1, tsT-10, tsC-20),
+			seg("FA", cISS+1, tISS+2, tsC, tsT-10),
+			seg("A", tISS+2, cISS+2, tsT, tsC),
+		}
+	}
+	ack := func(ts bool, tsval, tsecr uint32) ct.Reply {
+		r := ct.Reply{Seq: tISS + 2, Ack: cISS + 2, Wnd: wnd}
+		if ts {
+			r.TS, r.TSVal, r.TSEcr = true, tsval, tsecr
+		}
+		return r
+	}
+	type check struct {
+		name string
+		seg  ct.Segment
+		want ct.ActionKind
+		// reply is the ACK wanted for ActionReply, 1.5 s after TIME_WAIT
+		// began.
+		reply ct.Reply
+		// restarts: the 2MSL timer starts again.
+		restarts bool
+	}
+	for _, ts := range []bool{false, true} {
+		withTS := func(s ct.Segment, tv uint32) ct.Segment {
+			if ts {
+				s.TS, s.TSVal, s.TSEcr = true, tv, tsT
+			}
+			return s
+		}
+		checks := []check{
+			{name: "retransmitted FIN: ACK, 2MSL restarts",
+				seg:  withTS(ct.Segment{Flags: flags("FA"), Seq: cISS + 1, Ack: tISS + 2}, tsC+1500),
+				want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC+1500), restarts: true},
+			{name: "old duplicate with data: ACK",
+				seg:  withTS(ct.Segment{Flags: flags("PA"), Seq: cISS - 99, Ack: tISS + 1, Len: 100}, tsC-5),
+				want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC)},
+			{name: "segment beyond RCV.NXT: ACK, TS.Recent kept",
+				seg:  withTS(ct.Segment{Flags: flags("A"), Seq: cISS + 50, Ack: tISS + 2}, tsC+1500),
+				want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC)},
+			{name: "bare ACK at RCV.NXT: taken silently",
+				seg:  withTS(ct.Segment{Flags: flags("A"), Seq: cISS + 2, Ack: tISS + 2}, tsC+1500),
+				want: ct.ActionDrop},
+			{name: "RST at RCV.NXT: ignored (RFC 1337)",
+				seg:  ct.Segment{Flags: flags("R"), Seq: cISS + 2},
+				want: ct.ActionDrop},
+			{name: "segment without ACK: dropped",
+				seg:  withTS(ct.Segment{Flags: flags("P"), Seq: cISS + 2, Len: 10}, tsC+1500),
+				want: ct.ActionDrop},
+			{name: "SYN with an older sequence number and timestamp: dropped (RFC 6191)",
+				seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS - 500}, tsC-1),
+				want: ct.ActionDrop},
+			{name: "SYN with a newer sequence number: reuse",
+				seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS + 100000}, tsC+1500),
+				want: ct.ActionReuse},
+		}
+		if ts {
+			checks = append(checks,
+				check{name: "SYN with an older sequence number but a newer timestamp: reuse (RFC 6191)",
+					seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS - 500}, tsC+1),
+					want: ct.ActionReuse},
+				check{name: "SYN with the same timestamp and a newer sequence number: reuse",
+					seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS + 10}, tsC),
+					want: ct.ActionReuse},
+				check{name: "SYN with the same timestamp and an older sequence number: dropped",
+					seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS}, tsC),
+					want: ct.ActionDrop})
+		}
+		for _, ck := range checks {
+			t.Run(fmt.Sprintf("timestamps=%v/%s", ts, ck.name), func(t *testing.T) {
+				tab, clk := newTable(ct.Config{TimeWait: 30 * time.Second})
+				for i, seg := range closeSteps(ts) {
+					dir := ct.Dir(i % 2) // FromClient, ToClient, in turn
+					if a := tab.Segment(dir, tuple, seg); a.Kind != ct.ActionNone {
+						t.Fatalf("close step %d: action %v", i, a.Kind)
+					}
+				}
+				if cs := tab.Conns(nil); len(cs) != 1 || cs[0].State != TW {
+					t.Fatalf("after the close: %+v, want one entry in TIME_WAIT", cs)
+				}
+				clk.advance(1500 * time.Millisecond)
+				a := tab.Segment(ct.FromClient, tuple, ck.seg)
+				if a.Kind != ck.want {
+					t.Fatalf("action %v, want %v", a.Kind, ck.want)
+				}
+				if a.Kind == ct.ActionReply && a.Reply != ck.reply {
+					t.Fatalf("reply %+v, want %+v", a.Reply, ck.reply)
+				}
+				snap := tab.Snapshot()
+				wantAcks := uint64(0)
+				if ck.want == ct.ActionReply {
+					wantAcks = 1
+				}
+				if snap.TimeWaitAcks != wantAcks {
+					t.Errorf("TimeWaitAcks %d, want %d", snap.TimeWaitAcks, wantAcks)
+				}
+				cs := tab.Conns(nil)
+				if ck.want == ct.ActionReuse {
+					if len(cs) != 1 || cs[0].State != SynR || snap.TimeWaitReused != 1 {
+						t.Fatalf("after reuse: %+v, reused %d", cs, snap.TimeWaitReused)
+					}
+					return
+				}
+				if len(cs) != 1 || cs[0].State != TW {
+					t.Fatalf("TIME_WAIT left: %+v", cs)
+				}
+				left := 30*time.Second - 1500*time.Millisecond
+				if ck.restarts {
+					left = 30 * time.Second
+				}
+				if cs[0].TimeWaitLeft != left {
+					t.Errorf("TIME_WAIT left %v, want %v", cs[0].TimeWaitLeft, left)
+				}
+			})
+		}
 	}
 }
 
@@ -359,16 +497,20 @@ func TestTimeWaitLimit(t *testing.T) {
 	for i := range 3 {
 		tu := tuple
 		tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(50000+i))
-		var last ct.Action
 		for _, st := range append(append([]step{}, handshake...), tcpdTimeWait...) {
-			last = tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
+			if a := tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack}); a.Kind != ct.ActionNone {
+				t.Fatalf("connection %d: action %v", i, a.Kind)
+			}
 		}
-		want := ct.ActionNone
+		// Beyond the cap the connection has no TIME_WAIT: its FIN
+		// retransmission reaches the netstack, which holds nothing for
+		// it either and answers RST, as Linux beyond tcp_max_tw_buckets.
+		want := ct.ActionReply
 		if i == 2 {
-			want = ct.ActionRetire
+			want = ct.ActionNone
 		}
-		if last.Kind != want {
-			t.Fatalf("connection %d entering TIME_WAIT: action %v, want %v", i, last.Kind, want)
+		if a := tab.Segment(ct.FromClient, tu, ct.Segment{Flags: flags("FA"), Seq: cISS + 1, Ack: tISS + 2}); a.Kind != want {
+			t.Fatalf("connection %d, FIN retransmitted: action %v, want %v", i, a.Kind, want)
 		}
 	}
 	snap := tab.Snapshot()
@@ -376,60 +518,6 @@ func TestTimeWaitLimit(t *testing.T) {
 		t.Fatalf("time_wait %d overflow %d live %d", snap.TimeWait, snap.TimeWaitOverflow, snap.Live)
 	}
 	checkCounts(t, tab)
-}
-
-// enterTimeWait takes one more connection (client port 50000+i) through a
-// server-first close and returns the action of its last segment.
-func enterTimeWait(tab *ct.Table, i int) ct.Action {
-	tu := tuple
-	tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(50000+i))
-	var last ct.Action
-	for _, st := range append(append([]step{}, handshake...), tcpdTimeWait...) {
-		last = tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
-	}
-	return last
-}
-
-// TestTimeWaitLimitZero: a cap of zero keeps no connection in TIME_WAIT,
-// as tcp_max_tw_buckets=0 does, while the default (nil) keeps 16384.
-func TestTimeWaitLimitZero(t *testing.T) {
-	tab, _ := newTable(ct.Config{TimeWaitLimit: new(0)})
-	if a := enterTimeWait(tab, 0); a.Kind != ct.ActionRetire {
-		t.Fatalf("entering TIME_WAIT under a zero cap: action %v, want retire", a.Kind)
-	}
-	if snap := tab.Snapshot(); snap.TimeWait != 0 || snap.TimeWaitOverflow != 1 || snap.TimeWaitLimit != 0 || snap.Live != 0 {
-		t.Fatalf("time_wait %d overflow %d limit %d live %d", snap.TimeWait, snap.TimeWaitOverflow, snap.TimeWaitLimit, snap.Live)
-	}
-	def, _ := newTable(ct.Config{})
-	if snap := def.Snapshot(); snap.TimeWaitLimit != 16384 || snap.TimeWaitTimeout != 30*time.Second {
-		t.Fatalf("default cap %d and timeout %v, want 16384 and 30s", snap.TimeWaitLimit, snap.TimeWaitTimeout)
-	}
-}
-
-// TestTune: new TIME_WAIT settings apply to entries that enter TIME_WAIT
-// afterwards; those already there keep their deadline.
-func TestTune(t *testing.T) {
-	tab, clk := newTable(ct.Config{TimeWait: 10 * time.Second, TimeWaitLimit: new(1)})
-	enterTimeWait(tab, 0)
-	tab.Tune(ct.Config{TimeWait: 60 * time.Second, TimeWaitLimit: new(2)})
-	if a := enterTimeWait(tab, 1); a.Kind != ct.ActionNone {
-		t.Fatalf("the second entry overflowed a cap raised to 2 (action %v)", a.Kind)
-	}
-	if a := enterTimeWait(tab, 2); a.Kind != ct.ActionRetire {
-		t.Fatalf("the third entry fit a cap of 2 (action %v)", a.Kind)
-	}
-	clk.advance(11 * time.Second)
-	if n := tab.ExpireTimeWait(); n != 1 {
-		t.Fatalf("%d entries expired after 11s, want the one that entered under 10s", n)
-	}
-	clk.advance(50 * time.Second)
-	if n := tab.ExpireTimeWait(); n != 1 {
-		t.Fatalf("%d entries expired after 61s, want the one that entered under 60s", n)
-	}
-	tab.Tune(ct.Config{})
-	if snap := tab.Snapshot(); snap.TimeWaitLimit != 16384 || snap.TimeWaitTimeout != 30*time.Second {
-		t.Fatalf("Tune with a zero Config: cap %d timeout %v, want the defaults", snap.TimeWaitLimit, snap.TimeWaitTimeout)
-	}
 }
 
 func TestUnclaimedExpiry(t *testing.T) {
@@ -720,9 +808,9 @@ func TestRelayOutlivesNothing(t *testing.T) {
 		tab, _ := newTable(ct.Config{})
 		id := claim(t, tab)
 		run(t, tab, tcpdTimeWait)
-		reuse := c("S", cISS+100000, 0, 0, SynR, SynS)
-		reuse.action = ct.ActionRetire
-		tab.Segment(reuse.dir, tuple, ct.Segment{Flags: flags(reuse.flags), Seq: reuse.seq})
+		if a := tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS + 100000}); a.Kind != ct.ActionReuse {
+			t.Fatalf("the reusing SYN: action %v, want reuse", a.Kind)
+		}
 		snap := tab.Snapshot()
 		if snap.Live != 2 || snap.Relays != 1 || snap.TimeWait != 0 || snap.States[ct.StateSynRecv] != 1 || snap.States[ct.StateClosed] != 1 {
 			t.Fatalf("after reuse: live %d, relays %d, time_wait %d, states %v; want the new entry and the held old one", snap.Live, snap.Relays, snap.TimeWait, snap.States)
@@ -762,4 +850,39 @@ func TestRelayOutlivesNothing(t *testing.T) {
 			t.Fatal("Relaying attached a relay to a removed entry")
 		}
 	})
+}
+
+// BenchmarkTimeWaitMemory holds 16,384 connections in TIME_WAIT, Linux's
+// default tcp_max_tw_buckets and tcpd's default cap, and reports the Go heap
+// each one costs (the entry and its share of the table's maps).
+func BenchmarkTimeWaitMemory(b *testing.B) {
+	const n = 16384
+	var per float64
+	for b.Loop() {
+		b.StopTimer()
+		var ms0, ms1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		tab, _ := newTable(ct.Config{TimeWaitLimit: new(n)})
+		b.StartTimer()
+		for i := range n {
+			tu := ct.Tuple{
+				Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), uint16(40000+i%1000)),
+				Dst:    netip.MustParseAddrPort("198.18.1.2:443"),
+			}
+			for _, st := range append(append([]step{}, handshake...), tcpdTimeWait...) {
+				tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack, TS: true, TSVal: 1, TSEcr: 2, Wnd: 500})
+			}
+		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&ms1)
+		if snap := tab.Snapshot(); snap.TimeWait != n {
+			b.Fatalf("%d in TIME_WAIT, want %d", snap.TimeWait, n)
+		}
+		per = float64(ms1.HeapAlloc-ms0.HeapAlloc) / n
+		runtime.KeepAlive(tab)
+		b.StartTimer()
+	}
+	b.ReportMetric(per, "B/entry")
 }

@@ -23,6 +23,10 @@ type Counters struct {
 	// TimeWaitReused counts TIME_WAIT entries retired early by a new SYN on
 	// the same 4-tuple (RFC 6191).
 	TimeWaitReused uint64
+	// TimeWaitAcks counts the ACKs tcpd sent for connections in TIME_WAIT:
+	// answers to a retransmitted FIN (the client lost tcpd's last ACK) or
+	// to an old duplicate segment.
+	TimeWaitAcks uint64
 	// RSTIgnored counts RSTs that the receiver would not accept
 	// (RFC 5961 3.2): out of window, or in window but not at RCV.NXT.
 	RSTIgnored uint64
@@ -105,4 +109,34 @@ type Conn struct {
 	// the client sent (else 0). AdvMSS is the MSS tcpd's SYN-ACK offered
 	// the client, 0 before it was sent.
 	MSS, ClampedFrom, AdvMSS uint16
+}
+
+// key is a Tuple packed for the table: 38 bytes where a Tuple takes 64
+// (netip.Addr carries a zone handle, which addresses from the TUN never
+// have). The table holds one per entry and one per map slot.
+type key struct {
+	client, dst  [16]byte
+	cport, dport uint16
+	v4           bool
+}
+
+func keyOf(tu Tuple) key {
+	return key{
+		client: tu.Client.Addr().As16(), dst: tu.Dst.Addr().As16(),
+		cport: tu.Client.Port(), dport: tu.Dst.Port(),
+		v4: tu.Client.Addr().Is4(),
+	}
+}
+
+func (k key) addr(a [16]byte) netip.Addr {
+	if k.v4 {
+		return netip.AddrFrom4([4]byte(a[12:]))
+	}
+	return netip.AddrFrom16(a)
+}
+
+func (k key) clientAddr() netip.Addr { return k.addr(k.client) }
+
+func (k key) tuple() Tuple {
+	return Tuple{Client: netip.AddrPortFrom(k.addr(k.client), k.cport), Dst: netip.AddrPortFrom(k.addr(k.dst), k.dport)}
 }

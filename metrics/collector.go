@@ -49,6 +49,8 @@ var snapshotValues = []struct {
 		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitOverflow) }},
 	{"tcpd_tcp_time_wait_reused_total", "TIME_WAIT entries retired early by a new SYN on the same 4-tuple (RFC 6191).",
 		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitReused) }},
+	{"tcpd_tcp_time_wait_acks_total", "ACKs tcpd sent for connections in TIME_WAIT: to a retransmitted FIN (the client lost tcpd's last ACK) or to an old duplicate segment.",
+		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitAcks) }},
 }
 
 // snapshotHistograms are the duration histograms of a conntrack.Snapshot.
@@ -121,7 +123,7 @@ var netstackValues = []struct {
 		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPInvalidSourceAddressesReceived }},
 	{"tcpd_netstack_ip_packets_sent_total", "IP packets the netstack sent.",
 		prometheus.CounterValue, func(n *stack.NetstackStats) uint64 { return n.IPPacketsSent }},
-	{"tcpd_netstack_endpoints", "Transport endpoints registered in the netstack (connections in any state, TIME_WAIT included).",
+	{"tcpd_netstack_endpoints", "Transport endpoints registered in the netstack: connections in every state but TIME_WAIT, which tcpd keeps itself.",
 		prometheus.GaugeValue, func(n *stack.NetstackStats) uint64 { return n.Endpoints }},
 	{"tcpd_netstack_tracked_endpoints", "Netstack endpoints tcpd holds for reconciliation, kill and tcpd conns.",
 		prometheus.GaugeValue, func(n *stack.NetstackStats) uint64 { return n.TrackedEndpoints }},

@@ -38,6 +38,7 @@ func testSources() (*fakeConntrack, *fakeStack) {
 		TimeWaitEntered:  40,
 		TimeWaitOverflow: 5,
 		TimeWaitReused:   6,
+		TimeWaitAcks:     7,
 		RSTIgnored:       4,
 		Untracked:        17,
 		TableFull:        2,
@@ -173,6 +174,9 @@ tcpd_tcp_time_wait_overflow_total 5
 # HELP tcpd_tcp_time_wait_reused_total TIME_WAIT entries retired early by a new SYN on the same 4-tuple (RFC 6191).
 # TYPE tcpd_tcp_time_wait_reused_total counter
 tcpd_tcp_time_wait_reused_total 6
+# HELP tcpd_tcp_time_wait_acks_total ACKs tcpd sent for connections in TIME_WAIT: to a retransmitted FIN (the client lost tcpd's last ACK) or to an old duplicate segment.
+# TYPE tcpd_tcp_time_wait_acks_total counter
+tcpd_tcp_time_wait_acks_total 7
 `},
 		{"tun and relay", `
 # HELP tcpd_tun_packets_total IP packets read from (in) and written to (out) the TUN device.
@@ -318,7 +322,7 @@ tcpd_netstack_ip_invalid_source_addresses_received_total 22
 # HELP tcpd_netstack_ip_packets_sent_total IP packets the netstack sent.
 # TYPE tcpd_netstack_ip_packets_sent_total counter
 tcpd_netstack_ip_packets_sent_total 23
-# HELP tcpd_netstack_endpoints Transport endpoints registered in the netstack (connections in any state, TIME_WAIT included).
+# HELP tcpd_netstack_endpoints Transport endpoints registered in the netstack: connections in every state but TIME_WAIT, which tcpd keeps itself.
 # TYPE tcpd_netstack_endpoints gauge
 tcpd_netstack_endpoints 24
 # HELP tcpd_netstack_tracked_endpoints Netstack endpoints tcpd holds for reconciliation, kill and tcpd conns.
@@ -421,6 +425,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_tcp_connection_states",
 		"tcpd_tcp_handshake_duration_seconds",
 		"tcpd_tcp_mss_clamped_total",
+		"tcpd_tcp_time_wait_acks_total",
 		"tcpd_tcp_time_wait_connections",
 		"tcpd_tcp_time_wait_duration_seconds",
 		"tcpd_tcp_time_wait_entered_total",

@@ -1,8 +1,14 @@
 package stack
 
 import (
+	"context"
+	"io"
 	"net"
+	"net/netip"
+	"runtime"
+	"sync"
 	"testing"
+	"time"
 )
 
 // BenchmarkRelayBulk moves bytes from a loopback upstream through tcpd's
@@ -45,4 +51,79 @@ func BenchmarkRelayBulk(b *testing.B) {
 			c.Close()
 		})
 	}
+}
+
+// BenchmarkTimeWaitHeld closes 16,384 connections into TIME_WAIT on tcpd's
+// side (the upstream closes first) and reports the Go heap tcpd holds for
+// each once their relays are done and the netstack has let their endpoints
+// go: what a connection in TIME_WAIT costs, all of tcpd included.
+func BenchmarkTimeWaitHeld(b *testing.B) {
+	const n = 16384
+	h := newHarness(b, Config{Tunables: Tunables{TimeWait: time.Hour, TimeWaitLimit: new(n)}}, clientAddr)
+	h.listen(b, func(c net.Conn) { c.Write([]byte{'x'}) })
+	connect := func(count int) {
+		var wg sync.WaitGroup
+		next := make(chan struct{}, count)
+		for range count {
+			next <- struct{}{}
+		}
+		close(next)
+		for range 32 {
+			wg.Go(func() {
+				for range next {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					c, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, 80))
+					cancel()
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, c) // "x", then the upstream's FIN
+					c.Close()
+				}
+			})
+		}
+		wg.Wait()
+	}
+	// settled waits until every connection is in TIME_WAIT with nothing
+	// else left of it, and returns how many are. (The client stack reuses
+	// a port now and then, which reopens a 4-tuple in TIME_WAIT.)
+	settled := func() int {
+		deadline := time.Now().Add(time.Minute)
+		for last := -1; ; time.Sleep(100 * time.Millisecond) {
+			snap, ns := h.s.Snapshot(), h.s.NetstackStats()
+			if snap.Live == snap.TimeWait && ns.Endpoints == 0 && ns.TrackedEndpoints == 0 && h.s.Stats().Active.Load() == 0 {
+				if snap.TimeWait == last {
+					return last
+				}
+				last = snap.TimeWait
+				continue
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("not settled: %d in TIME_WAIT, %d live, %d netstack endpoints, %d tracked, %d relays",
+					snap.TimeWait, snap.Live, ns.Endpoints, ns.TrackedEndpoints, h.s.Stats().Active.Load())
+			}
+		}
+	}
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	// Warm up pools and the netstack's own structures.
+	connect(1000)
+	tw0 := settled()
+	before := heap()
+	var per float64
+	for b.Loop() {
+		connect(n - 1000)
+		tw := settled()
+		b.StopTimer()
+		per = float64(heap()-before) / float64(tw-tw0)
+		b.Logf("%d connections in TIME_WAIT, %d of them held for this measure: %.0f B each", tw, tw-tw0, per)
+		b.StartTimer()
+	}
+	b.ReportMetric(per, "B/time_wait")
 }

@@ -42,14 +42,12 @@ type link struct {
 	// clients is immutable after newLink: the source prefixes allowed in.
 	clients []netip.Prefix
 
-	// table sees every TCP segment in both directions. retire tears down
-	// the netstack endpoint of a connection conntrack retired from
-	// TIME_WAIT; now says it must be gone before the caller continues.
-	table  *conntrack.Table
-	retire func(id conntrack.ID, now bool)
-	// retireForSYN retires the TIME_WAIT endpoint a SYN reuses; false means
-	// it took the SYN and will deliver it later.
-	retireForSYN func(id conntrack.ID, syn []byte) bool
+	// table sees every TCP segment in both directions, and answers for
+	// the connections in TIME_WAIT, which the netstack has let go.
+	table *conntrack.Table
+	// reuse hands the netstack a SYN that reopens a 4-tuple conntrack held
+	// in TIME_WAIT; false means it kept the SYN to deliver it later.
+	reuse func(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool
 	// synOverCap reports a client at its in-flight handshake cap.
 	synOverCap func(client netip.Addr) bool
 	// clampSYN lowers the MSS of a client's SYN to what the path back to
@@ -84,13 +82,12 @@ type link struct {
 
 var _ gvstack.LinkEndpoint = (*link)(nil)
 
-func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats, table *conntrack.Table, retire func(conntrack.ID, bool)) *link {
+func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats, table *conntrack.Table) *link {
 	l := &link{
 		dev:     dev,
 		stats:   stats,
 		clients: clients,
 		table:   table,
-		retire:  retire,
 		done:    make(chan struct{}),
 	}
 	l.mtu.Store(mtu)
@@ -223,14 +220,17 @@ func (l *link) deliverPacket(pkt []byte, csum kernelCsum) {
 		}
 	}
 	if ok && !l.noTrack {
-		a := l.table.Segment(conntrack.FromClient, conntrack.Tuple{Client: from, Dst: to}, seg)
-		if a.Kind == conntrack.ActionRetire {
-			// A SYN reopening a 4-tuple held in TIME_WAIT: the old
-			// endpoint must leave the netstack's demuxer before the SYN
-			// arrives, or the netstack drops it (its TIME_WAIT reuse only
-			// serves listeners, not the forwarder).
-			if !l.retireForSYN(a.ID, pkt) {
-				return // dispatched once the old relay has drained
+		tu := conntrack.Tuple{Client: from, Dst: to}
+		switch a := l.table.Segment(conntrack.FromClient, tu, seg); a.Kind {
+		case conntrack.ActionDrop:
+			// TIME_WAIT took it.
+			return
+		case conntrack.ActionReply:
+			l.writeTimeWaitACK(tu, a.Reply)
+			return
+		case conntrack.ActionReuse:
+			if l.reuse != nil && !l.reuse(proto, pkt, tu) {
+				return // delivered once the old endpoint has left
 			}
 		}
 	}
@@ -289,16 +289,17 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		}
 		// Observed before the write: the TUN's GRO may merge buffers.
 		if src, dst, seg, ok := parseTCP(b[writeHeadroom:]); ok && !l.noTrack {
-			if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionRetire {
-				// The netstack may hold locks while it writes: tear the
-				// endpoint down from the maintenance loop instead.
-				l.retire(a.ID, false)
+			if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionDrop {
+				continue
 			}
 		}
 		bytes += uint64(len(b) - writeHeadroom)
 		wb.bufs = append(wb.bufs, b)
 	}
 	n := len(wb.bufs)
+	if n == 0 {
+		return pkts.Len(), nil
+	}
 	if _, err := l.dev.Write(wb.bufs, writeHeadroom); err != nil {
 		if isClosedErr(err) {
 			return 0, &tcpip.ErrClosedForSend{}
@@ -308,7 +309,9 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	}
 	l.stats.TUNPackets[conntrack.ToClient].Add(uint64(n))
 	l.stats.TUNBytes[conntrack.ToClient].Add(bytes)
-	return n, nil
+	// Packets conntrack kept back count as sent: the netstack must not
+	// retry them.
+	return pkts.Len(), nil
 }
 
 // writePacketsVnet writes each packet with its virtio-net header, one writev
@@ -317,7 +320,10 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 func (l *link) writePacketsVnet(pkts gvstack.PacketBufferList, wb *writeBatch) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		l.observeOut(pkt)
+		if !l.observeOut(pkt) {
+			n++ // kept back by conntrack; counts as sent
+			continue
+		}
 		size := pkt.Size()
 		var err error
 		wb.iov, err = l.writeVnet(pkt, &wb.hdr, wb.iov)
@@ -337,22 +343,31 @@ func (l *link) writePacketsVnet(pkts gvstack.PacketBufferList, wb *writeBatch) (
 	return n, nil
 }
 
+// writeRaw writes one IP packet that tcpd built itself, buf[headroom:],
+// whole and with its checksums; buf[:headroom] is free room of
+// writeHeadroom bytes for the device's own header.
+func (l *link) writeRaw(buf []byte, headroom int) error {
+	if l.offload() {
+		return l.writeVnetRaw(buf, headroom)
+	}
+	_, err := l.dev.Write([][]byte{buf}, headroom)
+	return err
+}
+
 // observeOut shows an outbound packet's TCP header to conntrack without
-// copying its payload.
-func (l *link) observeOut(pkt *gvstack.PacketBuffer) {
+// copying its payload. It reports whether the packet may go out.
+func (l *link) observeOut(pkt *gvstack.PacketBuffer) bool {
 	if l.noTrack {
-		return
+		return true
 	}
 	var hdr [maxHeaders]byte
 	h := append(hdr[:0], pkt.NetworkHeader().Slice()...)
 	h = append(h, pkt.TransportHeader().Slice()...)
 	src, dst, seg, ok := parseTCPHeader(h, pkt.Size())
 	if !ok {
-		return
+		return true
 	}
-	if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionRetire {
-		l.retire(a.ID, false)
-	}
+	return l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg).Kind != conntrack.ActionDrop
 }
 
 // MTU implements gvstack.NetworkLinkEndpoint.

@@ -184,6 +184,9 @@ func (r *relay) run() {
 	}()
 	r.relayClient()
 	<-done
+	// A read deadline still armed (the half-close timeout) would keep its
+	// timer, and what it holds, for up to a minute after the close.
+	r.client.SetDeadline(time.Time{})
 	r.endOnce.Do(func() { r.end = EndClean })
 	r.s.stats.Ended[r.end].Add(1)
 	if r.end == EndClean {

@@ -92,27 +92,39 @@ func parseTCPHeader(pkt []byte, wireLen int) (src, dst netip.AddrPort, seg connt
 		Seq:   binary.BigEndian.Uint32(tcp[4:8]),
 		Ack:   binary.BigEndian.Uint32(tcp[8:12]),
 		Len:   uint32(payload - off),
+		Wnd:   binary.BigEndian.Uint16(tcp[14:16]),
 	}
+	opts := tcp[tcpMinHeader:off]
 	if seg.Flags&conntrack.FlagSYN != 0 {
-		if at := mssOptionAt(tcp[tcpMinHeader:off]); at >= 0 {
+		if at := mssOptionAt(opts); at >= 0 {
 			seg.MSS = binary.BigEndian.Uint16(tcp[tcpMinHeader+at:])
 		}
+	}
+	if at := optionAt(opts, optTimestamps, optTSLen); at >= 0 {
+		seg.TS, seg.TSVal, seg.TSEcr = true, binary.BigEndian.Uint32(opts[at:]), binary.BigEndian.Uint32(opts[at+4:])
 	}
 	return src, dst, seg, true
 }
 
-// TCP option kinds (RFC 9293 3.2).
+// TCP option kinds and lengths (RFC 9293 3.2, RFC 7323 3.2).
 const (
-	optEnd    = 0
-	optNOP    = 1
-	optMSS    = 2
-	optMSSLen = 4
+	optEnd        = 0
+	optNOP        = 1
+	optMSS        = 2
+	optMSSLen     = 4
+	optTimestamps = 8
+	optTSLen      = 10
 )
 
 // mssOptionAt returns the offset in opts (a TCP header's options) of the
 // MSS option's 2-byte value, or -1 if there is none or the options are
 // malformed before it.
-func mssOptionAt(opts []byte) int {
+func mssOptionAt(opts []byte) int { return optionAt(opts, optMSS, optMSSLen) }
+
+// optionAt returns the offset in opts of the value of the option of that
+// kind and length, or -1 if there is none or the options are malformed
+// before it (an end-of-options kind ends the search).
+func optionAt(opts []byte, kind, length byte) int {
 	for i := 0; i < len(opts); {
 		switch opts[i] {
 		case optEnd:
@@ -124,7 +136,7 @@ func mssOptionAt(opts []byte) int {
 		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
 			return -1
 		}
-		if opts[i] == optMSS && opts[i+1] == optMSSLen {
+		if opts[i] == kind && opts[i+1] == length {
 			return i + 2
 		}
 		i += int(opts[i+1])

@@ -179,9 +179,7 @@ type Stack struct {
 	watch *watcher
 	// dialWarn rate-limits the warnings of warnDialFailure.
 	dialWarn [NumDialFailures]rateLimit
-	// retireQ carries endpoints to tear down from the maintenance loop.
-	retireQ chan conntrack.ID
-	epMu    sync.Mutex
+	epMu     sync.Mutex
 	// eps maps every tracked connection to its netstack endpoint until the
 	// endpoint is closed.
 	eps map[conntrack.ID]*endpoint
@@ -225,7 +223,6 @@ func New(cfg Config) (*Stack, error) {
 		log:       cfg.Logger,
 		active:    make(map[*relay]struct{}),
 		perClient: make(map[netip.Addr]*clientCount),
-		retireQ:   make(chan conntrack.ID, retireQueue),
 		eps:       make(map[conntrack.ID]*endpoint),
 		table:     conntrack.New(cfg.Tunables.conntrackConfig()),
 	}
@@ -319,8 +316,6 @@ func (s *Stack) maintain() {
 			return
 		case <-tw.C:
 			s.table.ExpireTimeWait()
-		case id := <-s.retireQ:
-			s.retire(id, true)
 		case <-tick.C:
 			s.reconcile()
 			s.lastTick.Store(time.Now().UnixNano())
@@ -382,9 +377,9 @@ func (s *Stack) buildNetstack() error {
 	if err != nil {
 		return fmt.Errorf("read TUN MTU: %w", err)
 	}
-	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table, s.retire)
+	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table)
 	s.link.noTrack = s.cfg.noTrack
-	s.link.retireForSYN = s.retireForSYN
+	s.link.reuse = s.reuseSYN
 	s.link.synOverCap = s.synOverCap
 	s.link.clampSYN = s.clampSYN
 	s.ns = gvstack.New(gvstack.Options{
@@ -417,8 +412,9 @@ func (s *Stack) buildNetstack() error {
 	return nil
 }
 
-// setTCPOptions applies the stack-wide TCP settings that never change: SACK
-// and the buffer ranges with receive moderation.
+// setTCPOptions applies the stack-wide TCP settings that never change: no
+// TIME_WAIT in the netstack (conntrack keeps it), SACK and the buffer
+// ranges with receive moderation.
 func (s *Stack) setTCPOptions() error {
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
@@ -428,7 +424,9 @@ func (s *Stack) setTCPOptions() error {
 	// buffers hold in each direction.
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
+	tw := netstackTimeWait
 	return s.setTransportOptions([]transportOption{
+		{"TIME_WAIT timeout", &tw},
 		{"SACK", &sack},
 		{"receive moderation", &moderate},
 		{"receive buffer range", &rcv},

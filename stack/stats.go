@@ -235,7 +235,8 @@ type NetstackStats struct {
 	IPPacketsSent                         uint64
 
 	// Endpoints is the number of transport endpoints registered in the
-	// netstack: connections in any state, TIME_WAIT included.
+	// netstack: connections in every state but TIME_WAIT, which conntrack
+	// keeps itself.
 	Endpoints uint64
 	// TrackedEndpoints is the number of netstack endpoints tcpd holds for
 	// reconciliation, kill and `tcpd conns`.

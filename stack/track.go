@@ -7,7 +7,6 @@ import (
 	"go.uber.org/zap"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"tcpd/conntrack"
@@ -21,14 +20,6 @@ const reconcileEvery = time.Second
 // timeWaitResolution is how late a TIME_WAIT entry may leave conntrack after
 // its deadline (the dwell recorded is exact regardless).
 const timeWaitResolution = 100 * time.Millisecond
-
-// reuseDrainWait bounds how long a SYN reusing a 4-tuple waits for the old
-// connection's relay to finish reading what the client sent last.
-const reuseDrainWait = 500 * time.Millisecond
-
-// retireQueue bounds endpoints waiting to be torn down by the maintenance
-// loop. If it is full, an endpoint simply runs out its own TIME_WAIT.
-const retireQueue = 4096
 
 // endpoint is the netstack side of a tracked connection.
 type endpoint struct {
@@ -53,53 +44,6 @@ func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) *e
 	return e
 }
 
-// retireForSYN retires the TIME_WAIT endpoint of id for a SYN reusing its
-// 4-tuple. The old connection may have been acknowledged its last bytes and
-// FIN by the netstack without its relay having read them yet; aborting the
-// endpoint then would lose them. So if the relay is still running, the SYN
-// waits (a copy, on a goroutine) until it finishes, at most reuseDrainWait,
-// and is delivered then. It returns false if it kept the SYN.
-func (s *Stack) retireForSYN(id conntrack.ID, syn []byte) bool {
-	e := s.endpointOf(id)
-	if ce := s.log.Check(zap.DebugLevel, "TIME_WAIT reused"); ce != nil {
-		src, _, _, _ := parseTCP(syn)
-		ce.Write(zap.Stringer("client", src), zap.Uint64("old", uint64(id)), zap.Bool("held", e != nil))
-	}
-	if e == nil {
-		// tcpd holds no endpoint for the old connection (its handler
-		// never claimed it): find the netstack's own by 4-tuple.
-		s.abortTimeWaitByTuple(syn)
-		return true
-	}
-	select {
-	case <-e.done:
-		e.ep.Abort()
-		s.unregister(id)
-		return true
-	default:
-	}
-	pkt := append([]byte(nil), syn...)
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		t := time.NewTimer(reuseDrainWait)
-		defer t.Stop()
-		select {
-		case <-e.done:
-		case <-t.C:
-		case <-s.ctx.Done():
-			return
-		}
-		e.ep.Abort()
-		s.unregister(id)
-		// Checked, counted and tracked already: only the netstack has
-		// not seen it yet.
-		proto, _, _ := ipSource(pkt)
-		s.link.dispatch(proto, pkt)
-	}()
-	return false
-}
-
 func (s *Stack) trackedEndpoints() int {
 	s.epMu.Lock()
 	defer s.epMu.Unlock()
@@ -116,24 +60,6 @@ func (s *Stack) unregister(id conntrack.ID) {
 	s.epMu.Lock()
 	delete(s.eps, id)
 	s.epMu.Unlock()
-}
-
-// retire tears down the endpoint of a connection conntrack retired from
-// TIME_WAIT. Abort takes the endpoint out of the demuxer synchronously; the
-// RST it sends carries the old connection's numbers, which a client that has
-// moved on ignores (RFC 9293 3.10.7.3), and conntrack ignores too.
-func (s *Stack) retire(id conntrack.ID, now bool) {
-	if !now {
-		select {
-		case s.retireQ <- id:
-		default:
-		}
-		return
-	}
-	if e := s.endpointOf(id); e != nil {
-		e.ep.Abort()
-		s.unregister(id)
-	}
 }
 
 // reconcile runs conntrack's timers, then compares every registered
@@ -276,19 +202,4 @@ func (s *Stack) Kill(id conntrack.ID) bool {
 	e.ep.Abort()
 	s.unregister(id)
 	return true
-}
-
-// abortTimeWaitByTuple aborts the netstack endpoint in TIME_WAIT that the
-// SYN syn would reach, if there is one.
-func (s *Stack) abortTimeWaitByTuple(syn []byte) {
-	src, dst, _, ok := parseTCP(syn)
-	if !ok {
-		return
-	}
-	s.abortIfIn(gvstack.TransportEndpointID{
-		LocalAddress:  tcpip.AddrFromSlice(dst.Addr().AsSlice()),
-		LocalPort:     dst.Port(),
-		RemoteAddress: tcpip.AddrFromSlice(src.Addr().AsSlice()),
-		RemotePort:    src.Port(),
-	}, tcp.StateTimeWait)
 }

@@ -33,8 +33,9 @@ type Tunables struct {
 	// IdleTimeout, when non-zero, closes a connection that moves no byte in
 	// either direction for that long.
 	IdleTimeout time.Duration
-	// TimeWait is how long the netstack holds a closed connection in
-	// TIME_WAIT. Zero means 30s.
+	// TimeWait is how long tcpd holds a closed connection in TIME_WAIT
+	// (conntrack's record; the netstack lets the endpoint go at once).
+	// Zero means 30s.
 	TimeWait time.Duration
 	// TimeWaitLimit caps connections in TIME_WAIT; more are cut short and
 	// counted. Nil means 16384; zero keeps none.
@@ -162,10 +163,8 @@ func (t *Tunables) check() error {
 // setTunableTCPOptions sets the netstack's stack-wide TCP options that t
 // holds. A new endpoint reads them when it is created (congestion control)
 // and when its handshake completes (loss detection), so they apply to new
-// connections; the TIME_WAIT timeout applies to endpoints entering
-// TIME_WAIT.
+// connections. TIME_WAIT is conntrack's: Tune gives it the new duration.
 func (s *Stack) setTunableTCPOptions(t *Tunables) error {
-	tw := tcpip.TCPTimeWaitTimeoutOption(t.TimeWait)
 	cc := tcpip.CongestionControlOption(t.CongestionControl)
 	recovery := tcpip.TCPRACKLossDetection
 	if t.NoRACK {
@@ -174,7 +173,6 @@ func (s *Stack) setTunableTCPOptions(t *Tunables) error {
 	return s.setTransportOptions([]transportOption{
 		{"congestion control", &cc},
 		{"loss detection", &recovery},
-		{"TIME_WAIT timeout", &tw},
 	})
 }
 

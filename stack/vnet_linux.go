@@ -137,3 +137,20 @@ func (l *link) writeVnet(pkt *gvstack.PacketBuffer, hdr *[vnetHdrLen]byte, iov [
 	}
 	return iov, err
 }
+
+// writeVnetRaw writes one whole IP packet, which holds its own checksums,
+// behind a virtio-net header that asks nothing of the kernel. buf[:headroom]
+// is free room of at least vnetHdrLen bytes.
+func (l *link) writeVnetRaw(buf []byte, headroom int) error {
+	frame := buf[headroom-vnetHdrLen:]
+	clear(frame[:vnetHdrLen]) // VIRTIO_NET_HDR_GSO_NONE, no flags
+	var werr error
+	err := l.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Write(int(fd), frame)
+		return werr != unix.EAGAIN
+	})
+	if err == nil {
+		err = werr
+	}
+	return err
+}

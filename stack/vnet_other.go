@@ -16,3 +16,4 @@ func (*link) readVnet()  {}
 func (*link) writeVnet(*gvstack.PacketBuffer, *[vnetHdrLen]byte, [][]byte) ([][]byte, error) {
 	return nil, nil
 }
+func (*link) writeVnetRaw([]byte, int) error { return nil }

@@ -1,0 +1,137 @@
+package conntrack
+
+// TIME_WAIT is tcpd's own, as Linux keeps an inet_timewait_sock instead of
+// a full socket: the netstack lets a connection's endpoint go as it enters
+// TIME_WAIT, and its entry here does TIME_WAIT's duties until the timer
+// expires. The link shows it every segment the client sends to the 4-tuple
+// and does what Segment answers: nothing reaches the netstack, save a SYN
+// that reopens the 4-tuple. The duties, as the netstack's own endpoint did
+// them (gVisor's receiver.handleTimeWaitSegment) and RFC 9293 3.10.7.4
+// prescribes:
+//   - an RST is ignored (RFC 1337, fix 1: no TIME-WAIT assassination);
+//   - a SYN reopens the 4-tuple if it is a new incarnation (RFC 6191),
+//     and is dropped otherwise;
+//   - a segment without ACK is dropped;
+//   - a retransmitted FIN is acknowledged and restarts the 2MSL timer;
+//   - any other segment that is not exactly at RCV.NXT, or carries data
+//     (an old duplicate), is acknowledged;
+//   - a bare ACK at RCV.NXT is taken silently.
+// The ACK is the one the endpoint would have sent: <SEQ=SND.NXT>
+// <ACK=RCV.NXT><CTL=ACK>, the last window it advertised, and, if the
+// connection uses timestamps, TSval on the endpoint's clock and TSecr =
+// TS.Recent.
+
+// Reply is an ACK tcpd sends for a connection in TIME_WAIT. The link builds
+// the packet: addresses and ports from the entry's tuple, reversed.
+type Reply struct {
+	Seq, Ack uint32
+	// Wnd is the window field, unscaled, as the endpoint last sent it.
+	Wnd uint16
+	// TS says the ACK carries the timestamps option with TSVal and TSEcr.
+	TS           bool
+	TSVal, TSEcr uint32
+}
+
+// twVerdict is what TIME_WAIT does with one segment from the client.
+type twVerdict uint8
+
+const (
+	twDrop twVerdict = iota
+	twIgnoreRST
+	twAck
+	twAckRestart // a retransmitted FIN
+	twReuse
+)
+
+// tsLT compares timestamps modulo 2^32 (RFC 7323 5.2).
+func tsLT(a, b uint32) bool { return int32(a-b) < 0 }
+
+// sentByTCPD records what a segment from tcpd's netstack says about how
+// the netstack would answer in TIME_WAIT.
+func (e *entry) sentByTCPD(s Segment, now mono) {
+	e.wnd = s.Wnd
+	if s.TS {
+		e.ts, e.tsVal, e.tsAt, e.tsEcr = true, s.TSVal, now, s.TSEcr
+	}
+}
+
+// timeWaitVerdict decides what TIME_WAIT does with s, a segment from the
+// client, and keeps TS.Recent up to date as the endpoint would. It touches
+// the entry only, not the table.
+func (e *entry) timeWaitVerdict(s Segment) twVerdict {
+	switch {
+	case s.Flags&FlagRST != 0:
+		return twIgnoreRST
+	case s.Flags&FlagSYN != 0 && s.Flags&FlagACK == 0:
+		if e.newIncarnation(s) {
+			return twReuse
+		}
+		return twDrop
+	case s.Flags&FlagACK == 0:
+		return twDrop
+	}
+	rcvNxt := e.ends[sideTCPD].ack
+	// RFC 7323 4.3: TS.Recent follows the newest TSval of a segment that
+	// does not lie beyond what was acknowledged.
+	if e.ts && s.TS && tsLT(e.tsEcr, s.TSVal) && seqLEQ(s.Seq, rcvNxt) {
+		e.tsEcr = s.TSVal
+	}
+	if s.Flags&FlagFIN != 0 && s.Seq+s.Len+1 == rcvNxt {
+		return twAckRestart
+	}
+	if s.Seq != rcvNxt || s.Len != 0 {
+		return twAck
+	}
+	return twDrop
+}
+
+// newIncarnation reports whether the SYN s may reopen the 4-tuple (RFC 6191
+// 2): if the old connection used timestamps and s carries them, a newer
+// TSval, or an equal one with a sequence number beyond the old
+// connection's; otherwise a sequence number beyond the old connection's.
+func (e *entry) newIncarnation(s Segment) bool {
+	seqNewer := seqGT(s.Seq, e.ends[sideClient].nxt)
+	if e.ts && s.TS {
+		return tsLT(e.tsEcr, s.TSVal) || (s.TSVal == e.tsEcr && seqNewer)
+	}
+	return seqNewer
+}
+
+// timeWaitReply is the ACK the endpoint would send now.
+func (e *entry) timeWaitReply(now mono) Reply {
+	d := &e.ends[sideTCPD]
+	r := Reply{Seq: d.nxt, Ack: d.ack, Wnd: e.wnd}
+	if e.ts {
+		// The netstack's timestamp clock counts milliseconds.
+		r.TS, r.TSVal, r.TSEcr = true, e.tsVal+uint32(now.sub(e.tsAt).Milliseconds()), e.tsEcr
+	}
+	return r
+}
+
+// timeWaitLocked applies TIME_WAIT's verdict on a segment from the client
+// to the table.
+func (t *Table) timeWaitLocked(e *entry, k key, s Segment, now mono) Action {
+	switch e.timeWaitVerdict(s) {
+	case twIgnoreRST:
+		t.counters.RSTIgnored++
+		// The client has aborted its end all the same.
+		t.setStateLocked(e, sideClient, StateClosed, now)
+		return Action{Kind: ActionDrop}
+	case twReuse:
+		t.counters.TimeWaitReused++
+		t.twDwell.Observe(now.sub(e.twSince))
+		t.removeLocked(e, now)
+		t.createLocked(k, s, now)
+		return Action{Kind: ActionReuse}
+	case twAckRestart:
+		// RFC 9293 3.10.7.4, TIME-WAIT: acknowledge it and restart the
+		// 2 MSL timeout.
+		t.twUnlinkLocked(e)
+		t.twPushLocked(e, now)
+		fallthrough
+	case twAck:
+		t.counters.TimeWaitAcks++
+		return Action{Kind: ActionReply, Reply: e.timeWaitReply(now)}
+	}
+	return Action{Kind: ActionDrop}
+}
