@@ -200,6 +200,9 @@ type Table struct {
 	mu      sync.Mutex
 	byTuple map[key]*entry
 	byID    map[ID]*entry
+	// mapPeak is the most entries byID has held since the maps were last
+	// built (compactLocked).
+	mapPeak int
 	nextID  ID
 	counts  [2][NumStates]int
 	// synRecv counts, per client address, the entries whose tcpd end is
@@ -299,6 +302,7 @@ func (t *Table) createLocked(k key, s Segment, now mono) *entry {
 	t.synRecv[k.clientAddr()]++
 	t.byTuple[k] = e
 	t.byID[e.id] = e
+	t.mapPeak = max(t.mapPeak, len(t.byID))
 	t.counters.Opened++
 	return e
 }
@@ -658,7 +662,32 @@ func (t *Table) Tick() int {
 			n++
 		}
 	}
+	t.compactLocked()
 	return n
+}
+
+// compactMaps is the table size below which the maps are never rebuilt:
+// their peak memory is then a few hundred KiB at most.
+const compactMaps = 1024
+
+// compactLocked rebuilds the maps once they hold a quarter of their peak:
+// Go's maps never give back the memory of the most they held, so after a
+// burst of 100,000 connections they would keep megabytes for good.
+func (t *Table) compactLocked() {
+	if t.mapPeak < compactMaps || len(t.byID)*4 > t.mapPeak {
+		return
+	}
+	t.byTuple, t.byID, t.synRecv = compacted(t.byTuple), compacted(t.byID), compacted(t.synRecv)
+	t.mapPeak = len(t.byID)
+}
+
+// compacted returns a copy of m sized for what it holds.
+func compacted[K comparable, V any](m map[K]V) map[K]V {
+	c := make(map[K]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
 }
 
 // Claim is called by the handler that took the connection's SYN from the

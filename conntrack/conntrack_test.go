@@ -886,3 +886,45 @@ func BenchmarkTimeWaitMemory(b *testing.B) {
 	}
 	b.ReportMetric(per, "B/entry")
 }
+
+// TestMapsGiveBackMemory fills the table with 50,000 connections, ends them
+// all, and checks that the table gives back what its maps grew to: Go's
+// maps never shrink by themselves.
+func TestMapsGiveBackMemory(t *testing.T) {
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	tab, _ := newTable(ct.Config{})
+	before := heap()
+	const n = 50000
+	for i := range n {
+		tu := ct.Tuple{
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), uint16(1024+i%50000)),
+			Dst:    netip.MustParseAddrPort("198.18.1.2:443"),
+		}
+		for _, st := range handshake {
+			tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
+		}
+	}
+	full := heap()
+	for i := range n {
+		tu := ct.Tuple{
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), uint16(1024+i%50000)),
+			Dst:    netip.MustParseAddrPort("198.18.1.2:443"),
+		}
+		tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagRST, Seq: cISS + 1})
+	}
+	if live := tab.Snapshot().Live; live != 0 {
+		t.Fatalf("%d entries left after the resets", live)
+	}
+	tab.Tick()
+	after := heap()
+	t.Logf("heap: %d KiB empty, %d KiB with %d connections, %d KiB after they ended", before>>10, full>>10, n, after>>10)
+	if after > before+64<<10 {
+		t.Errorf("the empty table holds %d KiB more than before the %d connections", (after-before)>>10, n)
+	}
+	runtime.KeepAlive(tab)
+}

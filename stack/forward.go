@@ -213,6 +213,7 @@ func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 	if c == nil {
 		c = new(clientCount)
 		s.perClient[client] = c
+		s.perClientPeak = max(s.perClientPeak, len(s.perClient))
 	}
 	switch {
 	case c.conns+c.inFlight >= tune.MaxConnectionsPerClient:
@@ -260,6 +261,7 @@ func (s *Stack) attach(client netip.Addr, id conntrack.ID, r *relay) bool {
 		c.conns++
 		s.stats.Active.Add(1)
 		s.active[r] = struct{}{}
+		s.activePeak = max(s.activePeak, len(s.active))
 	}
 	s.forgetClientLocked(client, c)
 	return ok

@@ -171,6 +171,9 @@ type Stack struct {
 	active map[*relay]struct{}
 	// perClient counts relays and handshakes per client address.
 	perClient map[netip.Addr]*clientCount
+	// activePeak and perClientPeak are the most entries each map has held
+	// since it was last built (compactMaps).
+	activePeak, perClientPeak int
 
 	// table is the connection manager every segment and lifecycle event
 	// reaches.
@@ -183,6 +186,8 @@ type Stack struct {
 	// eps maps every tracked connection to its netstack endpoint until the
 	// endpoint is closed.
 	eps map[conntrack.ID]*endpoint
+	// epsPeak is the most entries eps has held since it was last built.
+	epsPeak int
 	// tune holds the settings that reload may change; read it, never
 	// cfg, for those. tuneMu serialises SetTunables.
 	tune   atomic.Pointer[Tunables]
@@ -329,22 +334,26 @@ func (s *Stack) maintain() {
 }
 
 // returnMemory gives the heap back to the operating system once the number
-// of connections has fallen to half of a peak of at least 1000: the Go
-// runtime would otherwise keep the pages of a burst's buffers and netstack
-// endpoints for minutes. At most once per 5 s while load falls; it costs a
-// full GC.
+// of connections has fallen to half of a peak of at least returnAbove: the
+// Go runtime would otherwise keep the pages of a burst's buffers and
+// netstack endpoints until its next forced GC, two minutes later, and some
+// for good. At most once per 5 s while load falls; it costs a full GC.
 func (s *Stack) returnMemory() {
 	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Len())
 	if live > s.memPeak {
 		s.memPeak = live
 	}
-	if s.memPeak < 1000 || live > s.memPeak/2 || time.Since(s.memFreed) < 5*time.Second {
+	if s.memPeak < returnAbove || live > s.memPeak/2 || time.Since(s.memFreed) < 5*time.Second {
 		return
 	}
 	debug.FreeOSMemory()
 	s.memFreed = time.Now()
 	s.memPeak = live
 }
+
+// returnAbove is the peak of connections from which a fall to half gives
+// memory back: about 5 MiB of relays, buffers and netstack endpoints.
+const returnAbove = 256
 
 // wedgedAfter is how long the packet loop may spend on one batch, or the
 // maintenance loop may go without a tick, before the stack calls itself

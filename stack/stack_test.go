@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"tcpd/conntrack"
@@ -35,7 +34,7 @@ var (
 
 type harness struct {
 	s      *Stack
-	client *netstack.Net
+	client *testClient
 
 	mu     sync.Mutex
 	dialed []string
@@ -78,30 +77,25 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	}
 	h.s = s
 
-	dev, cnet, err := netstack.CreateNetTUN([]netip.Addr{src}, nil, tuntest.DefaultMTU)
+	client, err := newTestClient(src, tuntest.DefaultMTU)
 	if err != nil {
-		t.Fatalf("client stack: %v", err)
+		t.Fatal(err)
 	}
-	h.client = cnet
-	done := make(chan struct{})
+	h.client = client
+	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // client → tcpd
 		defer wg.Done()
-		bufs := [][]byte{make([]byte, 65536)}
-		sizes := []int{0}
 		for {
-			n, err := dev.Read(bufs, sizes, 0)
-			if err != nil {
+			p := client.read(ctx)
+			if p == nil {
 				return
 			}
-			for i := 0; i < n; i++ {
-				p := append([]byte(nil), bufs[i][:sizes[i]]...)
-				select {
-				case ch.Outbound <- p:
-				case <-done:
-					return
-				}
+			select {
+			case ch.Outbound <- p:
+			case <-ctx.Done():
+				return
 			}
 		}
 	}()
@@ -116,8 +110,8 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 				if fn := h.out.Load(); fn != nil {
 					(*fn)(p)
 				}
-				dev.Write([][]byte{p}, 0)
-			case <-done:
+				client.write(p)
+			case <-ctx.Done():
 				return
 			}
 		}
@@ -125,9 +119,9 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	t.Cleanup(func() {
 		// tcpd resets what is left while the pumps still carry its RSTs.
 		s.Close()
-		close(done)
-		dev.Close()
+		cancel()
 		wg.Wait()
+		client.close()
 	})
 	return h
 }

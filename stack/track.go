@@ -40,6 +40,7 @@ func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) *e
 	}
 	s.epMu.Lock()
 	s.eps[id] = e
+	s.epsPeak = max(s.epsPeak, len(s.eps))
 	s.epMu.Unlock()
 	return e
 }
@@ -92,6 +93,7 @@ func (s *Stack) reconcile() {
 	}
 	clear(eps)
 	s.reconcileIDs, s.reconcileEPs = ids, eps
+	s.compactMaps()
 }
 
 // conntrackState maps a netstack endpoint state. States an endpoint passes
