@@ -42,6 +42,8 @@ type gwConfig struct {
 	CongestionControl                string   // tcp.congestion_control
 	Mark                             uint32   // upstream.mark
 	MaxInFlightPerClient             int      // limits.max_in_flight_per_client
+	MaxConnections                   int      // limits.max_connections
+	Memory                           string   // limits.memory
 	MSSClamp                         string   // tcp.mss_clamp
 	PolicyAllow                      []string // policy.allow
 	ShutdownGrace                    string   // shutdown_grace
@@ -114,6 +116,12 @@ func (c gwConfig) yaml() string {
 	}
 	if c.MaxInFlightPerClient != 0 {
 		limits = append(limits, fmt.Sprintf("max_in_flight_per_client: %d", c.MaxInFlightPerClient))
+	}
+	if c.MaxConnections != 0 {
+		limits = append(limits, fmt.Sprintf("max_connections: %d", c.MaxConnections))
+	}
+	if c.Memory != "" {
+		limits = append(limits, "memory: "+c.Memory)
 	}
 	var extra strings.Builder
 	for _, l := range extraTCP {

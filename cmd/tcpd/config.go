@@ -106,6 +106,8 @@ type config struct {
 	format string
 	// grace is shutdown_grace.
 	grace time.Duration
+	// memory is limits.memory.
+	memory memLimit
 }
 
 // keys is the configuration table, in the file's order.
@@ -205,6 +207,10 @@ var keys = []key{
 	{path: "limits.max_in_flight_per_client", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.MaxInFlightPerClient }, 256, integer[int](1, maxInFlight)),
 		doc:  "Handshakes in progress of one client address; at most limits.max_in_flight."},
+	{path: "limits.memory", apply: atOnce,
+		spec: field(func(c *config) *memLimit { return &c.memory }, memAuto, memorySize(memMin, memMax)),
+		doc:  "The Go runtime's memory limit, as GOMEMLIMIT sets it: auto follows the connection cap; off sets none.",
+		more: "auto is 64MiB and 64KiB for each connection tcpd can hold (limits.max_connections, or fewer if the open-file limit holds fewer), at most 3/4 of the memory tcpd may have (its cgroup's limit, else the machine's); it leaves a GOMEMLIMIT from the environment alone. Near the limit the runtime collects garbage harder instead of growing. go_gc_gomemlimit_bytes shows the limit in force."},
 
 	{path: "metrics.listen", apply: restart,
 		spec: field(func(c *config) *string { return &c.metrics }, "127.0.0.1:9810", listenAddr()),

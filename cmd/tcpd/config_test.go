@@ -34,6 +34,7 @@ func documentedDefaults() *config {
 		level:   zapcore.InfoLevel,
 		format:  "auto",
 		grace:   10 * time.Second,
+		memory:  memAuto,
 	}
 	c.stack.TUN = stack.TUNConfig{
 		Name:      "tcpd0",
@@ -195,7 +196,8 @@ func TestLiveKeysAreApplied(t *testing.T) {
 		applied := within(a, &c.stack.Tunables, reflect.TypeFor[stack.Tunables]().Size()) ||
 			within(a, &c.policy.Allow, reflect.TypeFor[[]netip.Prefix]().Size()) ||
 			within(a, &c.policy.Deny, reflect.TypeFor[[]netip.Prefix]().Size()) ||
-			a == reflect.ValueOf(&c.level).Pointer() || a == reflect.ValueOf(&c.grace).Pointer()
+			a == reflect.ValueOf(&c.level).Pointer() || a == reflect.ValueOf(&c.grace).Pointer() ||
+			a == reflect.ValueOf(&c.memory).Pointer() // applyMemoryLimit
 		switch {
 		case k.apply != restart && !applied:
 			t.Errorf("%s reloads (%s), but its field is not one a reload applies: give daemon.reload an applier for it", k.path, k.apply)
@@ -235,6 +237,7 @@ limits:
   max_connections_per_client: 1000
   max_in_flight: 100
   max_in_flight_per_client: 1
+  memory: 1536MiB
 metrics:
   listen: ""
 admin:
@@ -245,7 +248,7 @@ log:
 shutdown_grace: 0s
 `)
 	pfx := netip.MustParsePrefix
-	want := &config{level: zapcore.DebugLevel, format: "json"}
+	want := &config{level: zapcore.DebugLevel, format: "json", memory: 1536 << 20}
 	want.stack.TUN = stack.TUNConfig{
 		Name:      "vpn-tcp.1",
 		MTU:       9000,
@@ -373,6 +376,12 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`line 2: log.level: "INFO" is not allowed (allowed: debug, info, warn, error)`}},
 		{"bad offload", "tun:\n  offload: yes\n",
 			[]string{`line 2: tun.offload: "yes" is not allowed (allowed: auto, on, off)`}},
+		{"memory limit without a number", "limits:\n  memory: lots\n",
+			[]string{`line 2: limits.memory: "lots" is not a size (allowed: auto, off, or a size in 32MiB..1TiB (e.g. 512MiB, 2GiB))`}},
+		{"memory limit in decimal units", "limits:\n  memory: 2GB\n",
+			[]string{`line 2: limits.memory: "2GB" is not a size (allowed: auto, off, or a size in 32MiB..1TiB (e.g. 512MiB, 2GiB))`}},
+		{"memory limit too small", "limits:\n  memory: 1MiB\n",
+			[]string{"line 2: limits.memory: 1MiB is out of range (allowed: auto, off, or a size in 32MiB..1TiB (e.g. 512MiB, 2GiB))"}},
 		{"not a prefix", "clients: [100.64.0.0]\n",
 			[]string{`line 1: clients[0]: "100.64.0.0" is not a prefix (want address/length, e.g. 100.64.0.0/10)`}},
 		{"host bits set", "clients:\n  - fd64::/64\n  - 100.64.0.1/10\n",

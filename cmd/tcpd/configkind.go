@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"math/big"
 	"net"
 	"net/netip"
@@ -612,4 +613,79 @@ func (d *decoder) prefixes(n *yaml.Node, key string, hostBits bool, atLeast int,
 		return nil, false
 	}
 	return out, true
+}
+
+// memorySize is limits.memory: "auto", "off", or a size in bytes with an
+// optional binary unit (KiB, MiB, GiB, TiB) in lo..hi.
+func memorySize(lo, hi int64) kind[memLimit] {
+	allowed := fmt.Sprintf("auto, off, or a size in %s..%s (e.g. 512MiB, 2GiB)", fmtBytes(lo), fmtBytes(hi))
+	return kind[memLimit]{
+		allowed: allowed,
+		format: func(v memLimit) string {
+			switch v {
+			case memAuto:
+				return "auto"
+			case memOff:
+				return "\"off\"" // YAML would read a bare off as false
+			}
+			return fmtBytes(int64(v))
+		},
+		decode: func(d *decoder, n *yaml.Node, key string) (memLimit, bool) {
+			v, ok := d.scalar(n, key, "a size", "allowed: "+allowed)
+			if !ok {
+				return 0, false
+			}
+			switch v.Value {
+			case "auto":
+				return memAuto, true
+			case "off":
+				return memOff, true
+			}
+			x, err := parseBytes(v.Value)
+			if err != nil {
+				d.errorf(n, key, "%q is not a size (allowed: %s)", v.Value, allowed)
+				return 0, false
+			}
+			if x < lo || x > hi {
+				d.errorf(n, key, "%s is out of range (allowed: %s)", v.Value, allowed)
+				return 0, false
+			}
+			return memLimit(x), true
+		},
+	}
+}
+
+// byteUnits are the units parseBytes takes, largest first.
+var byteUnits = []struct {
+	name string
+	size int64
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+// parseBytes reads "512MiB", "2GiB", "1048576" or "1048576B".
+func parseBytes(s string) (int64, error) {
+	unit := int64(1)
+	for _, u := range byteUnits {
+		if num, ok := strings.CutSuffix(s, u.name); ok {
+			s, unit = num, u.size
+			break
+		}
+	}
+	x, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || x < 0 || x > math.MaxInt64/unit {
+		return 0, fmt.Errorf("not a size")
+	}
+	return x * unit, nil
+}
+
+// fmtBytes shows a size in the largest unit it is a whole multiple of.
+func fmtBytes(x int64) string {
+	for _, u := range byteUnits {
+		if x >= u.size && x%u.size == 0 {
+			if u.size == 1 {
+				return strconv.FormatInt(x, 10)
+			}
+			return strconv.FormatInt(x/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(x, 10)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -73,6 +74,8 @@ type daemon struct {
 	health  *health
 	// fdLimit is the open-file limit read at start; 0 if unknown.
 	fdLimit int
+	// fdBudget is how many connections that limit holds; 0 if unknown.
+	fdBudget int
 
 	reloadMu sync.Mutex
 	reloadOK bool
@@ -173,6 +176,8 @@ func (d *daemon) run() error {
 	}
 	d.health.starting("creating the TUN and the netstack")
 	d.holdStartForTest()
+	d.fdBudget = budget
+	memLimit, memSource := applyMemoryLimit(cfg, budget)
 	sc := cfg.stackConfig(pol, d.log)
 	sc.FDBudget = budget
 	d.st, err = stack.New(sc)
@@ -217,6 +222,8 @@ func (d *daemon) run() error {
 		zap.String("policy", pol.Summary()),
 		zap.String("metrics", cfg.metricsListen()),
 		zap.String("admin_socket", cfg.adminSocket()),
+		zap.String("memory_limit", fmtMemLimit(memLimit)),
+		zap.String("memory_limit_from", memSource),
 		zap.String("config", d.source()),
 	)
 
@@ -308,6 +315,12 @@ func (d *daemon) reload() {
 	}
 	d.st.SetPolicy(pol)
 	d.level.SetLevel(next.logLevel())
+	if before := debug.SetMemoryLimit(-1); true {
+		if limit, source := applyMemoryLimit(next, d.fdBudget); limit != before {
+			d.log.Info("memory limit changed", zap.String("memory_limit", fmtMemLimit(limit)),
+				zap.String("was", fmtMemLimit(before)), zap.String("memory_limit_from", source))
+		}
+	}
 	d.cfg = next
 	d.setReload(true, len(changed))
 	if len(changed) > 0 {
