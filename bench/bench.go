@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -54,11 +55,16 @@ type Config struct {
 	// Connects is the number of sequential connects the latency test
 	// times. Zero means 1000.
 	Connects int
+	// Self is the tcpdbench executable, which runs the idle test's server
+	// (RunIdleServer) when given IdleServerArg. Empty means this process's
+	// own executable.
+	Self string
 	// Perf is the perf binary of the counting phase. Empty means "perf"
 	// from PATH; without it the counting phase is skipped with a note.
 	Perf string
 	// Idle is the number of concurrent idle connections wanted; fewer are
-	// opened if the open-file limit cannot hold them. Zero means 15000.
+	// opened if the open-file limits cannot hold them. Zero means as many
+	// as they hold.
 	Idle int
 	// IdleTimeWait is tcp.time_wait of the tcpd instances of the idle test,
 	// which wait for TIME_WAIT to drain. Zero means 10s.
@@ -98,11 +104,14 @@ func (c *Config) setDefaults() {
 	defInt(&c.Workers, 64)
 	def(&c.Stuck, 2*time.Second)
 	defInt(&c.Connects, 1000)
-	defInt(&c.Idle, 15000)
+	defInt(&c.Idle, math.MaxInt32)
 	def(&c.IdleTimeWait, 10*time.Second)
 	def(&c.IdleAfter, 10*time.Second)
 	if c.Perf == "" {
 		c.Perf = "perf"
+	}
+	if c.Self == "" {
+		c.Self, _ = os.Executable()
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard

@@ -42,12 +42,12 @@ func (r idleResult) afterRatio() float64 { return float64(r.rssAfter) / float64(
 // until tcpd's table is empty and reads the RSS again cfg.IdleAfter later.
 func (b *bencher) idle(ctx context.Context, p *path, n int) (idleResult, error) {
 	res := idleResult{}
-	srv, err := serve(p.lab.Server, p.lab.ServerAddr4, 1, nil)
+	srv, err := b.startIdleServer(ctx, p.lab.Server, p.lab.ServerAddr4)
 	if err != nil {
 		return res, err
 	}
-	defer srv.Close()
-	addr := srv.addrs[0]
+	defer srv.stop()
+	addr := srv.addr
 	if p.tcpd != nil {
 		if res.rssBefore, err = p.rss(); err != nil {
 			return res, err
@@ -112,9 +112,16 @@ func (b *bencher) idle(ctx context.Context, p *path, n int) (idleResult, error) 
 	}
 	// Every connection the client sees open must be accepted by the server.
 	deadline := time.Now().Add(15 * time.Second)
-	for srv.accepted.Load() < int64(res.n) {
+	for {
+		got, err := srv.accepted()
+		if err != nil {
+			return res, err
+		}
+		if got >= res.n {
+			break
+		}
 		if time.Now().After(deadline) {
-			return res, fmt.Errorf("server accepted %d of %d idle connections", srv.accepted.Load(), res.n)
+			return res, fmt.Errorf("server accepted %d of %d idle connections", got, res.n)
 		}
 		if err := sleep(ctx, 50*time.Millisecond); err != nil {
 			return res, err
@@ -139,7 +146,9 @@ func (b *bencher) idle(ctx context.Context, p *path, n int) (idleResult, error) 
 
 	// Server first; each client end closes once it has read the FIN.
 	closeStart := time.Now()
-	srv.closeConns()
+	if err := srv.closeConns(); err != nil {
+		return res, err
+	}
 	var next2, noEOF atomic.Int64
 	for range idleOpeners {
 		wg.Go(func() {

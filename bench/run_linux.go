@@ -417,23 +417,22 @@ func (b *bencher) measure(ctx context.Context, p *path, name string, rep int, ru
 	return nil
 }
 
-// idleCount is how many idle connections fit: this process holds two
-// descriptors per connection (client and server end), tcpd one (its
-// upstream socket).
+// idleCount is how many idle connections fit: this process holds one
+// descriptor per connection (the client's end; the server's is in the idle
+// server's process), and so does tcpd (its upstream socket).
 func (b *bencher) idleCount(limit, tcpdLimit int) int {
 	open, err := openFiles()
 	if err != nil {
 		open = 64
 	}
 	n := b.cfg.Idle
-	fit := (limit - open - fdReserve) / 2
-	if n > fit {
-		b.notef("idle: %d connections wanted, %d opened: this process holds 2 descriptors per connection and its open-file limit is %d (%d already open, %d kept spare)",
-			n, fit, limit, open, fdReserve)
+	if fit := limit - open - fdReserve; n > fit {
+		b.notef("idle: %d connections, what this process's open-file limit holds: one descriptor per connection, limit %d, %d already open, %d kept spare",
+			fit, limit, open, fdReserve)
 		n = fit
 	}
 	if fit := tcpdLimit - fdReserve; n > fit {
-		b.notef("idle: reduced to %d connections by tcpd's open-file limit %d", fit, tcpdLimit)
+		b.notef("idle: %d connections, what tcpd's open-file limit %d holds", fit, tcpdLimit)
 		n = fit
 	}
 	return n

@@ -25,6 +25,14 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == bench.IdleServerArg {
+		// The idle test's server, started by the benchmark itself.
+		if err := bench.RunIdleServer(os.Args[2], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "tcpdbench idle-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var cfg bench.Config
 	flag.StringVar(&cfg.TCPD, "tcpd", "bin/tcpd", "tcpd `binary` to measure")
 	flag.StringVar(&cfg.Base, "base", "", "a second tcpd `binary` (say, bin/tcpd-base from `make bench-base`) measured\nalongside, interleaved, for before/after figures from one run")
@@ -38,7 +46,7 @@ func main() {
 	flag.IntVar(&cfg.Workers, "workers", 64, "concurrent clients of the connection-rate test")
 	flag.DurationVar(&cfg.Stuck, "stuck", 2*time.Second, "a connection of the rate test taking longer than this counts as stuck")
 	flag.IntVar(&cfg.Connects, "connects", 1000, "sequential connects timed by the latency test")
-	flag.IntVar(&cfg.Idle, "idle", 15000, "idle connections to open (fewer if the open-file limit cannot hold them)")
+	flag.IntVar(&cfg.Idle, "idle", 0, "idle connections to open; 0 (the default) opens as many as the open-file limits allow")
 	flag.DurationVar(&cfg.IdleTimeWait, "idle-time-wait", 10*time.Second, "tcp.time_wait of the idle test's tcpd instances")
 	flag.DurationVar(&cfg.IdleAfter, "idle-after", 10*time.Second, "read tcpd's RSS this long after TIME_WAIT has drained")
 	flag.StringVar(&cfg.Offload, "offload", "", "set tcpd's tun.offload to `mode` (auto, on, off) instead of its default")
