@@ -172,6 +172,7 @@ func TestFleetUnderOnePrometheus(t *testing.T) {
 		{`job:tcpd_relays_active:sum`, `tcpd_relays_active`},
 		{`job:tcpd_tcp_time_wait_connections:sum`, `tcpd_tcp_time_wait_connections`},
 		{`job:tcpd_tcp_time_wait_limit:sum`, `tcpd_tcp_time_wait_limit`},
+		{`job:tcpd_gateways_ready:sum`, `tcpd_ready`},
 		{`job:tcpd_gateways_up:sum`, ``},
 		{`job:tcpd_gateways:count`, ``},
 	} {

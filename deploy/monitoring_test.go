@@ -407,6 +407,7 @@ func TestAlertRuleFields(t *testing.T) {
 		"conntrack corrections":            {"tcpd_conntrack_corrections_total"},
 		"configuration reload failed":      {"tcpd_config_last_reload_successful"},
 		"restarts (watchdog kills, crash)": {"process_start_time_seconds"},
+		"not ready for long":               {"tcpd_ready"},
 	}
 	for what, metrics := range covered {
 		for _, m := range metrics {

@@ -159,6 +159,7 @@ func TestHealthStartingAndWedged(t *testing.T) {
 	took := waitProbe(t, lab.Gateway, "/healthz", http.StatusServiceUnavailable, "packet loop stuck on one batch for ", 15*time.Second)
 	t.Logf("/healthz turned 503 %v after the wedging SYN", took.Round(100*time.Millisecond))
 	wantProbe(t, lab.Gateway, "/readyz", http.StatusServiceUnavailable, "data path wedged: packet loop stuck on one batch for ")
+	wantReady(t, lab, 0)
 	// The watchdog's own log line shows that both read the same test.
 	if _, err := p.WaitForLog(ctx, "data path wedged; withholding watchdog pings"); err != nil {
 		t.Errorf("the watchdog did not see the wedge: %v", err)
@@ -180,6 +181,8 @@ func TestHealthDrain(t *testing.T) {
 	port := serve(t, lab.Server, func(c net.Conn) { io.Copy(c, c) })
 	wantProbe(t, lab.Gateway, "/readyz", http.StatusOK, "ok\n")
 	wantProbe(t, lab.Gateway, "/healthz", http.StatusOK, "ok\n")
+	wantProbe(t, lab.Gateway, "/metrics", http.StatusOK, "# HELP")
+	wantReady(t, lab, 1)
 
 	held := dialEcho(t, lab, port)
 	defer held.Close()
@@ -195,6 +198,7 @@ func TestHealthDrain(t *testing.T) {
 	wantProbe(t, lab.Gateway, "/readyz", http.StatusServiceUnavailable, "draining: shutting down, 1 connections left\n")
 	wantProbe(t, lab.Gateway, "/healthz", http.StatusOK, "ok\n")
 	wantProbe(t, lab.Gateway, "/metrics", http.StatusOK, "# HELP")
+	wantReady(t, lab, 0)
 	if err := echoOnce(held); err != nil {
 		t.Errorf("the held connection stopped working during the drain: %v", err)
 	}
@@ -221,6 +225,19 @@ func TestHealthDrain(t *testing.T) {
 	}
 	if _, err := getProbe(lab.Gateway, "/readyz"); err == nil {
 		t.Error("the metrics listener still answers after tcpd exited")
+	}
+}
+
+// wantReady checks tcpd_ready in a scrape of the gateway's /metrics.
+func wantReady(t *testing.T, lab *netlab.Lab, want int) {
+	t.Helper()
+	p, err := getProbe(lab.Gateway, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := fmt.Sprintf("\ntcpd_ready %d\n", want); !strings.Contains(p.body, line) {
+		i := strings.Index(p.body, "\ntcpd_ready ")
+		t.Errorf("/metrics: want %q, got %q", strings.TrimSpace(line), p.body[max(i, 0):min(max(i, 0)+20, len(p.body))])
 	}
 }
 

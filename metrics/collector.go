@@ -137,6 +137,7 @@ type Collector struct {
 	conntrack ConntrackSource
 	stack     StackSource
 	reload    ReloadSource
+	health    Health
 	// created stands for the time the configuration was loaded at start,
 	// for tcpd_config_last_reload_success_timestamp_seconds until a reload
 	// succeeds.
@@ -157,6 +158,7 @@ type Collector struct {
 
 	// nil without a ReloadSource
 	reloadOK, reloadTime, restartPending *prometheus.Desc
+	ready                                *prometheus.Desc // nil without a Health
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -171,6 +173,7 @@ func NewCollector(cfg Config) *Collector {
 		conntrack: cfg.Conntrack,
 		stack:     cfg.Stack,
 		reload:    cfg.Reload,
+		health:    cfg.Health,
 		created:   time.Now(),
 
 		states: prometheus.NewDesc("tcpd_tcp_connection_states",
@@ -229,6 +232,11 @@ func NewCollector(cfg Config) *Collector {
 	for _, v := range netstackValues {
 		c.netstack = append(c.netstack, prometheus.NewDesc(v.name, v.help, nil, nil))
 	}
+	if cfg.Health != nil {
+		c.ready = prometheus.NewDesc("tcpd_ready",
+			"1 while tcpd takes new clients (/readyz answers 200); 0 while it starts, drains on SIGTERM or its data path is wedged.",
+			nil, nil)
+	}
 	if cfg.Reload != nil {
 		c.reloadOK = prometheus.NewDesc("tcpd_config_last_reload_successful",
 			"1 if the last configuration reload succeeded (or none was tried since start), 0 if it failed.",
@@ -262,6 +270,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.netstack {
 		ch <- d
 	}
+	if c.health != nil {
+		ch <- c.ready
+	}
 	if c.reload != nil {
 		ch <- c.reloadOK
 		ch <- c.reloadTime
@@ -281,6 +292,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ns := c.stack.NetstackStats()
 	for i, v := range netstackValues {
 		send(ch, c.netstack[i], v.typ, float64(v.value(&ns)))
+	}
+	if c.health != nil {
+		ok, _ := c.health.Ready()
+		send(ch, c.ready, prometheus.GaugeValue, boolValue(ok))
 	}
 	if c.reload != nil {
 		ok, at := c.reload.LastReload()

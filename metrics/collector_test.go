@@ -363,7 +363,7 @@ func metricNames(text string) []string {
 func TestCollectorEveryFamily(t *testing.T) {
 	_, st := testSources()
 	ct := &countingConntrack{}
-	c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st, Reload: fakeReload{ok: true}})
+	c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st, Reload: fakeReload{ok: true}, Health: &fakeHealth{ready: true}})
 	fams, err := pedantic(t, c).Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -417,6 +417,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_netstack_tcp_timeouts_total",
 		"tcpd_netstack_tcp_tlp_recoveries_total",
 		"tcpd_netstack_tracked_endpoints",
+		"tcpd_ready",
 		"tcpd_relay_bytes_total",
 		"tcpd_relay_ended_total",
 		"tcpd_relays_active",
@@ -456,6 +457,30 @@ func TestCollectorEveryFamily(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("families:\n got %v\nwant %v", got, want)
+	}
+}
+
+func TestCollectorReady(t *testing.T) {
+	_, st := testSources()
+	ct := &fakeConntrack{}
+	t.Run("absent without a Health", func(t *testing.T) {
+		c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st})
+		if n := testutil.CollectAndCount(c, "tcpd_ready"); n != 0 {
+			t.Errorf("%d tcpd_ready, want none", n)
+		}
+	})
+	h := &fakeHealth{}
+	c := metrics.NewCollector(metrics.Config{Conntrack: ct, Stack: st, Health: h})
+	for _, ready := range []bool{false, true, false} {
+		h.set(true, "", ready, "draining: shutting down, 3 connections left")
+		want := fmt.Sprintf(`
+# HELP tcpd_ready 1 while tcpd takes new clients (/readyz answers 200); 0 while it starts, drains on SIGTERM or its data path is wedged.
+# TYPE tcpd_ready gauge
+tcpd_ready %d
+`, map[bool]int{false: 0, true: 1}[ready])
+		if err := testutil.GatherAndCompare(pedantic(t, c), strings.NewReader(want), "tcpd_ready"); err != nil {
+			t.Errorf("ready %v: %v", ready, err)
+		}
 	}
 }
 

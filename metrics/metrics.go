@@ -53,6 +53,9 @@ type Config struct {
 	Stack StackSource
 	// Reload, when not nil, adds the tcpd_config_last_reload_* metrics.
 	Reload ReloadSource
+	// Health, when not nil, adds tcpd_ready: what /readyz answers, for
+	// Prometheus to see gateways that start, drain or are wedged.
+	Health Health
 	// Version is the value of tcpd_build_info's version label. Empty means
 	// "unknown".
 	Version string

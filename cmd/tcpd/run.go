@@ -191,7 +191,7 @@ func (d *daemon) run() error {
 	}
 	var scrape http.Handler
 	if d.metrics != nil {
-		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Version: buildVersion(), FDBudget: budget})
+		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Health: d.health, Version: buildVersion(), FDBudget: budget})
 		scrape = metrics.Handler(reg)
 	}
 	d.health.serve(d.st, scrape)
