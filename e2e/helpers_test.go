@@ -56,6 +56,8 @@ type gwConfig struct {
 	// OpenFiles, when set, is tcpd's open-file limit (not a key: the
 	// process is started under it).
 	OpenFiles int
+	// SourceAddresses is upstream.source_addresses.
+	SourceAddresses []string
 }
 
 // metricsAddr is where tcpd listens for scrapes inside the gateway namespace.
@@ -151,6 +153,7 @@ clients: ["%s"]
 upstream:
   dial_timeout: %s
   mark: %d
+  source_addresses: [%s]
 tcp:
   half_close_timeout: %s
   time_wait: %s
@@ -161,7 +164,7 @@ admin:
   socket: "%s"
 log:
   level: %s
-`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, c.HalfCloseTimeout,
+`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, strings.Join(c.SourceAddresses, ", "), c.HalfCloseTimeout,
 		c.TimeWait, c.TimeWaitLimit, extra.String(), listen, c.AdminSocket, c.LogLevel)
 }
 
@@ -174,7 +177,13 @@ type gateway struct {
 
 func startGateway(t *testing.T, opts netlab.Options, cfg gwConfig) *gateway {
 	t.Helper()
-	lab := netlab.NewT(t, opts)
+	return startGatewayOn(t, netlab.NewT(t, opts), cfg)
+}
+
+// startGatewayOn starts tcpd in lab, which the test may have changed
+// first (addresses, sysctls).
+func startGatewayOn(t *testing.T, lab *netlab.Lab, cfg gwConfig) *gateway {
+	t.Helper()
 	bin := netlab.BuildTCPD(t)
 	// The context bounds tcpd's whole life, which the cleanup below ends.
 	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{OpenFiles: cfg.OpenFiles})

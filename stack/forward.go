@@ -2,7 +2,9 @@ package stack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"os"
@@ -101,7 +103,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	}()
 
 	start := time.Now()
-	upstream, err := s.dial(dst)
+	upstream, err := s.dial(client, dst)
 	if err != nil {
 		s.stats.Connections[ResultUpstreamFailed].Add(1)
 		f := classifyDial(err)
@@ -299,11 +301,49 @@ func (s *Stack) forgetClientLocked(client netip.Addr, c *clientCount) {
 	}
 }
 
-// dial connects to dst with the configured timeout.
-func (s *Stack) dial(dst netip.AddrPort) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.tune.Load().DialTimeout)
+// dial connects to dst for client with the configured timeout, from the
+// source address the connection's hash picks, if any are configured.
+func (s *Stack) dial(client, dst netip.AddrPort) (net.Conn, error) {
+	tune := s.tune.Load()
+	ctx, cancel := context.WithTimeout(s.ctx, tune.DialTimeout)
 	defer cancel()
-	return s.dialer(ctx, "tcp", dst.String())
+	return s.dialer(ctx, sourceFor(tune.SourceAddresses, s.srcSeed, client, dst), dst)
+}
+
+// sourceFor picks the source address of the connection from client to
+// dst among addrs, by a hash of the 4-tuple, so that connections to one
+// destination spread evenly over the addresses of its family. It returns
+// the invalid address when addrs has none of that family.
+func sourceFor(addrs []netip.Addr, seed maphash.Seed, client, dst netip.AddrPort) netip.Addr {
+	v4 := dst.Addr().Unmap().Is4()
+	n := 0
+	for _, a := range addrs {
+		if a.Is4() == v4 {
+			n++
+		}
+	}
+	if n == 0 {
+		return netip.Addr{}
+	}
+	var h maphash.Hash
+	h.SetSeed(seed)
+	var b [2*16 + 4]byte
+	c16, d16 := client.Addr().As16(), dst.Addr().As16()
+	copy(b[:], c16[:])
+	copy(b[16:], d16[:])
+	binary.BigEndian.PutUint16(b[32:], client.Port())
+	binary.BigEndian.PutUint16(b[34:], dst.Port())
+	h.Write(b[:])
+	k := int(h.Sum64() % uint64(n))
+	for _, a := range addrs {
+		if a.Is4() == v4 {
+			if k == 0 {
+				return a
+			}
+			k--
+		}
+	}
+	return netip.Addr{} // unreachable
 }
 
 // setKeepalive turns on keepalive for the client leg of a connection.

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -113,8 +114,9 @@ type Config struct {
 	// noTrack keeps segments away from conntrack, for the benchmark that
 	// prices tracking.
 	noTrack bool
-	// dial replaces the upstream dialer in tests.
-	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// dial replaces the upstream dialer in tests. src is the source
+	// address the connection was given, invalid for none.
+	dial func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	// routes replaces the kernel's answers about routes back to clients in
 	// tests; nil with a test device means no automatic MSS clamping.
 	routes pathQuerier
@@ -152,7 +154,9 @@ type Stack struct {
 	ns     *gvstack.Stack
 	policy atomic.Pointer[policy.Policy]
 	stats  Stats
-	dialer func(ctx context.Context, network, address string) (net.Conn, error)
+	dialer func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
+	// srcSeed keys the hash that picks an upstream source address.
+	srcSeed maphash.Seed
 
 	// draining is set once shutdown has begun: new SYNs are refused.
 	draining atomic.Bool
@@ -223,6 +227,9 @@ func New(cfg Config) (*Stack, error) {
 	if len(cfg.Clients) == 0 {
 		return nil, errors.New("stack: no client prefixes configured")
 	}
+	if err := cfg.Tunables.check(); err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
+	}
 	s := &Stack{
 		cfg:       cfg,
 		log:       cfg.Logger,
@@ -230,6 +237,7 @@ func New(cfg Config) (*Stack, error) {
 		perClient: make(map[netip.Addr]*clientCount),
 		eps:       make(map[conntrack.ID]*endpoint),
 		table:     conntrack.New(cfg.Tunables.conntrackConfig()),
+		srcSeed:   maphash.MakeSeed(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	tune := cfg.Tunables

@@ -60,13 +60,13 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	if cfg.Clients == nil {
 		cfg.Clients = []netip.Prefix{clientNet}
 	}
-	cfg.dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+	cfg.dial = func(ctx context.Context, _ netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 		h.mu.Lock()
-		h.dialed = append(h.dialed, address)
+		h.dialed = append(h.dialed, dst.String())
 		up, derr := h.upstream, h.dialErr
 		h.mu.Unlock()
 		if up == nil {
-			return nil, &net.OpError{Op: "dial", Net: network, Err: derr}
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: derr}
 		}
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", up.String())

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -24,6 +25,14 @@ type Tunables struct {
 	Interface string
 	// Mark, when non-zero, is set on upstream sockets (SO_MARK).
 	Mark uint32
+	// SourceAddresses, when set, are the local addresses upstream sockets
+	// are bound to: each connection takes one of its destination's family,
+	// chosen by a hash of its 4-tuple, and the kernel picks its port only
+	// at connect (IP_BIND_ADDRESS_NO_PORT), so that every address brings
+	// a whole local port range toward every destination. A family with
+	// none is left to the kernel's routing. Each must be an address of
+	// this host.
+	SourceAddresses []netip.Addr
 	// Keepalive applies to both legs.
 	Keepalive Keepalive
 	// HalfCloseTimeout bounds how long a half-closed connection may go without
@@ -157,7 +166,7 @@ func (t *Tunables) check() error {
 	if t.TimeWait < 0 {
 		return fmt.Errorf("TIME_WAIT timeout %v: negative", t.TimeWait)
 	}
-	return nil
+	return checkSourceAddresses(t.SourceAddresses)
 }
 
 // setTunableTCPOptions sets the netstack's stack-wide TCP options that t

@@ -151,6 +151,13 @@ var keys = []key{
 	{path: "upstream.mark", apply: newConns,
 		spec: field(func(c *config) *uint32 { return &c.stack.Mark }, 0, integer[uint32](0, math.MaxUint32)),
 		doc:  "Firewall mark set on upstream sockets (SO_MARK), for policy routing; 0 sets none."},
+	{path: "upstream.source_addresses", apply: newConns,
+		spec: field(func(c *config) *[]netip.Addr { return &c.stack.SourceAddresses }, nil, addresses()),
+		doc: "Local addresses upstream sockets are bound to, one per connection by a hash of its 4-tuple; " +
+			"each brings a local port range of its own toward every destination. [] leaves the source to the kernel's routing.",
+		more: "Each must be an address of this host. The kernel picks the port at connect " +
+			"(IP_BIND_ADDRESS_NO_PORT), so an address's ports are shared by all destinations. " +
+			"A family with no address listed keeps the kernel's choice; see README, Upstream source ports."},
 
 	{path: "tcp.keepalive.idle", apply: newConns,
 		spec: field(func(c *config) *time.Duration { return &c.stack.Keepalive.Idle }, 120*time.Second, duration(time.Second, day, false)),

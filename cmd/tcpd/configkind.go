@@ -389,6 +389,71 @@ func prefixes(hostBits bool, atLeast int) kind[[]netip.Prefix] {
 	}
 }
 
+// addresses is a list of unicast addresses without a zone, each at most
+// once; an empty list is nil.
+func addresses() kind[[]netip.Addr] {
+	const example = "198.51.100.7"
+	return kind[[]netip.Addr]{
+		allowed: "a list of addresses of this host, e.g. [" + example + ", 2001:db8::7]",
+		format: func(as []netip.Addr) string {
+			q := make([]string, len(as))
+			for i, a := range as {
+				q[i] = strconv.Quote(a.String())
+			}
+			return "[" + strings.Join(q, ", ") + "]"
+		},
+		decode: func(d *decoder, n *yaml.Node, key string) ([]netip.Addr, bool) {
+			v := deref(n)
+			switch {
+			case isNull(v):
+				d.errorf(n, key, "no value (allowed: a list of addresses, e.g. [%s], or [] for none)", example)
+				d.bad[key] = true
+				return nil, false
+			case v.Kind != yaml.SequenceNode:
+				d.errorf(n, key, "expected a list of addresses, got %s (allowed: e.g. [%s])", describe(v), example)
+				d.bad[key] = true
+				return nil, false
+			}
+			var out []netip.Addr
+			ok := true
+			for i, item := range v.Content {
+				ikey := fmt.Sprintf("%s[%d]", key, i)
+				d.lines[ikey] = item.Line
+				iv := deref(item)
+				if iv.Kind != yaml.ScalarNode || isNull(iv) {
+					d.errorf(item, ikey, "expected an address, got %s (e.g. %s)", describe(iv), example)
+					ok = false
+					continue
+				}
+				a, err := netip.ParseAddr(iv.Value)
+				switch {
+				case err != nil:
+					d.errorf(item, ikey, "%q is not an IP address (e.g. %s)", iv.Value, example)
+				case a.Zone() != "":
+					d.errorf(item, ikey, "%q has a zone (allowed: an address without one)", iv.Value)
+				case a.Is4In6():
+					d.errorf(item, ikey, "%q is an IPv4-mapped IPv6 address (did you mean %s?)", iv.Value, a.Unmap())
+				case a.IsUnspecified(), a.IsMulticast():
+					d.errorf(item, ikey, "%q cannot be a source address (allowed: a unicast address of this host)", iv.Value)
+				default:
+					if j := slices.Index(out, a); j >= 0 {
+						d.errorf(item, ikey, "%q is listed twice (also %s[%d])", iv.Value, key, j)
+					} else {
+						out = append(out, a)
+						continue
+					}
+				}
+				ok = false
+			}
+			if !ok {
+				d.bad[key] = true
+				return nil, false
+			}
+			return out, true
+		},
+	}
+}
+
 // yamlString shows a string as a YAML scalar, quoted only where YAML would
 // read it as something else.
 func yamlString(s string) string {

@@ -189,6 +189,11 @@ func (d *daemon) run() error {
 	for _, w := range stack.ForwardingWarnings(d.st.Name(), cfg.clientPrefixes()) {
 		d.log.Warn(w)
 	}
+	if k, err := readPortSysctls(); err == nil {
+		for _, w := range portWarnings(k, cfg.stack.SourceAddresses, cfg.stack.MaxConnections) {
+			d.log.Warn(w)
+		}
+	}
 	var scrape http.Handler
 	if d.metrics != nil {
 		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Health: d.health, Version: buildVersion(), FDBudget: budget})
