@@ -177,6 +177,10 @@ type gatewayConfig struct {
 		Socket string `json:"socket"`
 	} `json:"admin"`
 	ShutdownGrace string `json:"shutdown_grace"`
+	Limits        struct {
+		MaxConnections *int64 `json:"max_connections"`
+		Memory         string `json:"memory"`
+	} `json:"limits"`
 }
 
 func configMapConfig(t *testing.T, r *rendered) (string, gatewayConfig) {
@@ -288,7 +292,7 @@ func TestConfigMap(t *testing.T) {
 // network, CAP_NET_ADMIN alone and no root, /dev/net/tun, probes on the
 // daemon's own health endpoints and port, a grace period above
 // shutdown_grace, one gateway at a time in a rollout, and a memory limit
-// that tcpd's own (GOMEMLIMIT) stays under.
+// that tcpd's own (limits.memory) fits in.
 func TestDaemonSet(t *testing.T) {
 	r := render(t)
 	ds := r.daemonSet
@@ -421,7 +425,8 @@ func TestDaemonSet(t *testing.T) {
 		t.Errorf("minReadySeconds %d: the next gateway would go before this one has settled", ds.Spec.MinReadySeconds)
 	}
 
-	// Memory: tcpd's own limit under the container's, with headroom.
+	// Memory: tcpd's own limit within the container's, leaving the quarter
+	// tcpd leaves for the kernel's socket buffers.
 	lim, ok := c.Resources.Limits[corev1.ResourceMemory]
 	req := c.Resources.Requests[corev1.ResourceMemory]
 	if !ok || lim.IsZero() {
@@ -436,24 +441,56 @@ func TestDaemonSet(t *testing.T) {
 	if _, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
 		t.Error("a CPU limit throttles the packet loop; request CPU instead")
 	}
-	var memLimit string
 	for _, e := range c.Env {
 		if e.Name == "GOMEMLIMIT" {
-			memLimit = e.Value
+			t.Errorf("GOMEMLIMIT=%s overrides tcpd's own memory limit (limits.memory)", e.Value)
 		}
 	}
-	goLimit, err := parseGoMemLimit(memLimit)
-	if err != nil {
-		t.Fatalf("GOMEMLIMIT %q: %v", memLimit, err)
+	own, why := tcpdMemoryLimit(t, cfg)
+	share := float64(own) / float64(lim.Value())
+	if share > 0.75 || share < 0.5 {
+		t.Errorf("tcpd's own memory limit %s (%s) is %.0f%% of the container's %s: it must fit in the 3/4 tcpd allows itself, and use at least half",
+			fmtMiB(own), why, 100*share, lim.String())
 	}
-	ratio := float64(goLimit) / float64(lim.Value())
-	if ratio < 0.5 || ratio > 0.9 {
-		t.Errorf("GOMEMLIMIT %s is %.0f%% of the memory limit %s; keep it between 50%% and 90%%", memLimit, 100*ratio, lim.String())
-	}
+	t.Logf("tcpd's memory limit %s (%s), %.0f%% of the container's %s", fmtMiB(own), why, 100*share, lim.String())
 }
 
-// parseGoMemLimit parses a GOMEMLIMIT value as the Go runtime does: bytes
-// with an optional B, KiB, MiB, GiB or TiB suffix.
+// The auto memory limit, as cmd/tcpd/memlimit.go computes it: 64 MiB and
+// 64 KiB per connection limits.max_connections allows. (Capped at 3/4 of
+// the container's memory, which TestDaemonSet requires it to fit in; the
+// podman test reads the limit the running tcpd chose.)
+const (
+	memBase    = 64 << 20
+	memPerConn = 64 << 10
+)
+
+// tcpdMemoryLimit is the memory limit tcpd sets itself for the gateway
+// configuration, and why.
+func tcpdMemoryLimit(t *testing.T, cfg gatewayConfig) (int64, string) {
+	t.Helper()
+	conns := int64(65536) // limits.max_connections' default
+	if cfg.Limits.MaxConnections != nil {
+		conns = *cfg.Limits.MaxConnections
+	}
+	switch m := cfg.Limits.Memory; m {
+	case "", "auto":
+		return memBase + conns*memPerConn, fmt.Sprintf("auto, %d connections", conns)
+	case "off":
+		t.Fatal("limits.memory: off: tcpd would set no memory limit of its own")
+	default:
+		n, err := parseGoMemLimit(m)
+		if err != nil {
+			t.Fatalf("limits.memory %q: %v", m, err)
+		}
+		return n, "limits.memory"
+	}
+	return 0, ""
+}
+
+func fmtMiB(n int64) string { return strconv.FormatInt(n>>20, 10) + "MiB" }
+
+// parseGoMemLimit parses a size as limits.memory and GOMEMLIMIT take it:
+// bytes with an optional B, KiB, MiB, GiB or TiB suffix.
 func parseGoMemLimit(s string) (int64, error) {
 	units := []struct {
 		suffix string

@@ -59,6 +59,11 @@ func podRun(t *testing.T, r *rendered, netns, name, tunNode, configDir string) [
 	for _, e := range c.Env {
 		args = append(args, "--env", e.Name+"="+e.Value)
 	}
+	if lim, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+		// Its own cgroup namespace, as containerd gives a container on a
+		// cgroup v2 node: tcpd then reads the limit as its own cgroup's.
+		args = append(args, "--memory", strconv.FormatInt(lim.Value(), 10), "--cgroupns", "private")
+	}
 	vols := map[string]corev1.Volume{}
 	for _, v := range ps.Volumes {
 		vols[v.Name] = v
@@ -223,6 +228,12 @@ func TestDaemonSetPodUnderPodman(t *testing.T) {
 	if err := lab.RouteIntoTUN(ready["tun"].(string)); err != nil {
 		t.Fatal(err)
 	}
+	// tcpd's own memory limit follows its connection cap, not the
+	// container's memory: the container leaves it room.
+	if from, _ := ready["memory_limit_from"].(string); !strings.HasPrefix(from, "auto: ") || strings.Contains(from, "available") {
+		t.Errorf("tcpd's memory limit %v comes from %q, not from its connection cap", ready["memory_limit"], from)
+	}
+	t.Logf("tcpd's memory limit in the pod: %v (%v)", ready["memory_limit"], ready["memory_limit_from"])
 	ln, err := lab.Server.Listen("tcp", ":0")
 	if err != nil {
 		t.Fatal(err)
