@@ -139,8 +139,10 @@ func Listen(cfg Config) (*Server, error) {
 		Handler:           newAPI(cfg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       10 * time.Second,
-		ConnState:         ln.ConnState,
-		ErrorLog:          zap.NewStdLog(cfg.Logger),
+		// The longest valid request line is a few hundred bytes.
+		MaxHeaderBytes: 16 << 10,
+		ConnState:      ln.ConnState,
+		ErrorLog:       zap.NewStdLog(cfg.Logger),
 	}
 	go s.serve(ln)
 	return s, nil

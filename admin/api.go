@@ -127,22 +127,30 @@ var logLevels = []string{"debug", "info", "warn", "error"}
 // maxBody bounds a request body; the largest valid one is a few bytes.
 const maxBody = 4 << 10
 
+// MaxListings bounds the GET /v1/conns requests served at once; more are
+// answered 503 with Retry-After. Each copies the rows it returns and
+// encodes them: with tens of thousands of connections that is tens of MiB,
+// and twenty at once doubled tcpd's memory.
+const MaxListings = 2
+
 type api struct {
 	src   Source
 	level zap.AtomicLevel
 	log   *zap.Logger
 	now   func() time.Time
+	// listings holds a token per GET /v1/conns in progress.
+	listings chan struct{}
 }
 
 func newAPI(cfg Config) http.Handler {
-	a := &api{src: cfg.Source, level: cfg.Level, log: cfg.Logger, now: cfg.Now}
+	a := &api{src: cfg.Source, level: cfg.Level, log: cfg.Logger, now: cfg.Now, listings: make(chan struct{}, MaxListings)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/conns", a.conns)
 	mux.HandleFunc("/v1/conns/{id}", a.conn)
 	mux.HandleFunc("/v1/summary", a.summary)
 	mux.HandleFunc("/v1/log/level", a.logLevel)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s (see /v1/conns, /v1/summary, /v1/log/level)", r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s (see /v1/conns, /v1/summary, /v1/log/level)", clip(r.URL.Path)))
 	})
 	return mux
 }
@@ -155,6 +163,15 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 	f, err := ParseFilter(r.URL.Query())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	select {
+	case a.listings <- struct{}{}:
+		defer func() { <-a.listings }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"busy: %d listings of the connection table in progress, the most at once; try again in a second", MaxListings))
 		return
 	}
 	now := a.now()
@@ -214,7 +231,7 @@ func (a *api) conn(w http.ResponseWriter, r *http.Request) {
 	v := r.PathValue("id")
 	id, err := strconv.ParseUint(v, 10, 64)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("id: %q is not a connection id (allowed: a decimal number, as listed by GET /v1/conns)", v))
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("id: %q is not a connection id (allowed: a decimal number, as listed by GET /v1/conns)", clip(v)))
 		return
 	}
 	if !a.src.Kill(conntrack.ID(id)) {
@@ -315,7 +332,7 @@ func allow(w http.ResponseWriter, r *http.Request, methods ...string) bool {
 		return true
 	}
 	w.Header().Set("Allow", strings.Join(methods, ", "))
-	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(methods, ", ")))
+	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", clip(r.Method), clip(r.URL.Path), strings.Join(methods, ", ")))
 	return false
 }
 

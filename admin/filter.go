@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"tcpd/conntrack"
 )
@@ -33,7 +34,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 	var f Filter
 	for name := range q {
 		if !slices.Contains(filterParams, name) {
-			return Filter{}, fmt.Errorf("unknown parameter %q (allowed: %s)", name, strings.Join(filterParams, ", "))
+			return Filter{}, fmt.Errorf("unknown parameter %q (allowed: %s)", clip(name), strings.Join(filterParams, ", "))
 		}
 	}
 	for _, v := range q["state"] {
@@ -44,7 +45,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 			}
 			s, ok := conntrack.ParseState(name)
 			if !ok {
-				return Filter{}, fmt.Errorf("state: %q is not a TCP state (allowed: %s)", name, stateLabels())
+				return Filter{}, fmt.Errorf("state: %q is not a TCP state (allowed: %s)", clip(name), stateLabels())
 			}
 			if !slices.Contains(f.States, s) {
 				f.States = append(f.States, s)
@@ -63,7 +64,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 	} else if ok {
 		p, err := strconv.ParseUint(v, 10, 16)
 		if err != nil || p == 0 {
-			return Filter{}, fmt.Errorf("dport: %q is not a port (allowed: 1..65535)", v)
+			return Filter{}, fmt.Errorf("dport: %q is not a port (allowed: 1..65535)", clip(v))
 		}
 		f.DstPort = uint16(p)
 	}
@@ -101,7 +102,24 @@ func prefixParam(q url.Values, name string) (netip.Prefix, error) {
 		a = a.Unmap()
 		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
-	return netip.Prefix{}, fmt.Errorf("%s: %q is not an address or prefix (allowed: e.g. 100.64.0.7, 100.64.0.0/10, 2001:db8::/32)", name, v)
+	return netip.Prefix{}, fmt.Errorf("%s: %q is not an address or prefix (allowed: e.g. 100.64.0.7, 100.64.0.0/10, 2001:db8::/32)", name, clip(v))
+}
+
+// maxEcho bounds what an error message repeats of a request: enough to
+// recognise a typo, not a way to make tcpd write back whatever it is sent.
+const maxEcho = 64
+
+// clip shortens s to at most maxEcho bytes (on a character boundary),
+// saying how long it was.
+func clip(s string) string {
+	if len(s) <= maxEcho {
+		return s
+	}
+	cut := maxEcho
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", s[:cut], len(s))
 }
 
 // stateLabels lists the node_exporter spellings, comma-separated.

@@ -193,6 +193,8 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 type adminClient struct {
 	path string
 	http *http.Client
+	// busyWait is how long do waits before asking a busy daemon again.
+	busyWait time.Duration
 }
 
 // unreachableError is a failure to connect to the socket, as opposed to an
@@ -212,24 +214,41 @@ func newAdminClient(path string) *adminClient {
 		return c, nil
 	}
 	return &adminClient{
-		path: path,
-		http: &http.Client{Timeout: adminTimeout, Transport: &http.Transport{DialContext: dial}},
+		path:     path,
+		http:     &http.Client{Timeout: adminTimeout, Transport: &http.Transport{DialContext: dial}},
+		busyWait: time.Second,
 	}
 }
 
+// busyRetries is how often do asks again when the daemon is busy (503,
+// too many listings at once), busyWait apart.
+const busyRetries = 5
+
 // do sends one request and returns the body of a 2xx reply; any other
-// reply becomes an error carrying the daemon's message.
+// reply becomes an error carrying the daemon's message. A busy daemon is
+// asked again, up to busyRetries times.
 func (c *adminClient) do(method, path string) ([]byte, error) {
+	for i := 0; ; i++ {
+		body, busy, err := c.once(method, path)
+		if !busy || i == busyRetries {
+			return body, err
+		}
+		time.Sleep(c.busyWait)
+	}
+}
+
+// once is one try of do; busy reports a 503.
+func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
 	// The host is a placeholder: the transport always dials the socket.
 	req, err := http.NewRequest(method, "http://tcpd"+path, nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ue *unreachableError
 		if !errors.As(err, &ue) {
-			return nil, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+			return nil, false, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
 		}
 		cause := ue.err
 		var oe *net.OpError
@@ -240,21 +259,22 @@ func (c *adminClient) do(method, path string) ([]byte, error) {
 		if errors.Is(cause, os.ErrPermission) {
 			hint = "run as root or as a member of the socket's group"
 		}
-		return nil, fmt.Errorf("cannot reach tcpd at %s: %v (%s)", c.path, cause, hint)
+		return nil, false, fmt.Errorf("cannot reach tcpd at %s: %v (%s)", c.path, cause, hint)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return nil, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+		return nil, false, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
 	}
 	if resp.StatusCode/100 == 2 {
-		return body, nil
+		return body, false, nil
 	}
+	busy = resp.StatusCode == http.StatusServiceUnavailable
 	var e admin.Error
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return nil, errors.New(e.Error)
+		return nil, busy, errors.New(e.Error)
 	}
-	return nil, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)
+	return nil, busy, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)
 }
 
 // printConns writes the table, like `ss -tan` with both ends' states.

@@ -5,11 +5,14 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,6 +382,43 @@ func TestHumanBytes(t *testing.T) {
 	for _, tc := range cases {
 		if got := humanBytes(tc.n); got != tc.want {
 			t.Errorf("humanBytes(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
+
+// TestConnsRetriesWhenBusy: a daemon answering 503 (too many listings at
+// once) is asked again; after busyRetries it gives its message.
+func TestConnsRetriesWhenBusy(t *testing.T) {
+	for _, busyFor := range []int{2, busyRetries + 1} {
+		path := filepath.Join(t.TempDir(), "busy.sock")
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var calls atomic.Int32
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if int(calls.Add(1)) <= busyFor {
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				w.Write([]byte(`{"error":"busy: 2 listings of the connection table in progress"}`))
+				return
+			}
+			w.Write([]byte(`{"time":"2026-03-01T12:00:00Z","conns":[]}`))
+		})}
+		go srv.Serve(ln)
+		c := newAdminClient(path)
+		c.busyWait = time.Millisecond
+		body, err := c.do("GET", "/v1/conns")
+		srv.Close()
+		if busyFor <= busyRetries {
+			if err != nil || !strings.Contains(string(body), `"conns"`) {
+				t.Errorf("busy for %d answers: %q, %v; want the listing", busyFor, body, err)
+			}
+		} else if err == nil || !strings.Contains(err.Error(), "busy: 2 listings") {
+			t.Errorf("busy for %d answers: %v; want the daemon's busy message", busyFor, err)
+		}
+		if want := min(busyFor+1, busyRetries+1); int(calls.Load()) != want {
+			t.Errorf("busy for %d answers: %d requests, want %d", busyFor, calls.Load(), want)
 		}
 	}
 }

@@ -1,0 +1,158 @@
+package admin_test
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"tcpd/admin"
+	"tcpd/conntrack"
+	"tcpd/stack"
+)
+
+// TestErrorsDoNotEchoRequests sends requests whose bad parts are long: the
+// error names them, shortened, and is never longer than a line or two
+// (tcpd once echoed a 100 KB parameter name back whole).
+func TestErrorsDoNotEchoRequests(t *testing.T) {
+	_, _, c := start(t, nil)
+	long := strings.Repeat("x", 10<<10)
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		want         string
+	}{
+		{"GET", "/v1/conns?" + long + "=1", 400, `unknown parameter "` + strings.Repeat("x", 64) + `… (10240 bytes)"`},
+		{"GET", "/v1/conns?state=" + long, 400, `state: "` + strings.Repeat("x", 64) + `… (10240 bytes)" is not a TCP state`},
+		{"GET", "/v1/conns?dst=" + long, 400, `dst: "` + strings.Repeat("x", 64) + `… (10240 bytes)" is not an address or prefix`},
+		{"GET", "/v1/conns?dport=" + long, 400, `dport: "` + strings.Repeat("x", 64) + `… (10240 bytes)" is not a port`},
+		{"DELETE", "/v1/conns/" + long, 400, `id: "` + strings.Repeat("x", 64) + `… (10240 bytes)" is not a connection id`},
+		{"GET", "/" + long, 404, `no endpoint /` + strings.Repeat("x", 63) + `… (10241 bytes)`},
+		{"POST", "/v1/summary?" + long, 405, `method POST not allowed on /v1/summary`},
+	} {
+		code, _, body := do(t, c, tc.method, tc.path, "")
+		if msg := decode[admin.Error](t, body).Error; code != tc.code || !strings.Contains(msg, tc.want) {
+			t.Errorf("%s %.40s…: %d %q, want %d with %q", tc.method, tc.path, code, msg, tc.code, tc.want)
+		}
+		if len(body) > 400 {
+			t.Errorf("%s %.40s…: a %d-byte error answer", tc.method, tc.path, len(body))
+		}
+	}
+}
+
+// TestOversizedRequestRefused: a request line of 100 KB is refused by the
+// server (431) before any handler reads it.
+func TestOversizedRequestRefused(t *testing.T) {
+	_, cfg, _ := start(t, nil)
+	conn, err := net.Dial("unix", cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET /v1/conns?%s=1 HTTP/1.1\r\nHost: tcpd\r\n\r\n", strings.Repeat("y", 100<<10))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("a 100 KB request line: %s, want 431", resp.Status)
+	}
+}
+
+// blockingSource holds every Conns call until release is closed and
+// records how many ran at once.
+type blockingSource struct {
+	*fakeSource
+	release       chan struct{}
+	running, most atomic.Int32
+	calls         atomic.Int32
+}
+
+func (b *blockingSource) Conns(keep func(*conntrack.Conn) bool) []stack.ConnInfo {
+	b.calls.Add(1)
+	n := b.running.Add(1)
+	for {
+		m := b.most.Load()
+		if n <= m || b.most.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	<-b.release
+	b.running.Add(-1)
+	return b.fakeSource.Conns(keep)
+}
+
+// TestListingsCapped sends 20 listings at once, as twenty `tcpd conns`
+// would: at most admin.MaxListings copy the table at once, the rest are
+// told to come back (503, Retry-After) at once rather than queue, and
+// the admin socket still answers a summary meanwhile.
+func TestListingsCapped(t *testing.T) {
+	bs := &blockingSource{release: make(chan struct{})}
+	fs, cfg, _ := start(t, func(c *admin.Config) {
+		bs.fakeSource = c.Source.(*fakeSource)
+		c.Source = bs
+	})
+	_ = fs
+	const n = 20
+	var wg sync.WaitGroup
+	codes := make(chan int, n)
+	retryAfter := make(chan string, n)
+	for range n {
+		wg.Go(func() {
+			c := unixClient(cfg.Path)
+			req, _ := http.NewRequest("GET", "http://tcpd/v1/conns", nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				retryAfter <- resp.Header.Get("Retry-After")
+			}
+		})
+	}
+	// The refusals come back while the first listings are held.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(codes) < n-admin.MaxListings && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	sc := unixClient(cfg.Path)
+	sc.Timeout = 5 * time.Second
+	if resp, err := sc.Get("http://tcpd/v1/summary"); err != nil {
+		t.Errorf("summary while listings are held: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("summary while listings are held: %s", resp.Status)
+		}
+	}
+	close(bs.release)
+	wg.Wait()
+	close(codes)
+	close(retryAfter)
+	count := map[int]int{}
+	for c := range codes {
+		count[c]++
+	}
+	for ra := range retryAfter {
+		if ra != "1" {
+			t.Errorf("a busy answer's Retry-After is %q, want 1", ra)
+		}
+	}
+	t.Logf("answers: %v; at most %d listings at once", count, bs.most.Load())
+	if got := bs.most.Load(); got > admin.MaxListings {
+		t.Errorf("%d listings copied the table at once, want at most %d", got, admin.MaxListings)
+	}
+	if count[200] < 1 || count[200]+count[503] != n || count[503] < n-admin.MaxListings {
+		t.Errorf("answers %v; want at most %d served and the rest 503", count, admin.MaxListings)
+	}
+}
