@@ -5,7 +5,7 @@ BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo bench bench-base test test-short vet fmt clean deb image
+.PHONY: all build demo bench bench-base bench-scaling test test-short vet fmt clean deb image
 
 all: build
 
@@ -37,6 +37,20 @@ bench-base:
 	git archive $(BASE) | tar -x -C bin/base-src
 	cd bin/base-src && $(GO) build -o ../tcpd-base ./cmd/tcpd
 	rm -rf bin/base-src
+
+# Go benchmarks of how the packet path scales with the number of packet
+# loops (one per TUN queue): the receive path (parse, checks, conntrack,
+# delivery into the netstack) and the connection manager's table, at each
+# -cpu of SCALING_CPUS, SCALING_COUNT times; time and lock wait per
+# operation, then the medians. No root needed. See bench/README.md.
+SCALING_CPUS  ?= 1,2,4,8,16
+SCALING_COUNT ?= 3
+bench-scaling:
+	mkdir -p bench/out
+	$(GO) test -run '^$$' -bench 'BenchmarkTable|BenchmarkReceivePath' -cpu $(SCALING_CPUS) -count $(SCALING_COUNT) \
+		./conntrack ./stack > bench/out/scaling.txt || { cat bench/out/scaling.txt; exit 1; }
+	cat bench/out/scaling.txt
+	$(GO) run ./bench/cmd/benchmedian < bench/out/scaling.txt
 
 # Go modules of their own under deploy/, so that the daemon's go.mod stays
 # lean: the image builder (go-containerregistry) and the Kubernetes
