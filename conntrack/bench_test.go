@@ -2,6 +2,7 @@ package conntrack_test
 
 import (
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -152,6 +153,12 @@ func (bt *busyTable) worker() int { return int(bt.workers.Add(1)) }
 func BenchmarkTableSegments(b *testing.B) {
 	bt := newBusyTable(b)
 	const perWorker = 64
+	// Every worker's connections are open before the clock starts.
+	for w := 1; w <= runtime.GOMAXPROCS(0); w++ {
+		for i := range perWorker {
+			open(bt.tab, tupleAt(w, i))
+		}
+	}
 	b.ReportAllocs()
 	wait := lockwait.Total()
 	b.ResetTimer()
@@ -161,7 +168,6 @@ func BenchmarkTableSegments(b *testing.B) {
 		var cNxt, tNxt [perWorker]uint32
 		for i := range tus {
 			tus[i] = tupleAt(w, i)
-			open(bt.tab, tus[i])
 			cNxt[i], tNxt[i] = benchCISS+1, benchTISS+1
 		}
 		for i := 0; pb.Next(); i++ {

@@ -4,14 +4,18 @@
 // segments that cross the TUN and from lifecycle events the stack reports.
 // It times handshakes and TIME_WAIT, caps TIME_WAIT like Linux's
 // tcp_max_tw_buckets, lets a new SYN reuse a 4-tuple held in TIME_WAIT
-// (RFC 6191), and answers with snapshots. It is pure: standard library only,
-// no goroutines, time from an injected clock; it must never import gVisor or
-// Prometheus.
+// (RFC 6191), caps each client's open handshakes, and answers with
+// snapshots. Every method is safe for concurrent use, and the packet loops of
+// a multi-queue TUN call it at once: the table is sharded by 4-tuple
+// (shard.go) around a per-connection state machine (machine.go). It is pure:
+// standard library only, no goroutines, time from an injected clock; it must
+// never import gVisor or Prometheus.
 package conntrack
 
 import (
+	"hash/maphash"
 	"net/netip"
-	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,6 +66,11 @@ type Config struct {
 	// Unclaimed is how long an entry whose SYN no handler took (the
 	// netstack dropped it) is kept after its last segment. Zero means 5s.
 	Unclaimed time.Duration
+	// MaxSynRecvPerClient caps the handshakes one client address may have
+	// open (entries whose tcpd end is in SYN-RECEIVED): a SYN that would
+	// open one more is answered ActionRefuse, as a full SYN queue drops
+	// it. Zero means no cap.
+	MaxSynRecvPerClient int
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
 }
@@ -106,6 +115,10 @@ const (
 	// 6191); its new entry exists. Hand it to the netstack once the old
 	// connection's endpoint has left it.
 	ActionReuse
+	// ActionRefuse: a client's SYN that would open a handshake beyond
+	// Config.MaxSynRecvPerClient. It is not tracked; drop it, as a full
+	// SYN queue would, and the client retransmits.
+	ActionRefuse
 )
 
 // Action is Segment's answer.
@@ -115,258 +128,165 @@ type Action struct {
 	Reply Reply
 }
 
-const (
-	sideTCPD   = 0
-	sideClient = 1
-)
-
-// end is one end's view of the connection, built from the segments it sent
-// and those it acknowledged.
-type end struct {
-	state State
-	since mono
-	// iss is the end's initial sequence number; synSent says it is known.
-	iss     uint32
-	synSent bool
-	// nxt is the highest sequence number the end has sent plus one
-	// (SND.NXT as seen on the wire); dataNxt the same without SYN and FIN.
-	nxt, dataNxt uint32
-	// ack is the highest acknowledgment the end has sent: its RCV.NXT as
-	// last advertised.
-	ack     uint32
-	ackSent bool
-	// finSeq is the sequence number of the end's FIN.
-	finSeq   uint32
-	finSent  bool
-	finAcked bool // the peer acknowledged finSeq+1
-	finRcvd  bool // the end acknowledged the peer's FIN
-	bytes    uint64
-}
-
-type entry struct {
-	id   ID
-	key  key
-	ends [2]end
-
-	opened      mono
-	lastSeen    mono
-	synAckAt    mono
-	established mono
-	dial        time.Duration
-	handshake   time.Duration
-	claimed     bool
-	lifetimeObs bool
-	// relay says a relay carries the connection's bytes (Relaying to
-	// Released). held says the connection is over but its relay has not
-	// finished: the entry has left the 4-tuple index and the TIME_WAIT
-	// list, both its ends count as closed, and Released removes it.
-	relay, held bool
-	// mss and clampedFrom come from the client's SYN, advMSS from tcpd's
-	// SYN-ACK (Segment.MSS, Segment.ClampedFrom).
-	mss, clampedFrom, advMSS uint16
-
-	// TIME_WAIT list, ordered by deadline (the timeout is the same for all,
-	// so entry order is deadline order).
-	twDeadline     mono
-	twSince        mono
-	twPrev, twNext *entry
-	inTW           bool
-
-	// What tcpd's netstack last sent, for the ACKs tcpd sends itself in
-	// TIME_WAIT: the window field, and with the timestamps option (ts) its
-	// TSval, when it was seen (tsAt) and the TSecr it echoed, which
-	// TIME_WAIT keeps as TS.Recent (RFC 7323 4.3).
-	wnd          uint16
-	ts           bool
-	tsVal, tsEcr uint32
-	tsAt         mono
-
-	// mismatch is the netstack state seen differing at the last reconcile.
-	mismatch    State
-	hasMismatch bool
-}
-
-// Table tracks connections. All methods are safe for concurrent use.
+// Table tracks connections. All methods are safe for concurrent use; none
+// takes a lock of the whole table, and the cost of each grows with the
+// table only for Conns (shard.go says which locks each takes).
 type Table struct {
-	// cfg is the configuration with its defaults; Tune changes its timers
-	// and cap under mu.
+	// cfg is the configuration with its defaults; only MaxEntries and Now
+	// are read from it after New: set holds what Tune changes.
 	cfg Config
-	// twLimit is *cfg.TimeWaitLimit, never negative.
-	twLimit int
 	// epoch is just before the table was created: the zero of its mono
 	// times.
 	epoch time.Time
+	// seed keys the hashes that place 4-tuples and clients in shards.
+	seed maphash.Seed
+	set  atomic.Pointer[settings]
 
-	mu      sync.Mutex
-	byTuple map[key]*entry
-	byID    map[ID]*entry
-	// mapPeak is the most entries byID has held since the maps were last
-	// built (compactLocked).
-	mapPeak int
-	nextID  ID
-	counts  [2][NumStates]int
-	// synRecv counts, per client address, the entries whose tcpd end is
-	// in SYN-RECEIVED: the handshakes each client has open.
-	synRecv  map[netip.Addr]int
-	counters Counters
-	twHead   *entry
-	twTail   *entry
-	twCount  int
-	// relays counts entries with a relay attached.
-	relays int
+	shards  [numShards]shard
+	clients [numShards]clientShard
+	hist    [histStripes]histograms
 
-	handshake, dial, setup, twDwell, lifetime Histogram
+	// The table-wide counts that caps hold against, each changed by one
+	// atomic add per connection (never per segment), apart from the shards.
+	_ [cacheLine]byte
+	// ids issues IDs: they grow in the order connections opened.
+	ids atomic.Uint64
+	// live counts the entries in the 4-tuple index (Config.MaxEntries).
+	live atomic.Int64
+	// tw counts the entries in TIME_WAIT (Config.TimeWaitLimit).
+	tw atomic.Int64
+	_  [cacheLine]byte
+}
+
+// histStripes is how many copies of the latency histograms the shards
+// share: observations happen once per connection, not per segment, so a few
+// stripes keep them off each other's cache lines for far less memory than
+// one copy per shard (a copy is 8.5 KiB).
+const histStripes = 8
+
+// settings are what Tune changes, replaced whole.
+type settings struct {
+	timeWait, unclaimed time.Duration
+	// twLimit is *Config.TimeWaitLimit, never negative.
+	twLimit    int64
+	synRecvCap int
+}
+
+func settingsOf(c Config) *settings {
+	return &settings{
+		timeWait: c.TimeWait, unclaimed: c.Unclaimed,
+		twLimit: int64(max(*c.TimeWaitLimit, 0)), synRecvCap: max(c.MaxSynRecvPerClient, 0),
+	}
 }
 
 // New returns an empty table.
 func New(cfg Config) *Table {
-	t := &Table{byTuple: map[key]*entry{}, byID: map[ID]*entry{}, synRecv: map[netip.Addr]int{}}
-	t.cfg = cfg.WithDefaults()
-	t.twLimit = max(*t.cfg.TimeWaitLimit, 0)
+	t := &Table{cfg: cfg.WithDefaults(), seed: maphash.MakeSeed()}
+	t.set.Store(settingsOf(t.cfg))
 	t.epoch = t.cfg.Now().Add(-time.Nanosecond)
+	for i := range t.shards {
+		t.shards[i].init(i, &t.hist[i%histStripes])
+		t.clients[i].synRecv = map[[16]byte]int32{}
+	}
 	return t
 }
 
-// Tune changes the TIME_WAIT duration and cap and the unclaimed timeout, as
-// cfg gives them (with New's defaults), for what happens from now on:
-// entries already in TIME_WAIT keep their deadline, and a lower cap cuts
-// nothing short, it only stops new entries. MaxEntries and Now stay as New
-// set them.
+// Tune changes the TIME_WAIT duration and cap, the unclaimed timeout and the
+// per-client handshake cap, as cfg gives them (with New's defaults), for
+// what happens from now on: entries already in TIME_WAIT keep their
+// deadline, and a lower cap cuts nothing short, it only stops new entries.
+// MaxEntries and Now stay as New set them.
 func (t *Table) Tune(cfg Config) {
-	cfg = cfg.WithDefaults()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.cfg.TimeWait, t.cfg.TimeWaitLimit, t.cfg.Unclaimed = cfg.TimeWait, cfg.TimeWaitLimit, cfg.Unclaimed
-	t.twLimit = max(*cfg.TimeWaitLimit, 0)
+	t.set.Store(settingsOf(cfg.WithDefaults()))
 }
 
-func (t *Table) synRecvDecLocked(a netip.Addr) {
-	if n := t.synRecv[a] - 1; n > 0 {
-		t.synRecv[a] = n
-	} else {
-		delete(t.synRecv, a)
+// hash returns the hash of the 4-tuple k: its low bits choose the shard,
+// the others the bucket in the shard's index.
+func (t *Table) hash(k key) uint64 { return maphash.Comparable(t.seed, k) }
+
+// shardOf returns the shard of a 4-tuple whose hash is h.
+func (t *Table) shardOf(h uint64) *shard { return &t.shards[h&(numShards-1)] }
+
+// shardOfID returns the shard of the connection id, or nil for an ID no
+// table issued.
+func (t *Table) shardOfID(id ID) *shard {
+	if id>>shardBits == 0 {
+		return nil
 	}
+	return &t.shards[id&(numShards-1)]
+}
+
+// clientOf returns the client shard that counts the handshakes of k's
+// client.
+func (t *Table) clientOf(k key) *clientShard { return t.clientShardOf(k.client) }
+
+func (t *Table) clientShardOf(client [16]byte) *clientShard {
+	return &t.clients[maphash.Comparable(t.seed, client)&(numShards-1)]
+}
+
+// reserveEntry counts one more entry if the table has room for it.
+func (t *Table) reserveEntry() bool {
+	if t.live.Add(1) > int64(t.cfg.MaxEntries) {
+		t.live.Add(-1)
+		return false
+	}
+	return true
+}
+
+// reserveTimeWait counts one more entry in TIME_WAIT if the cap allows it.
+func (t *Table) reserveTimeWait(limit int64) bool {
+	if t.tw.Add(1) > limit {
+		t.tw.Add(-1)
+		return false
+	}
+	return true
 }
 
 // SynRecvFrom returns how many of client's connections tcpd holds in
-// SYN-RECEIVED, so that a SYN over a per-client cap can be refused before it
-// opens one more.
+// SYN-RECEIVED.
 func (t *Table) SynRecvFrom(client netip.Addr) int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.synRecv[client]
-}
-
-// Sequence-number comparisons modulo 2^32 (RFC 9293 3.4).
-func seqLT(a, b uint32) bool  { return int32(a-b) < 0 }
-func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
-func seqGT(a, b uint32) bool  { return int32(a-b) > 0 }
-func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
-
-func (t *Table) setStateLocked(e *entry, side int, s State, now mono) {
-	old := e.ends[side].state
-	if old == s {
-		return
-	}
-	if side == sideTCPD && e.inTW {
-		t.twUnlinkLocked(e)
-	}
-	if side == sideTCPD {
-		if old == StateSynRecv {
-			t.synRecvDecLocked(e.key.clientAddr())
-		}
-		if s == StateSynRecv {
-			t.synRecv[e.key.clientAddr()]++
-		}
-	}
-	t.counts[side][old]--
-	t.counts[side][s]++
-	e.ends[side].state = s
-	e.ends[side].since = now
-}
-
-func (t *Table) createLocked(k key, s Segment, now mono) *entry {
-	if len(t.byTuple) >= t.cfg.MaxEntries {
-		t.counters.TableFull++
-		return nil
-	}
-	t.nextID++
-	e := &entry{id: t.nextID, key: k, opened: now, lastSeen: now, mss: s.MSS, clampedFrom: s.ClampedFrom}
-	// tcpd's netstack is conceptually LISTEN and takes the SYN to
-	// SYN-RECEIVED (RFC 9293 3.10.7.2); the client has sent it: SYN-SENT.
-	e.ends[sideTCPD] = end{state: StateSynRecv, since: now}
-	c := &e.ends[sideClient]
-	*c = end{state: StateSynSent, since: now, iss: s.Seq, synSent: true, nxt: s.Seq + 1, dataNxt: s.Seq + 1}
-	t.counts[sideTCPD][StateSynRecv]++
-	t.counts[sideClient][StateSynSent]++
-	t.synRecv[k.clientAddr()]++
-	t.byTuple[k] = e
-	t.byID[e.id] = e
-	t.mapPeak = max(t.mapPeak, len(t.byID))
-	t.counters.Opened++
-	return e
-}
-
-// removeLocked forgets e. The caller has already counted why. An entry
-// whose relay still runs is only held (see entry.held) until Released: a
-// relay never runs without its entry, so `tcpd conns` can show and kill
-// whatever tcpd still spends on the connection.
-func (t *Table) removeLocked(e *entry, now mono) {
-	if e.inTW {
-		t.twUnlinkLocked(e)
-	}
-	t.observeLifetimeLocked(e, now)
-	if t.byTuple[e.key] == e {
-		delete(t.byTuple, e.key)
-	}
-	if e.relay {
-		if !e.held {
-			e.held = true
-			for side := range e.ends {
-				t.setStateLocked(e, side, StateClosed, now)
-			}
-		}
-		return
-	}
-	for side := range e.ends {
-		t.counts[side][e.ends[side].state]--
-	}
-	if e.ends[sideTCPD].state == StateSynRecv {
-		t.synRecvDecLocked(e.key.clientAddr())
-	}
-	delete(t.byID, e.id)
-	t.counters.Closed++
-}
-
-func (t *Table) observeLifetimeLocked(e *entry, now mono) {
-	if !e.lifetimeObs && e.established != 0 {
-		e.lifetimeObs = true
-		t.lifetime.Observe(now.sub(e.established))
-	}
+	a := client.As16()
+	return t.clientShardOf(a).count(a)
 }
 
 // Segment records one TCP segment that crossed the TUN. tu is always the
 // client's view (Client = the client's address and port), whatever dir is.
 func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-
-	bareSYN := s.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN
 	k := keyOf(tu)
-	e := t.byTuple[k]
-	if e == nil {
-		if dir == FromClient && bareSYN {
-			t.createLocked(k, s, now)
+	h := t.hash(k)
+	sh := t.shardOf(h)
+	bareSYN := dir == FromClient && s.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN
+	for {
+		var e *entry
+		if bareSYN {
+			// A SYN's 4-tuple is usually new: open confirms that under
+			// the shard's lock it takes anyway.
+			if e = sh.findKey(k, h); e == nil {
+				if a, ok := sh.open(t, k, h, s, now); ok {
+					return a
+				}
+				continue // another SYN on k opened it first
+			}
+			if !sh.lockKeyed(e) {
+				continue
+			}
+		} else if e = sh.lookupKey(k, h); e == nil {
+			sh.counters.inc(cUntracked)
 			return Action{}
 		}
-		t.counters.Untracked++
-		return Action{}
+		a := sh.segmentLocked(t, e, dir, s, now)
+		e.mu.Unlock()
+		return a
 	}
-	e.lastSeen = now
-	if e.inTW {
+}
+
+// segmentLocked runs s through e, whose lock is held.
+func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono) Action {
+	sh.touchLocked(e, now)
+	if e.list == onTimeWait {
 		if dir == FromClient {
-			return t.timeWaitLocked(e, k, s, now)
+			return sh.timeWaitLocked(t, e, s, now)
 		}
 		if s.Flags&FlagRST != 0 {
 			// The netstack answers RST to what was queued on an
@@ -375,329 +295,77 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			return Action{Kind: ActionDrop}
 		}
 	}
-	if dir == ToClient {
-		e.sentByTCPD(s, now)
+	before := e.states()
+	switch e.segment(dir, s, now) {
+	case outRSTIgnored:
+		sh.counters.inc(cRSTIgnored)
+	case outReset:
+		sh.counters.inc(cResets)
 	}
-
-	xs, ys := sideClient, sideTCPD
-	if dir == ToClient {
-		xs, ys = sideTCPD, sideClient
-	}
-	x, y := &e.ends[xs], &e.ends[ys]
-
-	if s.Flags&FlagRST != 0 {
-		return t.rstLocked(e, xs, ys, s, now)
-	}
-
-	syn := s.Flags&FlagSYN != 0
-	if syn {
-		if !x.synSent {
-			x.iss, x.synSent = s.Seq, true
-			x.nxt, x.dataNxt = s.Seq+1, s.Seq+1
-		}
-		switch {
-		case s.Flags&FlagACK == 0:
-			// A SYN from an end that has not synchronized: simultaneous
-			// open takes the receiver from SYN-SENT to SYN-RECEIVED
-			// (RFC 9293 3.5, figure 8).
-			if x.state == StateClosed || x.state == StateListen {
-				t.setStateLocked(e, xs, StateSynSent, now)
-			}
-			if y.state == StateSynSent && y.synSent {
-				t.setStateLocked(e, ys, StateSynRecv, now)
-			}
-		default:
-			// SYN-ACK: the sender is in SYN-RECEIVED.
-			if xs == sideTCPD && e.synAckAt == 0 {
-				e.synAckAt = now
-			}
-			if xs == sideTCPD {
-				e.advMSS = s.MSS
-			}
-			if x.state == StateListen || x.state == StateSynSent {
-				t.setStateLocked(e, xs, StateSynRecv, now)
-			}
-			// The receiver in SYN-SENT whose SYN it acknowledges becomes
-			// established when it processes it (RFC 9293 3.10.7.3), which
-			// the wire shows only by its ACK of this SYN: see below.
-		}
-	}
-
-	if s.Flags&FlagACK != 0 {
-		if !x.ackSent || seqGT(s.Ack, x.ack) {
-			x.ack, x.ackSent = s.Ack, true
-		}
-		// An end in SYN-SENT that acknowledges the peer's SYN has
-		// received the SYN-ACK (RFC 9293 3.10.7.3); a SYN-ACK that was
-		// lost on its way leaves it in SYN-SENT, as `ss` would show.
-		if x.state == StateSynSent && y.synSent && s.Ack == y.iss+1 {
-			t.setStateLocked(e, xs, StateEstablished, now)
-		}
-		// The ACK of the receiver's SYN completes its handshake
-		// (RFC 9293 3.10.7.4, SYN-RECEIVED).
-		if y.state == StateSynRecv && y.synSent && seqGEQ(s.Ack, y.iss+1) && seqLEQ(s.Ack, y.nxt) {
-			t.setStateLocked(e, ys, StateEstablished, now)
-			if ys == sideTCPD {
-				t.establishedLocked(e, now)
-			}
-		}
-		// A FIN counts as acknowledged only by an ACK of FIN.SEQ+1.
-		if y.finSent && !y.finAcked && seqGEQ(s.Ack, y.finSeq+1) {
-			y.finAcked = true
-			x.finRcvd = true
-			// The sender has consumed the receiver's FIN.
-			switch x.state {
-			case StateSynRecv, StateEstablished:
-				t.setStateLocked(e, xs, StateCloseWait, now)
-			case StateFinWait1:
-				if x.finAcked {
-					t.setStateLocked(e, xs, StateTimeWait, now)
-				} else {
-					t.setStateLocked(e, xs, StateClosing, now) // simultaneous close
-				}
-			case StateFinWait2:
-				t.setStateLocked(e, xs, StateTimeWait, now)
-			}
-			// The receiver's FIN is acknowledged.
-			switch y.state {
-			case StateFinWait1:
-				if y.finRcvd {
-					t.setStateLocked(e, ys, StateTimeWait, now)
-				} else {
-					t.setStateLocked(e, ys, StateFinWait2, now)
-				}
-			case StateClosing:
-				t.setStateLocked(e, ys, StateTimeWait, now)
-			case StateLastAck:
-				t.setStateLocked(e, ys, StateClosed, now)
-			}
-		}
-	}
-
-	// Sequence space and payload bytes.
-	dataStart := s.Seq
-	if syn {
-		dataStart++
-	}
-	if x.synSent {
-		if dataEnd := dataStart + s.Len; s.Len > 0 && seqGT(dataEnd, x.dataNxt) {
-			x.bytes += uint64(dataEnd - x.dataNxt)
-			x.dataNxt = dataEnd
-		}
-		segEnd := dataStart + s.Len
-		if s.Flags&FlagFIN != 0 {
-			segEnd++
-		}
-		if seqGT(segEnd, x.nxt) {
-			x.nxt = segEnd
-		}
-	}
-
-	if s.Flags&FlagFIN != 0 {
-		finSeq := dataStart + s.Len
-		switch {
-		case !x.finSent:
-			x.finSent, x.finSeq = true, finSeq
-			switch x.state {
-			case StateSynRecv, StateEstablished:
-				t.setStateLocked(e, xs, StateFinWait1, now)
-			case StateCloseWait:
-				t.setStateLocked(e, xs, StateLastAck, now)
-			}
-		}
-	}
-
-	return t.afterLocked(e, now)
-}
-
-// afterLocked applies what tcpd's new state implies: TIME_WAIT accounting
-// and removal once closed.
-func (t *Table) afterLocked(e *entry, now mono) Action {
-	switch e.ends[sideTCPD].state {
-	case StateTimeWait:
-		if e.inTW {
-			return Action{}
-		}
-		t.observeLifetimeLocked(e, now)
-		if t.twCount >= t.twLimit {
-			// The netstack has let the endpoint go already: the
-			// connection simply has no TIME_WAIT, as beyond Linux's
-			// tcp_max_tw_buckets.
-			t.counters.TimeWaitOverflow++
-			t.removeLocked(e, now)
-			return Action{}
-		}
-		t.counters.TimeWaitEntered++
-		e.twSince = now
-		t.twPushLocked(e, now)
-	case StateClosed:
-		t.removeLocked(e, now)
-	}
+	sh.settleLocked(t, e, before, now)
+	sh.afterLocked(t, e, now)
 	return Action{}
 }
 
-func (t *Table) establishedLocked(e *entry, now mono) {
-	if e.established != 0 {
-		return
-	}
-	e.established = now
-	t.counters.Established++
-	if e.synAckAt != 0 {
-		e.handshake = now.sub(e.synAckAt)
-		t.handshake.Observe(e.handshake)
-	}
-	t.setup.Observe(now.sub(e.opened))
-}
-
-// rstLocked handles a RST from side xs. RFC 5961 3.2: the receiver accepts
-// it only if its sequence number is exactly RCV.NXT; on the wire RCV.NXT lies
-// between the last ACK the receiver sent and what the sender has sent, so a
-// RST in that range is taken, and anything else (out of window, or in window
-// but not at RCV.NXT, which earns a challenge ACK) is ignored. In SYN-SENT it
-// is acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
-func (t *Table) rstLocked(e *entry, xs, ys int, s Segment, now mono) Action {
-	x, y := &e.ends[xs], &e.ends[ys]
-	// A RST that acknowledges nothing of the receiver's current connection
-	// comes from an older incarnation of the 4-tuple (a TIME_WAIT endpoint
-	// retired for reuse): it belongs to no end here.
-	if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.nxt)) {
-		t.counters.RSTIgnored++
-		return Action{}
-	}
-	// Likewise a RST whose sequence number lies outside everything the
-	// sender has sent on this connection, or from an end that has sent
-	// nothing yet and acknowledges nothing (tcpd before its SYN-ACK: its
-	// only legitimate RST is the refusal, which acknowledges the SYN).
-	if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.nxt))) {
-		t.counters.RSTIgnored++
-		return Action{}
-	}
-	var acceptable bool
-	switch {
-	case y.state == StateSynSent:
-		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
-	case y.ackSent:
-		hi := x.nxt
-		if seqLT(hi, y.ack) {
-			hi = y.ack
-		}
-		acceptable = seqGEQ(s.Seq, y.ack) && seqLEQ(s.Seq, hi)
-	default:
-		// The receiver has acknowledged nothing yet (tcpd before its
-		// SYN-ACK): RCV.NXT is the sender's ISS+1.
-		acceptable = x.synSent && (s.Seq == x.iss+1 || s.Seq == x.nxt)
-	}
-	if !acceptable {
-		t.counters.RSTIgnored++
-		// The sender has aborted its end all the same.
-		t.setStateLocked(e, xs, StateClosed, now)
-		return t.afterLocked(e, now)
-	}
-	t.counters.Resets++
-	t.setStateLocked(e, xs, StateClosed, now)
-	t.setStateLocked(e, ys, StateClosed, now)
-	return t.afterLocked(e, now)
-}
-
-func (t *Table) twPushLocked(e *entry, now mono) {
-	e.inTW = true
-	e.twDeadline = now.add(t.cfg.TimeWait)
-	e.twPrev, e.twNext = t.twTail, nil
-	if t.twTail != nil {
-		t.twTail.twNext = e
-	} else {
-		t.twHead = e
-	}
-	t.twTail = e
-	t.twCount++
-}
-
-func (t *Table) twUnlinkLocked(e *entry) {
-	if e.twPrev != nil {
-		e.twPrev.twNext = e.twNext
-	} else {
-		t.twHead = e.twNext
-	}
-	if e.twNext != nil {
-		e.twNext.twPrev = e.twPrev
-	} else {
-		t.twTail = e.twPrev
-	}
-	e.twPrev, e.twNext, e.inTW = nil, nil, false
-	t.twCount--
-}
-
 // ExpireTimeWait removes the entries whose TIME_WAIT has run out. It costs
-// only the expired entries, so the stack calls it often; the dwell recorded
-// is the configured one, not the caller's lateness.
+// only the expired entries (and a lock per shard), so the stack calls it
+// often; the dwell recorded is the configured one, not the caller's
+// lateness.
 func (t *Table) ExpireTimeWait() int {
-	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.expireTimeWaitLocked(now)
+	return t.expire(false)
 }
 
-func (t *Table) expireTimeWaitLocked(now mono) int {
-	n := 0
-	for e := t.twHead; e != nil && now >= e.twDeadline; e = t.twHead {
-		t.twDwell.Observe(e.twDeadline.sub(e.twSince))
-		t.removeLocked(e, now)
-		n++
+// Tick runs the timers: TIME_WAIT expiry and entries no handler claimed,
+// shard by shard, each costing only what it removes; then it gives back the
+// memory of maps that have shrunk. The stack calls it periodically; it
+// returns how many entries it removed.
+func (t *Table) Tick() int {
+	n := t.expire(true)
+	for i := range t.shards {
+		t.shards[i].compact()
+		t.clients[i].compact()
 	}
 	return n
 }
 
-// Tick runs the timers: TIME_WAIT expiry and entries no handler claimed.
-// The stack calls it periodically; it returns how many entries it removed.
-func (t *Table) Tick() int {
+func (t *Table) expire(unclaimed bool) int {
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := t.expireTimeWaitLocked(now)
-	for _, e := range t.byID {
-		if !e.claimed && e.ends[sideTCPD].state == StateSynRecv && !e.ends[sideTCPD].synSent &&
-			now.sub(e.lastSeen) >= t.cfg.Unclaimed {
-			t.counters.Expired++
-			t.removeLocked(e, now)
-			n++
+	var limit time.Duration
+	if unclaimed {
+		limit = t.set.Load().unclaimed
+	}
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		if sh.tw.n.Load() > 0 || (unclaimed && sh.unclaimed.n.Load() > 0) {
+			n += sh.expire(t, now, limit)
 		}
 	}
-	t.compactLocked()
 	return n
 }
 
-// compactMaps is the table size below which the maps are never rebuilt:
-// their peak memory is then a few hundred KiB at most.
-const compactMaps = 1024
-
-// compactLocked rebuilds the maps once they hold a quarter of their peak:
-// Go's maps never give back the memory of the most they held, so after a
-// burst of 100,000 connections they would keep megabytes for good.
-func (t *Table) compactLocked() {
-	if t.mapPeak < compactMaps || len(t.byID)*4 > t.mapPeak {
-		return
+// lookup returns the entry of id, locked, and its shard; the entry is nil
+// if id has none. The caller unlocks it.
+func (t *Table) lookup(id ID) (*shard, *entry) {
+	sh := t.shardOfID(id)
+	if sh == nil {
+		return nil, nil
 	}
-	t.byTuple, t.byID, t.synRecv = compacted(t.byTuple), compacted(t.byID), compacted(t.synRecv)
-	t.mapPeak = len(t.byID)
-}
-
-// compacted returns a copy of m sized for what it holds.
-func compacted[K comparable, V any](m map[K]V) map[K]V {
-	c := make(map[K]V, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
+	return sh, sh.lookupID(id)
 }
 
 // Claim is called by the handler that took the connection's SYN from the
 // netstack. It returns the entry's ID, or 0 when the SYN is not tracked
 // (the table was full).
 func (t *Table) Claim(tu Tuple) ID {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.byTuple[keyOf(tu)]
-	if e == nil || e.claimed || e.ends[sideTCPD].state != StateSynRecv {
+	k := keyOf(tu)
+	h := t.hash(k)
+	e := t.shardOf(h).lookupKey(k, h)
+	if e == nil {
+		return 0
+	}
+	defer e.mu.Unlock()
+	if e.claimed || e.ends[sideTCPD].state != StateSynRecv {
 		return 0
 	}
 	e.claimed = true
@@ -710,14 +378,16 @@ func (t *Table) Claim(tu Tuple) ID {
 // nothing, when id has no entry or its connection is over already: the
 // caller must not relay it.
 func (t *Table) Relaying(id ID) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.byID[id]
-	if e == nil || e.held || e.relay {
+	sh, e := t.lookup(id)
+	if e == nil {
+		return false
+	}
+	defer e.mu.Unlock()
+	if e.held || e.relay {
 		return false
 	}
 	e.relay = true
-	t.relays++
+	sh.relays.Add(1)
 	return true
 }
 
@@ -725,34 +395,39 @@ func (t *Table) Relaying(id ID) bool {
 // ended while its relay ran is removed now.
 func (t *Table) Released(id ID) {
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.byID[id]
-	if e == nil || !e.relay {
+	sh, e := t.lookup(id)
+	if e == nil {
+		return
+	}
+	defer e.mu.Unlock()
+	if !e.relay {
 		return
 	}
 	e.relay = false
-	t.relays--
+	sh.relays.Add(-1)
 	if e.held {
-		t.removeLocked(e, now)
+		sh.removeLocked(t, e, now)
 	}
 }
 
 // Relays returns how many entries have a relay attached.
 func (t *Table) Relays() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.relays
+	n := 0
+	for i := range t.shards {
+		n += int(t.shards[i].relays.Load())
+	}
+	return n
 }
 
 // Dialled records the upstream connect of id, which succeeded after d.
 func (t *Table) Dialled(id ID, d time.Duration) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if e := t.byID[id]; e != nil {
-		e.dial = d
-		t.dial.Observe(d)
+	sh, e := t.lookup(id)
+	if e == nil {
+		return
 	}
+	defer e.mu.Unlock()
+	e.dial = d
+	sh.hist.dial.Observe(d)
 }
 
 // Gone reports that the netstack holds no endpoint for id any more and no
@@ -763,14 +438,16 @@ func (t *Table) Dialled(id ID, d time.Duration) {
 // connection until its own timer expires.
 func (t *Table) Gone(id ID) {
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.byID[id]
-	if e == nil || e.held || e.inTW {
+	sh, e := t.lookup(id)
+	if e == nil {
 		return
 	}
-	t.counters.Expired++
-	t.removeLocked(e, now)
+	defer e.mu.Unlock()
+	if e.held || e.list == onTimeWait {
+		return
+	}
+	sh.counters.inc(cExpired)
+	sh.removeLocked(t, e, now)
 }
 
 // Reconcile compares tcpd's state for id with the netstack endpoint's own
@@ -787,15 +464,17 @@ func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 		return false, 0
 	}
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e := t.byID[id]
-	if e == nil || e.held {
+	sh, e := t.lookup(id)
+	if e == nil {
+		return false, 0
+	}
+	defer e.mu.Unlock()
+	if e.held {
 		return false, 0
 	}
 	ours := e.ends[sideTCPD].state
 	if ours == ns || (ours == StateEstablished && ns == StateFinWait1) || (ours == StateCloseWait && ns == StateLastAck) ||
-		(e.inTW && ns == StateTimeWait) {
+		(e.list == onTimeWait && ns == StateTimeWait) {
 		e.hasMismatch = false
 		return false, ours
 	}
@@ -804,75 +483,100 @@ func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 		return false, ours
 	}
 	e.hasMismatch = false
-	t.counters.Corrections++
-	t.setStateLocked(e, sideTCPD, ns, now)
-	if ns == StateEstablished {
-		t.establishedLocked(e, now)
-	}
-	t.afterLocked(e, now)
+	sh.counters.inc(cCorrections)
+	sh.setStateLocked(t, e, sideTCPD, ns, now)
+	sh.afterLocked(t, e, now)
 	return true, ours
 }
 
-// Snapshot returns counts, counters and histograms.
+// Snapshot returns counts, counters and histograms. It takes no lock: each
+// figure is a sum of the shards' atomics, exact when nothing moves; while
+// connections change state, a figure may include a change that another
+// does not yet.
 func (t *Table) Snapshot() Snapshot {
-	t.mu.Lock()
 	var s Snapshot
-	for st := range NumStates {
-		s.States[st] = uint64(t.counts[sideTCPD][st])
-		s.ClientStates[st] = uint64(t.counts[sideClient][st])
+	for i := range t.shards {
+		sh := &t.shards[i]
+		for st := range NumStates {
+			s.States[st] += uint64(sh.counts[sideTCPD][st].Load())
+			s.ClientStates[st] += uint64(sh.counts[sideClient][st].Load())
+		}
+		s.Live += int(sh.entries.Load())
+		s.Relays += int(sh.relays.Load())
+		s.TimeWait += int(sh.tw.n.Load())
+		sh.counters.addTo(&s.Counters)
 	}
-	s.Live = len(t.byID)
-	s.Relays = t.relays
-	s.TimeWait = t.twCount
-	s.Counters = t.counters
-	s.TimeWaitLimit = t.twLimit
-	s.TimeWaitTimeout = t.cfg.TimeWait
-	t.mu.Unlock()
-	s.Handshake = t.handshake.Snapshot()
-	s.Dial = t.dial.Snapshot()
-	s.Setup = t.setup.Snapshot()
-	s.TimeWaitDwell = t.twDwell.Snapshot()
-	s.Lifetime = t.lifetime.Snapshot()
+	set := t.set.Load()
+	s.TimeWaitLimit = int(set.twLimit)
+	s.TimeWaitTimeout = set.timeWait
+	var hs [5][histStripes]*Histogram
+	for i := range t.hist {
+		h := &t.hist[i]
+		hs[0][i], hs[1][i], hs[2][i], hs[3][i], hs[4][i] = &h.handshake, &h.dial, &h.setup, &h.twDwell, &h.lifetime
+	}
+	s.Handshake = snapshotOf(hs[0][:])
+	s.Dial = snapshotOf(hs[1][:])
+	s.Setup = snapshotOf(hs[2][:])
+	s.TimeWaitDwell = snapshotOf(hs[3][:])
+	s.Lifetime = snapshotOf(hs[4][:])
 	return s
 }
 
 // Conns returns the live table, in ID order, keeping the rows keep accepts
-// (nil keeps all).
+// (nil keeps all). keep runs under one entry's lock at a time.
 func (t *Table) Conns(keep func(*Conn) bool) []Conn {
 	now := t.now()
-	t.mu.Lock()
-	out := make([]Conn, 0, len(t.byID))
-	for _, e := range t.byID {
-		c := Conn{
-			ID:          e.id,
-			Tuple:       e.key.tuple(),
-			State:       e.ends[sideTCPD].state,
-			ClientState: e.ends[sideClient].state,
-			Opened:      t.wall(e.opened),
-			Since:       t.wall(e.ends[sideTCPD].since),
-			BytesIn:     e.ends[sideClient].bytes,
-			BytesOut:    e.ends[sideTCPD].bytes,
-			Handshake:   e.handshake,
-			Dial:        e.dial,
-			MSS:         e.mss,
-			ClampedFrom: e.clampedFrom,
-			AdvMSS:      e.advMSS,
-		}
-		if e.inTW {
-			c.TimeWaitLeft = max(e.twDeadline.sub(now), 0)
-		}
-		if keep == nil || keep(&c) {
-			out = append(out, c)
+	var out []Conn
+	var es []*entry
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		es = sh.byID.appendAll(es[:0])
+		sh.mu.Unlock()
+		for _, e := range es {
+			e.mu.Lock()
+			if !e.gone {
+				c := e.connLocked(t, now)
+				if keep == nil || keep(&c) {
+					out = append(out, c)
+				}
+			}
+			e.mu.Unlock()
 		}
 	}
-	t.mu.Unlock()
+	clear(es)
 	sortConns(out)
 	return out
 }
 
+// connLocked is e's row of the live table.
+func (e *entry) connLocked(t *Table, now mono) Conn {
+	c := Conn{
+		ID:          e.id,
+		Tuple:       e.key.tuple(),
+		State:       e.ends[sideTCPD].state,
+		ClientState: e.ends[sideClient].state,
+		Opened:      t.wall(e.opened),
+		Since:       t.wall(e.ends[sideTCPD].since),
+		BytesIn:     e.ends[sideClient].bytes,
+		BytesOut:    e.ends[sideTCPD].bytes,
+		Handshake:   e.handshake,
+		Dial:        e.dial,
+		MSS:         e.mss,
+		ClampedFrom: e.clampedFrom,
+		AdvMSS:      e.advMSS,
+	}
+	if e.list == onTimeWait {
+		c.TimeWaitLeft = max(e.twDeadline.sub(now), 0)
+	}
+	return c
+}
+
 // Len returns the number of live entries, without the cost of a Snapshot.
 func (t *Table) Len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.byID)
+	n := 0
+	for i := range t.shards {
+		n += int(t.shards[i].entries.Load())
+	}
+	return n
 }

@@ -94,22 +94,35 @@ type HistogramSnapshot struct {
 }
 
 // Snapshot copies the histogram.
-func (h *Histogram) Snapshot() HistogramSnapshot {
+func (h *Histogram) Snapshot() HistogramSnapshot { return snapshotOf([]*Histogram{h}) }
+
+// snapshotOf copies the sum of hs, the stripes of one histogram.
+func snapshotOf(hs []*Histogram) HistogramSnapshot {
 	s := HistogramSnapshot{Buckets: make([]uint64, len(ClassicBounds)), Native: map[int]uint64{}}
+	classic := make([]uint64, len(ClassicBounds)+1)
+	var count uint64
+	var sum int64
+	for _, h := range hs {
+		for i := range classic {
+			classic[i] += h.classic[i].Load()
+		}
+		s.ZeroCount += h.zero.Load()
+		for i := range h.native {
+			if n := h.native[i].Load(); n > 0 {
+				s.Native[i+nativeFirstIndex] += n
+			}
+		}
+		sum += h.sumNano.Load()
+		count += h.count.Load()
+	}
 	var cum uint64
 	for i := range ClassicBounds {
-		cum += h.classic[i].Load()
+		cum += classic[i]
 		s.Buckets[i] = cum
 	}
-	cum += h.classic[len(ClassicBounds)].Load()
-	s.ZeroCount = h.zero.Load()
-	for i := range h.native {
-		if n := h.native[i].Load(); n > 0 {
-			s.Native[i+nativeFirstIndex] = n
-		}
-	}
-	s.Sum = time.Duration(h.sumNano.Load()).Seconds()
-	s.Count = max(h.count.Load(), cum)
+	cum += classic[len(ClassicBounds)]
+	s.Sum = time.Duration(sum).Seconds()
+	s.Count = max(count, cum)
 	return s
 }
 

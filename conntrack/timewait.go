@@ -48,17 +48,17 @@ func tsLT(a, b uint32) bool { return int32(a-b) < 0 }
 
 // sentByTCPD records what a segment from tcpd's netstack says about how
 // the netstack would answer in TIME_WAIT.
-func (e *entry) sentByTCPD(s Segment, now mono) {
-	e.wnd = s.Wnd
+func (m *machine) sentByTCPD(s Segment, now mono) {
+	m.wnd = s.Wnd
 	if s.TS {
-		e.ts, e.tsVal, e.tsAt, e.tsEcr = true, s.TSVal, now, s.TSEcr
+		m.ts, m.tsVal, m.tsAt, m.tsEcr = true, s.TSVal, now, s.TSEcr
 	}
 }
 
 // timeWaitVerdict decides what TIME_WAIT does with s, a segment from the
 // client, and keeps TS.Recent up to date as the endpoint would. It touches
-// the entry only, not the table.
-func (e *entry) timeWaitVerdict(s Segment) twVerdict {
+// the machine only, not the table.
+func (e *machine) timeWaitVerdict(s Segment) twVerdict {
 	switch {
 	case s.Flags&FlagRST != 0:
 		return twIgnoreRST
@@ -89,7 +89,7 @@ func (e *entry) timeWaitVerdict(s Segment) twVerdict {
 // 2): if the old connection used timestamps and s carries them, a newer
 // TSval, or an equal one with a sequence number beyond the old
 // connection's; otherwise a sequence number beyond the old connection's.
-func (e *entry) newIncarnation(s Segment) bool {
+func (e *machine) newIncarnation(s Segment) bool {
 	seqNewer := seqGT(s.Seq, e.ends[sideClient].nxt)
 	if e.ts && s.TS {
 		return tsLT(e.tsEcr, s.TSVal) || (s.TSVal == e.tsEcr && seqNewer)
@@ -98,7 +98,7 @@ func (e *entry) newIncarnation(s Segment) bool {
 }
 
 // timeWaitReply is the ACK the endpoint would send now.
-func (e *entry) timeWaitReply(now mono) Reply {
+func (e *machine) timeWaitReply(now mono) Reply {
 	d := &e.ends[sideTCPD]
 	r := Reply{Seq: d.nxt, Ack: d.ack, Wnd: e.wnd}
 	if e.ts {
@@ -108,29 +108,45 @@ func (e *entry) timeWaitReply(now mono) Reply {
 	return r
 }
 
-// timeWaitLocked applies TIME_WAIT's verdict on a segment from the client
-// to the table.
-func (t *Table) timeWaitLocked(e *entry, k key, s Segment, now mono) Action {
+// timeWaitLocked applies TIME_WAIT's verdict on a segment from the client.
+// e's lock is held.
+func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action {
 	switch e.timeWaitVerdict(s) {
 	case twIgnoreRST:
-		t.counters.RSTIgnored++
+		sh.counters.inc(cRSTIgnored)
 		// The client has aborted its end all the same.
-		t.setStateLocked(e, sideClient, StateClosed, now)
+		sh.setStateLocked(t, e, sideClient, StateClosed, now)
 		return Action{Kind: ActionDrop}
 	case twReuse:
-		t.counters.TimeWaitReused++
-		t.twDwell.Observe(now.sub(e.twSince))
-		t.removeLocked(e, now)
-		t.createLocked(k, s, now)
+		// The new connection is one more handshake for its client, capped
+		// like any other; a SYN over the cap leaves TIME_WAIT as it was.
+		k := e.key
+		c := t.clientOf(k)
+		if !c.reserve(k.client, t.set.Load().synRecvCap) {
+			return Action{Kind: ActionRefuse}
+		}
+		sh.counters.inc(cTimeWaitReused)
+		sh.hist.twDwell.Observe(now.sub(e.twSince))
+		sh.mu.Lock()
+		sh.removeLockedW(t, e, now)
+		if t.reserveEntry() {
+			sh.insertLocked(sh.newEntry(t, k, e.khash, s, now))
+		} else {
+			sh.counters.inc(cTableFull)
+			c.release(k.client)
+		}
+		sh.mu.Unlock()
 		return Action{Kind: ActionReuse}
 	case twAckRestart:
 		// RFC 9293 3.10.7.4, TIME-WAIT: acknowledge it and restart the
 		// 2 MSL timeout.
-		t.twUnlinkLocked(e)
-		t.twPushLocked(e, now)
+		sh.mu.Lock()
+		sh.tw.unlink(e)
+		sh.twPushLockedW(e, now, t.set.Load().timeWait)
+		sh.mu.Unlock()
 		fallthrough
 	case twAck:
-		t.counters.TimeWaitAcks++
+		sh.counters.inc(cTimeWaitAcks)
 		return Action{Kind: ActionReply, Reply: e.timeWaitReply(now)}
 	}
 	return Action{Kind: ActionDrop}

@@ -229,14 +229,6 @@ func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
 	return 0, true
 }
 
-// synOverCap reports whether client has as many connections in SYN_RCVD as
-// its in-flight cap allows, for the link to drop its SYNs before they open
-// one more. conntrack counts them synchronously with the SYNs, so the cap
-// holds exactly, unlike the handler's count, which lags behind a flood.
-func (s *Stack) synOverCap(client netip.Addr) bool {
-	return s.table.SynRecvFrom(client) >= s.tune.Load().MaxInFlightPerClient
-}
-
 // release gives back an in-flight slot.
 func (s *Stack) release(client netip.Addr) {
 	s.mu.Lock()

@@ -48,8 +48,6 @@ type link struct {
 	// reuse hands the netstack a SYN that reopens a 4-tuple conntrack held
 	// in TIME_WAIT; false means it kept the SYN to deliver it later.
 	reuse func(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool
-	// synOverCap reports a client at its in-flight handshake cap.
-	synOverCap func(client netip.Addr) bool
 	// clampSYN lowers the MSS of a client's SYN to what the path back to
 	// the client carries (Stack.clampSYN).
 	clampSYN func(pkt []byte, client, dst netip.AddrPort, mss uint16, csum kernelCsum) (uint16, uint16)
@@ -207,21 +205,20 @@ func (l *link) deliverPacket(pkt []byte, csum kernelCsum) {
 		}
 	}
 	from, to, seg, ok := parseTCP(pkt)
-	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN {
-		if l.synOverCap != nil && l.synOverCap(src) {
-			// A client at its handshake cap: drop its SYN here, before it
-			// costs a conntrack entry, a forwarder slot and a goroutine,
-			// as a full SYN queue would. The client retransmits.
-			l.stats.Dropped[DropMaxInFlightPerClient].Add(1)
-			return
-		}
-		if l.clampSYN != nil {
-			seg.MSS, seg.ClampedFrom = l.clampSYN(pkt, from, to, seg.MSS, csum)
-		}
+	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN && l.clampSYN != nil {
+		seg.MSS, seg.ClampedFrom = l.clampSYN(pkt, from, to, seg.MSS, csum)
 	}
 	if ok && !l.noTrack {
 		tu := conntrack.Tuple{Client: from, Dst: to}
 		switch a := l.table.Segment(conntrack.FromClient, tu, seg); a.Kind {
+		case conntrack.ActionRefuse:
+			// A client at its handshake cap (conntrack counts them with
+			// the SYNs, exactly, however many packet loops there are):
+			// drop its SYN here, before it costs a conntrack entry, a
+			// forwarder slot and a goroutine, as a full SYN queue would.
+			// The client retransmits.
+			l.stats.Dropped[DropMaxInFlightPerClient].Add(1)
+			return
 		case conntrack.ActionDrop:
 			// TIME_WAIT took it.
 			return

@@ -397,7 +397,6 @@ func (s *Stack) buildNetstack() error {
 	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table)
 	s.link.noTrack = s.cfg.noTrack
 	s.link.reuse = s.reuseSYN
-	s.link.synOverCap = s.synOverCap
 	s.link.clampSYN = s.clampSYN
 	s.ns = gvstack.New(gvstack.Options{
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},

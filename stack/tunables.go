@@ -133,6 +133,8 @@ func (t *Tunables) conntrackConfig() conntrack.Config {
 		TimeWaitLimit: t.TimeWaitLimit,
 		// A SYN no handler took is given as long as a handshake.
 		Unclaimed: t.HandshakeTimeout,
+		// The link drops a client's SYNs beyond its in-flight cap.
+		MaxSynRecvPerClient: t.MaxInFlightPerClient,
 	}
 }
 

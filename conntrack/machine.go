@@ -1,0 +1,268 @@
+package conntrack
+
+// The per-connection state machine: one connection's two ends, fed one
+// segment at a time. It is pure in the narrow sense: it changes only its own
+// fields and reports what happened. Everything that concerns more than one
+// connection — counts per state, each client's handshakes, the TIME_WAIT cap
+// and list, counters, histograms, removal — is the table's (shard.go), which
+// compares the ends' states before and after each call.
+
+const (
+	sideTCPD   = 0
+	sideClient = 1
+)
+
+// Sequence-number comparisons modulo 2^32 (RFC 9293 3.4).
+func seqLT(a, b uint32) bool  { return int32(a-b) < 0 }
+func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
+func seqGT(a, b uint32) bool  { return int32(a-b) > 0 }
+func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
+
+// end is one end's view of the connection, built from the segments it sent
+// and those it acknowledged.
+type end struct {
+	state State
+	since mono
+	// iss is the end's initial sequence number; synSent says it is known.
+	iss     uint32
+	synSent bool
+	// nxt is the highest sequence number the end has sent plus one
+	// (SND.NXT as seen on the wire); dataNxt the same without SYN and FIN.
+	nxt, dataNxt uint32
+	// ack is the highest acknowledgment the end has sent: its RCV.NXT as
+	// last advertised.
+	ack     uint32
+	ackSent bool
+	// finSeq is the sequence number of the end's FIN.
+	finSeq   uint32
+	finSent  bool
+	finAcked bool // the peer acknowledged finSeq+1
+	finRcvd  bool // the end acknowledged the peer's FIN
+	bytes    uint64
+}
+
+// machine is one connection's state machine: both ends, and what tcpd's
+// netstack last said that TIME_WAIT must repeat.
+type machine struct {
+	ends [2]end
+	// synAckAt is when tcpd's SYN-ACK crossed the TUN; advMSS its MSS
+	// option.
+	synAckAt mono
+	advMSS   uint16
+
+	// What tcpd's netstack last sent, for the ACKs tcpd sends itself in
+	// TIME_WAIT: the window field, and with the timestamps option (ts) its
+	// TSval, when it was seen (tsAt) and the TSecr it echoed, which
+	// TIME_WAIT keeps as TS.Recent (RFC 7323 4.3).
+	wnd          uint16
+	ts           bool
+	tsVal, tsEcr uint32
+	tsAt         mono
+}
+
+// outcome is what a segment did besides moving the ends' states.
+type outcome uint8
+
+const (
+	outNone outcome = iota
+	// outRSTIgnored: an RST its receiver would not accept (RFC 5961 3.2).
+	outRSTIgnored
+	// outReset: an acceptable RST closed both ends.
+	outReset
+)
+
+// opened starts a machine from a client's SYN: tcpd's netstack is
+// conceptually LISTEN and takes it to SYN-RECEIVED (RFC 9293 3.10.7.2); the
+// client has sent it: SYN-SENT.
+func opened(s Segment, now mono) machine {
+	var m machine
+	m.ends[sideTCPD] = end{state: StateSynRecv, since: now}
+	m.ends[sideClient] = end{state: StateSynSent, since: now, iss: s.Seq, synSent: true, nxt: s.Seq + 1, dataNxt: s.Seq + 1}
+	return m
+}
+
+// states returns both ends' states, tcpd's first.
+func (m *machine) states() [2]State {
+	return [2]State{m.ends[sideTCPD].state, m.ends[sideClient].state}
+}
+
+// setState moves one end to s, recording when.
+func (m *machine) setState(side int, s State, now mono) {
+	if e := &m.ends[side]; e.state != s {
+		e.state, e.since = s, now
+	}
+}
+
+// segment runs one segment that crossed the TUN in direction dir through
+// both ends, outside TIME_WAIT (timewait.go has those duties).
+func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
+	if dir == ToClient {
+		m.sentByTCPD(s, now)
+	}
+	xs, ys := sideClient, sideTCPD
+	if dir == ToClient {
+		xs, ys = sideTCPD, sideClient
+	}
+	x, y := &m.ends[xs], &m.ends[ys]
+
+	if s.Flags&FlagRST != 0 {
+		return m.rst(xs, ys, s, now)
+	}
+
+	syn := s.Flags&FlagSYN != 0
+	if syn {
+		if !x.synSent {
+			x.iss, x.synSent = s.Seq, true
+			x.nxt, x.dataNxt = s.Seq+1, s.Seq+1
+		}
+		switch {
+		case s.Flags&FlagACK == 0:
+			// A SYN from an end that has not synchronized: simultaneous
+			// open takes the receiver from SYN-SENT to SYN-RECEIVED
+			// (RFC 9293 3.5, figure 8).
+			if x.state == StateClosed || x.state == StateListen {
+				m.setState(xs, StateSynSent, now)
+			}
+			if y.state == StateSynSent && y.synSent {
+				m.setState(ys, StateSynRecv, now)
+			}
+		default:
+			// SYN-ACK: the sender is in SYN-RECEIVED.
+			if xs == sideTCPD {
+				if m.synAckAt == 0 {
+					m.synAckAt = now
+				}
+				m.advMSS = s.MSS
+			}
+			if x.state == StateListen || x.state == StateSynSent {
+				m.setState(xs, StateSynRecv, now)
+			}
+			// The receiver in SYN-SENT whose SYN it acknowledges becomes
+			// established when it processes it (RFC 9293 3.10.7.3), which
+			// the wire shows only by its ACK of this SYN: see below.
+		}
+	}
+
+	if s.Flags&FlagACK != 0 {
+		if !x.ackSent || seqGT(s.Ack, x.ack) {
+			x.ack, x.ackSent = s.Ack, true
+		}
+		// An end in SYN-SENT that acknowledges the peer's SYN has
+		// received the SYN-ACK (RFC 9293 3.10.7.3); a SYN-ACK that was
+		// lost on its way leaves it in SYN-SENT, as `ss` would show.
+		if x.state == StateSynSent && y.synSent && s.Ack == y.iss+1 {
+			m.setState(xs, StateEstablished, now)
+		}
+		// The ACK of the receiver's SYN completes its handshake
+		// (RFC 9293 3.10.7.4, SYN-RECEIVED).
+		if y.state == StateSynRecv && y.synSent && seqGEQ(s.Ack, y.iss+1) && seqLEQ(s.Ack, y.nxt) {
+			m.setState(ys, StateEstablished, now)
+		}
+		// A FIN counts as acknowledged only by an ACK of FIN.SEQ+1.
+		if y.finSent && !y.finAcked && seqGEQ(s.Ack, y.finSeq+1) {
+			y.finAcked = true
+			x.finRcvd = true
+			// The sender has consumed the receiver's FIN.
+			switch x.state {
+			case StateSynRecv, StateEstablished:
+				m.setState(xs, StateCloseWait, now)
+			case StateFinWait1:
+				if x.finAcked {
+					m.setState(xs, StateTimeWait, now)
+				} else {
+					m.setState(xs, StateClosing, now) // simultaneous close
+				}
+			case StateFinWait2:
+				m.setState(xs, StateTimeWait, now)
+			}
+			// The receiver's FIN is acknowledged.
+			switch y.state {
+			case StateFinWait1:
+				if y.finRcvd {
+					m.setState(ys, StateTimeWait, now)
+				} else {
+					m.setState(ys, StateFinWait2, now)
+				}
+			case StateClosing:
+				m.setState(ys, StateTimeWait, now)
+			case StateLastAck:
+				m.setState(ys, StateClosed, now)
+			}
+		}
+	}
+
+	// Sequence space and payload bytes.
+	dataStart := s.Seq
+	if syn {
+		dataStart++
+	}
+	if x.synSent {
+		if dataEnd := dataStart + s.Len; s.Len > 0 && seqGT(dataEnd, x.dataNxt) {
+			x.bytes += uint64(dataEnd - x.dataNxt)
+			x.dataNxt = dataEnd
+		}
+		segEnd := dataStart + s.Len
+		if s.Flags&FlagFIN != 0 {
+			segEnd++
+		}
+		if seqGT(segEnd, x.nxt) {
+			x.nxt = segEnd
+		}
+	}
+
+	if s.Flags&FlagFIN != 0 && !x.finSent {
+		x.finSent, x.finSeq = true, dataStart+s.Len
+		switch x.state {
+		case StateSynRecv, StateEstablished:
+			m.setState(xs, StateFinWait1, now)
+		case StateCloseWait:
+			m.setState(xs, StateLastAck, now)
+		}
+	}
+	return outNone
+}
+
+// rst handles a RST from side xs. RFC 5961 3.2: the receiver accepts it only
+// if its sequence number is exactly RCV.NXT; on the wire RCV.NXT lies between
+// the last ACK the receiver sent and what the sender has sent, so a RST in
+// that range is taken, and anything else (out of window, or in window but
+// not at RCV.NXT, which earns a challenge ACK) is ignored. In SYN-SENT it is
+// acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
+func (m *machine) rst(xs, ys int, s Segment, now mono) outcome {
+	x, y := &m.ends[xs], &m.ends[ys]
+	// A RST that acknowledges nothing of the receiver's current connection
+	// comes from an older incarnation of the 4-tuple (a TIME_WAIT endpoint
+	// retired for reuse): it belongs to no end here.
+	if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.nxt)) {
+		return outRSTIgnored
+	}
+	// Likewise a RST whose sequence number lies outside everything the
+	// sender has sent on this connection, or from an end that has sent
+	// nothing yet and acknowledges nothing (tcpd before its SYN-ACK: its
+	// only legitimate RST is the refusal, which acknowledges the SYN).
+	if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.nxt))) {
+		return outRSTIgnored
+	}
+	var acceptable bool
+	switch {
+	case y.state == StateSynSent:
+		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
+	case y.ackSent:
+		hi := x.nxt
+		if seqLT(hi, y.ack) {
+			hi = y.ack
+		}
+		acceptable = seqGEQ(s.Seq, y.ack) && seqLEQ(s.Seq, hi)
+	default:
+		// The receiver has acknowledged nothing yet (tcpd before its
+		// SYN-ACK): RCV.NXT is the sender's ISS+1.
+		acceptable = x.synSent && (s.Seq == x.iss+1 || s.Seq == x.nxt)
+	}
+	// The sender has aborted its end either way.
+	m.setState(xs, StateClosed, now)
+	if !acceptable {
+		return outRSTIgnored
+	}
+	m.setState(ys, StateClosed, now)
+	return outReset
+}
