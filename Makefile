@@ -42,15 +42,13 @@ bench-base:
 # loops (one per TUN queue): the receive path (parse, checks, conntrack,
 # delivery into the netstack) and the connection manager's table, at each
 # -cpu of SCALING_CPUS, SCALING_COUNT times; time and lock wait per
-# operation, then the medians. No root needed. See bench/README.md.
+# operation, then the medians. SCALING_BASE=<commit> runs that commit's
+# benchmarks too, interleaved. No root needed. See bench/README.md.
 SCALING_CPUS  ?= 1,2,4,8,16
 SCALING_COUNT ?= 3
+SCALING_BASE  ?=
 bench-scaling:
-	mkdir -p bench/out
-	$(GO) test -run '^$$' -bench 'BenchmarkTable|BenchmarkReceivePath' -cpu $(SCALING_CPUS) -count $(SCALING_COUNT) \
-		./conntrack ./stack > bench/out/scaling.txt || { cat bench/out/scaling.txt; exit 1; }
-	cat bench/out/scaling.txt
-	$(GO) run ./bench/cmd/benchmedian < bench/out/scaling.txt
+	GO='$(GO)' SCALING_CPUS='$(SCALING_CPUS)' SCALING_COUNT='$(SCALING_COUNT)' sh bench/scaling.sh $(SCALING_BASE)
 
 # Go modules of their own under deploy/, so that the daemon's go.mod stays
 # lean: the image builder (go-containerregistry) and the Kubernetes
