@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -601,4 +602,53 @@ func (c countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// TestRelayClientResetAtOnce connects, sends a few bytes and resets, 300
+// times as fast as it can: the reset often arrives while tcpd is still
+// completing the handshake or attaching the relay. The destination must
+// see every one of these connections end with a reset, never a FIN, which
+// would make a request cut short look whole.
+func TestRelayClientResetAtOnce(t *testing.T) {
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, LogLevel: "info"})
+	const n, msg = 300, 45
+	var (
+		mu    sync.Mutex
+		ends  = map[string]int{}
+		count atomic.Int64
+	)
+	port := serve(t, g.Server, func(c net.Conn) {
+		defer count.Add(1)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		got, err := io.Copy(io.Discard, c)
+		end := endName(err)
+		if got > msg {
+			end = "more bytes than were sent"
+		}
+		mu.Lock()
+		ends[end]++
+		mu.Unlock()
+	})
+	addr := net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port))
+	for i := range n {
+		c, err := g.Client.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Write(make([]byte, msg))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	// Every connection the destination accepted has ended.
+	m, _ := waitMetrics(t, g, 10*time.Second, func(m map[string]float64) bool { return idle(m) })
+	accepted := m[`tcpd_connections_total{result="relayed"}`] + m[`tcpd_connections_total{result="handshake_failed"}`] + m[drop("untracked")]
+	waitFor(10*time.Second, func() bool { return count.Load() >= int64(accepted) })
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("the destination saw %v; tcpd: connections %v, untracked %v", ends, nonZero(m, "tcpd_connections_total"), m[drop("untracked")])
+	for end, k := range ends {
+		if end != "ECONNRESET" {
+			t.Errorf("%d of the destination's connections ended with %s; want every one reset", k, end)
+		}
+	}
 }

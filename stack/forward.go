@@ -127,8 +127,10 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	expire.Stop()
 	req.complete(false)
 	if terr != nil {
-		// The client went away or never finished its handshake.
-		upstream.Close()
+		// The client went away or never finished its handshake: the
+		// destination, which accepted, must not read that as a clean
+		// end (FIN) of a request; it gets a reset.
+		resetConn(upstream)
 		s.stats.Connections[ResultHandshakeFailed].Add(1)
 		if ce := log.Check(zap.DebugLevel, "client handshake failed"); ce != nil {
 			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.String("error", terr.String()))

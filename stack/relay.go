@@ -368,12 +368,17 @@ func (r *relay) abort() {
 	r.endOnce.Do(func() { r.end = EndAborted })
 	r.abortOnce.Do(func() {
 		r.ep.Abort()
-		if tc, ok := r.upstream.(*net.TCPConn); ok {
-			tc.SetLinger(0)
-		}
-		r.upstream.Close()
+		resetConn(r.upstream)
 		r.ep.Close()
 	})
+}
+
+// resetConn closes c with a reset (SO_LINGER 0) rather than a FIN.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 func (r *relay) recoverPanic() {
