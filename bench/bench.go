@@ -83,6 +83,9 @@ type Config struct {
 	// transfer ends, e.g. `perf record -g -p {pid} -o bench/out/{name}.data`.
 	// Empty means no profiling (tcpd has no profiling endpoint of its own).
 	ProfileCmd string
+	// Soak is how long the soak runs (soak.go); it runs only when Only
+	// names it. Zero means 3m.
+	Soak time.Duration
 	// Progress receives one line per measurement. Nil means none.
 	Progress io.Writer
 }
@@ -107,6 +110,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.Idle, math.MaxInt32)
 	def(&c.IdleTimeWait, 10*time.Second)
 	def(&c.IdleAfter, 10*time.Second)
+	def(&c.Soak, 3*time.Minute)
 	if c.Perf == "" {
 		c.Perf = "perf"
 	}
@@ -118,8 +122,9 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// groups are the measurement groups Only may name, in running order.
-var groups = []string{"bulk", "rate", "count", "latency", "idle", "wireguard"}
+// groups are the measurement groups Only may name, in running order. The
+// soak runs only when named.
+var groups = []string{"bulk", "rate", "count", "latency", "idle", "wireguard", "soak"}
 
 // checkOnly rejects an unknown group in Only.
 func (c *Config) checkOnly() error {
@@ -132,7 +137,12 @@ func (c *Config) checkOnly() error {
 }
 
 // runs reports whether the group g is measured.
-func (c *Config) runs(g string) bool { return len(c.Only) == 0 || slices.Contains(c.Only, g) }
+func (c *Config) runs(g string) bool {
+	if g == "soak" {
+		return slices.Contains(c.Only, g)
+	}
+	return len(c.Only) == 0 || slices.Contains(c.Only, g)
+}
 
 // Report is the result of a run, as written to results.json.
 type Report struct {
@@ -152,6 +162,8 @@ type Report struct {
 	// TCPDLogBytes is the size of the main tcpd instance's log output.
 	TCPDLogBytes   int     `json:"tcpd_log_bytes"`
 	RuntimeSeconds float64 `json:"runtime_seconds"`
+	// Soak is the soak's outcome, when it ran.
+	Soak *SoakResult `json:"soak,omitempty"`
 }
 
 // Machine describes where the run happened.

@@ -155,6 +155,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			*w.p = p
 		}
 	}
+	var soakPath *path
+	if cfg.runs("soak") {
+		if soakPath, err = newPath("tcpd", cfg.TCPD); err != nil {
+			return nil, err
+		}
+	}
 	var ids []string
 	for _, l := range labs {
 		ids = append(ids, l.ID)
@@ -239,6 +245,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			return nil, err
 		}
 	}
+	var soak *SoakResult
+	if cfg.runs("soak") {
+		if soak, err = b.soakPhase(ctx, soakPath); err != nil {
+			return nil, err
+		}
+	}
 
 	rep = &Report{
 		Date: b.start.UTC().Format(time.RFC3339),
@@ -252,6 +264,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		Notes:        b.notes,
 		TCPDMetrics:  selectMetrics(final["tcpd"]),
 		TCPDLogBytes: logBytes,
+		Soak:         soak,
 	}
 	if m, ok := final["base"]; ok {
 		rep.BaseMetrics = selectMetrics(m)

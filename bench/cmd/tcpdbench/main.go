@@ -36,7 +36,8 @@ func main() {
 	var cfg bench.Config
 	flag.StringVar(&cfg.TCPD, "tcpd", "bin/tcpd", "tcpd `binary` to measure")
 	flag.StringVar(&cfg.Base, "base", "", "a second tcpd `binary` (say, bin/tcpd-base from `make bench-base`) measured\nalongside, interleaved, for before/after figures from one run")
-	only := flag.String("only", "", "comma-separated `list` of the measurements to run: bulk, rate, count, latency, idle,\nwireguard (default: all)")
+	only := flag.String("only", "", "comma-separated `list` of the measurements to run: bulk, rate, count, latency, idle,\nwireguard, soak (default: all but soak)")
+	flag.DurationVar(&cfg.Soak, "soak", 3*time.Minute, "length of the soak (runs only with --only soak)")
 	flag.StringVar(&cfg.Perf, "perf", "perf", "perf `binary` of the counting phase (system calls and goroutines per connection)")
 	out := flag.String("out", "bench/out/results.json", "write the results as JSON to `file` (\"\" for none)")
 	flag.IntVar(&cfg.Runs, "runs", 3, "repetitions of each measurement; the table shows medians")
@@ -104,6 +105,12 @@ func run(cfg bench.Config, out string) int {
 	if err := rep.WriteTable(os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "tcpdbench:", err)
 		return 1
+	}
+	if rep.Soak != nil {
+		if err := rep.Soak.Write(os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "tcpdbench:", err)
+			return 1
+		}
 	}
 	if out != "" {
 		if err := writeJSON(out, rep); err != nil {
