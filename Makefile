@@ -5,7 +5,7 @@ BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo bench bench-base bench-scaling test test-short vet fmt clean deb image
+.PHONY: all build demo bench bench-base bench-scaling test test-one-queue test-short vet fmt clean deb image
 
 all: build
 
@@ -20,7 +20,8 @@ demo: build
 # Measures tcpd against the kernel's own forwarding in the same run (root:
 # network namespaces and a TUN device): throughput, connection rate and
 # tcpd's cost per connection, connect latency, memory per idle connection,
-# CPU per GB. About 4 minutes; prints a table and writes
+# CPU per GB, and tun.queues 1 against auto (8 streams each way, connections
+# from 64 client addresses). About 7 minutes; prints a table and writes
 # bench/out/results.json. See bench/README.md.
 BENCHFLAGS ?=
 bench:
@@ -62,6 +63,12 @@ SUBMODULES := deploy/image deploy/kubernetes
 test: vet
 	$(GO) test -count=1 -timeout 40m ./...
 	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) test -count=1 -timeout 20m ./..."; (cd $$m && $(GO) test -count=1 -timeout 20m ./...) || exit 1; done
+
+# The root tests on the real binary (e2e) once more with tcpd's TUN on one
+# queue (tun.queues: 1). `make test` runs them with tun.queues auto (a queue
+# per CPU), and its state-truth tests in both modes.
+test-one-queue:
+	TCPD_E2E_TUN_QUEUES=1 $(GO) test -count=1 -timeout 40m ./e2e/
 
 # Tier A only: no root, no namespaces.
 test-short:

@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,8 +27,12 @@ import (
 // gwConfig is the part of tcpd's configuration a test varies; the rest is the
 // embedded default.
 type gwConfig struct {
-	MTU              int
-	Offload          string
+	MTU     int
+	Offload string
+	// Queues is tun.queues; "" means $TCPD_E2E_TUN_QUEUES, or auto if that
+	// is unset, so that the whole suite can run with one queue and with
+	// several.
+	Queues           string
 	Clients          []string
 	DialTimeout      string
 	HalfCloseTimeout string
@@ -69,6 +74,12 @@ func (c gwConfig) yaml() string {
 	}
 	if c.Offload == "" {
 		c.Offload = "auto"
+	}
+	if c.Queues == "" {
+		c.Queues = os.Getenv("TCPD_E2E_TUN_QUEUES")
+	}
+	if c.Queues == "" {
+		c.Queues = "auto"
 	}
 	if c.Clients == nil {
 		c.Clients = []string{"100.64.0.0/10", "fd64::/64"}
@@ -149,6 +160,7 @@ func (c gwConfig) yaml() string {
   mtu: %d
   addresses: ["100.64.0.1/32", "fd64::1/128"]
   offload: %s
+  queues: %s
 clients: ["%s"]
 upstream:
   dial_timeout: %s
@@ -164,7 +176,7 @@ admin:
   socket: "%s"
 log:
   level: %s
-`, c.MTU, c.Offload, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, strings.Join(c.SourceAddresses, ", "), c.HalfCloseTimeout,
+`, c.MTU, c.Offload, c.Queues, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, strings.Join(c.SourceAddresses, ", "), c.HalfCloseTimeout,
 		c.TimeWait, c.TimeWaitLimit, extra.String(), listen, c.AdminSocket, c.LogLevel)
 }
 

@@ -244,6 +244,19 @@ func assertNoCorrections(t *testing.T, g *gateway) {
 	}
 }
 
+// inBothQueueModes runs test twice, in parallel subtests: with one TUN
+// queue and with tun.queues auto (one per CPU: several wherever there are
+// several CPUs). The states must be exact whether a connection's packets
+// cross one packet loop or several.
+func inBothQueueModes(t *testing.T, test func(t *testing.T, queues string)) {
+	for _, q := range []string{"1", "auto"} {
+		t.Run("queues="+q, func(t *testing.T) {
+			t.Parallel()
+			test(t, q)
+		})
+	}
+}
+
 // stateLab starts a gateway with metrics and an admin socket, and a server
 // whose connections the test controls: each accepted connection is handed
 // over on the returned channel and held open until the test closes it or
@@ -397,90 +410,94 @@ const synRecvBound = 2 * time.Minute
 // about 127s after the SYN) and their entries must go away.
 func TestStateSynRecv(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{})
-	ghost := netip.MustParseAddr("100.64.1.77")
-	dst := netip.AddrPortFrom(g.ServerAddr4, uint16(port))
-	start := time.Now()
-	for i := range nConns {
-		sendRawSYN(t, g, netip.AddrPortFrom(ghost, uint16(42000+i)), dst)
-	}
-	// tcpd dials the destination before it answers the client: the server
-	// accepts every one.
-	timeout := time.After(10 * time.Second)
-	for i := range nConns {
-		select {
-		case <-accepted:
-		case <-timeout:
-			t.Fatalf("the server accepted %d of %d upstream connections", i, nConns)
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues})
+		ghost := netip.MustParseAddr("100.64.1.77")
+		dst := netip.AddrPortFrom(g.ServerAddr4, uint16(port))
+		start := time.Now()
+		for i := range nConns {
+			sendRawSYN(t, g, netip.AddrPortFrom(ghost, uint16(42000+i)), dst)
 		}
-	}
-	// A crafted SYN has no socket behind it, so the mirror of the client's
-	// SYN-SENT in the client kernel is no socket at all.
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "syn_recv", client: "syn_sent", ss: ""})
+		// tcpd dials the destination before it answers the client: the server
+		// accepts every one.
+		timeout := time.After(10 * time.Second)
+		for i := range nConns {
+			select {
+			case <-accepted:
+			case <-timeout:
+				t.Fatalf("the server accepted %d of %d upstream connections", i, nConns)
+			}
+		}
+		// A crafted SYN has no socket behind it, so the mirror of the client's
+		// SYN-SENT in the client kernel is no socket at all.
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "syn_recv", client: "syn_sent", ss: ""})
 
-	// The SYN-ACKs did leave through the TUN, and went nowhere: the gateway
-	// never resolved 100.64.1.77, and nothing answered with a RST.
-	m := scrape(t, g)
-	if got := m[`tcpd_tun_packets_total{direction="out"}`]; got < nConns {
-		t.Errorf("tcpd wrote %v packets to the TUN, want at least the %d SYN-ACKs", got, nConns)
-	}
-	if got := m["tcpd_conntrack_resets_total"] + m["tcpd_conntrack_rst_ignored_total"]; got != 0 {
-		t.Errorf("%v RSTs crossed the TUN: the SYN-ACKs reached a host", got)
-	}
-	var neighs []netlink.Neigh
-	if err := g.Gateway.Do(func() (err error) {
-		neighs, err = netlink.NeighList(0, netlink.FAMILY_V4)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	const resolved = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE |
-		netlink.NUD_PERMANENT | netlink.NUD_NOARP
-	for _, n := range neighs {
-		if n.IP.Equal(ghost.AsSlice()) && n.State&resolved != 0 {
-			t.Errorf("the gateway resolved %s to %s (state %#x): the SYN-ACKs were delivered to someone", ghost, n.HardwareAddr, n.State)
+		// The SYN-ACKs did leave through the TUN, and went nowhere: the gateway
+		// never resolved 100.64.1.77, and nothing answered with a RST.
+		m := scrape(t, g)
+		if got := m[`tcpd_tun_packets_total{direction="out"}`]; got < nConns {
+			t.Errorf("tcpd wrote %v packets to the TUN, want at least the %d SYN-ACKs", got, nConns)
 		}
-	}
+		if got := m["tcpd_conntrack_resets_total"] + m["tcpd_conntrack_rst_ignored_total"]; got != 0 {
+			t.Errorf("%v RSTs crossed the TUN: the SYN-ACKs reached a host", got)
+		}
+		var neighs []netlink.Neigh
+		if err := g.Gateway.Do(func() (err error) {
+			neighs, err = netlink.NeighList(0, netlink.FAMILY_V4)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		const resolved = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE |
+			netlink.NUD_PERMANENT | netlink.NUD_NOARP
+		for _, n := range neighs {
+			if n.IP.Equal(ghost.AsSlice()) && n.State&resolved != 0 {
+				t.Errorf("the gateway resolved %s to %s (state %#x): the SYN-ACKs were delivered to someone", ghost, n.HardwareAddr, n.State)
+			}
+		}
 
-	// The half-open connections are given up at last. Watch past the bound
-	// to say how long it really takes.
-	deadline := start.Add(synRecvBound + 30*time.Second)
-	for {
-		m = scrape(t, g)
-		if m["tcpd_conntrack_entries"] == 0 || time.Now().After(deadline) {
-			break
+		// The half-open connections are given up at last. Watch past the bound
+		// to say how long it really takes.
+		deadline := start.Add(synRecvBound + 30*time.Second)
+		for {
+			m = scrape(t, g)
+			if m["tcpd_conntrack_entries"] == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
 		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	took := time.Since(start).Round(100 * time.Millisecond)
-	if left := m["tcpd_conntrack_entries"]; left != 0 {
-		t.Fatalf("%v of %d half-open entries still there %v after the SYNs: %v", left, nConns, took, nonZero(m, "tcpd_tcp_connection_states"))
-	}
-	t.Logf("the %d half-open entries went away %v after the SYNs (handshake timeouts %v, expired %v, resets %v)",
-		nConns, took, m["tcpd_handshake_timeouts_total"], m["tcpd_conntrack_expired_total"], m["tcpd_conntrack_resets_total"])
-	if took > synRecvBound {
-		t.Errorf("half-open entries held for %v after the client went silent, want at most %v", took, synRecvBound)
-	}
-	if got := m[`tcpd_connections_total{result="handshake_failed"}`]; got != nConns {
-		t.Errorf(`tcpd_connections_total{result="handshake_failed"} = %v, want %d`, got, nConns)
-	}
-	assertDrained(t, g, 5*time.Second)
-	assertNoCorrections(t, g)
+		took := time.Since(start).Round(100 * time.Millisecond)
+		if left := m["tcpd_conntrack_entries"]; left != 0 {
+			t.Fatalf("%v of %d half-open entries still there %v after the SYNs: %v", left, nConns, took, nonZero(m, "tcpd_tcp_connection_states"))
+		}
+		t.Logf("the %d half-open entries went away %v after the SYNs (handshake timeouts %v, expired %v, resets %v)",
+			nConns, took, m["tcpd_handshake_timeouts_total"], m["tcpd_conntrack_expired_total"], m["tcpd_conntrack_resets_total"])
+		if took > synRecvBound {
+			t.Errorf("half-open entries held for %v after the client went silent, want at most %v", took, synRecvBound)
+		}
+		if got := m[`tcpd_connections_total{result="handshake_failed"}`]; got != nConns {
+			t.Errorf(`tcpd_connections_total{result="handshake_failed"} = %v, want %d`, got, nConns)
+		}
+		assertDrained(t, g, 5*time.Second)
+		assertNoCorrections(t, g)
+	})
 }
 
 // TestStateEstablished holds nConns open connections.
 func TestStateEstablished(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: "1s"})
-	client, server := dialN(t, g, port, nConns, accepted)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "established", client: "established", ss: "ESTAB"})
-	if got := scrape(t, g)["tcpd_tcp_handshake_duration_seconds_count"]; got != nConns {
-		t.Errorf("handshake histogram count %v, want %d", got, nConns)
-	}
-	closeAll(client)
-	closeAll(server)
-	assertDrained(t, g, stateTimeout)
-	assertNoCorrections(t, g)
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: "1s"})
+		client, server := dialN(t, g, port, nConns, accepted)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "established", client: "established", ss: "ESTAB"})
+		if got := scrape(t, g)["tcpd_tcp_handshake_duration_seconds_count"]; got != nConns {
+			t.Errorf("handshake histogram count %v, want %d", got, nConns)
+		}
+		closeAll(client)
+		closeAll(server)
+		assertDrained(t, g, stateTimeout)
+		assertNoCorrections(t, g)
+	})
 }
 
 // TestStateCloseWait: the client half-closes (shutdown(SHUT_WR)) and the
@@ -489,14 +506,16 @@ func TestStateEstablished(t *testing.T) {
 // tcpd's: FIN-WAIT-2.
 func TestStateCloseWait(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: "1s"})
-	client, server := dialN(t, g, port, nConns, accepted)
-	closeWrite(t, client)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "close_wait", client: "fin_wait2", ss: "FIN-WAIT-2"})
-	closeAll(server)
-	closeAll(client)
-	assertDrained(t, g, stateTimeout)
-	assertNoCorrections(t, g)
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: "1s"})
+		client, server := dialN(t, g, port, nConns, accepted)
+		closeWrite(t, client)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "close_wait", client: "fin_wait2", ss: "FIN-WAIT-2"})
+		closeAll(server)
+		closeAll(client)
+		assertDrained(t, g, stateTimeout)
+		assertNoCorrections(t, g)
+	})
 }
 
 // TestStateLastAck: from CLOSE_WAIT, the client's link goes down and the
@@ -506,28 +525,30 @@ func TestStateCloseWait(t *testing.T) {
 // client's goes to TIME-WAIT.
 func TestStateLastAck(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: "1s"})
-	client, server := dialN(t, g, port, nConns, accepted)
-	closeWrite(t, client)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "close_wait", client: "fin_wait2", ss: "FIN-WAIT-2"})
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: "1s"})
+		client, server := dialN(t, g, port, nConns, accepted)
+		closeWrite(t, client)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "close_wait", client: "fin_wait2", ss: "FIN-WAIT-2"})
 
-	setClientLink(t, g, false)
-	linkUp := sync.OnceFunc(func() { setClientLink(t, g, true) })
-	t.Cleanup(linkUp)
-	closeAll(server)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "last_ack", client: "fin_wait2", ss: "FIN-WAIT-2"})
+		setClientLink(t, g, false)
+		linkUp := sync.OnceFunc(func() { setClientLink(t, g, true) })
+		t.Cleanup(linkUp)
+		closeAll(server)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "last_ack", client: "fin_wait2", ss: "FIN-WAIT-2"})
 
-	linkUp()
-	var ss map[string]int
-	if !waitFor(stateTimeout, func() bool {
-		ss = clientSockets(t, g, port)
-		return mirrored(ss, "TIME-WAIT", nConns)
-	}) {
-		t.Errorf("%v after the link came back the client's ss shows %v, want %d TIME-WAIT", stateTimeout, ss, nConns)
-	}
-	assertDrained(t, g, stateTimeout)
-	assertNoCorrections(t, g)
-	closeAll(client)
+		linkUp()
+		var ss map[string]int
+		if !waitFor(stateTimeout, func() bool {
+			ss = clientSockets(t, g, port)
+			return mirrored(ss, "TIME-WAIT", nConns)
+		}) {
+			t.Errorf("%v after the link came back the client's ss shows %v, want %d TIME-WAIT", stateTimeout, ss, nConns)
+		}
+		assertDrained(t, g, stateTimeout)
+		assertNoCorrections(t, g)
+		closeAll(client)
+	})
 }
 
 // TestStateFinWait2: the server closes first and the client holds its side
@@ -535,13 +556,15 @@ func TestStateLastAck(t *testing.T) {
 // CLOSE-WAIT.
 func TestStateFinWait2(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: "1s"})
-	client, server := dialN(t, g, port, nConns, accepted)
-	closeAll(server)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait2", client: "close_wait", ss: "CLOSE-WAIT"})
-	closeAll(client)
-	assertDrained(t, g, stateTimeout)
-	assertNoCorrections(t, g)
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: "1s"})
+		client, server := dialN(t, g, port, nConns, accepted)
+		closeAll(server)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait2", client: "close_wait", ss: "CLOSE-WAIT"})
+		closeAll(client)
+		assertDrained(t, g, stateTimeout)
+		assertNoCorrections(t, g)
+	})
 }
 
 // TestStateFinWait1: the client's link goes down, then the server closes.
@@ -550,19 +573,21 @@ func TestStateFinWait2(t *testing.T) {
 // arrives: FIN_WAIT_2 and CLOSE-WAIT.
 func TestStateFinWait1(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: "1s"})
-	client, server := dialN(t, g, port, nConns, accepted)
-	setClientLink(t, g, false)
-	linkUp := sync.OnceFunc(func() { setClientLink(t, g, true) })
-	t.Cleanup(linkUp)
-	closeAll(server)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait1", client: "established", ss: "ESTAB"})
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: "1s"})
+		client, server := dialN(t, g, port, nConns, accepted)
+		setClientLink(t, g, false)
+		linkUp := sync.OnceFunc(func() { setClientLink(t, g, true) })
+		t.Cleanup(linkUp)
+		closeAll(server)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait1", client: "established", ss: "ESTAB"})
 
-	linkUp()
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait2", client: "close_wait", ss: "CLOSE-WAIT"})
-	closeAll(client)
-	assertDrained(t, g, stateTimeout)
-	assertNoCorrections(t, g)
+		linkUp()
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait2", client: "close_wait", ss: "CLOSE-WAIT"})
+		closeAll(client)
+		assertDrained(t, g, stateTimeout)
+		assertNoCorrections(t, g)
+	})
 }
 
 // timeWait is the TIME_WAIT duration of TestStateTimeWait.
@@ -574,37 +599,39 @@ const timeWait = 3 * time.Second
 // entry leaves, and the dwell histogram says how long they stayed.
 func TestStateTimeWait(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: timeWait.String()})
-	client, server := dialN(t, g, port, nConns, accepted)
-	closeAll(server)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait2", client: "close_wait", ss: "CLOSE-WAIT"})
-	closeAll(client)
-	// The client's end is closed and gone; conntrack, which keeps one entry
-	// for both ends, counts it as closed.
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "time_wait", client: "close", ss: ""})
-	m := scrape(t, g)
-	if got := m["tcpd_tcp_time_wait_connections"]; got != nConns {
-		t.Errorf("tcpd_tcp_time_wait_connections = %v, want %d", got, nConns)
-	}
-	if got := m["tcpd_tcp_time_wait_timeout_seconds"]; got != timeWait.Seconds() {
-		t.Errorf("tcpd_tcp_time_wait_timeout_seconds = %v, want %v", got, timeWait.Seconds())
-	}
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: timeWait.String()})
+		client, server := dialN(t, g, port, nConns, accepted)
+		closeAll(server)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait2", client: "close_wait", ss: "CLOSE-WAIT"})
+		closeAll(client)
+		// The client's end is closed and gone; conntrack, which keeps one entry
+		// for both ends, counts it as closed.
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "time_wait", client: "close", ss: ""})
+		m := scrape(t, g)
+		if got := m["tcpd_tcp_time_wait_connections"]; got != nConns {
+			t.Errorf("tcpd_tcp_time_wait_connections = %v, want %d", got, nConns)
+		}
+		if got := m["tcpd_tcp_time_wait_timeout_seconds"]; got != timeWait.Seconds() {
+			t.Errorf("tcpd_tcp_time_wait_timeout_seconds = %v, want %v", got, timeWait.Seconds())
+		}
 
-	assertDrained(t, g, timeWait+stateTimeout)
-	m = scrape(t, g)
-	count, sum := m["tcpd_tcp_time_wait_duration_seconds_count"], m["tcpd_tcp_time_wait_duration_seconds_sum"]
-	if count != nConns {
-		t.Fatalf("tcpd_tcp_time_wait_duration_seconds_count = %v, want %d", count, nConns)
-	}
-	mean := time.Duration(sum / count * float64(time.Second))
-	t.Logf("mean TIME_WAIT dwell %v, configured %v", mean.Round(time.Millisecond), timeWait)
-	if mean < timeWait*9/10 || mean > timeWait*11/10 {
-		t.Errorf("mean TIME_WAIT dwell %v, want within 10%% of %v", mean.Round(time.Millisecond), timeWait)
-	}
-	if got := m["tcpd_tcp_time_wait_entered_total"]; got != nConns {
-		t.Errorf("tcpd_tcp_time_wait_entered_total = %v, want %d", got, nConns)
-	}
-	assertNoCorrections(t, g)
+		assertDrained(t, g, timeWait+stateTimeout)
+		m = scrape(t, g)
+		count, sum := m["tcpd_tcp_time_wait_duration_seconds_count"], m["tcpd_tcp_time_wait_duration_seconds_sum"]
+		if count != nConns {
+			t.Fatalf("tcpd_tcp_time_wait_duration_seconds_count = %v, want %d", count, nConns)
+		}
+		mean := time.Duration(sum / count * float64(time.Second))
+		t.Logf("mean TIME_WAIT dwell %v, configured %v", mean.Round(time.Millisecond), timeWait)
+		if mean < timeWait*9/10 || mean > timeWait*11/10 {
+			t.Errorf("mean TIME_WAIT dwell %v, want within 10%% of %v", mean.Round(time.Millisecond), timeWait)
+		}
+		if got := m["tcpd_tcp_time_wait_entered_total"]; got != nConns {
+			t.Errorf("tcpd_tcp_time_wait_entered_total = %v, want %d", got, nConns)
+		}
+		assertNoCorrections(t, g)
+	})
 }
 
 // closingRetransmits is how many times tcpd must have retransmitted its FIN
@@ -631,54 +658,56 @@ const closingRetransmits = 5
 // same either way; only the timing becomes deterministic.
 func TestStateClosing(t *testing.T) {
 	t.Parallel()
-	g, sock, port, accepted := stateLab(t, gwConfig{TimeWait: "1s"})
-	client, server := dialN(t, g, port, nConns, accepted)
-	setClientLink(t, g, false)
-	linkUp := sync.OnceFunc(func() { setClientLink(t, g, true) })
-	t.Cleanup(linkUp)
-	closeAll(server)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait1", client: "established", ss: "ESTAB"})
+	inBothQueueModes(t, func(t *testing.T, queues string) {
+		g, sock, port, accepted := stateLab(t, gwConfig{Queues: queues, TimeWait: "1s"})
+		client, server := dialN(t, g, port, nConns, accepted)
+		setClientLink(t, g, false)
+		linkUp := sync.OnceFunc(func() { setClientLink(t, g, true) })
+		t.Cleanup(linkUp)
+		closeAll(server)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "fin_wait1", client: "established", ss: "ESTAB"})
 
-	var rows []connRow
-	if !waitFor(stateTimeout, func() bool {
-		rows = connsJSON(t, sock)
+		var rows []connRow
+		if !waitFor(stateTimeout, func() bool {
+			rows = connsJSON(t, sock)
+			for _, r := range rows {
+				if r.Retransmits < closingRetransmits {
+					return false
+				}
+			}
+			return len(rows) == nConns
+		}) {
+			t.Fatalf("tcpd's FINs were not retransmitted %d times within %v: %+v", closingRetransmits, stateTimeout, rows)
+		}
+		sent := map[uint64]uint64{}
 		for _, r := range rows {
-			if r.Retransmits < closingRetransmits {
-				return false
+			sent[r.ID] = r.Retransmits
+		}
+		linkUp()
+		closed := time.Now()
+		closeWrite(t, client)
+		assertMirror(t, g, sock, port, nConns, mirror{tcpd: "closing", client: "fin_wait2", ss: "FIN-WAIT-2"})
+		checked := time.Since(closed)
+		// The checks above ran before tcpd's next retransmission of its FIN,
+		// which ends CLOSING: otherwise they proved nothing about it.
+		for _, r := range connsJSON(t, sock) {
+			if r.Retransmits != sent[r.ID] {
+				t.Fatalf("connection %d: tcpd retransmitted its FIN during the checks (%d times, %d before): they ran outside the window",
+					r.ID, r.Retransmits, sent[r.ID])
 			}
 		}
-		return len(rows) == nConns
-	}) {
-		t.Fatalf("tcpd's FINs were not retransmitted %d times within %v: %+v", closingRetransmits, stateTimeout, rows)
-	}
-	sent := map[uint64]uint64{}
-	for _, r := range rows {
-		sent[r.ID] = r.Retransmits
-	}
-	linkUp()
-	closed := time.Now()
-	closeWrite(t, client)
-	assertMirror(t, g, sock, port, nConns, mirror{tcpd: "closing", client: "fin_wait2", ss: "FIN-WAIT-2"})
-	checked := time.Since(closed)
-	// The checks above ran before tcpd's next retransmission of its FIN,
-	// which ends CLOSING: otherwise they proved nothing about it.
-	for _, r := range connsJSON(t, sock) {
-		if r.Retransmits != sent[r.ID] {
-			t.Fatalf("connection %d: tcpd retransmitted its FIN during the checks (%d times, %d before): they ran outside the window",
-				r.ID, r.Retransmits, sent[r.ID])
-		}
-	}
 
-	// tcpd's next retransmission gets through.
-	var ss map[string]int
-	if !waitFor(stateTimeout, func() bool {
-		ss = clientSockets(t, g, port)
-		return mirrored(ss, "TIME-WAIT", nConns)
-	}) {
-		t.Errorf("the client's ss shows %v, want %d TIME-WAIT", ss, nConns)
-	}
-	t.Logf("CLOSING checked within %v of the client's FINs; it held about %v", checked.Round(time.Millisecond),
-		time.Since(closed).Round(100*time.Millisecond))
-	assertDrained(t, g, stateTimeout)
-	assertNoCorrections(t, g)
+		// tcpd's next retransmission gets through.
+		var ss map[string]int
+		if !waitFor(stateTimeout, func() bool {
+			ss = clientSockets(t, g, port)
+			return mirrored(ss, "TIME-WAIT", nConns)
+		}) {
+			t.Errorf("the client's ss shows %v, want %d TIME-WAIT", ss, nConns)
+		}
+		t.Logf("CLOSING checked within %v of the client's FINs; it held about %v", checked.Round(time.Millisecond),
+			time.Since(closed).Round(100*time.Millisecond))
+		assertDrained(t, g, stateTimeout)
+		assertNoCorrections(t, g)
+	})
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -148,6 +149,7 @@ type Collector struct {
 	histograms           []*prometheus.Desc // parallel to snapshotHistograms
 
 	tunPackets, tunBytes, relayBytes *prometheus.Desc
+	queuePackets, queueBytes         *prometheus.Desc
 	dropped, connections             *prometheus.Desc
 	dialFailures, ended              *prometheus.Desc
 	panics, active, inFlight         *prometheus.Desc
@@ -189,6 +191,12 @@ func NewCollector(cfg Config) *Collector {
 		tunBytes: prometheus.NewDesc("tcpd_tun_bytes_total",
 			"Bytes of whole IP packets read from (in) and written to (out) the TUN device.",
 			[]string{"direction"}, nil),
+		queuePackets: prometheus.NewDesc("tcpd_tun_queue_packets_total",
+			"IP packets read from (in) and written to (out) each queue of the TUN device (tun.queues).",
+			[]string{"queue", "direction"}, nil),
+		queueBytes: prometheus.NewDesc("tcpd_tun_queue_bytes_total",
+			"Bytes of whole IP packets read from (in) and written to (out) each queue of the TUN device.",
+			[]string{"queue", "direction"}, nil),
 		relayBytes: prometheus.NewDesc("tcpd_relay_bytes_total",
 			"Payload bytes relayed, client to destination (in) and destination to client (out).",
 			[]string{"direction"}, nil),
@@ -262,7 +270,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{
-		c.tunPackets, c.tunBytes, c.relayBytes, c.dropped, c.connections,
+		c.tunPackets, c.tunBytes, c.queuePackets, c.queueBytes, c.relayBytes, c.dropped, c.connections,
 		c.dialFailures, c.ended, c.panics, c.active, c.relayEntries, c.inFlight, c.handshakeTimeouts, c.mssClamped,
 	} {
 		ch <- d
@@ -323,12 +331,18 @@ func (c *Collector) collectConntrack(ch chan<- prometheus.Metric, s *conntrack.S
 
 func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
 	for d := range conntrack.NumDirs {
-		send(ch, c.tunPackets, prometheus.CounterValue, float64(st.TUNPackets[d].Load()), d.String())
-		send(ch, c.tunBytes, prometheus.CounterValue, float64(st.TUNBytes[d].Load()), d.String())
+		packets, bytes := st.TUN(d)
+		send(ch, c.tunPackets, prometheus.CounterValue, float64(packets), d.String())
+		send(ch, c.tunBytes, prometheus.CounterValue, float64(bytes), d.String())
 		send(ch, c.relayBytes, prometheus.CounterValue, float64(st.RelayBytes[d].Load()), d.String())
+		for i := range st.Queues {
+			q := strconv.Itoa(i)
+			send(ch, c.queuePackets, prometheus.CounterValue, float64(st.Queues[i].Packets[d].Load()), q, d.String())
+			send(ch, c.queueBytes, prometheus.CounterValue, float64(st.Queues[i].Bytes[d].Load()), q, d.String())
+		}
 	}
 	for r := range stack.NumDropReasons {
-		send(ch, c.dropped, prometheus.CounterValue, float64(st.Dropped[r].Load()), r.String())
+		send(ch, c.dropped, prometheus.CounterValue, float64(st.Drops(r)), r.String())
 	}
 	for r := range stack.NumResults {
 		send(ch, c.connections, prometheus.CounterValue, float64(st.Connections[r].Load()), r.String())

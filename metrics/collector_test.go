@@ -46,15 +46,23 @@ func testSources() (*fakeConntrack, *fakeStack) {
 		Corrections:      1,
 	}
 	st := &fakeStack{ns: netstackStats()}
-	st.stats.TUNPackets[conntrack.FromClient].Store(1000)
-	st.stats.TUNPackets[conntrack.ToClient].Store(900)
-	st.stats.TUNBytes[conntrack.FromClient].Store(150000)
-	st.stats.TUNBytes[conntrack.ToClient].Store(1200000)
+	// Two queues; the totals are their sums, and drops are counted by
+	// the queues' loops and by the handler alike.
+	st.stats.Queues = make([]stack.QueueStats, 2)
+	st.stats.Queues[0].Packets[conntrack.FromClient].Store(600)
+	st.stats.Queues[1].Packets[conntrack.FromClient].Store(400)
+	st.stats.Queues[0].Packets[conntrack.ToClient].Store(500)
+	st.stats.Queues[1].Packets[conntrack.ToClient].Store(400)
+	st.stats.Queues[0].Bytes[conntrack.FromClient].Store(90000)
+	st.stats.Queues[1].Bytes[conntrack.FromClient].Store(60000)
+	st.stats.Queues[0].Bytes[conntrack.ToClient].Store(700000)
+	st.stats.Queues[1].Bytes[conntrack.ToClient].Store(500000)
+	st.stats.Queues[1].Dropped[stack.DropSpoofedSource].Store(2)
+	st.stats.Queues[0].Dropped[stack.DropTUNWriteError].Store(1)
 	st.stats.RelayBytes[conntrack.FromClient].Store(100000)
 	st.stats.RelayBytes[conntrack.ToClient].Store(1100000)
-	st.stats.Dropped[stack.DropSpoofedSource].Store(3)
+	st.stats.Dropped[stack.DropSpoofedSource].Store(1)
 	st.stats.Dropped[stack.DropDeniedDestination].Store(8)
-	st.stats.Dropped[stack.DropTUNWriteError].Store(1)
 	st.stats.Connections[stack.ResultRelayed].Store(80)
 	st.stats.Connections[stack.ResultDenied].Store(8)
 	st.stats.Connections[stack.ResultUpstreamFailed].Store(5)
@@ -187,6 +195,18 @@ tcpd_tun_packets_total{direction="out"} 900
 # TYPE tcpd_tun_bytes_total counter
 tcpd_tun_bytes_total{direction="in"} 150000
 tcpd_tun_bytes_total{direction="out"} 1.2e+06
+# HELP tcpd_tun_queue_packets_total IP packets read from (in) and written to (out) each queue of the TUN device (tun.queues).
+# TYPE tcpd_tun_queue_packets_total counter
+tcpd_tun_queue_packets_total{direction="in",queue="0"} 600
+tcpd_tun_queue_packets_total{direction="in",queue="1"} 400
+tcpd_tun_queue_packets_total{direction="out",queue="0"} 500
+tcpd_tun_queue_packets_total{direction="out",queue="1"} 400
+# HELP tcpd_tun_queue_bytes_total Bytes of whole IP packets read from (in) and written to (out) each queue of the TUN device.
+# TYPE tcpd_tun_queue_bytes_total counter
+tcpd_tun_queue_bytes_total{direction="in",queue="0"} 90000
+tcpd_tun_queue_bytes_total{direction="in",queue="1"} 60000
+tcpd_tun_queue_bytes_total{direction="out",queue="0"} 700000
+tcpd_tun_queue_bytes_total{direction="out",queue="1"} 500000
 # HELP tcpd_relay_bytes_total Payload bytes relayed, client to destination (in) and destination to client (out).
 # TYPE tcpd_relay_bytes_total counter
 tcpd_relay_bytes_total{direction="in"} 100000
@@ -436,6 +456,8 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_tcp_time_wait_timeout_seconds",
 		"tcpd_tun_bytes_total",
 		"tcpd_tun_packets_total",
+		"tcpd_tun_queue_bytes_total",
+		"tcpd_tun_queue_packets_total",
 		"tcpd_upstream_connect_duration_seconds",
 		"tcpd_upstream_connect_failures_total",
 	}
@@ -448,7 +470,8 @@ func TestCollectorEveryFamily(t *testing.T) {
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
 				switch l.GetName() {
-				case "state", "direction", "reason", "result", "end":
+				// queue is bounded by tun.queues (at most 256).
+				case "state", "direction", "reason", "result", "end", "queue":
 				default:
 					t.Errorf("%s has unexpected label %q", f.GetName(), l.GetName())
 				}

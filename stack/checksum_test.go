@@ -143,7 +143,7 @@ func TestLinkDeliversOnlyVerified(t *testing.T) {
 	h.inject <- ipPacket(clientAddr, dstAddr, header.TCPProtocolNumber, syn, true)
 	st := h.s.Stats()
 	waitFor(t, "both packets to be dropped", func() bool {
-		return st.Dropped[DropBadChecksum].Load() == 1 && st.Dropped[DropUnverifiable].Load() == 1
+		return st.Drops(DropBadChecksum) == 1 && st.Drops(DropUnverifiable) == 1
 	})
 	// A good ICMP error on the same path does reach the netstack, so the
 	// count below would have moved had the others been delivered.

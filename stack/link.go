@@ -2,6 +2,7 @@ package stack
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -19,9 +20,9 @@ import (
 	"tcpd/conntrack"
 )
 
-// writeHeadroom is reserved in front of every outbound packet. wireguard's
-// TUN writes its 10-byte virtio-net header there when offload is on; without
-// offload the bytes are simply unused.
+// writeHeadroom is reserved in front of every outbound packet tcpd builds
+// or copies: the offload path writes its 10-byte virtio-net header there;
+// elsewhere the bytes are simply unused.
 const writeHeadroom = 16
 
 // maxSegment is the largest packet the write path may be asked to carry: an
@@ -30,14 +31,22 @@ const writeHeadroom = 16
 const maxSegment = 1 << 16
 
 // link is the gvstack.LinkEndpoint between the TUN device and the netstack.
-// One goroutine (readTUN) reads batches of packets from the device and
-// delivers them; WritePackets is called by the netstack from any goroutine
-// and writes its batch to the device, blocking while the device is busy
-// rather than dropping.
+// The TUN has one or more queues (tun.queues), each a file descriptor with a
+// goroutine of its own that reads its packets and delivers them (readVnet,
+// readPlain; readTUN for a test device). WritePackets is called by the
+// netstack from any goroutine and writes each packet on the queue that
+// carries its flow, blocking while the device is busy rather than dropping.
 type link struct {
-	dev   tun.Device
-	mtu   atomic.Uint32
-	stats *Stats
+	// dev is a test device (tests only: wireguard's ChannelTUN), read and
+	// written through its own methods; nil on a real TUN, whose queues
+	// the link reads and writes itself.
+	dev tun.Device
+	// queues are the TUN's queues, at least one; vnet says every packet on
+	// them carries a virtio-net header (the offload path).
+	queues []*tunQueue
+	vnet   bool
+	mtu    atomic.Uint32
+	stats  *Stats
 
 	// clients is immutable after newLink: the source prefixes allowed in.
 	clients []netip.Prefix
@@ -59,30 +68,45 @@ type link struct {
 	// writeBufs recycles outbound batches.
 	writeBufs sync.Pool
 
-	// busySince is when readTUN started handing its current batch to the
-	// netstack (unix nanoseconds), 0 while it waits in Read: a batch that
-	// takes seconds means the packet loop is wedged.
-	busySince atomic.Int64
-	// raw is the TUN's file for the offload path (virtio-net headers, GSO);
-	// nil on the plain path, where wireguard's Read and Write are used.
-	raw syscall.RawConn
-
-	// closing is set before the device is closed, so that the read loop
-	// takes the error that follows as the end.
+	// closing is set before the device is closed, so that the read loops
+	// take the error that follows as the end.
 	closing atomic.Bool
 
 	// stall is set only by WedgeForTest, in binaries built with -tags
 	// wedgetest.
 	stall atomic.Bool
 
-	done chan struct{}
+	// loops tracks the read loops; done is closed once all have ended.
+	loops sync.WaitGroup
+	done  chan struct{}
+}
+
+// tunQueue is one queue of the TUN and what its read loop owns.
+type tunQueue struct {
+	idx int
+	// raw is the queue's file descriptor; nil on a test device.
+	raw syscall.RawConn
+	// stats are the queue's counters (Stats.Queues[idx]).
+	stats *QueueStats
+	// busySince is when the queue's loop started handing its current
+	// packets to the netstack (unix nanoseconds), 0 while it waits in a
+	// read: a batch that takes seconds means the packet loop is wedged.
+	busySince atomic.Int64
+}
+
+// queueDevice is a real TUN as createTUN opens it: a file per queue, with
+// or without the virtio-net header.
+type queueDevice interface {
+	tunFiles() []*os.File
+	vnetHdr() bool
 }
 
 var _ gvstack.LinkEndpoint = (*link)(nil)
 
-func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats, table *conntrack.Table) *link {
+// newLink builds the link over dev: a queueDevice, whose queues it reads
+// and writes itself, or a test device.
+func newLink(dev device, mtu uint32, clients []netip.Prefix, stats *Stats, table *conntrack.Table) (*link, error) {
 	l := &link{
-		dev:     dev,
 		stats:   stats,
 		clients: clients,
 		table:   table,
@@ -90,12 +114,33 @@ func newLink(dev tun.Device, mtu uint32, clients []netip.Prefix, stats *Stats, t
 	}
 	l.mtu.Store(mtu)
 	l.writeBufs.New = func() any { return new(writeBatch) }
-	l.setupVnet()
-	return l
+	var files []*os.File
+	switch d := dev.(type) {
+	case queueDevice:
+		files, l.vnet = d.tunFiles(), d.vnetHdr()
+	case tun.Device:
+		l.dev = d
+	default:
+		return nil, fmt.Errorf("TUN device %T is neither tcpd's own nor a test device", dev)
+	}
+	n := max(len(files), 1)
+	stats.Queues = make([]QueueStats, n)
+	l.queues = make([]*tunQueue, n)
+	for i := range l.queues {
+		l.queues[i] = &tunQueue{idx: i, stats: &stats.Queues[i]}
+		if files != nil {
+			raw, err := files[i].SyscallConn()
+			if err != nil {
+				return nil, fmt.Errorf("TUN queue %d: %w", i, err)
+			}
+			l.queues[i].raw = raw
+		}
+	}
+	return l, nil
 }
 
 // offload reports whether the link uses the virtio-net header path.
-func (l *link) offload() bool { return l.raw != nil }
+func (l *link) offload() bool { return l.vnet }
 
 // writeBatch holds the buffers of one WritePackets call.
 type writeBatch struct {
@@ -103,20 +148,31 @@ type writeBatch struct {
 	// store keeps the full-capacity buffers so that they are reused even
 	// after the TUN's GRO swapped or extended the slices in bufs.
 	store [][]byte
-	// hdr and iov serve the offload path's writev.
+	// hdr and iov serve the real TUN's writev.
 	hdr [vnetHdrLen]byte
 	iov [][]byte
 }
 
+// start starts one read loop per queue.
 func (l *link) start() {
-	if l.offload() {
+	for _, q := range l.queues {
+		l.loops.Add(1)
 		go func() {
-			defer close(l.done)
-			l.readVnet()
+			defer l.loops.Done()
+			switch {
+			case l.dev != nil:
+				l.readTUN(q)
+			case l.vnet:
+				l.readVnet(q)
+			default:
+				l.readPlain(q)
+			}
 		}()
-		return
 	}
-	go l.readTUN()
+	go func() {
+		l.loops.Wait()
+		close(l.done)
+	}()
 }
 
 func nowNano() int64 { return time.Now().UnixNano() }
@@ -126,10 +182,36 @@ func sleepBackoff() { time.Sleep(10 * time.Millisecond) }
 
 func (l *link) wait() { <-l.done }
 
-// readTUN delivers every packet read from the device to the netstack until
-// the device is closed.
-func (l *link) readTUN() {
-	defer close(l.done)
+// busySince returns when the loop that has been busy longest started its
+// current batch (unix nanoseconds), 0 if every loop waits for packets.
+func (l *link) busySince() int64 {
+	var oldest int64
+	for _, q := range l.queues {
+		if b := q.busySince.Load(); b != 0 && (oldest == 0 || b < oldest) {
+			oldest = b
+		}
+	}
+	return oldest
+}
+
+// queueFor returns the queue an outbound packet leaves on. The netstack
+// stamps every packet of a connection with the same random hash, so a flow
+// leaves on one queue, and the kernel's flow steering (tun_flow_update)
+// learns it and sends the flow's packets from the client to the same queue:
+// all of them but the SYN and the ACK of the handshake, which reach the
+// queue of the kernel's own choosing before it has recorded tcpd's choice
+// (TestMultiQueueTUN). Packets without a hash (replies of no connection)
+// use queue 0.
+func (l *link) queueFor(hash uint32) *tunQueue {
+	if len(l.queues) == 1 {
+		return l.queues[0]
+	}
+	return l.queues[hash%uint32(len(l.queues))]
+}
+
+// readTUN delivers every packet read from a test device to the netstack
+// until the device is closed.
+func (l *link) readTUN(q *tunQueue) {
 	batch := l.dev.BatchSize()
 	// A read returns packets no longer than the device MTU; the slack covers
 	// a device whose MTU was raised under us until the next MTU event.
@@ -142,23 +224,22 @@ func (l *link) readTUN() {
 	failures := 0
 	for {
 		n, err := l.dev.Read(bufs, sizes, 0)
-		l.busySince.Store(time.Now().UnixNano())
+		q.busySince.Store(time.Now().UnixNano())
 		l.stallForTest()
 		for i := 0; i < n; i++ {
-			l.deliver(bufs[i][:sizes[i]])
+			l.deliverPacket(q, bufs[i][:sizes[i]], kernelCsumNone)
 		}
-		l.busySince.Store(0)
+		q.busySince.Store(0)
 		if err != nil {
 			if isClosedErr(err) {
 				return
 			}
-			// A malformed virtio-net frame or an oversized packet loses
-			// that read only. A device that keeps failing (its link was
-			// deleted under us) must not spin a core.
-			l.stats.Dropped[DropTUNReadError].Add(1)
+			// An oversized packet loses that read only. A device that
+			// keeps failing must not spin a core.
+			q.stats.Dropped[DropTUNReadError].Add(1)
 			failures++
 			if failures > 100 {
-				time.Sleep(10 * time.Millisecond)
+				sleepBackoff()
 			}
 			continue
 		}
@@ -166,18 +247,16 @@ func (l *link) readTUN() {
 	}
 }
 
-// deliver hands one inbound packet from the plain path to the netstack.
-func (l *link) deliver(pkt []byte) { l.deliverPacket(pkt, kernelCsumNone) }
-
-// deliverPacket checks one inbound packet — IP version, source address,
-// every checksum unless the kernel vouched for them (csumValid), the
-// per-client SYN cap — shows it to conntrack and hands it to the netstack.
-func (l *link) deliverPacket(pkt []byte, csum kernelCsum) {
-	l.stats.TUNPackets[conntrack.FromClient].Add(1)
-	l.stats.TUNBytes[conntrack.FromClient].Add(uint64(len(pkt)))
+// deliverPacket checks one inbound packet that queue q read — IP version,
+// source address, every checksum unless the kernel vouched for them
+// (csumValid), the per-client SYN cap — shows it to conntrack and hands it
+// to the netstack.
+func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
+	q.stats.Packets[conntrack.FromClient].Add(1)
+	q.stats.Bytes[conntrack.FromClient].Add(uint64(len(pkt)))
 	proto, src, ok := ipSource(pkt)
 	if !ok {
-		l.stats.Dropped[DropMalformed].Add(1)
+		q.stats.Dropped[DropMalformed].Add(1)
 		return
 	}
 	if linkScoped(pkt) {
@@ -187,20 +266,20 @@ func (l *link) deliverPacket(pkt []byte, csum kernelCsum) {
 		return
 	}
 	if !l.clientAllowed(src) {
-		l.stats.Dropped[DropSpoofedSource].Add(1)
+		q.stats.Dropped[DropSpoofedSource].Add(1)
 		return
 	}
 	if !forNetstack(pkt) {
-		l.stats.Dropped[DropNotTCP].Add(1)
+		q.stats.Dropped[DropNotTCP].Add(1)
 		return
 	}
 	if csum == kernelCsumNone {
 		switch verifyChecksums(pkt) {
 		case csumBad:
-			l.stats.Dropped[DropBadChecksum].Add(1)
+			q.stats.Dropped[DropBadChecksum].Add(1)
 			return
 		case csumUnverifiable:
-			l.stats.Dropped[DropUnverifiable].Add(1)
+			q.stats.Dropped[DropUnverifiable].Add(1)
 			return
 		}
 	}
@@ -217,13 +296,13 @@ func (l *link) deliverPacket(pkt []byte, csum kernelCsum) {
 			// drop its SYN here, before it costs a conntrack entry, a
 			// forwarder slot and a goroutine, as a full SYN queue would.
 			// The client retransmits.
-			l.stats.Dropped[DropMaxInFlightPerClient].Add(1)
+			q.stats.Dropped[DropMaxInFlightPerClient].Add(1)
 			return
 		case conntrack.ActionDrop:
 			// TIME_WAIT took it.
 			return
 		case conntrack.ActionReply:
-			l.writeTimeWaitACK(tu, a.Reply)
+			l.writeTimeWaitACK(q, tu, a.Reply)
 			return
 		case conntrack.ActionReuse:
 			if l.reuse != nil && !l.reuse(proto, pkt, tu) {
@@ -266,14 +345,45 @@ func (l *link) clientAllowed(src netip.Addr) bool {
 	return false
 }
 
-// WritePackets implements gvstack.LinkWriter. It copies each packet behind
-// writeHeadroom bytes and writes the batch to the device in one call.
+// WritePackets implements gvstack.LinkWriter: each packet goes out on the
+// queue of its flow (queueFor). Packets conntrack keeps back (an RST for a
+// connection in TIME_WAIT) count as sent: the netstack must not retry them.
 func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	wb := l.writeBufs.Get().(*writeBatch)
 	defer l.writeBufs.Put(wb)
-	if l.offload() {
-		return l.writePacketsVnet(pkts, wb)
+	if l.dev != nil {
+		return l.writePacketsDev(pkts, wb)
 	}
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		if !l.observeOut(pkt) {
+			n++
+			continue
+		}
+		q := l.queueFor(pkt.Hash)
+		size := pkt.Size()
+		var err error
+		wb.iov, err = l.writeQueue(q, pkt, &wb.hdr, wb.iov)
+		if err != nil {
+			clear(wb.iov)
+			if isClosedErr(err) || errors.Is(err, os.ErrClosed) {
+				return n, &tcpip.ErrClosedForSend{}
+			}
+			q.stats.Dropped[DropTUNWriteError].Add(1)
+			return n, &tcpip.ErrAborted{}
+		}
+		n++
+		q.stats.Packets[conntrack.ToClient].Add(1)
+		q.stats.Bytes[conntrack.ToClient].Add(uint64(size))
+	}
+	clear(wb.iov)
+	return n, nil
+}
+
+// writePacketsDev writes to a test device: it copies each packet behind
+// writeHeadroom bytes and writes the batch in one call.
+func (l *link) writePacketsDev(pkts gvstack.PacketBufferList, wb *writeBatch) (int, tcpip.Error) {
+	q := l.queues[0]
 	wb.bufs = wb.bufs[:0]
 	var bytes uint64
 	for i, pkt := range pkts.AsSlice() {
@@ -301,54 +411,23 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		if isClosedErr(err) {
 			return 0, &tcpip.ErrClosedForSend{}
 		}
-		l.stats.Dropped[DropTUNWriteError].Add(1)
+		q.stats.Dropped[DropTUNWriteError].Add(1)
 		return 0, &tcpip.ErrAborted{}
 	}
-	l.stats.TUNPackets[conntrack.ToClient].Add(uint64(n))
-	l.stats.TUNBytes[conntrack.ToClient].Add(bytes)
-	// Packets conntrack kept back count as sent: the netstack must not
-	// retry them.
+	q.stats.Packets[conntrack.ToClient].Add(uint64(n))
+	q.stats.Bytes[conntrack.ToClient].Add(bytes)
 	return pkts.Len(), nil
 }
 
-// writePacketsVnet writes each packet with its virtio-net header, one writev
-// per packet: a GSO segment carries up to 64 KiB, so a call per packet is
-// already a call per ~44 MTU-sized packets.
-func (l *link) writePacketsVnet(pkts gvstack.PacketBufferList, wb *writeBatch) (int, tcpip.Error) {
-	n := 0
-	for _, pkt := range pkts.AsSlice() {
-		if !l.observeOut(pkt) {
-			n++ // kept back by conntrack; counts as sent
-			continue
-		}
-		size := pkt.Size()
-		var err error
-		wb.iov, err = l.writeVnet(pkt, &wb.hdr, wb.iov)
-		if err != nil {
-			clear(wb.iov)
-			if isClosedErr(err) || errors.Is(err, os.ErrClosed) {
-				return n, &tcpip.ErrClosedForSend{}
-			}
-			l.stats.Dropped[DropTUNWriteError].Add(1)
-			return n, &tcpip.ErrAborted{}
-		}
-		n++
-		l.stats.TUNPackets[conntrack.ToClient].Add(1)
-		l.stats.TUNBytes[conntrack.ToClient].Add(uint64(size))
-	}
-	clear(wb.iov)
-	return n, nil
-}
-
 // writeRaw writes one IP packet that tcpd built itself, buf[headroom:],
-// whole and with its checksums; buf[:headroom] is free room of
+// whole and with its checksums, on queue q; buf[:headroom] is free room of
 // writeHeadroom bytes for the device's own header.
-func (l *link) writeRaw(buf []byte, headroom int) error {
-	if l.offload() {
-		return l.writeVnetRaw(buf, headroom)
+func (l *link) writeRaw(q *tunQueue, buf []byte, headroom int) error {
+	if l.dev != nil {
+		_, err := l.dev.Write([][]byte{buf}, headroom)
+		return err
 	}
-	_, err := l.dev.Write([][]byte{buf}, headroom)
-	return err
+	return l.writeQueueRaw(q, buf, headroom)
 }
 
 // observeOut shows an outbound packet's TCP header to conntrack without
@@ -429,8 +508,8 @@ func (l *link) Attach(d gvstack.NetworkDispatcher) {
 // IsAttached implements gvstack.NetworkLinkEndpoint.
 func (l *link) IsAttached() bool { return l.dispatcher.Load() != nil }
 
-// Wait implements gvstack.NetworkLinkEndpoint. The read loop is stopped by
-// closing the device; Stack.Close waits for it.
+// Wait implements gvstack.NetworkLinkEndpoint. The read loops are stopped by
+// closing the device; Stack.Close waits for them.
 func (*link) Wait() {}
 
 // ARPHardwareType implements gvstack.NetworkLinkEndpoint.

@@ -86,28 +86,29 @@ func TestDropReasons(t *testing.T) {
 	st := h.s.Stats()
 	total := func() (n uint64) {
 		for i := range st.Dropped {
-			n += st.Dropped[i].Load()
+			n += st.Drops(DropReason(i))
 		}
 		return n
 	}
 	for _, c := range cases {
-		before, seen := total(), st.TUNPackets[conntrack.FromClient].Load()
+		seen, _ := st.TUN(conntrack.FromClient)
+		before := total()
 		var was uint64
 		if c.want != noDrop {
-			was = st.Dropped[c.want].Load()
+			was = st.Drops(c.want)
 		}
 		h.inject <- c.pkt
-		waitFor(t, c.name+" read from the TUN", func() bool { return st.TUNPackets[conntrack.FromClient].Load() > seen })
+		waitFor(t, c.name+" read from the TUN", func() bool { n, _ := st.TUN(conntrack.FromClient); return n > seen })
 		switch {
 		case c.want == noDrop && total() != before:
 			t.Errorf("%s: dropped (drops went from %d to %d), want it handed to the netstack", c.name, before, total())
-		case c.want != noDrop && st.Dropped[c.want].Load() != was+1:
+		case c.want != noDrop && st.Drops(c.want) != was+1:
 			for r := range st.Dropped {
-				if n := st.Dropped[r].Load(); n != 0 {
+				if n := st.Drops(DropReason(r)); n != 0 {
 					t.Logf("%s: %d", DropReason(r), n)
 				}
 			}
-			t.Errorf("%s: %s drops %d, want %d", c.name, c.want, st.Dropped[c.want].Load(), was+1)
+			t.Errorf("%s: %s drops %d, want %d", c.name, c.want, st.Drops(c.want), was+1)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"hash/maphash"
 	"net"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,26 @@ type TUNConfig struct {
 	// the kernel hands to tcpd). Zero means 10000, so that a burst of client
 	// segments is queued rather than dropped.
 	TxQueueLen int
+	// Queues is how many queues the device has, each read by a packet loop
+	// of its own. Zero means one per CPU the process may use (GOMAXPROCS),
+	// at most MaxAutoQueues; where the kernel refuses several, one.
+	Queues int
+}
+
+// MaxAutoQueues bounds the queues TUNConfig.Queues 0 opens: a packet loop
+// per core up to the 64 cores tcpd is planned for (bench/README.md).
+const MaxAutoQueues = 64
+
+// MaxQueues is the most queues a TUN may have (MAX_TAP_QUEUES in
+// linux/if_tun.h).
+const MaxQueues = 256
+
+// queueCount resolves Queues.
+func (c TUNConfig) queueCount() int {
+	if c.Queues > 0 {
+		return min(c.Queues, MaxQueues)
+	}
+	return min(runtime.GOMAXPROCS(0), MaxAutoQueues)
 }
 
 // Keepalive configures TCP keepalive on both legs of every connection.
@@ -109,7 +130,7 @@ type Config struct {
 	// Logger receives the stack's logs. Nil means no logging.
 	Logger *zap.Logger
 
-	// dev replaces the real TUN device in tests.
+	// dev replaces the real TUN device in tests (one queue).
 	dev tun.Device
 	// noTrack keeps segments away from conntrack, for the benchmark that
 	// prices tracking.
@@ -149,7 +170,7 @@ func (c Config) WithDefaults() Config {
 type Stack struct {
 	cfg    Config
 	log    *zap.Logger
-	dev    tun.Device
+	dev    device
 	link   *link
 	ns     *gvstack.Stack
 	policy atomic.Pointer[policy.Policy]
@@ -262,14 +283,14 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.watch = w
 
-	dev := cfg.dev
-	if dev == nil {
-		var err error
-		dev, err = createTUN(cfg.TUN, cfg.Logger)
+	var dev device = cfg.dev
+	if cfg.dev == nil {
+		q, err := createTUN(cfg.TUN, cfg.Logger)
 		if err != nil {
 			w.close()
 			return nil, err
 		}
+		dev = q
 	}
 	s.dev = dev
 	s.devEvents = drainEvents(dev)
@@ -294,7 +315,7 @@ func New(cfg Config) (*Stack, error) {
 // listener blocked on a full one never sees Close and outlives the stack.
 // Every link change tcpd makes while configuring the TUN (MTU, queue
 // length, rp_filter, multicast, up) is one or two events.
-func drainEvents(dev tun.Device) chan struct{} {
+func drainEvents(dev device) chan struct{} {
 	done := make(chan struct{})
 	events := dev.Events()
 	if events == nil {
@@ -373,7 +394,7 @@ const wedgedAfter = 5 * time.Second
 // stack is healthy. The daemon pings systemd's watchdog only while it is.
 func (s *Stack) Healthy() (bool, string) {
 	now := time.Now().UnixNano()
-	if b := s.link.busySince.Load(); b != 0 && time.Duration(now-b) > wedgedAfter {
+	if b := s.link.busySince(); b != 0 && time.Duration(now-b) > wedgedAfter {
 		return false, fmt.Sprintf("packet loop stuck on one batch for %v", time.Duration(now-b).Round(time.Second))
 	}
 	if t := s.lastTick.Load(); time.Duration(now-t) > wedgedAfter {
@@ -386,6 +407,18 @@ func (s *Stack) Healthy() (bool, string) {
 // header (TSO/GRO) rather than one plain packet per call.
 func (s *Stack) Offload() bool { return s.link.offload() }
 
+// Queues returns how many queues the TUN has, each with its packet loop.
+func (s *Stack) Queues() int { return len(s.link.queues) }
+
+// device is what the stack needs of its TUN besides the link's reads and
+// writes: a *queueTUN, or wireguard's tun.Device in tests.
+type device interface {
+	Name() (string, error)
+	MTU() (int, error)
+	Events() <-chan tun.Event
+	Close() error
+}
+
 // buildNetstack creates the gVisor stack with one NIC over the TUN link,
 // promiscuous and spoofing so that it terminates connections to any
 // destination, and the TCP forwarder.
@@ -394,7 +427,9 @@ func (s *Stack) buildNetstack() error {
 	if err != nil {
 		return fmt.Errorf("read TUN MTU: %w", err)
 	}
-	s.link = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table)
+	if s.link, err = newLink(s.dev, uint32(mtu), s.cfg.Clients, &s.stats, s.table); err != nil {
+		return err
+	}
 	s.link.noTrack = s.cfg.noTrack
 	s.link.reuse = s.reuseSYN
 	s.link.clampSYN = s.clampSYN

@@ -375,7 +375,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	if d := h.dialedAddrs(); len(d) != 0 {
 		t.Fatalf("spoofed SYN caused a dial: %v", d)
 	}
-	if got := h.s.Stats().Dropped[DropSpoofedSource].Load(); got == 0 {
+	if got := h.s.Stats().Drops(DropSpoofedSource); got == 0 {
 		t.Fatal("spoofed SYNs were not counted")
 	}
 }

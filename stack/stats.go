@@ -178,13 +178,14 @@ func enumName[T ~uint8](names []string, v T) string {
 // Stats are the stack's counters. Every field is updated atomically on the
 // data path and read at scrape time.
 type Stats struct {
-	// TUNPackets and TUNBytes count whole IP packets read from the TUN
-	// (conntrack.FromClient) and written to it (conntrack.ToClient).
-	TUNPackets [conntrack.NumDirs]atomic.Uint64
-	TUNBytes   [conntrack.NumDirs]atomic.Uint64
+	// Queues are the per-queue counters of the TUN, one per queue, set
+	// when the stack is built: the packet path counts only there.
+	Queues []QueueStats
 	// RelayBytes counts payload bytes relayed: FromClient is client →
 	// destination.
-	RelayBytes   [conntrack.NumDirs]atomic.Uint64
+	RelayBytes [conntrack.NumDirs]atomic.Uint64
+	// Dropped counts what the connection handler refused or dropped; what
+	// the packet loops drop is in Queues. Drops sums both.
 	Dropped      [NumDropReasons]atomic.Uint64
 	Connections  [NumResults]atomic.Uint64
 	DialFailures [NumDialFailures]atomic.Uint64
@@ -203,6 +204,43 @@ type Stats struct {
 	Active atomic.Int64
 	// InFlight is the number of handshakes in progress in tcpd's handler.
 	InFlight atomic.Int64
+}
+
+// cacheLine separates counters that different cores write: 64 bytes on
+// amd64 and arm64, 128 where adjacent-line prefetch pairs lines; the larger
+// is safe.
+const cacheLine = 128
+
+// QueueStats are one TUN queue's counters: its read loop counts what it
+// reads and drops, and the netstack's writers what they write to it. No
+// other queue's loop writes them, so loops on different cores never share
+// their cache lines; a scrape sums them.
+type QueueStats struct {
+	// Packets and Bytes count whole IP packets read from the queue
+	// (conntrack.FromClient) and written to it (conntrack.ToClient).
+	Packets, Bytes [conntrack.NumDirs]atomic.Uint64
+	// Dropped counts the packets the queue's loop, or a write to the
+	// queue, dropped.
+	Dropped [NumDropReasons]atomic.Uint64
+	_       [cacheLine]byte
+}
+
+// TUN returns the packets and bytes of every queue together in direction d.
+func (s *Stats) TUN(d conntrack.Dir) (packets, bytes uint64) {
+	for i := range s.Queues {
+		packets += s.Queues[i].Packets[d].Load()
+		bytes += s.Queues[i].Bytes[d].Load()
+	}
+	return packets, bytes
+}
+
+// Drops returns the drops for reason r, by the handler and every queue.
+func (s *Stats) Drops(r DropReason) uint64 {
+	n := s.Dropped[r].Load()
+	for i := range s.Queues {
+		n += s.Queues[i].Dropped[r].Load()
+	}
+	return n
 }
 
 // NetstackStats are gVisor's own counters, read at one moment, and two

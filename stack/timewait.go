@@ -92,19 +92,20 @@ func appendTimeWaitACK(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
 }
 
 // writeTimeWaitACK sends the ACK conntrack answered for a connection in
-// TIME_WAIT. It runs on the packet loop; a failed write is counted as any
+// TIME_WAIT, on q, the queue the client's segment came in on. It runs on
+// q's packet loop; a failed write is counted as any
 // other and, like a lost ACK, mended by the client's next retransmission.
-func (l *link) writeTimeWaitACK(tu conntrack.Tuple, r conntrack.Reply) {
+func (l *link) writeTimeWaitACK(q *tunQueue, tu conntrack.Tuple, r conntrack.Reply) {
 	var buf [writeHeadroom + header.IPv6MinimumSize + header.TCPMinimumSize + tcpTSOptionLen]byte
 	pkt := appendTimeWaitACK(buf[:writeHeadroom], tu, r)
-	if err := l.writeRaw(pkt, writeHeadroom); err != nil {
+	if err := l.writeRaw(q, pkt, writeHeadroom); err != nil {
 		if !isClosedErr(err) {
-			l.stats.Dropped[DropTUNWriteError].Add(1)
+			q.stats.Dropped[DropTUNWriteError].Add(1)
 		}
 		return
 	}
-	l.stats.TUNPackets[conntrack.ToClient].Add(1)
-	l.stats.TUNBytes[conntrack.ToClient].Add(uint64(len(pkt) - writeHeadroom))
+	q.stats.Packets[conntrack.ToClient].Add(1)
+	q.stats.Bytes[conntrack.ToClient].Add(uint64(len(pkt) - writeHeadroom))
 }
 
 // reuseWait bounds how long a SYN that reopens a 4-tuple waits for the old

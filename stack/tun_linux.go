@@ -14,22 +14,26 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-// createTUN creates the TUN device, gives it its addresses and transmit
-// queue length through netlink and brings it up. What it could not set
-// without harm to the data path is logged.
-func createTUN(cfg TUNConfig, log *zap.Logger) (tun.Device, error) {
+// createTUN creates the TUN device with the queues cfg asks for, gives it
+// its MTU, addresses and transmit queue length through netlink and brings it
+// up. What it could not set without harm to the data path is logged.
+func createTUN(cfg TUNConfig, log *zap.Logger) (*queueTUN, error) {
+	want := cfg.queueCount()
 	var (
-		dev tun.Device
+		dev *queueTUN
 		err error
 	)
 	switch cfg.Offload {
 	case OffloadOff:
-		dev, err = createPlainTUN(cfg.Name, cfg.MTU)
+		dev, err = openTUN(cfg.Name, want, false, log)
 	default:
-		dev, err = tun.CreateTUN(cfg.Name, cfg.MTU)
-		if err == nil && cfg.Offload == OffloadOn && dev.BatchSize() <= 1 {
-			dev.Close()
-			err = errors.New("the kernel did not accept the virtio-net header offloads (tun.offload: on)")
+		dev, err = openTUN(cfg.Name, want, true, log)
+		if err != nil && cfg.Offload == OffloadAuto && errors.Is(err, errNoOffload) {
+			log.Info("the kernel did not accept the virtio-net header offloads; the TUN carries plain packets", zap.Error(err))
+			dev, err = openTUN(cfg.Name, want, false, log)
+		}
+		if err != nil && cfg.Offload == OffloadOn && errors.Is(err, errNoOffload) {
+			err = fmt.Errorf("%w (tun.offload: on)", err)
 		}
 	}
 	if err != nil {
@@ -42,28 +46,130 @@ func createTUN(cfg TUNConfig, log *zap.Logger) (tun.Device, error) {
 	return dev, nil
 }
 
-// createPlainTUN opens a TUN without the virtio-net header: one packet per
-// read and write, for kernels or setups where offload is unwanted.
-func createPlainTUN(name string, mtu int) (tun.Device, error) {
+// errNoOffload says the kernel refused the virtio-net header or the TCP
+// segmentation offloads that come with it.
+var errNoOffload = errors.New("the kernel did not accept the virtio-net header offloads")
+
+// tunOffloads are the offloads the offload path asks of the kernel: it may
+// hand tcpd TCP super-packets (TSO) with checksums left to do (CSUM), and
+// tcpd writes such super-packets for the kernel to cut.
+const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+
+// queueTUN is the TUN device as tcpd opens it itself: a file descriptor
+// per queue, all of them with or without the virtio-net header.
+type queueTUN struct {
+	name  string
+	files []*os.File
+	vnet  bool
+}
+
+func (d *queueTUN) tunFiles() []*os.File { return d.files }
+func (d *queueTUN) vnetHdr() bool        { return d.vnet }
+
+// Name returns the device's name.
+func (d *queueTUN) Name() (string, error) { return d.name, nil }
+
+// MTU returns the device's MTU, as the kernel has it now.
+func (d *queueTUN) MTU() (int, error) {
+	l, err := netlink.LinkByName(d.name)
+	if err != nil {
+		return 0, fmt.Errorf("find TUN %s: %w", d.name, err)
+	}
+	return l.Attrs().MTU, nil
+}
+
+// Events returns nil: tcpd acts on no link event of its own TUN.
+func (d *queueTUN) Events() <-chan tun.Event { return nil }
+
+// Close closes every queue; the last one removes the device.
+func (d *queueTUN) Close() error {
+	var errs []error
+	for _, f := range d.files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// openTUN opens the TUN name with want queues, the first of which creates
+// it. With more than one, the device is created with IFF_MULTI_QUEUE and
+// each further descriptor attaches a queue to it. Where the kernel refuses
+// a multi-queue device, or a further queue, tcpd carries on with the queues
+// it has and says so. The flags are checked as the kernel reports them
+// (TUNGETIFF), not assumed.
+func openTUN(name string, want int, vnet bool, log *zap.Logger) (*queueTUN, error) {
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if vnet {
+		flags |= unix.IFF_VNET_HDR
+	}
+	multi := want > 1
+	if multi {
+		flags |= unix.IFF_MULTI_QUEUE
+	}
+	f, got, err := openQueue(name, flags, vnet)
+	if err != nil && multi && !errors.Is(err, errNoOffload) {
+		log.Warn("the kernel refused a multi-queue TUN; using one queue", zap.String("tun", name),
+			zap.Int("queues_wanted", want), zap.Error(err))
+		multi, flags = false, flags&^unix.IFF_MULTI_QUEUE
+		f, got, err = openQueue(name, flags, vnet)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d := &queueTUN{name: name, files: []*os.File{f}, vnet: vnet}
+	if vnet && got&unix.IFF_VNET_HDR == 0 {
+		d.Close()
+		return nil, fmt.Errorf("%w: the device's flags %#x lack IFF_VNET_HDR", errNoOffload, got)
+	}
+	if multi && got&unix.IFF_MULTI_QUEUE == 0 {
+		log.Warn("the TUN came up with one queue: its flags lack IFF_MULTI_QUEUE", zap.String("tun", name),
+			zap.Int("queues_wanted", want), zap.Uint16("flags", got))
+		multi = false
+	}
+	for multi && len(d.files) < want {
+		f, _, err := openQueue(name, flags, vnet)
+		if err != nil {
+			log.Warn("the kernel refused a further TUN queue; using those it gave", zap.String("tun", name),
+				zap.Int("queues_wanted", want), zap.Int("queues", len(d.files)), zap.Error(err))
+			break
+		}
+		d.files = append(d.files, f)
+	}
+	return d, nil
+}
+
+// openQueue opens /dev/net/tun and attaches it to the TUN name with flags,
+// creating the device if it does not exist, and returns it non-blocking
+// with the flags the kernel reports for the device.
+func openQueue(name string, flags uint16, vnet bool) (*os.File, uint16, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+		return nil, 0, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	fail := func(err error) (*os.File, uint16, error) {
+		unix.Close(fd)
+		return nil, 0, err
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		unix.Close(fd)
-		return nil, err
+		return fail(err)
 	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETIFF: %w", err)
+		return fail(fmt.Errorf("TUNSETIFF %s flags %#x: %w", name, flags, err))
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
+		return fail(fmt.Errorf("TUNGETIFF %s: %w", name, err))
+	}
+	got := ifr.Uint16()
+	if vnet {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunOffloads); err != nil {
+			return fail(fmt.Errorf("%w: TUNSETOFFLOAD: %w", errNoOffload, err))
+		}
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, err
+		return fail(err)
 	}
-	return tun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+	return os.NewFile(uintptr(fd), "/dev/net/tun"), got, nil
 }
 
 // configureTUN sets the queue length, the addresses and the up flag, and
@@ -75,6 +181,9 @@ func configureTUN(cfg TUNConfig, log *zap.Logger) error {
 	l, err := netlink.LinkByName(cfg.Name)
 	if err != nil {
 		return fmt.Errorf("find TUN %s: %w", cfg.Name, err)
+	}
+	if err := netlink.LinkSetMTU(l, cfg.MTU); err != nil {
+		return fmt.Errorf("set MTU %d on %s: %w", cfg.MTU, cfg.Name, err)
 	}
 	if err := netlink.LinkSetTxQLen(l, cfg.TxQueueLen); err != nil {
 		return fmt.Errorf("set txqueuelen %d on %s: %w", cfg.TxQueueLen, cfg.Name, err)

@@ -7,10 +7,12 @@ import (
 	"net/netip"
 
 	"go.uber.org/zap"
-	"golang.zx2c4.com/wireguard/tun"
 )
 
-func createTUN(TUNConfig, *zap.Logger) (tun.Device, error) { return nil, errors.ErrUnsupported }
+// queueTUN is a real TUN, which needs Linux.
+type queueTUN struct{ device }
+
+func createTUN(TUNConfig, *zap.Logger) (*queueTUN, error) { return nil, errors.ErrUnsupported }
 
 // ForwardingWarnings has nothing to say off Linux.
 func ForwardingWarnings(string, []netip.Prefix) []string { return nil }

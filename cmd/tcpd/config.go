@@ -130,6 +130,11 @@ var keys = []key{
 		doc: "How packets cross the TUN: the virtio-net header with segmentation offload, or plain packets.",
 		more: "auto uses the offload path when the kernel offers it and plain packets otherwise; " +
 			"on requires the offload path; off never uses it."},
+	{path: "tun.queues", apply: restart,
+		spec: field(func(c *config) *int { return &c.stack.TUN.Queues }, 0, autoOrInt(1, stack.MaxQueues)),
+		doc:  "Queues of the TUN device, each read by a packet loop of its own: auto for one per CPU tcpd may use, at most 64.",
+		more: "The kernel sends each flow from the clients to one queue and tcpd answers it on the same queue. " +
+			"Where the kernel refuses a multi-queue device, tcpd uses one queue and logs it; 1 is a single queue."},
 	{path: "clients", apply: restart,
 		spec: field(func(c *config) *[]netip.Prefix { return &c.stack.Clients },
 			[]netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd64::/64")}, prefixes(false, 1)),

@@ -308,6 +308,23 @@ func TestMSSClampKey(t *testing.T) {
 	}
 }
 
+func TestQueuesKey(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want int
+	}{
+		{"", 0},
+		{"tun:\n  queues: auto\n", 0},
+		{"tun:\n  queues: 1\n", 1},
+		{"tun:\n  queues: 8\n", 8},
+		{"tun:\n  queues: 256\n", 256},
+	} {
+		if got := mustParse(t, tc.yaml).stackConfig(nil, nil).TUN.Queues; got != tc.want {
+			t.Errorf("%q: Queues %d, want %d", tc.yaml, got, tc.want)
+		}
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	topKeys := "tun, clients, policy, upstream, tcp, limits, metrics, admin, log, shutdown_grace"
 	tests := []struct {
@@ -317,7 +334,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown top-level key", "tun:\n  mtu: 1500\ntunn: {}\n",
 			[]string{"line 3: tunn: unknown key (allowed: " + topKeys + ")"}},
 		{"unknown nested key", "tun:\n  name: tcpd0\n  offlaod: on\n",
-			[]string{"line 3: tun.offlaod: unknown key (allowed: name, mtu, addresses, offload)"}},
+			[]string{"line 3: tun.offlaod: unknown key (allowed: name, mtu, addresses, offload, queues)"}},
 		{"unknown key two levels down", "tcp:\n  keepalive:\n    idel: 1s\n",
 			[]string{"line 3: tcp.keepalive.idel: unknown key (allowed: idle, interval, count)"}},
 		{"duplicate key", "log:\n  level: info\n  level: debug\n",
@@ -327,7 +344,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"document is a list", "- tun\n",
 			[]string{"line 1: expected a mapping, got a list (allowed keys: " + topKeys + ")"}},
 		{"section is a scalar", "tun: tcpd0\n",
-			[]string{`line 1: tun: expected a mapping, got "tcpd0" (allowed keys: name, mtu, addresses, offload)`}},
+			[]string{`line 1: tun: expected a mapping, got "tcpd0" (allowed keys: name, mtu, addresses, offload, queues)`}},
 		{"integer is a list", "tun:\n  mtu: [1500]\n",
 			[]string{"line 2: tun.mtu: expected an integer, got a list"}},
 		{"list is a scalar", "clients: 100.64.0.0/10\n",
@@ -384,6 +401,14 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`line 2: log.level: "INFO" is not allowed (allowed: debug, info, warn, error)`}},
 		{"bad offload", "tun:\n  offload: yes\n",
 			[]string{`line 2: tun.offload: "yes" is not allowed (allowed: auto, on, off)`}},
+		{"queues a word", "tun:\n  queues: many\n",
+			[]string{`line 2: tun.queues: "many" is not allowed (allowed: auto or 1..256)`}},
+		{"queues zero", "tun:\n  queues: 0\n",
+			[]string{`line 2: tun.queues: 0 is out of range (allowed: auto or 1..256)`}},
+		{"queues beyond the kernel's", "tun:\n  queues: 257\n",
+			[]string{`line 2: tun.queues: 257 is out of range (allowed: auto or 1..256)`}},
+		{"queues a list", "tun:\n  queues: [2]\n",
+			[]string{"line 2: tun.queues: expected auto or an integer, got a list"}},
 		{"memory limit without a number", "limits:\n  memory: lots\n",
 			[]string{`line 2: limits.memory: "lots" is not a size (allowed: auto, off, or a size in 32MiB..1TiB (e.g. 512MiB, 2GiB))`}},
 		{"memory limit in decimal units", "limits:\n  memory: 2GB\n",
@@ -442,7 +467,7 @@ shutdown_grace: forever
 `, []string{
 			`line 2: log.format: "text" is not allowed (allowed: auto, json, console)`,
 			"line 4: tun.mtu: 100 is out of range (allowed 1280..65535)",
-			"line 6: tun.bogus: unknown key (allowed: name, mtu, addresses, offload)",
+			"line 6: tun.bogus: unknown key (allowed: name, mtu, addresses, offload, queues)",
 			`line 7: clients[1]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)`,
 			"line 10: limits.max_in_flight_per_client: 20 is out of range (allowed 1..10, at most limits.max_in_flight)",
 			`line 11: shutdown_grace: "forever" is not a duration (e.g. 10s, 1m30s)`,
@@ -499,7 +524,7 @@ func TestCheckConfigCommand(t *testing.T) {
 	stderr.Reset()
 	code := runMain([]string{"check-config", bad}, &stdout, &stderr)
 	want := "tcpd check-config: " + bad + ": line 2: tun.mtu: 1 is out of range (allowed 1280..65535)\n  " +
-		bad + ": line 3: tun.nmae: unknown key (allowed: name, mtu, addresses, offload)\n"
+		bad + ": line 3: tun.nmae: unknown key (allowed: name, mtu, addresses, offload, queues)\n"
 	if code != 1 || stderr.String() != want {
 		t.Errorf("bad file: exit %d, stderr:\n%s\nwant:\n%s", code, stderr.String(), want)
 	}

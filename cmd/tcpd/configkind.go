@@ -121,6 +121,36 @@ func optionalInt(lo, hi int64) kind[*int] {
 	}
 }
 
+// autoOrInt is an integer in lo..hi or auto, which sets 0: the package's
+// own choice.
+func autoOrInt(lo, hi int64) kind[int] {
+	allowed := fmt.Sprintf("auto or %d..%d", lo, hi)
+	return kind[int]{
+		allowed: allowed,
+		format: func(v int) string {
+			if v == 0 {
+				return "auto"
+			}
+			return strconv.Itoa(v)
+		},
+		decode: func(d *decoder, n *yaml.Node, key string) (int, bool) {
+			v, ok := d.scalar(n, key, "auto or an integer", "allowed: "+allowed)
+			if !ok {
+				return 0, false
+			}
+			if v.ShortTag() == "!!int" {
+				x, ok := d.integer(n, key, lo, hi, "allowed: "+allowed)
+				return int(x), ok
+			}
+			if v.Value == "auto" {
+				return 0, true
+			}
+			d.errorf(n, key, "%q is not allowed (allowed: %s)", v.Value, allowed)
+			return 0, false
+		},
+	}
+}
+
 // duration is a Go duration string in lo..hi, or also 0 (off) when zeroOK.
 func duration(lo, hi time.Duration, zeroOK bool) kind[time.Duration] {
 	allowed := fmtDuration(lo) + ".." + fmtDuration(hi)

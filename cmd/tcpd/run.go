@@ -221,6 +221,7 @@ func (d *daemon) run() error {
 		zap.String("tun", d.st.Name()),
 		zap.Int("mtu", cfg.tunMTU()),
 		zap.Bool("offload", d.st.Offload()),
+		zap.Int("queues", d.st.Queues()),
 		zap.String("mss_clamp", cfg.mssClampString()),
 		zap.Strings("addresses", prefixStrings(cfg.tunAddresses())),
 		zap.Strings("clients", prefixStrings(cfg.clientPrefixes())),
