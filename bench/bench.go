@@ -34,7 +34,8 @@ type Config struct {
 	// Only, if not empty, limits the run to these groups of measurements:
 	// "bulk", "rate" (connection rate, with tcpd's CPU and context switches
 	// per connection), "count" (system calls and goroutines per connection,
-	// under perf), "latency", "idle" and "wireguard". Empty means all.
+	// under perf), "latency", "queues" (tun.queues 1 against auto), "idle"
+	// and "wireguard". Empty means all.
 	Only []string
 	// Runs is how many times each measurement is repeated; the table shows
 	// medians. Zero means 3.
@@ -44,6 +45,9 @@ type Config struct {
 	// Streams, when above 1, adds bulk rows with that many parallel streams.
 	// Zero means none (one stream only).
 	Streams int
+	// QueueStreams is the number of parallel streams each way of the queues
+	// phase's bulk rows. Zero means 8.
+	QueueStreams int
 	// ConnRate is the length of one connection-rate run. Zero means 3s.
 	ConnRate time.Duration
 	// Workers is the number of concurrent connection-rate clients. Zero
@@ -103,6 +107,7 @@ func (c *Config) setDefaults() {
 	}
 	defInt(&c.Runs, 3)
 	def(&c.Bulk, 5*time.Second)
+	defInt(&c.QueueStreams, 8)
 	def(&c.ConnRate, 3*time.Second)
 	defInt(&c.Workers, 64)
 	def(&c.Stuck, 2*time.Second)
@@ -124,7 +129,7 @@ func (c *Config) setDefaults() {
 
 // groups are the measurement groups Only may name, in running order. The
 // soak runs only when named.
-var groups = []string{"bulk", "rate", "count", "latency", "idle", "wireguard", "soak"}
+var groups = []string{"bulk", "rate", "count", "latency", "queues", "idle", "wireguard", "soak"}
 
 // checkOnly rejects an unknown group in Only.
 func (c *Config) checkOnly() error {
@@ -384,6 +389,7 @@ func (c *Config) settings() map[string]any {
 		"runs":            c.Runs,
 		"bulk_seconds":    c.Bulk.Seconds(),
 		"streams":         c.Streams,
+		"queue_streams":   c.QueueStreams,
 		"conn_rate_secs":  c.ConnRate.Seconds(),
 		"workers":         c.Workers,
 		"stuck_after_sec": c.Stuck.Seconds(),

@@ -140,7 +140,7 @@ func (b *bencher) count(ctx context.Context, c *counting, p *path, rep int) erro
 	for _, serverFirst := range []bool{false, true} {
 		ps := &perfStat{perf: c.perf, pid: p.pid, events: events,
 			dir: filepath.Join(b.tmp, fmt.Sprintf("perf-%s-%d-%v", p.name, rep, serverFirst))}
-		r, err := b.connRate(ctx, p, serverFirst, ps)
+		r, err := b.connRate(ctx, p, serverFirst, ps, nil)
 		ps.kill()
 		if err != nil {
 			return err

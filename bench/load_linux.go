@@ -218,7 +218,9 @@ type meter interface {
 // before closing; otherwise the client closes first and the server closes
 // on the client's FIN. On a tcpd path it reads tcpd's CPU time and context
 // switches before and after, and runs m (if not nil) around the clients.
-func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool, m meter) (crrResult, error) {
+// With srcs, worker i connects from srcs[i%len(srcs)]; without, from the
+// client's own address.
+func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool, m meter, srcs []netip.Addr) (crrResult, error) {
 	stuck := b.cfg.Stuck
 	srv, err := serve(p.lab.Server, p.lab.ServerAddr4, crrPorts, func(c net.Conn) error {
 		c.SetDeadline(time.Now().Add(stuck + time.Second))
@@ -261,11 +263,14 @@ func (b *bencher) connRate(ctx context.Context, p *path, serverFirst bool, m met
 	doErrs := make(chan error, b.cfg.Workers)
 	for i := range b.cfg.Workers {
 		addr := srv.addrs[i%len(srv.addrs)]
+		d := net.Dialer{FallbackDelay: -1}
+		if len(srcs) > 0 {
+			d.LocalAddr = &net.TCPAddr{IP: srcs[i%len(srcs)].AsSlice()}
+		}
 		wg.Go(func() {
 			// The whole loop runs in the client namespace on one locked
 			// thread, so connecting costs no namespace switch.
 			doErrs <- p.lab.Client.Do(func() error {
-				d := net.Dialer{FallbackDelay: -1}
 				for time.Now().Before(end) && ctx.Err() == nil {
 					err := oneCRR(ctx, &d, addr, serverFirst, stuck)
 					switch {

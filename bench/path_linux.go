@@ -27,20 +27,23 @@ import (
 // namespace (tcpd's own default address).
 const metricsAddr = "127.0.0.1:9810"
 
-// extraClients is how many client addresses the idle test spreads its
-// connections over, besides the lab's own: tcpd's default
-// limits.max_connections_per_client is 4096, and a gateway with 15000 idle
-// connections serves many clients.
-const extraClients = 8
+// extraClients is how many client addresses the idle test and the queues
+// phase's connection rate spread their connections over, besides the lab's
+// own: tcpd's default limits.max_connections_per_client is 4096, a gateway
+// with 15000 idle connections serves many clients, and tcpd's connection
+// manager keeps its per-client counts in shards of their own.
+const extraClients = 63
 
 // path is one way from the client to the server: the gateway kernel
 // forwarding, or a tcpd binary.
 type path struct {
-	name string // "kernel", "tcpd" or "base"
+	name string // "kernel", "tcpd" or "base"; "q1", "qauto" in the queues phase
 	bin  string // the tcpd binary; "" on the kernel path
-	lab  *netlab.Lab
-	tcpd *netlab.Proc // nil on the kernel path
-	pid  int          // tcpd's pid
+	// queues is tcpd's tun.queues; "" keeps its default (auto).
+	queues string
+	lab    *netlab.Lab
+	tcpd   *netlab.Proc // nil on the kernel path
+	pid    int          // tcpd's pid
 	// srcs are the client namespace's addresses, the lab's first.
 	srcs []netip.Addr
 }
@@ -93,10 +96,16 @@ func newLab() (*netlab.Lab, []netip.Addr, error) {
 
 // tcpdConfig is tcpd's embedded default configuration except for the keys
 // given here; every key left out keeps its default.
-func tcpdConfig(adminSocket string, timeWait time.Duration, offload string) string {
+func tcpdConfig(adminSocket string, timeWait time.Duration, offload, queues string) string {
 	var b strings.Builder
+	if offload != "" || queues != "" {
+		b.WriteString("tun:\n")
+	}
 	if offload != "" {
-		fmt.Fprintf(&b, "tun:\n  offload: %q\n", offload)
+		fmt.Fprintf(&b, "  offload: %q\n", offload)
+	}
+	if queues != "" {
+		fmt.Fprintf(&b, "  queues: %s\n", queues)
 	}
 	fmt.Fprintf(&b, "metrics:\n  listen: %q\nadmin:\n  socket: %q\ntcp:\n  time_wait: %s\n",
 		metricsAddr, adminSocket, timeWait)
@@ -107,7 +116,7 @@ func tcpdConfig(adminSocket string, timeWait time.Duration, offload string) stri
 // into it.
 func (b *bencher) startTCPD(ctx context.Context, p *path, name string, timeWait time.Duration) error {
 	sock := filepath.Join(b.tmp, name+".sock")
-	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload))
+	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload, p.queues))
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,10 @@ type bencher struct {
 	tmp   string    // admin sockets
 	start time.Time // of the run
 
+	// queueClients is how many client addresses the queues phase's
+	// connection rate uses.
+	queueClients int
+
 	mu    sync.Mutex
 	notes []string
 	// vals holds each metric's per-run values by path ("kernel", "tcpd",
@@ -140,6 +144,18 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			idlePaths = append(idlePaths, ip)
 		}
 	}
+	var queuePathsBuilt []*path
+	if cfg.runs("queues") {
+		for _, q := range queuePaths {
+			p, err := newPath(q.name, cfg.TCPD)
+			if err != nil {
+				return nil, err
+			}
+			p.queues = q.queues
+			queuePathsBuilt = append(queuePathsBuilt, p)
+		}
+		b.queueClients = len(kernel.srcs)
+	}
 	var wgKernel, wgTCPD *path
 	if cfg.runs("wireguard") {
 		for _, w := range []struct {
@@ -165,7 +181,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	for _, l := range labs {
 		ids = append(ids, l.ID)
 	}
-	b.progress("labs %s built (kernel, then per tcpd binary its main lab and its idle-test lab, then the WireGuard labs)", strings.Join(ids, ", "))
+	b.progress("labs %s built (kernel, then per tcpd binary its main lab and its idle-test lab, then tun.queues 1 and auto, then the WireGuard labs)", strings.Join(ids, ", "))
 
 	mainTests := slices.ContainsFunc([]string{"bulk", "rate", "count", "latency"}, cfg.runs)
 	final := map[string]series{}
@@ -234,6 +250,13 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		b.stopTCPD(p, p.name+" main")
 	}
 
+	if cfg.runs("queues") {
+		start := time.Now()
+		if err := b.queuesPhase(ctx, kernel, queuePathsBuilt); err != nil {
+			return nil, err
+		}
+		b.queuesNote(start)
+	}
 	if cfg.runs("idle") {
 		n := b.idleCount(int(limit), int(tcpdFiles))
 		if err := b.idlePhase(ctx, kernel, idlePaths, n); err != nil {
@@ -325,7 +348,7 @@ func (b *bencher) interleaved(ctx context.Context, paths []*path) error {
 			name = "conn rate, server closes"
 		}
 		return test{name, func(p *path, rep int) error {
-			r, err := b.connRate(ctx, p, serverFirst, nil)
+			r, err := b.connRate(ctx, p, serverFirst, nil, nil)
 			if err != nil {
 				b.record(id, p.name, math.NaN())
 				return err
@@ -570,6 +593,9 @@ func (b *bencher) rows() []Row {
 				rows = append(rows, r)
 			}
 		}
+	}
+	if b.cfg.runs("queues") {
+		rows = append(rows, b.queueRows()...)
 	}
 	if b.cfg.runs("latency") {
 		rows = append(rows,
