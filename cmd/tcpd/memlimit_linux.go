@@ -47,28 +47,56 @@ func cgroupLimit() int64 {
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+	return cgroupLimitAt("/sys/fs/cgroup", string(b))
+}
+
+// cgroupLimitAt returns the smallest memory limit on the way from this
+// process's cgroup (as /proc/self/cgroup lists it) up to the root of the
+// hierarchy mounted at root: cgroup v2's memory.max or v1's
+// memory.limit_in_bytes. A limit set on a parent (a systemd slice, a
+// Kubernetes pod) binds as much as one set on the cgroup itself. Inside a
+// container that shares the host's cgroup namespace the listed path does
+// not exist under the container's mount, whose root is the container's own
+// cgroup; the walk still reaches that root and reads its limit.
+func cgroupLimitAt(root, selfCgroup string) int64 {
+	var limit int64
+	for _, line := range strings.Split(strings.TrimSpace(selfCgroup), "\n") {
 		// hierarchy-ID:controllers:path
 		f := strings.SplitN(line, ":", 3)
 		if len(f) != 3 {
 			continue
 		}
-		var file string
+		var dir, name string
 		switch {
 		case f[0] == "0" && f[1] == "":
-			file = filepath.Join("/sys/fs/cgroup", f[2], "memory.max")
+			dir, name = root, "memory.max"
 		case strings.Contains(","+f[1]+",", ",memory,"):
-			file = filepath.Join("/sys/fs/cgroup/memory", f[2], "memory.limit_in_bytes")
+			dir, name = filepath.Join(root, "memory"), "memory.limit_in_bytes"
 		default:
 			continue
 		}
-		if v, err := os.ReadFile(file); err == nil {
-			s := strings.TrimSpace(string(v))
-			// cgroup v1 says "no limit" with a number near 2^63.
-			if n, err := strconv.ParseInt(s, 10, 64); err == nil && n < 1<<60 {
-				return n
+		for p := filepath.Clean("/" + f[2]); ; p = filepath.Dir(p) {
+			if n := readLimit(filepath.Join(dir, p, name)); n > 0 && (limit == 0 || n < limit) {
+				limit = n
+			}
+			if p == "/" {
+				break
 			}
 		}
 	}
-	return 0
+	return limit
+}
+
+// readLimit reads one cgroup limit file: 0 for "max", for v1's "no limit"
+// (a number near 2^63), or when the file is absent or unreadable.
+func readLimit(file string) int64 {
+	v, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
+	if err != nil || n <= 0 || n >= 1<<60 {
+		return 0
+	}
+	return n
 }
