@@ -257,7 +257,6 @@ tcpd_connections_total{result="relayed"} 80
 tcpd_connections_total{result="upstream_failed"} 5
 # HELP tcpd_upstream_connect_failures_total Failed upstream connects, by cause.
 # TYPE tcpd_upstream_connect_failures_total counter
-tcpd_upstream_connect_failures_total{reason="denied"} 0
 tcpd_upstream_connect_failures_total{reason="no_descriptor"} 0
 tcpd_upstream_connect_failures_total{reason="no_local_port"} 0
 tcpd_upstream_connect_failures_total{reason="other"} 0

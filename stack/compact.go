@@ -12,21 +12,11 @@ const compactAbove = 1024
 
 // compactMaps rebuilds the maps that have shrunk to a quarter of their peak,
 // and drops the maintenance loop's scratch slices if they are four times
-// larger than the last tick needed.
+// larger than the last tick needed. (Each shard does the same with its
+// map of relays as relays leave it.)
 func (s *Stack) compactMaps() {
-	s.mu.Lock()
-	if shrunk(len(s.active), s.activePeak) {
-		s.active, s.activePeak = compacted(s.active), len(s.active)
-	}
-	if shrunk(len(s.perClient), s.perClientPeak) {
-		s.perClient, s.perClientPeak = compacted(s.perClient), len(s.perClient)
-	}
-	s.mu.Unlock()
-	s.epMu.Lock()
-	if shrunk(len(s.eps), s.epsPeak) {
-		s.eps, s.epsPeak = compacted(s.eps), len(s.eps)
-	}
-	s.epMu.Unlock()
+	s.adm.compact()
+	s.reg.compact()
 	if shrunk(len(s.reconcileIDs), cap(s.reconcileIDs)) {
 		s.reconcileIDs, s.reconcileEPs = nil, nil
 	}

@@ -2,9 +2,7 @@ package stack
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
-	"hash/maphash"
 	"net"
 	"net/netip"
 	"os"
@@ -37,10 +35,21 @@ func (q *request) complete(rst bool) {
 	q.r.Complete(rst)
 }
 
-// handle runs on its own goroutine for every SYN the forwarder accepts. It
-// checks policy and limits, dials the destination, and only then completes
-// the client's handshake, so that a client of a closed port sees RST exactly
-// as it would from the destination itself.
+// handle runs on the goroutine the netstack's forwarder starts for every
+// SYN it accepts, the only goroutine a connection ever has, and only until
+// its relay starts. It checks policy and limits, connects to the
+// destination (the connect runs on a shard; the handler waits for its
+// outcome), and only then completes the client's handshake, so that a
+// client of a closed port sees RST exactly as it would from the
+// destination itself. Then it hands the connection to its relay, on the
+// same shard, and returns.
+//
+// The netstack's CreateEndpoint blocks this goroutine for the client's
+// round trip (SYN-ACK out, ACK in): the forwarder offers no other way to
+// finish a handshake. A variant that returned the endpoint once the
+// SYN-ACK is out and signalled the handshake's end on its waiter queue
+// would let the handler return at once: no goroutine, stack or park held
+// through the client's round trip.
 func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	s.conns.Add(1)
 	defer s.conns.Done()
@@ -50,14 +59,23 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	dst := netip.AddrPortFrom(addrFrom(tid.LocalAddress), tid.LocalPort)
 	log := s.log
 	id := s.table.Claim(conntrack.Tuple{Client: client, Dst: dst})
-	var ep tcpip.Endpoint
+	var (
+		ep tcpip.Endpoint
+		// r is the connection's relay once connected; handedOff says its
+		// shard has been told what to do with it.
+		r         *relay
+		handedOff bool
+	)
 	defer func() {
 		if p := recover(); p != nil {
 			s.stats.Panics.Add(1)
 			log.Error("connection handler panicked; connection reset",
-				zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Any("panic", p))
+				zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Any("panic", p), zap.Stack("stack"))
 		}
 		req.complete(true)
+		if r != nil && !handedOff {
+			r.abort(EndAborted)
+		}
 		if ep == nil && id != 0 {
 			// No endpoint and no segment will end this entry: the SYN was
 			// refused (its RST usually closed the entry already) or the
@@ -83,7 +101,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		}
 		return
 	}
-	if reason, ok := s.admit(client.Addr()); !ok {
+	if reason, ok := s.adm.admit(client.Addr()); !ok {
 		if reason == DropMaxInFlightPerClient {
 			// Like a full SYN queue: say nothing, and forget the SYN; the
 			// client's retransmission starts afresh. (The link drops most
@@ -98,13 +116,14 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	admitted := true
 	defer func() {
 		if admitted {
-			s.release(client.Addr())
+			s.adm.release(client.Addr())
 		}
 	}()
 
 	start := time.Now()
-	upstream, err := s.dial(client, dst)
+	r, err := s.connect(tid, id, client, dst)
 	if err != nil {
+		r = nil
 		s.stats.Connections[ResultUpstreamFailed].Add(1)
 		f := classifyDial(err)
 		s.stats.DialFailures[f].Add(1)
@@ -118,19 +137,19 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	dialed := time.Since(start)
 	s.table.Dialled(id, dialed)
 
-	var wq waiter.Queue
-	// CreateEndpoint blocks until the client's ACK; a client that never
-	// sends it would hold the slot for the netstack's ~2 minutes of SYN-ACK
-	// retransmissions.
-	expire := time.AfterFunc(s.tune.Load().HandshakeTimeout, func() { s.abortHandshake(tid) })
-	newEP, terr := fr.CreateEndpoint(&wq)
-	expire.Stop()
+	// The relay's shard aborts the half-open endpoint if the client's ACK
+	// does not come within tcp.handshake_timeout, which makes
+	// CreateEndpoint return: the netstack alone would retransmit its
+	// SYN-ACK for two minutes.
+	wq := new(waiter.Queue)
+	newEP, terr := fr.CreateEndpoint(wq)
 	req.complete(false)
 	if terr != nil {
 		// The client went away or never finished its handshake: the
 		// destination, which accepted, must not read that as a clean
-		// end (FIN) of a request; it gets a reset.
-		resetConn(upstream)
+		// end (FIN) of a request; the shard resets it (reqDrop).
+		r.post(reqDrop)
+		handedOff = true
 		s.stats.Connections[ResultHandshakeFailed].Add(1)
 		if ce := log.Check(zap.DebugLevel, "client handshake failed"); ce != nil {
 			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.String("error", terr.String()))
@@ -138,44 +157,105 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		return
 	}
 	ep = newEP
-	rec := s.register(id, ep, upstream.LocalAddr().String())
-	defer close(rec.done)
 	s.setKeepalive(ep)
+	r.ep, r.wq = ep, wq
+	r.entry = waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.WritableEvents|waiter.EventHUp|waiter.EventErr, r.clientEvent)
+	wq.EventRegister(&r.entry)
+	s.reg.register(id, ep, r)
 
 	// The handshake is done: the slot moves from in-flight to connections,
 	// and the relay is attached to the connection's tracking entry.
-	r := newRelay(s, ep, &wq, upstream)
 	admitted = false
-	if !s.attach(client.Addr(), id, r) {
+	if !s.adm.attach(client.Addr(), id, r) {
 		// No entry to attach to: the table was full when the SYN came,
 		// or the client reset the connection as its handshake completed.
 		// A relay nobody can see is not started.
 		s.stats.Dropped[DropUntracked].Add(1)
 		s.stats.Connections[ResultDenied].Add(1)
-		r.abort()
+		s.reg.unregister(id)
+		r.abort(EndAborted)
+		handedOff = true
 		return
 	}
-	defer s.detach(client.Addr(), id, r)
-	rec.relay.Store(r)
+	s.conns.Add(1) // the relay's, until relayEnded
 	s.stats.Connections[ResultRelayed].Add(1)
-
 	if ce := log.Check(zap.DebugLevel, "connection established"); ce != nil {
 		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Duration("dial", dialed))
 	}
-	r.run()
-	if ce := log.Check(zap.DebugLevel, "connection closed"); ce != nil {
-		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst),
-			zap.Uint64("bytes_in", r.bytes[conntrack.FromClient].Load()), zap.Uint64("bytes_out", r.bytes[conntrack.ToClient].Load()),
-			zap.Stringer("end", r.end))
+	r.post(reqStart)
+	handedOff = true
+}
+
+// connect opens the upstream socket for dst, starts its connect and puts
+// the socket in a shard's epoll set. If the connect is done already the
+// relay is returned at once; else the shard follows it, under
+// upstream.dial_timeout, and the caller waits for the outcome or for the
+// stack to close.
+func (s *Stack) connect(tid gvstack.TransportEndpointID, id conntrack.ID, client, dst netip.AddrPort) (*relay, error) {
+	target := dst
+	if s.cfg.redirect != nil {
+		t, err := s.cfg.redirect(dst)
+		if err != nil {
+			return nil, err
+		}
+		target = t
+	}
+	tune := s.tune.Load()
+	fd, err := upstreamSocket(sourceFor(tune.SourceAddresses, s.srcSeed, client, target), target, tune)
+	if err != nil {
+		return nil, err
+	}
+	r := &relay{s: s, sh: s.pickShard(), id: id, client: client, dst: dst, tid: tid, fd: fd, dialed: make(chan error, 1)}
+	r.timer.fire = r.onTimer
+	if err := r.sh.add(r); err != nil {
+		closeFD(fd, false)
+		return nil, err
+	}
+	// A nearby destination has often answered by now: then there is
+	// nothing to wait for.
+	if done, failed := connectPoll(fd); done && r.dialState.CompareAndSwap(dialPending, dialDeciding) {
+		if err := connectResult(fd, failed); err != nil {
+			r.dialState.Store(dialFailed)
+			r.post(reqDrop)
+			return nil, err
+		}
+		r.dialState.Store(dialOK)
+		r.post(reqWatch) // the shard times the client's handshake
+		return r, nil
+	}
+	r.post(reqWatch)
+	select {
+	case err := <-r.dialed:
+		if err != nil {
+			return nil, err
+		}
+		return r, nil
+	case <-s.ctx.Done():
+		r.abort(EndAborted)
+		return nil, s.ctx.Err()
 	}
 }
 
-// abortHandshake aborts the half-open endpoint of id if it is still waiting
-// for the client's ACK, which makes its CreateEndpoint return.
-func (s *Stack) abortHandshake(id gvstack.TransportEndpointID) {
-	if s.abortIfIn(id, tcp.StateSynRecv) {
-		s.stats.HandshakeTimeouts.Add(1)
+// pickShard spreads new connections over the shards in turn.
+func (s *Stack) pickShard() *shard {
+	return s.shards[s.nextShard.Add(1)%uint32(len(s.shards))]
+}
+
+// relayEnded is called on a relay's shard when the relay the handler
+// attached has ended: the connection's slot, its tracking entry and its
+// registration let go of it.
+func (s *Stack) relayEnded(r *relay) {
+	s.stats.Ended[r.end].Add(1)
+	if e := s.reg.lookup(r.id); e != nil && e.relay == r {
+		e.relayDone.Store(true)
 	}
+	s.adm.detach(r.client.Addr(), r.id, r)
+	if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+		ce.Write(zap.Stringer("client", r.client), zap.Stringer("dst", r.dst),
+			zap.Uint64("bytes_in", r.bytes[conntrack.FromClient].Load()), zap.Uint64("bytes_out", r.bytes[conntrack.ToClient].Load()),
+			zap.Stringer("end", r.end))
+	}
+	s.conns.Done()
 }
 
 // abortIfIn aborts the netstack's endpoint for id if it is in state st, and
@@ -201,144 +281,12 @@ func (s *Stack) refuse(req *request, reason DropReason) {
 	req.complete(true)
 }
 
-// admit reserves an in-flight slot for client, checking the connection caps.
-func (s *Stack) admit(client netip.Addr) (DropReason, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	tune := s.tune.Load()
-	open := int(s.stats.Active.Load() + s.stats.InFlight.Load())
-	if open >= tune.MaxConnections {
-		return DropMaxConnections, false
-	}
-	if b := s.cfg.FDBudget; b > 0 && open >= b {
-		return DropFDLimit, false
-	}
-	c := s.perClient[client]
-	if c == nil {
-		c = new(clientCount)
-		s.perClient[client] = c
-		s.perClientPeak = max(s.perClientPeak, len(s.perClient))
-	}
-	switch {
-	case c.conns+c.inFlight >= tune.MaxConnectionsPerClient:
-		s.forgetClientLocked(client, c)
-		return DropMaxConnectionsPerClient, false
-	case c.inFlight >= tune.MaxInFlightPerClient:
-		return DropMaxInFlightPerClient, false
-	}
-	c.inFlight++
-	s.stats.InFlight.Add(1)
-	return 0, true
-}
-
-// release gives back an in-flight slot.
-func (s *Stack) release(client netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.perClient[client]
-	c.inFlight--
-	s.stats.InFlight.Add(-1)
-	s.forgetClientLocked(client, c)
-}
-
-// attach moves an established connection's in-flight slot to the client's
-// connection count and attaches its relay r to the tracking entry id. It
-// reports false, giving the slot back, when id has no live entry. The
-// attachment, the count of relays and the set of relays change together
-// under s.mu, so that Relays reads them consistently.
-func (s *Stack) attach(client netip.Addr, id conntrack.ID, r *relay) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.perClient[client]
-	c.inFlight--
-	s.stats.InFlight.Add(-1)
-	ok := s.cfg.noTrack || s.table.Relaying(id)
-	if ok {
-		c.conns++
-		s.stats.Active.Add(1)
-		s.active[r] = struct{}{}
-		s.activePeak = max(s.activePeak, len(s.active))
-	}
-	s.forgetClientLocked(client, c)
-	return ok
-}
-
-// detach undoes attach once r has finished: the entry, if its connection
-// is over, leaves the table.
-func (s *Stack) detach(client netip.Addr, id conntrack.ID, r *relay) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c := s.perClient[client]
-	c.conns--
-	s.stats.Active.Add(-1)
-	delete(s.active, r)
-	if !s.cfg.noTrack {
-		s.table.Released(id)
-	}
-	s.forgetClientLocked(client, c)
-}
-
 // Relays returns the relays in progress and the tracking entries that have
 // a relay attached, read together. Every relay is attached to its entry
 // before it counts as active and detached after it stops, so active never
 // exceeds tracked: a relay without an entry would be one `tcpd conns` can
 // neither show nor kill.
-func (s *Stack) Relays() (active int64, tracked int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stats.Active.Load(), s.table.Relays()
-}
-
-func (s *Stack) forgetClientLocked(client netip.Addr, c *clientCount) {
-	if c.conns == 0 && c.inFlight == 0 {
-		delete(s.perClient, client)
-	}
-}
-
-// dial connects to dst for client with the configured timeout, from the
-// source address the connection's hash picks, if any are configured.
-func (s *Stack) dial(client, dst netip.AddrPort) (net.Conn, error) {
-	tune := s.tune.Load()
-	ctx, cancel := context.WithTimeout(s.ctx, tune.DialTimeout)
-	defer cancel()
-	return s.dialer(ctx, sourceFor(tune.SourceAddresses, s.srcSeed, client, dst), dst)
-}
-
-// sourceFor picks the source address of the connection from client to
-// dst among addrs, by a hash of the 4-tuple, so that connections to one
-// destination spread evenly over the addresses of its family. It returns
-// the invalid address when addrs has none of that family.
-func sourceFor(addrs []netip.Addr, seed maphash.Seed, client, dst netip.AddrPort) netip.Addr {
-	v4 := dst.Addr().Unmap().Is4()
-	n := 0
-	for _, a := range addrs {
-		if a.Is4() == v4 {
-			n++
-		}
-	}
-	if n == 0 {
-		return netip.Addr{}
-	}
-	var h maphash.Hash
-	h.SetSeed(seed)
-	var b [2*16 + 4]byte
-	c16, d16 := client.Addr().As16(), dst.Addr().As16()
-	copy(b[:], c16[:])
-	copy(b[16:], d16[:])
-	binary.BigEndian.PutUint16(b[32:], client.Port())
-	binary.BigEndian.PutUint16(b[34:], dst.Port())
-	h.Write(b[:])
-	k := int(h.Sum64() % uint64(n))
-	for _, a := range addrs {
-		if a.Is4() == v4 {
-			if k == 0 {
-				return a
-			}
-			k--
-		}
-	}
-	return netip.Addr{} // unreachable
-}
+func (s *Stack) Relays() (active int64, tracked int) { return s.adm.relays() }
 
 // setKeepalive turns on keepalive for the client leg of a connection.
 func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
@@ -362,8 +310,6 @@ func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
 func classifyDial(err error) DialFailure {
 	var ne net.Error
 	switch {
-	case errors.Is(err, errDialDenied):
-		return DialDenied
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return DialRefused
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),

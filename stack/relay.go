@@ -2,18 +2,14 @@ package stack
 
 import (
 	"bytes"
-	"errors"
-	"io"
-	"net"
-	"os"
+	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -26,365 +22,584 @@ const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
-// errUpstreamFailed is what a write to the client reports when the watcher
-// found the upstream socket failed and the client could not take the rest
-// at once.
-var errUpstreamFailed = errors.New("upstream failed while the client's window was closed")
+// relayBudget is how many buffers a relay moves in one direction per turn
+// on its shard before it lets the shard's other connections go first.
+const relayBudget = 8
 
-// relay carries the bytes of one connection both ways. Two goroutines run
-// it: the handler's own (client → destination) and relayUpstream
-// (destination → client). EOF on one side becomes a half-close (FIN) on the
-// other; any error becomes a reset of both legs, and so does a failure of
-// one leg while the relay is blocked writing to the other (the watcher,
-// watch.go, passes it on). A relay never reports a failed leg as EOF.
+// A relay carries one connection's bytes both ways, between its netstack
+// endpoint (the client leg) and its upstream socket, as events arrive: it
+// has no goroutine. It lives on one shard (shard.go), whose goroutine alone
+// runs its steps; everyone else asks it to do something by queueing it
+// (post). The netstack's waiter callback only queues it. Its life:
+//
+//	connecting  the upstream connect is in progress; the handler waits
+//	connected   the handler completes the client's handshake
+//	relaying    bytes move; EOF on one side becomes a FIN on the other, an
+//	            error on one side a reset of both
+//	done        both legs closed or reset; the stack has forgotten it
+//
+// Each direction borrows a buffer only while it holds bytes read from its
+// source and not yet written to its sink, and reads nothing more from the
+// source until they are written: backpressure holds both ways, and an idle
+// relay holds no buffer.
 type relay struct {
-	s        *Stack
-	ep       tcpip.Endpoint
-	wq       *waiter.Queue
-	client   *gonet.TCPConn
-	upstream net.Conn
-	// upRaw waits for the upstream socket's readability without a buffer.
-	upRaw syscall.RawConn
-	// readable is signalled by readableEntry, registered on the client
-	// endpoint's queue for the relay's life; clientTimer bounds a wait.
-	readable      chan struct{}
-	readableEntry waiter.Entry
-	clientTimer   *time.Timer
-	// errEntry, registered on the client endpoint's queue for the relay's
-	// life, hands the relay to the watcher when the client leg fails.
-	errEntry  waiter.Entry
-	errQueued atomic.Bool
-	// upToken is the upstream socket's token in the watcher; 0 if it is
-	// not watched.
-	upToken uint64
-	// upFailed is set by the watcher when the upstream socket reported an
-	// error; from then on a write to the client never blocks.
-	upFailed atomic.Bool
-	// upFIN is set before the relay half-closes the upstream socket.
-	upFIN atomic.Bool
-	// finished is set once run has closed both legs.
-	finished atomic.Bool
+	s  *Stack
+	sh *shard
+	// id is the connection's tracking entry, client and dst its 4-tuple
+	// (the destination as the client sees it).
+	id          conntrack.ID
+	client, dst netip.AddrPort
+	tid         gvstack.TransportEndpointID
+
+	// fd is the upstream socket; -1 once closed. token is its epoll key.
+	fd    int
+	token uint64
+	// ep and wq are the client leg, set by the handler before it posts
+	// reqStart.
+	ep    tcpip.Endpoint
+	wq    *waiter.Queue
+	entry waiter.Entry
+	// dialState is the connect's outcome (dial*), decided once, by the
+	// handler (which looks as soon as it has connected) or by the shard
+	// (on the socket's event or the dial timeout), whichever sees it
+	// first. dialed carries the shard's decision to the handler.
+	dialState atomic.Int32
+	dialed    chan error
+	// attached says the handler attached the relay to its tracking entry
+	// and counts it active (attach), before it posts reqStart: the end
+	// must detach it.
+	attached bool
+
+	// queued says the relay is in its shard's queue; guarded by the
+	// shard's mu.
+	queued bool
+	// req holds requests from other goroutines (req* bits); abortEnd is
+	// the End of a reqAbort.
+	req      atomic.Uint32
+	abortEnd atomic.Int32
+
+	// The state below belongs to the shard's goroutine.
+	phase phase
+	timer timer
+	// upEvents are the upstream socket's readiness, from epoll: edge
+	// triggered, so each is cleared once a call would block, or, for
+	// reading, once a read comes back short before the peer's FIN has
+	// been seen (upHangup): more bytes would raise a new edge.
+	upReadable, upWritable, upError, upHangup bool
+	// up is client → upstream, down upstream → client: each holds what
+	// was read from its source and not yet written.
+	up, down pending
+	// eof: the source of that direction has ended with FIN; fin: the FIN
+	// has been passed on.
+	upEOF, downEOF, upFIN, downFIN bool
+	rd                             bytes.Reader
+	w                              tcpip.SliceWriter
+	// lastActive is when a byte last moved; halfClosedAt when the first
+	// FIN was passed on (zero: none yet).
+	lastActive, halfClosedAt time.Time
 
 	bytes [conntrack.NumDirs]atomic.Uint64
-	// lastActive is the UnixNano time of the last byte moved either way.
-	lastActive atomic.Int64
-	// halfClosed is set once either direction has finished with EOF.
-	halfClosed atomic.Bool
-
-	abortOnce sync.Once
-	// end is written once, by the first direction to fail or by abort, and
-	// read after both directions have returned.
-	endOnce sync.Once
-	end     End
+	// end is how the relay ended, set on the shard before done.
+	end End
+	// local is the upstream socket's local address, looked up once asked.
+	localMu sync.Mutex
+	local   string
 }
 
-func newRelay(s *Stack, ep tcpip.Endpoint, wq *waiter.Queue, upstream net.Conn) *relay {
-	r := &relay{s: s, ep: ep, wq: wq, client: gonet.NewTCPConn(wq, ep), upstream: upstream}
-	r.lastActive.Store(time.Now().UnixNano())
-	if sc, ok := upstream.(syscall.Conn); ok {
-		r.upRaw, _ = sc.SyscallConn()
-	}
-	r.readable = make(chan struct{}, 1)
-	r.readableEntry = waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) {
-		select {
-		case r.readable <- struct{}{}:
-		default:
-		}
-	})
-	r.errEntry = waiter.NewFunctionEntry(waiter.EventErr, func(waiter.EventMask) {
-		// The netstack notifies after releasing the endpoint's lock, so
-		// the state is current; it may hold the queue's, so only enqueue.
-		if r.clientFailed() && !r.finished.Load() && r.errQueued.CompareAndSwap(false, true) {
-			s.watch.clientFailed(r)
-		}
-	})
-	return r
+type phase uint8
+
+const (
+	phaseConnecting phase = iota
+	phaseConnected
+	phaseRelaying
+	phaseDone
+)
+
+// Outcomes of the upstream connect. Whoever moves it from pending to
+// deciding (the handler or the shard) reads SO_ERROR, which only one may,
+// and settles it.
+const (
+	dialPending int32 = iota
+	dialDeciding
+	dialOK
+	dialFailed
+)
+
+// Requests other goroutines post to a relay.
+const (
+	// reqWatch: the handler has started the connect: the shard times it,
+	// and once it is connected, the client's handshake.
+	reqWatch uint32 = 1 << iota
+	// reqStart: the handler has set ep and wq; relay.
+	reqStart
+	// reqDrop: the connect failed or the client's handshake did; close
+	// the upstream socket, with a reset once it is connected: the
+	// destination must not read a FIN, a clean end of a request it never
+	// got whole.
+	reqDrop
+	// reqAbort: reset both legs (shutdown, tcpd conns kill), with the End
+	// in abortEnd.
+	reqAbort
+	// reqClient: the client leg signalled (data, window, FIN, error).
+	reqClient
+)
+
+// pending is what one direction holds between a read and a write.
+type pending struct {
+	buf  *[]byte // borrowed from relayBufs; nil when nothing is held
+	data []byte  // the part of *buf not yet written
 }
 
-// clientFailed reports whether the client leg has failed: reset by the
-// client, or given up by keepalive, the user timeout or retransmissions.
-// A leg that ended with FIN is in another state.
-func (r *relay) clientFailed() bool {
-	return tcp.EndpointState(r.ep.State()) == tcp.StateError
-}
+func (p *pending) held() bool { return p.buf != nil }
 
-// upstreamFailed is the watcher's report of an error on the upstream
-// socket. A relay reading the upstream will read it in its turn, after the
-// bytes that came before it; a write to the client that is blocked on a
-// closed window is interrupted, so that the reset is passed on now.
-func (r *relay) upstreamFailed() {
-	r.upFailed.Store(true)
-	r.client.SetWriteDeadline(time.Unix(1, 0))
-}
-
-// An idle connection must not pin a relay buffer: each direction borrows
-// a buffer from the pool only once its source has bytes (or EOF, or an
-// error) to hand over, and returns it after the write. Idle connections then
-// cost the netstack endpoint, the socket and two goroutine stacks, not
-// 128 KiB.
-
-// readClient waits until the client's endpoint is readable, then reads into
-// a borrowed buffer. The caller returns the buffer to relayBufs.
-func (r *relay) readClient() (*[]byte, int, error) {
-	r.waitClient()
-	bp := relayBufs.Get().(*[]byte)
-	n, err := r.client.Read(*bp)
-	return bp, n, err
-}
-
-// waitClient returns once the client's endpoint is readable (data, FIN,
-// reset) or the relay's inactivity deadline passed; the Read that follows
-// reports which. armDeadline wakes it, so that a deadline set by the other
-// direction (the half-close timeout) takes effect while it waits.
-func (r *relay) waitClient() {
-	mask := waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-	for r.ep.Readiness(mask) == 0 {
-		var expired <-chan time.Time
-		if t := r.timeout(); t > 0 {
-			wait := time.Until(time.Unix(0, r.lastActive.Load()).Add(t))
-			if wait <= 0 {
-				return
-			}
-			if r.clientTimer == nil {
-				r.clientTimer = time.NewTimer(wait)
-			} else {
-				r.clientTimer.Reset(wait)
-			}
-			expired = r.clientTimer.C
-		}
-		select {
-		case <-r.readable:
-		case <-expired:
-			return
-		}
-		if r.clientTimer != nil {
-			r.clientTimer.Stop()
-		}
+func (p *pending) take(n int) {
+	p.data = p.data[n:]
+	if len(p.data) == 0 {
+		p.release()
 	}
 }
 
-// run relays until both directions are done, then closes both legs.
-func (r *relay) run() {
-	r.wq.EventRegister(&r.readableEntry)
-	defer r.wq.EventUnregister(&r.readableEntry)
-	r.wq.EventRegister(&r.errEntry)
-	defer r.wq.EventUnregister(&r.errEntry)
-	if r.clientFailed() {
-		// Failed before the entry was registered: no notification will
-		// come, and the reads and writes report it anyway.
-		r.fail(EndClientReset)
-	}
-	r.s.watch.add(r)
-	defer r.s.watch.remove(r)
-	defer r.finished.Store(true)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.relayUpstream()
-	}()
-	r.relayClient()
-	<-done
-	// A read deadline still armed (the half-close timeout) would keep its
-	// timer, and what it holds, for up to a minute after the close.
-	r.client.SetDeadline(time.Time{})
-	r.endOnce.Do(func() { r.end = EndClean })
-	r.s.stats.Ended[r.end].Add(1)
-	if r.end == EndClean {
-		r.client.Close()
-		r.upstream.Close()
+func (p *pending) release() {
+	if p.buf != nil {
+		relayBufs.Put(p.buf)
+		p.buf, p.data = nil, nil
 	}
 }
 
-func (r *relay) relayClient() {
-	defer r.recoverPanic()
-	r.copy(conntrack.FromClient, r.upstream, r.client)
+// post asks the relay's shard to act on req.
+func (r *relay) post(req uint32) {
+	r.req.Or(req)
+	r.sh.queue(r)
 }
 
-func (r *relay) relayUpstream() {
-	defer r.recoverPanic()
-	r.copy(conntrack.ToClient, r.client, r.upstream)
+// abort asks for a reset of both legs, ending the relay with e (the first
+// abort's End counts).
+func (r *relay) abort(e End) {
+	r.abortEnd.CompareAndSwap(0, int32(e)+1)
+	r.post(reqAbort)
 }
 
-// closeWriter is the half-close both legs support.
-type closeWriter interface {
-	CloseWrite() error
-}
+// clientEvent is the waiter callback on the client endpoint's queue. The
+// netstack may hold its locks while it notifies: it only queues the relay.
+func (r *relay) clientEvent(waiter.EventMask) { r.post(reqClient) }
 
-// copy moves bytes from src to dst until EOF or an error.
-func (r *relay) copy(d conntrack.Dir, dst, src net.Conn) {
-	srcEnd, dstEnd := EndClientReset, EndUpstreamReset
-	read := r.readClient
-	if d == conntrack.ToClient {
-		srcEnd, dstEnd = EndUpstreamReset, EndClientReset
-		read = r.readUpstream
-	}
-	r.armDeadline(src)
-	for {
-		bp, n, err := read()
-		if n > 0 {
-			r.lastActive.Store(time.Now().UnixNano())
-			var werr error
-			if d == conntrack.ToClient {
-				werr = r.writeClient((*bp)[:n])
-			} else {
-				_, werr = dst.Write((*bp)[:n])
-			}
-			if werr != nil {
-				relayBufs.Put(bp)
-				if errors.Is(werr, errUpstreamFailed) {
-					r.fail(EndUpstreamReset)
-				} else {
-					r.fail(dstEnd)
-				}
-				return
-			}
-			r.bytes[d].Add(uint64(n))
-			r.s.stats.RelayBytes[d].Add(uint64(n))
+// step runs on the shard: it acts on what was asked and on the upstream
+// socket's readiness.
+func (r *relay) step() {
+	req := r.req.Swap(0)
+	if r.phase == phaseDone {
+		if req&reqStart != 0 && r.ep != nil {
+			// Handed an endpoint after it ended (a panic while the
+			// handshake ran): reset it and account for the relay.
+			r.ep.Abort()
+			r.ep.Close()
+			r.wq.EventUnregister(&r.entry)
+			r.s.relayEnded(r)
 		}
-		if bp != nil {
-			relayBufs.Put(bp)
+		return
+	}
+	if req&reqAbort != 0 {
+		r.reset(End(r.abortEnd.Load() - 1))
+		return
+	}
+	if r.phase == phaseConnecting {
+		r.connecting(req)
+	}
+	switch r.phase {
+	case phaseConnecting:
+		if req&reqDrop != 0 {
+			r.closeUpstream(false)
+			r.phase = phaseDone
 		}
+	case phaseConnected:
 		switch {
-		case err == nil:
+		case req&reqDrop != 0:
+			r.closeUpstream(true)
+			r.done(EndAborted)
+		case req&reqStart != 0:
+			r.sh.wheel.stop(&r.timer)
+			r.phase = phaseRelaying
+			r.lastActive = time.Now()
+			r.pump()
+		}
+	case phaseRelaying:
+		r.pump()
+	}
+}
+
+// connecting follows the upstream connect on the shard: the socket's first
+// events say how it went (writable: connected; an error: failed, SO_ERROR
+// says why), unless the handler has decided already; the dial timeout
+// bounds it. A connected relay waits for the client's handshake, within
+// tcp.handshake_timeout.
+func (r *relay) connecting(req uint32) {
+	switch r.dialState.Load() {
+	case dialOK:
+		r.connected()
+		return
+	case dialDeciding, dialFailed:
+		return // the handler settles it and posts
+	}
+	if r.upError || r.upWritable {
+		if !r.dialState.CompareAndSwap(dialPending, dialDeciding) {
+			return
+		}
+		r.sh.wheel.stop(&r.timer)
+		if err := connectResult(r.fd, r.upError); err != nil {
+			r.dialState.Store(dialFailed)
+			r.closeUpstream(false)
+			r.phase = phaseDone
+			r.dialed <- err
+			return
+		}
+		r.dialState.Store(dialOK)
+		r.connected()
+		r.dialed <- nil
+		return
+	}
+	if req&reqWatch != 0 && !r.timer.armed {
+		r.sh.wheel.set(&r.timer, time.Now().Add(r.s.tune.Load().DialTimeout))
+	}
+}
+
+func (r *relay) connected() {
+	r.phase = phaseConnected
+	r.sh.wheel.set(&r.timer, time.Now().Add(r.s.tune.Load().HandshakeTimeout))
+}
+
+// onTimer is the relay's timer: the dial, handshake or inactivity
+// timeout, as its phase says.
+func (r *relay) onTimer() {
+	switch r.phase {
+	case phaseConnecting:
+		r.dialTimedOut()
+	case phaseConnected:
+		r.handshakeTimedOut()
+	case phaseRelaying:
+		r.inactive()
+	}
+}
+
+func (r *relay) dialTimedOut() {
+	if r.dialState.CompareAndSwap(dialPending, dialFailed) {
+		r.closeUpstream(false)
+		r.phase = phaseDone
+		r.dialed <- errDialTimeout
+	}
+}
+
+// handshakeTimedOut aborts the client's half-open endpoint, which makes the
+// handler's CreateEndpoint return: a client that never ACKs tcpd's SYN-ACK
+// would otherwise hold its slot for the netstack's two minutes of SYN-ACK
+// retransmissions.
+func (r *relay) handshakeTimedOut() {
+	if r.phase == phaseConnected && r.s.abortIfIn(r.tid, tcp.StateSynRecv) {
+		r.s.stats.HandshakeTimeouts.Add(1)
+	}
+}
+
+// pump moves bytes both ways until each direction would block, has ended
+// or has used its budget, then decides what comes next.
+func (r *relay) pump() {
+	if tcp.EndpointState(r.ep.State()) == tcp.StateError {
+		// Reset by the client, or given up by keepalive, the user
+		// timeout or retransmissions.
+		r.reset(EndClientReset)
+		return
+	}
+	if r.upError && r.down.held() {
+		// The upstream failed while the client's window was closed: what
+		// the client can take goes out, then the reset. Bytes still in
+		// the socket are lost with the connection, as they would be on a
+		// direct one.
+		r.writeClient()
+		r.reset(EndUpstreamReset)
+		return
+	}
+	more := false
+	if !r.moveUp(&more) || !r.moveDown(&more) {
+		return
+	}
+	if r.upFIN && r.downFIN && !r.up.held() && !r.down.held() {
+		r.closeUpstream(false)
+		r.ep.Close()
+		r.done(EndClean)
+		return
+	}
+	if more {
+		r.sh.queue(r)
+	}
+	r.armInactivity()
+}
+
+// moveUp moves bytes from the client to the upstream. It reports false if
+// the relay ended.
+func (r *relay) moveUp(more *bool) bool {
+	for range relayBudget {
+		if r.up.held() {
+			if !r.upWritable {
+				return true
+			}
+			n, err := writeFD(r.fd, r.up.data)
+			switch {
+			case err == errAgain:
+				r.upWritable = false
+				return true
+			case err != nil:
+				r.reset(EndUpstreamReset)
+				return false
+			}
+			r.moved(conntrack.FromClient, n)
+			r.up.take(n)
 			continue
-		case errors.Is(err, io.EOF):
-			// A leg whose error the other direction took first reads as
-			// EOF; only a FIN is passed on as one.
-			if d == conntrack.FromClient && r.clientFailed() || d == conntrack.ToClient && !r.upstreamFIN() {
-				r.fail(srcEnd)
-				return
-			}
-			if d == conntrack.FromClient {
-				r.upFIN.Store(true)
-			}
-			if cw, ok := dst.(closeWriter); ok {
-				if cerr := cw.CloseWrite(); cerr != nil {
-					r.fail(dstEnd)
-					return
+		}
+		if r.upEOF {
+			if !r.upFIN {
+				if err := shutdownWrite(r.fd); err != nil {
+					r.reset(EndUpstreamReset)
+					return false
 				}
+				r.upFIN = true
+				r.halfClosed()
 			}
-			// The other direction now runs under the half-close timeout,
-			// counted from this half-close.
-			r.lastActive.Store(time.Now().UnixNano())
-			r.halfClosed.Store(true)
-			r.armDeadline(r.other(src))
-			return
-		case isTimeout(err):
-			if r.stillActive() {
-				r.armDeadline(src)
-				continue
+			return true
+		}
+		bp := relayBufs.Get().(*[]byte)
+		r.w = tcpip.SliceWriter(*bp)
+		res, terr := r.ep.Read(&r.w, tcpip.ReadOptions{})
+		r.w = nil
+		switch terr.(type) {
+		case nil:
+			r.up = pending{buf: bp, data: (*bp)[:res.Count]}
+		case *tcpip.ErrWouldBlock:
+			relayBufs.Put(bp)
+			return true
+		case *tcpip.ErrClosedForReceive:
+			relayBufs.Put(bp)
+			// A leg whose error the other direction took first reads
+			// as closed too; only a FIN is passed on as one.
+			if tcp.EndpointState(r.ep.State()) == tcp.StateError {
+				r.reset(EndClientReset)
+				return false
 			}
-			r.fail(EndTimeout)
-			return
+			r.upEOF = true
 		default:
-			r.fail(srcEnd)
-			return
+			relayBufs.Put(bp)
+			r.reset(EndClientReset)
+			return false
 		}
 	}
+	*more = true
+	return true
 }
 
-// writeClient writes b to the client, waiting while its window is closed,
-// unless the upstream has failed: then what the client can take at once is
-// written and the rest reported as errUpstreamFailed, so that the reset
-// is passed on without waiting for a client that may never read again.
-func (r *relay) writeClient(b []byte) error {
-	if !r.upFailed.Load() {
-		n, err := r.client.Write(b)
-		if err == nil || !r.upFailed.Load() || !isTimeout(err) {
-			return err
+// moveDown moves bytes from the upstream to the client. It reports false
+// if the relay ended.
+func (r *relay) moveDown(more *bool) bool {
+	for range relayBudget {
+		if r.down.held() {
+			if !r.writeClient() {
+				return r.phase != phaseDone
+			}
+			continue
 		}
-		// The watcher interrupted the write.
-		b = b[n:]
+		if r.downEOF {
+			if !r.downFIN {
+				if terr := r.ep.Shutdown(tcpip.ShutdownWrite); terr != nil {
+					r.reset(EndClientReset)
+					return false
+				}
+				r.downFIN = true
+				r.halfClosed()
+			}
+			return true
+		}
+		if !r.upReadable {
+			return true
+		}
+		bp := relayBufs.Get().(*[]byte)
+		n, err := readFD(r.fd, *bp)
+		switch {
+		case err == errAgain:
+			relayBufs.Put(bp)
+			r.upReadable = false
+			return true
+		case err != nil:
+			relayBufs.Put(bp)
+			r.reset(EndUpstreamReset)
+			return false
+		case n == 0:
+			// read returns 0 only for the peer's FIN; an error is an
+			// error.
+			relayBufs.Put(bp)
+			r.downEOF = true
+		default:
+			r.down = pending{buf: bp, data: (*bp)[:n]}
+			if n < len(*bp) && !r.upHangup {
+				// The socket is drained: skip the read that would
+				// say EAGAIN.
+				r.upReadable = false
+			}
+		}
 	}
-	var rd bytes.Reader
-	rd.Reset(b)
-	if n, terr := r.ep.Write(&rd, tcpip.WriteOptions{}); terr != nil || int(n) < len(b) {
-		return errUpstreamFailed
-	}
-	return nil
+	*more = true
+	return true
 }
 
-// isTimeout reports a read deadline expiry, from either leg (gonet's
-// timeout error is its own type, not os.ErrDeadlineExceeded). A socket
-// error that calls itself a timeout (ETIMEDOUT: keepalive or the user
-// timeout gave up on the destination) is the leg's death, not a deadline.
-func isTimeout(err error) bool {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
+// writeClient writes what the down direction holds to the client, as much
+// as its send buffer takes. It reports whether it wrote all of it.
+func (r *relay) writeClient() bool {
+	r.rd.Reset(r.down.data)
+	n, terr := r.ep.Write(&r.rd, tcpip.WriteOptions{})
+	if n > 0 {
+		r.moved(conntrack.ToClient, int(n))
+		r.down.take(int(n))
+	}
+	switch terr.(type) {
+	case nil:
+		return !r.down.held()
+	case *tcpip.ErrWouldBlock:
+		// The client's window or tcpd's send buffer is full: the
+		// netstack signals when it has room.
+		return false
+	default:
+		r.reset(EndClientReset)
 		return false
 	}
-	var ne net.Error
-	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
-func (r *relay) other(c net.Conn) net.Conn {
-	if c == r.upstream {
-		return r.client
+func (r *relay) moved(d conntrack.Dir, n int) {
+	r.lastActive = time.Now()
+	r.bytes[d].Add(uint64(n))
+	r.s.stats.RelayBytes[d].Add(uint64(n))
+}
+
+func (r *relay) halfClosed() {
+	if r.halfClosedAt.IsZero() {
+		r.halfClosedAt = time.Now()
 	}
-	return r.upstream
 }
 
-// timeout is the inactivity limit in force: the half-close timeout once a
-// direction has finished, else the idle timeout (zero: none).
-func (r *relay) timeout() time.Duration {
+// armInactivity keeps the relay's timer on its inactivity deadline: the
+// half-close timeout once a direction has finished, counted from the
+// half-close or the last byte after it, else the idle timeout (none if 0).
+// The deadline is re-read when the timer fires, so a busy relay costs the
+// wheel nothing per byte.
+func (r *relay) armInactivity() {
+	t, from := r.inactivity()
+	if t == 0 {
+		r.sh.wheel.stop(&r.timer)
+		return
+	}
+	if !r.timer.armed {
+		r.sh.wheel.set(&r.timer, from.Add(t))
+	}
+}
+
+func (r *relay) inactivity() (time.Duration, time.Time) {
 	tune := r.s.tune.Load()
-	if r.halfClosed.Load() {
-		return tune.HalfCloseTimeout
+	if !r.halfClosedAt.IsZero() {
+		from := r.halfClosedAt
+		if r.lastActive.After(from) {
+			from = r.lastActive
+		}
+		return tune.HalfCloseTimeout, from
 	}
-	return tune.IdleTimeout
+	return tune.IdleTimeout, r.lastActive
 }
 
-// armDeadline sets c's read deadline to the inactivity limit counted from
-// the last byte moved. Deadlines are only re-armed when they fire, so a busy
-// connection pays nothing per read.
-func (r *relay) armDeadline(c net.Conn) {
-	t := r.timeout()
+func (r *relay) inactive() {
+	if r.phase != phaseRelaying {
+		return
+	}
+	t, from := r.inactivity()
 	if t == 0 {
 		return
 	}
-	c.SetReadDeadline(time.Unix(0, r.lastActive.Load()).Add(t))
-	if c == net.Conn(r.client) {
-		select {
-		case r.readable <- struct{}{}:
-		default:
-		}
+	if deadline := from.Add(t); time.Now().Before(deadline) {
+		r.sh.wheel.set(&r.timer, deadline)
+		return
 	}
+	r.reset(EndTimeout)
 }
 
-func (r *relay) stillActive() bool {
-	t := r.timeout()
-	return t == 0 || time.Since(time.Unix(0, r.lastActive.Load())) < t
-}
-
-// fail ends the relay with a reset of both legs.
-func (r *relay) fail(e End) {
-	r.endOnce.Do(func() { r.end = e })
-	r.abort()
-}
-
-// abort resets both legs: RST to the client from the netstack, RST to the
-// destination through SO_LINGER 0. Blocked reads and writes return at once.
-func (r *relay) abort() {
-	r.endOnce.Do(func() { r.end = EndAborted })
-	r.abortOnce.Do(func() {
+// reset ends the relay with a reset of both legs: RST to the client from
+// the netstack, RST to the destination through SO_LINGER 0.
+func (r *relay) reset(e End) {
+	if r.phase == phaseDone {
+		return
+	}
+	if r.ep != nil {
 		r.ep.Abort()
-		resetConn(r.upstream)
 		r.ep.Close()
-	})
-}
-
-// resetConn closes c with a reset (SO_LINGER 0) rather than a FIN.
-func resetConn(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
 	}
-	c.Close()
+	r.closeUpstream(true)
+	r.done(e)
 }
 
+// closeUpstream closes the upstream socket, with a reset if rst.
+func (r *relay) closeUpstream(rst bool) {
+	if r.fd < 0 {
+		return
+	}
+	r.sh.remove(r)
+	r.localMu.Lock()
+	closeFD(r.fd, rst)
+	r.fd = -1
+	r.localMu.Unlock()
+}
+
+// done is the end of the relay on its shard: buffers back, timer off, the
+// endpoint's callback gone, and, for a relay the handler attached, the
+// stack told.
+func (r *relay) done(e End) {
+	r.phase = phaseDone
+	r.end = e
+	r.sh.wheel.stop(&r.timer)
+	r.up.release()
+	r.down.release()
+	if r.wq != nil {
+		r.wq.EventUnregister(&r.entry)
+	}
+	if r.attached {
+		r.s.relayEnded(r)
+	}
+}
+
+// recoverPanic isolates a panic in one relay's step: the relay is reset,
+// its shard goes on.
 func (r *relay) recoverPanic() {
-	if p := recover(); p != nil {
-		r.s.stats.Panics.Add(1)
-		r.s.log.Error("relay panicked; connection reset", zap.Any("panic", p), zap.Stack("stack"))
-		r.fail(EndAborted)
+	p := recover()
+	if p == nil {
+		return
 	}
+	r.s.stats.Panics.Add(1)
+	r.s.log.Error("relay panicked; connection reset", zap.Any("panic", p), zap.Stack("stack"),
+		zap.Stringer("client", r.client), zap.Stringer("dst", r.dst))
+	defer func() {
+		if recover() != nil && r.phase != phaseDone {
+			r.phase = phaseDone
+		}
+	}()
+	switch r.phase {
+	case phaseConnecting:
+		if r.dialState.CompareAndSwap(dialPending, dialFailed) {
+			r.closeUpstream(true)
+			r.phase = phaseDone
+			r.dialed <- errRelayPanic
+		}
+	case phaseRelaying, phaseConnected:
+		r.reset(EndAborted)
+	}
+}
+
+// localAddr is the upstream socket's local address, for tcpd conns: looked
+// up on the first call, "" once the socket is closed.
+func (r *relay) localAddr() string {
+	r.localMu.Lock()
+	defer r.localMu.Unlock()
+	if r.local == "" && r.fd >= 0 {
+		r.local = sockName(r.fd)
+	}
+	return r.local
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"net"
 	"net/netip"
 	"runtime"
 	"runtime/debug"
@@ -135,9 +134,9 @@ type Config struct {
 	// noTrack keeps segments away from conntrack, for the benchmark that
 	// prices tracking.
 	noTrack bool
-	// dial replaces the upstream dialer in tests. src is the source
-	// address the connection was given, invalid for none.
-	dial func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
+	// redirect, in tests, says where to connect instead of the original
+	// destination, or fails the connect with its error.
+	redirect func(dst netip.AddrPort) (netip.AddrPort, error)
 	// routes replaces the kernel's answers about routes back to clients in
 	// tests; nil with a test device means no automatic MSS clamping.
 	routes pathQuerier
@@ -175,7 +174,6 @@ type Stack struct {
 	ns     *gvstack.Stack
 	policy atomic.Pointer[policy.Policy]
 	stats  Stats
-	dialer func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	// srcSeed keys the hash that picks an upstream source address.
 	srcSeed maphash.Seed
 
@@ -185,34 +183,26 @@ type Stack struct {
 	// ctx is cancelled when the stack closes; every dial and relay watches it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// conns tracks every goroutine that handles a connection.
+	// conns counts the connections in the stack's hands: a handler
+	// (until its relay starts), a relay (until it ends).
 	conns sync.WaitGroup
 	// bg tracks the stack's own background loop (maintain).
 	bg sync.WaitGroup
 
-	mu sync.Mutex
-	// active holds the relays in progress, for draining and for reset at
-	// shutdown.
-	active map[*relay]struct{}
-	// perClient counts relays and handshakes per client address.
-	perClient map[netip.Addr]*clientCount
-	// activePeak and perClientPeak are the most entries each map has held
-	// since it was last built (compactMaps).
-	activePeak, perClientPeak int
+	// shards run the relays and the upstream connects (shard.go);
+	// nextShard picks the next one.
+	shards    []*shard
+	nextShard atomic.Uint32
+	// adm holds the connection slots and the relays in progress
+	// (admission.go); reg the netstack endpoints (registry.go).
+	adm *admission
+	reg *registry
 
 	// table is the connection manager every segment and lifecycle event
 	// reaches.
 	table *conntrack.Table
-	// watch passes on a leg's failure to a relay blocked on the other.
-	watch *watcher
 	// dialWarn rate-limits the warnings of warnDialFailure.
 	dialWarn [NumDialFailures]rateLimit
-	epMu     sync.Mutex
-	// eps maps every tracked connection to its netstack endpoint until the
-	// endpoint is closed.
-	eps map[conntrack.ID]*endpoint
-	// epsPeak is the most entries eps has held since it was last built.
-	epsPeak int
 	// tune holds the settings that reload may change; read it, never
 	// cfg, for those. tuneMu serialises SetTunables.
 	tune   atomic.Pointer[Tunables]
@@ -237,10 +227,6 @@ type Stack struct {
 	closeErr  error
 }
 
-type clientCount struct {
-	conns, inFlight int
-}
-
 // New creates the TUN device (or uses the test device), builds the netstack
 // over it and starts reading packets. The stack serves until Close.
 func New(cfg Config) (*Stack, error) {
@@ -252,14 +238,13 @@ func New(cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
 	s := &Stack{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		active:    make(map[*relay]struct{}),
-		perClient: make(map[netip.Addr]*clientCount),
-		eps:       make(map[conntrack.ID]*endpoint),
-		table:     conntrack.New(cfg.Tunables.conntrackConfig()),
-		srcSeed:   maphash.MakeSeed(),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		reg:     newRegistry(),
+		table:   conntrack.New(cfg.Tunables.conntrackConfig()),
+		srcSeed: maphash.MakeSeed(),
 	}
+	s.adm = newAdmission(s)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	tune := cfg.Tunables
 	s.tune.Store(&tune)
@@ -273,21 +258,22 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.policy.Store(pol)
 
-	s.dialer = cfg.dial
-	if s.dialer == nil {
-		s.dialer = s.dialUpstream
-	}
-	w, err := newWatcher()
+	shards, err := newShards(s, runtime.GOMAXPROCS(0))
 	if err != nil {
-		return nil, fmt.Errorf("stack: relay watcher: %w", err)
+		return nil, fmt.Errorf("stack: relay shards: %w", err)
 	}
-	s.watch = w
+	s.shards = shards
+	closeShards := func() {
+		for _, sh := range shards {
+			sh.close()
+		}
+	}
 
 	var dev device = cfg.dev
 	if cfg.dev == nil {
 		q, err := createTUN(cfg.TUN, cfg.Logger)
 		if err != nil {
-			w.close()
+			closeShards()
 			return nil, err
 		}
 		dev = q
@@ -297,7 +283,7 @@ func New(cfg Config) (*Stack, error) {
 
 	if err := s.buildNetstack(); err != nil {
 		dev.Close()
-		w.close()
+		closeShards()
 		return nil, err
 	}
 	s.startPaths()
@@ -531,12 +517,7 @@ func (s *Stack) Shutdown(ctx context.Context) (reset int, err error) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		s.mu.Lock()
-		for r := range s.active {
-			r.abort()
-			reset++
-		}
-		s.mu.Unlock()
+		reset = s.adm.abortAll()
 	}
 	return reset, s.Close()
 }
@@ -548,16 +529,15 @@ func (s *Stack) Close() error {
 		s.draining.Store(true)
 		s.cancel() // ends dials in progress and the maintain loop
 		s.bg.Wait()
-		s.mu.Lock()
-		for r := range s.active {
-			r.abort() // RST to both legs while the TUN is still there
-		}
-		s.mu.Unlock()
+		// RST to both legs while the TUN is still there: the shards do it.
+		s.adm.abortAll()
 		// Aborting the netstack's endpoints also ends handshakes that a
 		// handler is still waiting for.
 		s.ns.Close()
 		s.conns.Wait()
-		s.watch.close()
+		for _, sh := range s.shards {
+			sh.close()
+		}
 		// Closing the device ends the read loop.
 		s.link.closing.Store(true)
 		s.closeErr = s.dev.Close()

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,16 +59,15 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	if cfg.Clients == nil {
 		cfg.Clients = []netip.Prefix{clientNet}
 	}
-	cfg.dial = func(ctx context.Context, _ netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	cfg.redirect = func(dst netip.AddrPort) (netip.AddrPort, error) {
 		h.mu.Lock()
 		h.dialed = append(h.dialed, dst.String())
 		up, derr := h.upstream, h.dialErr
 		h.mu.Unlock()
 		if up == nil {
-			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: derr}
+			return netip.AddrPort{}, &net.OpError{Op: "dial", Net: "tcp", Err: derr}
 		}
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", up.String())
+		return netip.MustParseAddrPort(up.String()), nil
 	}
 	s, err := New(cfg)
 	if err != nil {
@@ -432,41 +430,5 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// TestIsTimeout: only a deadline is a timeout. ETIMEDOUT from the kernel is
-// keepalive or the user timeout giving up on the peer: the leg is dead, and
-// a relay that took it for a deadline would read EOF next and pass a FIN
-// on for a cut stream.
-func TestIsTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(-time.Second))
-	_, deadline := c.Read(make([]byte, 1))
-	for _, tc := range []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"read deadline", deadline, true},
-		{"os.ErrDeadlineExceeded", os.ErrDeadlineExceeded, true},
-		{"ETIMEDOUT", syscall.ETIMEDOUT, false},
-		{"wrapped ETIMEDOUT", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}, false},
-		{"EHOSTUNREACH", syscall.EHOSTUNREACH, false},
-		{"ECONNRESET", syscall.ECONNRESET, false},
-		{"EOF", io.EOF, false},
-	} {
-		if got := isTimeout(tc.err); got != tc.want {
-			t.Errorf("isTimeout(%s: %v) = %v, want %v", tc.name, tc.err, got, tc.want)
-		}
 	}
 }

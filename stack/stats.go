@@ -112,8 +112,6 @@ const (
 	DialTimeout
 	// DialUnreachable: no route, or an ICMP unreachable.
 	DialUnreachable
-	// DialDenied: the dialler's control hook refused the address.
-	DialDenied
 	// DialNoDescriptor: the process or the system is out of file
 	// descriptors (EMFILE, ENFILE).
 	DialNoDescriptor
@@ -129,7 +127,6 @@ var dialFailureNames = [NumDialFailures]string{
 	DialRefused:      "refused",
 	DialTimeout:      "timeout",
 	DialUnreachable:  "unreachable",
-	DialDenied:       "denied",
 	DialNoDescriptor: "no_descriptor",
 	DialNoLocalPort:  "no_local_port",
 	DialOther:        "other",
@@ -312,6 +309,6 @@ func (s *Stack) NetstackStats() NetstackStats {
 		IPPacketsSent:                         ip.PacketsSent.Value(),
 
 		Endpoints:        uint64(len(s.ns.RegisteredEndpoints())),
-		TrackedEndpoints: uint64(s.trackedEndpoints()),
+		TrackedEndpoints: uint64(s.reg.len()),
 	}
 }

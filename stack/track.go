@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,60 +20,11 @@ const reconcileEvery = time.Second
 // its deadline (the dwell recorded is exact regardless).
 const timeWaitResolution = 100 * time.Millisecond
 
-// endpoint is the netstack side of a tracked connection.
-type endpoint struct {
-	ep       tcpip.Endpoint
-	upstream string
-	// done is closed when the connection's relay has finished: nothing is
-	// left in the endpoint that tcpd still has to read.
-	done chan struct{}
-	// relay is the connection's relay, once it runs.
-	relay atomic.Pointer[relay]
-}
-
-// register remembers ep for id, for reconciliation, `tcpd conns` and kill.
-func (s *Stack) register(id conntrack.ID, ep tcpip.Endpoint, upstream string) *endpoint {
-	e := &endpoint{ep: ep, upstream: upstream, done: make(chan struct{})}
-	if id == 0 {
-		return e
-	}
-	s.epMu.Lock()
-	s.eps[id] = e
-	s.epsPeak = max(s.epsPeak, len(s.eps))
-	s.epMu.Unlock()
-	return e
-}
-
-func (s *Stack) trackedEndpoints() int {
-	s.epMu.Lock()
-	defer s.epMu.Unlock()
-	return len(s.eps)
-}
-
-func (s *Stack) endpointOf(id conntrack.ID) *endpoint {
-	s.epMu.Lock()
-	defer s.epMu.Unlock()
-	return s.eps[id]
-}
-
-func (s *Stack) unregister(id conntrack.ID) {
-	s.epMu.Lock()
-	delete(s.eps, id)
-	s.epMu.Unlock()
-}
-
 // reconcile runs conntrack's timers, then compares every registered
 // endpoint's state with conntrack's and forgets endpoints that are gone.
 func (s *Stack) reconcile() {
 	s.table.Tick()
-	s.epMu.Lock()
-	ids := s.reconcileIDs[:0]
-	eps := s.reconcileEPs[:0]
-	for id, e := range s.eps {
-		ids = append(ids, id)
-		eps = append(eps, e.ep)
-	}
-	s.epMu.Unlock()
+	ids, eps := s.reg.snapshot(s.reconcileIDs[:0], s.reconcileEPs[:0])
 	logged := 0
 	for i, id := range ids {
 		st := conntrackState(tcp.EndpointState(eps[i].State()))
@@ -87,8 +37,8 @@ func (s *Stack) reconcile() {
 			}
 			logged++
 		}
-		if st == conntrack.StateClosed && s.relayDone(id) {
-			s.unregister(id)
+		if st == conntrack.StateClosed && s.reg.relayFinished(id) {
+			s.reg.unregister(id)
 		}
 	}
 	clear(eps)
@@ -138,11 +88,13 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 	for i, c := range cs {
 		out[i].Conn = c
 		out[i].SendMSS = sendMSS(c.MSS, c.Tuple.Client.Addr().Is6(), mtu)
-		e := s.endpointOf(c.ID)
+		e := s.reg.lookup(c.ID)
 		if e == nil {
 			continue
 		}
-		out[i].Upstream = e.upstream
+		if e.relay != nil {
+			out[i].Upstream = e.relay.localAddr()
+		}
 		var info tcpip.TCPInfoOption
 		if err := e.ep.GetSockOpt(&info); err == nil {
 			out[i].RTT, out[i].RTTVar = info.RTT, info.RTTVar
@@ -156,21 +108,6 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 		}
 	}
 	return out
-}
-
-// relayDone reports whether id's relay, if it had one, has finished. An
-// endpoint stays registered while its relay runs, so that Kill can end it.
-func (s *Stack) relayDone(id conntrack.ID) bool {
-	e := s.endpointOf(id)
-	if e == nil {
-		return true
-	}
-	select {
-	case <-e.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // sendMSS is the MSS the netstack sends with, given the MSS option of the
@@ -194,14 +131,16 @@ const defaultMSS = 536
 // Kill resets the connection id on both legs. It reports whether tcpd held
 // an endpoint for it.
 func (s *Stack) Kill(id conntrack.ID) bool {
-	e := s.endpointOf(id)
+	e := s.reg.lookup(id)
 	if e == nil {
 		return false
 	}
-	if r := e.relay.Load(); r != nil {
-		r.fail(EndAborted)
+	if e.relay != nil {
+		// Its shard resets both legs.
+		e.relay.abort(EndAborted)
+	} else {
+		e.ep.Abort()
 	}
-	e.ep.Abort()
-	s.unregister(id)
+	s.reg.unregister(id)
 	return true
 }

@@ -164,7 +164,7 @@ func TestSetTunablesAppliesToNewConnections(t *testing.T) {
 	// The connection opened before keeps its congestion control; the new
 	// one has the new algorithm, and new handshakes skip RACK.
 	var ccs []string
-	waitFor(t, "both endpoints to be registered", func() bool { return h.s.trackedEndpoints() == 2 })
+	waitFor(t, "both endpoints to be registered", func() bool { return h.s.reg.len() == 2 })
 	for _, c := range h.s.Conns(nil) {
 		ccs = append(ccs, c.CongestionControl)
 	}

@@ -1,0 +1,43 @@
+package stack
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"net/netip"
+)
+
+// sourceFor picks the source address of the connection from client to
+// dst among addrs, by a hash of the 4-tuple, so that connections to one
+// destination spread evenly over the addresses of its family. It returns
+// the invalid address when addrs has none of that family.
+func sourceFor(addrs []netip.Addr, seed maphash.Seed, client, dst netip.AddrPort) netip.Addr {
+	v4 := dst.Addr().Unmap().Is4()
+	n := 0
+	for _, a := range addrs {
+		if a.Is4() == v4 {
+			n++
+		}
+	}
+	if n == 0 {
+		return netip.Addr{}
+	}
+	var h maphash.Hash
+	h.SetSeed(seed)
+	var b [2*16 + 4]byte
+	c16, d16 := client.Addr().As16(), dst.Addr().As16()
+	copy(b[:], c16[:])
+	copy(b[16:], d16[:])
+	binary.BigEndian.PutUint16(b[32:], client.Port())
+	binary.BigEndian.PutUint16(b[34:], dst.Port())
+	h.Write(b[:])
+	k := int(h.Sum64() % uint64(n))
+	for _, a := range addrs {
+		if a.Is4() == v4 {
+			if k == 0 {
+				return a
+			}
+			k--
+		}
+	}
+	return netip.Addr{} // unreachable
+}

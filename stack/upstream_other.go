@@ -1,0 +1,54 @@
+//go:build !linux
+
+package stack
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// The upstream leg's raw sockets and the shards' epoll sets are Linux's;
+// elsewhere the stack does not start (New fails with
+// errors.ErrUnsupported, as creating a TUN does).
+
+var (
+	errAgain       = errors.ErrUnsupported
+	errDialTimeout = errors.ErrUnsupported
+	errRelayPanic  = errors.New("connect: relay panicked")
+)
+
+func upstreamSocket(netip.Addr, netip.AddrPort, *Tunables) (int, error) {
+	return -1, errors.ErrUnsupported
+}
+
+func connectResult(int, bool) error    { return errors.ErrUnsupported }
+func connectPoll(int) (bool, bool)     { return true, true }
+func readFD(int, []byte) (int, error)  { return 0, errors.ErrUnsupported }
+func writeFD(int, []byte) (int, error) { return 0, errors.ErrUnsupported }
+func shutdownWrite(int) error          { return errors.ErrUnsupported }
+func closeFD(int, bool)                {}
+func sockName(int) string              { return "" }
+
+type poller struct{}
+
+type pollEvent struct {
+	token  uint64
+	events uint32
+}
+
+func (*poller) open() error                { return errors.ErrUnsupported }
+func (*poller) add(int, uint64) error      { return errors.ErrUnsupported }
+func (*poller) arm(time.Duration)          {}
+func (*poller) wait([]pollEvent, bool) int { return 0 }
+func (*poller) wake()                      {}
+func (*poller) close()                     {}
+func (pollEvent) apply(*relay)             {}
+
+// checkSourceAddresses: source addresses need Linux socket options.
+func checkSourceAddresses(addrs []netip.Addr) error {
+	if len(addrs) > 0 {
+		return errors.ErrUnsupported
+	}
+	return nil
+}
