@@ -132,7 +132,7 @@ func TestSynRecvCapExact(t *testing.T) {
 	}
 	tab.Segment(ct.ToClient, open, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1})
 	tab.Segment(ct.FromClient, open, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 1, Ack: tISS + 1})
-	if a := tab.Segment(ct.FromClient, tupleOf(20000), ct.Segment{Flags: ct.FlagSYN, Seq: cISS}); a.Kind != ct.ActionNone {
+	if a := tab.Segment(ct.FromClient, tupleOf(20000), ct.Segment{Flags: ct.FlagSYN, Seq: cISS}); a.Kind != ct.ActionOpen {
 		t.Fatalf("a SYN after a handshake completed: %v, want it tracked", a.Kind)
 	}
 	if a := tab.Segment(ct.FromClient, tupleOf(20001), ct.Segment{Flags: ct.FlagSYN, Seq: cISS}); a.Kind != ct.ActionRefuse {

@@ -101,6 +101,12 @@ type ActionKind uint8
 const (
 	// ActionNone: hand the segment on to the netstack.
 	ActionNone ActionKind = iota
+	// ActionOpen: a client's SYN opened a new entry. Hand it to the
+	// netstack once no endpoint of an earlier connection on the 4-tuple
+	// is left there: a SYN queued behind that connection's last segment
+	// (the RST of a client that reuses its port at once) would be answered
+	// with RST once the old endpoint closed, not offered to the forwarder.
+	ActionOpen
 	// ActionDrop: the segment reached a connection in TIME_WAIT, which
 	// takes it without a reply (an RST, RFC 1337; a bare in-window ACK;
 	// a SYN that may not reopen the 4-tuple, RFC 6191): the netstack must

@@ -82,6 +82,18 @@ func gone(st step) step { st.gone = true; return st }
 // act sets the action Segment must answer for st.
 func act(st step, k ct.ActionKind) step { st.action = k; return st }
 
+// opens is the action of step i of a script that starts with the SYN
+// opening its entry.
+func opens(i int) ct.ActionKind {
+	if i == 0 {
+		return ct.ActionOpen
+	}
+	return ct.ActionNone
+}
+
+// synOpen is the client's SYN with sequence number iss that opens an entry.
+func synOpen(iss uint32) step { return act(c("S", iss, 0, 0, SynR, SynS), ct.ActionOpen) }
+
 const (
 	Closed = ct.StateClosed
 	SynS   = ct.StateSynSent
@@ -97,7 +109,7 @@ const (
 
 // handshake is the three-way handshake every script starts with.
 var handshake = []step{
-	c("S", cISS, 0, 0, SynR, SynS),
+	synOpen(cISS),
 	// The client is established only once its ACK shows it got the
 	// SYN-ACK; a lost SYN-ACK leaves it in SYN-SENT.
 	s("SA", tISS, cISS+1, 0, SynR, SynS),
@@ -242,43 +254,51 @@ func TestTransitions(t *testing.T) {
 func TestHandshakeFailures(t *testing.T) {
 	cases := map[string][]step{
 		"refused: RST-ACK to the SYN": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			gone(s("RA", 0, cISS+1, 0, 0, 0)),
 		},
 		"RST to SYN-SENT that does not ack the SYN is ignored": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			s("RA", 0, cISS+7, 0, SynR, SynS),
 		},
 		"client RST before the SYN-ACK": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			gone(c("R", cISS+1, 0, 0, 0, 0)),
 		},
 		"client RST in SYN_RCVD after the SYN-ACK": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			gone(c("R", cISS+1, 0, 0, 0, 0)),
 		},
+		"client resets and reopens the 4-tuple at once": {
+			synOpen(cISS),
+			s("SA", tISS, cISS+1, 0, SynR, SynS),
+			c("A", cISS+1, tISS+1, 0, Est, Est),
+			gone(c("R", cISS+1, 0, 0, 0, 0)),
+			// A new entry: the netstack may still hold the old endpoint.
+			act(c("S", cISS+5000, 0, 0, SynR, SynS), ct.ActionOpen),
+		},
 		"retransmitted SYN and SYN-ACK": {
-			c("S", cISS, 0, 0, SynR, SynS),
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
+			c("S", cISS, 0, 0, SynR, SynS), // a retransmission: the entry exists
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			c("A", cISS+1, tISS+1, 0, Est, Est),
 		},
 		"ACK that does not ack the SYN-ACK keeps SYN_RCVD": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			c("A", cISS+1, tISS+9, 0, SynR, SynS),
 			c("A", cISS+1, tISS+1, 0, Est, Est),
 		},
 		"simultaneous open on the client's end": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			s("S", tISS, 0, 0, SynR, SynR),
 			s("SA", tISS, cISS+1, 0, SynR, Est),
 			c("SA", cISS, tISS+1, 0, Est, Est),
 		},
 		"client FIN in SYN_RCVD": {
-			c("S", cISS, 0, 0, SynR, SynS),
+			synOpen(cISS),
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			c("FA", cISS+1, tISS+1, 0, Est, FW1),
 			s("A", tISS+1, cISS+2, 0, CW, FW2),
@@ -447,8 +467,8 @@ func TestTimeWaitDuties(t *testing.T) {
 				tab, clk := newTable(ct.Config{TimeWait: 30 * time.Second})
 				for i, seg := range closeSteps(ts) {
 					dir := ct.Dir(i % 2) // FromClient, ToClient, in turn
-					if a := tab.Segment(dir, tuple, seg); a.Kind != ct.ActionNone {
-						t.Fatalf("close step %d: action %v", i, a.Kind)
+					if a := tab.Segment(dir, tuple, seg); a.Kind != opens(i) {
+						t.Fatalf("close step %d: action %v, want %v", i, a.Kind, opens(i))
 					}
 				}
 				if cs := tab.Conns(nil); len(cs) != 1 || cs[0].State != TW {
@@ -498,8 +518,8 @@ func TestTimeWaitLimit(t *testing.T) {
 		tu := tuple
 		tu.Client = netip.AddrPortFrom(tu.Client.Addr(), uint16(50000+i))
 		for _, st := range append(append([]step{}, handshake...), tcpdTimeWait...) {
-			if a := tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack}); a.Kind != ct.ActionNone {
-				t.Fatalf("connection %d: action %v", i, a.Kind)
+			if a := tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack}); a.Kind != st.action {
+				t.Fatalf("connection %d: action %v, want %v", i, a.Kind, st.action)
 			}
 		}
 		// Beyond the cap the connection has no TIME_WAIT: its FIN
@@ -596,7 +616,7 @@ func TestSequenceWraparound(t *testing.T) {
 	tab, _ := newTable(ct.Config{})
 	var ciss, tiss uint32 = math.MaxUint32 - 10, math.MaxUint32 - 5
 	steps := []step{
-		c("S", ciss, 0, 0, SynR, SynS),
+		synOpen(ciss),
 		s("SA", tiss, ciss+1, 0, SynR, SynS),
 		c("A", ciss+1, tiss+1, 0, Est, Est),
 		s("PA", tiss+1, ciss+1, 100, Est, Est),

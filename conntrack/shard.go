@@ -308,7 +308,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 	}
 	sh.insertLocked(e)
 	sh.mu.Unlock()
-	return Action{}, true
+	return Action{Kind: ActionOpen}, true
 }
 
 // The methods below run with the entry's lock held (their names end in

@@ -59,37 +59,9 @@ func TestTimeWaitReuse(t *testing.T) {
 	})
 	addr := net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port))
 
-	// dial connects from local port lport. SO_REUSEADDR lets it bind a
-	// port while the previous socket on it is still closing; connect then
-	// fails with EADDRNOTAVAIL until that socket is gone (its LAST-ACK
-	// answered by tcpd), and dial tries again.
 	var notAvail atomic.Int64
 	dial := func(lport int, deadline time.Time) (net.Conn, error) {
-		for {
-			var c net.Conn
-			err := g.Client.Do(func() (err error) {
-				d := net.Dialer{
-					Deadline:  deadline,
-					LocalAddr: &net.TCPAddr{IP: g.ClientAddr4.AsSlice(), Port: lport},
-					Control: func(_, _ string, rc syscall.RawConn) error {
-						var serr error
-						if err := rc.Control(func(fd uintptr) {
-							serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-						}); err != nil {
-							return err
-						}
-						return serr
-					},
-				}
-				c, err = d.Dial("tcp", addr)
-				return err
-			})
-			if !errors.Is(err, syscall.EADDRNOTAVAIL) || time.Now().After(deadline) {
-				return c, err
-			}
-			notAvail.Add(1)
-			time.Sleep(time.Millisecond)
-		}
+		return dialFromPort(g, addr, lport, deadline, &notAvail)
 	}
 
 	var (
@@ -166,6 +138,114 @@ func TestTimeWaitReuse(t *testing.T) {
 	if got := m[`tcpd_relay_ended_total{end="clean"}`]; got != float64(done.Load()) {
 		t.Errorf(`tcpd_relay_ended_total{end="clean"} = %v, want %d: every completed connection closed cleanly on both legs (%v)`,
 			got, done.Load(), nonZero(m, "tcpd_relay_ended_total"))
+	}
+	if got := m["tcpd_conntrack_corrections_total"]; got != 0 {
+		t.Errorf("tcpd_conntrack_corrections_total = %v, want 0", got)
+	}
+}
+
+// dialFromPort connects the client to addr from local port lport.
+// SO_REUSEADDR lets it bind a port while the previous socket on it is still
+// closing; connect then fails with EADDRNOTAVAIL until that socket is gone
+// (its LAST-ACK answered by tcpd), and it tries again, counting the retries
+// in notAvail.
+func dialFromPort(g *gateway, addr string, lport int, deadline time.Time, notAvail *atomic.Int64) (net.Conn, error) {
+	for {
+		var c net.Conn
+		err := g.Client.Do(func() (err error) {
+			d := net.Dialer{
+				Deadline:  deadline,
+				LocalAddr: &net.TCPAddr{IP: g.ClientAddr4.AsSlice(), Port: lport},
+				Control: func(_, _ string, rc syscall.RawConn) error {
+					var serr error
+					if err := rc.Control(func(fd uintptr) {
+						serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+					}); err != nil {
+						return err
+					}
+					return serr
+				},
+			}
+			c, err = d.Dial("tcp", addr)
+			return err
+		})
+		if !errors.Is(err, syscall.EADDRNOTAVAIL) || time.Now().After(deadline) {
+			return c, err
+		}
+		notAvail.Add(1)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestResetThenReuse runs clients that send a few bytes, close with RST
+// (SO_LINGER 0) and connect again at once from the same local port, as a
+// client that aborts and retries does. The client keeps nothing of a reset
+// connection, so its next SYN on the 4-tuple follows the RST by
+// microseconds, and may reach the netstack while the old connection's
+// endpoint is still there with the RST queued on it: once the RST closed
+// the endpoint, the netstack answered the SYN queued behind it with RST
+// (the client saw "connection refused") instead of offering it to the
+// forwarder. Every connection must open, and every reset must reach the
+// server as a reset.
+func TestResetThenReuse(t *testing.T) {
+	t.Parallel()
+	const (
+		ports     = 20
+		rounds    = 100
+		firstPort = 41000
+		budget    = 3 * time.Second
+	)
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true})
+	var served, resets atomic.Int64
+	port := serve(t, g.Server, func(c net.Conn) {
+		defer served.Add(1)
+		c.SetDeadline(time.Now().Add(budget))
+		if _, err := io.ReadAll(c); errors.Is(err, syscall.ECONNRESET) {
+			resets.Add(1)
+		}
+	})
+	addr := net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port))
+	var (
+		notAvail, opened atomic.Int64
+		errMu            sync.Mutex
+		errs             []error
+	)
+	var wg sync.WaitGroup
+	for w := range ports {
+		lport := firstPort + w
+		wg.Go(func() {
+			for i := range rounds {
+				c, err := dialFromPort(g, addr, lport, time.Now().Add(budget), &notAvail)
+				if err == nil {
+					_, err = c.Write([]byte("hello"))
+				}
+				if err != nil {
+					errMu.Lock()
+					errs = append(errs, fmt.Errorf("port %d, connection %d: %w", lport, i, err))
+					errMu.Unlock()
+					if c != nil {
+						c.Close()
+					}
+					continue
+				}
+				opened.Add(1)
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}
+		})
+	}
+	wg.Wait()
+	n := opened.Load()
+	waitFor(2*budget, func() bool { return served.Load() >= n })
+	m := scrape(t, g)
+	t.Logf("%d of %d connections opened (%d connects retried on EADDRNOTAVAIL); server saw %d, %d of them reset; tcpd: %v opened, relays ended %v, dropped %v",
+		n, ports*rounds, notAvail.Load(), served.Load(), resets.Load(), m["tcpd_conntrack_opened_total"],
+		nonZero(m, "tcpd_relay_ended_total"), nonZero(m, "tcpd_dropped_total"))
+	if len(errs) > 0 {
+		t.Errorf("%d of %d connections failed; first: %v", len(errs), ports*rounds, errors.Join(errs[:min(len(errs), 5)]...))
+	}
+	if got := resets.Load(); got != n {
+		t.Errorf("the server read a reset on %d of %d connections, want all", got, n)
 	}
 	if got := m["tcpd_conntrack_corrections_total"]; got != 0 {
 		t.Errorf("tcpd_conntrack_corrections_total = %v, want 0", got)

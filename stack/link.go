@@ -54,8 +54,10 @@ type link struct {
 	// table sees every TCP segment in both directions, and answers for
 	// the connections in TIME_WAIT, which the netstack has let go.
 	table *conntrack.Table
-	// reuse hands the netstack a SYN that reopens a 4-tuple conntrack held
-	// in TIME_WAIT; false means it kept the SYN to deliver it later.
+	// reuse hands the netstack a SYN that opened a new entry, or reopened
+	// a 4-tuple conntrack held in TIME_WAIT, once no endpoint of an
+	// earlier connection on the 4-tuple is left there; false means it kept
+	// the SYN to deliver it later.
 	reuse func(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool
 	// clampSYN lowers the MSS of a client's SYN to what the path back to
 	// the client carries (Stack.clampSYN).
@@ -304,7 +306,7 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 		case conntrack.ActionReply:
 			l.writeTimeWaitACK(q, tu, a.Reply)
 			return
-		case conntrack.ActionReuse:
+		case conntrack.ActionReuse, conntrack.ActionOpen:
 			if l.reuse != nil && !l.reuse(proto, pkt, tu) {
 				return // delivered once the old endpoint has left
 			}

@@ -108,17 +108,21 @@ func (l *link) writeTimeWaitACK(q *tunQueue, tu conntrack.Tuple, r conntrack.Rep
 	q.stats.Bytes[conntrack.ToClient].Add(uint64(len(pkt) - writeHeadroom))
 }
 
-// reuseWait bounds how long a SYN that reopens a 4-tuple waits for the old
+// reuseWait bounds how long a SYN that opens a 4-tuple waits for the old
 // connection's endpoint to leave the netstack. The endpoint leaves as soon
 // as the netstack has run its zero TIME_WAIT timer, microseconds after its
-// last ACK; the SYN can only come after the client has that ACK.
+// last ACK, or processed the client's RST; the SYN can only come after it.
 const reuseWait = 100 * time.Millisecond
 
-// reuseSYN hands the netstack a SYN that reopens a 4-tuple conntrack held in
-// TIME_WAIT. Should the netstack still hold the old endpoint (its zero
-// TIME_WAIT timer has not run yet), it would drop the SYN, so the SYN
-// waits, a copy on a goroutine, until the endpoint has left, at most
-// reuseWait. It returns false if it kept the SYN.
+// reuseSYN hands the netstack a SYN that opened a new conntrack entry, or
+// reopened a 4-tuple conntrack held in TIME_WAIT. Should the netstack still
+// hold an endpoint of the tuple's last connection, the SYN would be queued
+// on it: behind a TIME_WAIT the netstack drops it; behind the client's RST
+// (a client that resets and reuses its port at once), the endpoint closes
+// and answers the SYN with RST instead of offering it to the forwarder, and
+// the client sees "connection refused". So the SYN waits, a copy on a
+// goroutine, until the endpoint has left, at most reuseWait. It returns
+// false if it kept the SYN.
 func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool {
 	id := gvstack.TransportEndpointID{
 		LocalAddress:  tcpip.AddrFromSlice(tu.Dst.Addr().AsSlice()),
