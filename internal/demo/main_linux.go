@@ -262,7 +262,7 @@ func bulk(ctx context.Context, lab *netlab.Lab, ns *netlab.NS, size int64, start
 			return
 		}
 		defer c.Close()
-		sum, n, err := exchange(c, 2, size)
+		sum, n, err := exchange(c, 2, size, true)
 		srv <- result{sum, n, err}
 	}()
 	c, err := ns.DialTimeout("tcp", net.JoinHostPort(lab.ServerAddr4.String(), "5201"), 5*time.Second)
@@ -275,7 +275,7 @@ func bulk(ctx context.Context, lab *netlab.Lab, ns *netlab.NS, size int64, start
 	go func() { <-ctx.Done(); c.Close() }()
 	c.SetDeadline(time.Now().Add(40 * time.Second))
 	begin := time.Now()
-	sum, n, err := exchange(c, 1, size)
+	sum, n, err := exchange(c, 1, size, false)
 	took := time.Since(begin)
 	if err != nil {
 		return fmt.Errorf("bulk transfer: %w (received %d bytes)", err, n)
@@ -315,10 +315,19 @@ func streamSum(seed uint64, n int64) [32]byte {
 	return [32]byte(h.Sum(nil))
 }
 
-func exchange(c net.Conn, seed uint64, n int64) ([32]byte, int64, error) {
+// exchange sends n bytes of stream seed on c while it reads c to EOF, and
+// returns what it read's SHA-256 and length. With finLast, it sends its FIN
+// only once it has read the other end's: the close order is then the same on
+// every run (the other end closes first, and tcpd's end of the connection
+// never waits in TIME-WAIT), so the demo's TIME-WAIT count is exact.
+func exchange(c net.Conn, seed uint64, n int64, finLast bool) ([32]byte, int64, error) {
 	werr := make(chan error, 1)
+	eof := make(chan struct{})
 	go func() {
 		_, err := io.Copy(c, stream(seed, n))
+		if finLast {
+			<-eof
+		}
 		if err == nil {
 			err = c.(*net.TCPConn).CloseWrite()
 		}
@@ -326,6 +335,7 @@ func exchange(c net.Conn, seed uint64, n int64) ([32]byte, int64, error) {
 	}()
 	h := sha256.New()
 	got, err := io.Copy(h, c)
+	close(eof)
 	return [32]byte(h.Sum(nil)), got, errors.Join(err, <-werr)
 }
 
