@@ -31,6 +31,11 @@ type Config struct {
 	// so that before and after come from one run on one noisy machine.
 	// Empty means none.
 	Base string
+	// LossDetection and BaseLossDetection, if set, are tcp.loss_detection
+	// ("rack" or "dupack") of the tcpd and base paths; empty keeps tcpd's
+	// default. With Base the same binary as TCPD, they make an A/B of loss
+	// detection in one run.
+	LossDetection, BaseLossDetection string
 	// Only, if not empty, limits the run to these groups of measurements:
 	// "bulk", "rate" (connection rate, with tcpd's CPU and context switches
 	// per connection), "count" (system calls and goroutines per connection,
@@ -385,23 +390,25 @@ func (c *Config) settings() map[string]any {
 		paths = append(paths, "base")
 	}
 	return map[string]any{
-		"measured_paths":  strings.Join(paths, ","),
-		"runs":            c.Runs,
-		"bulk_seconds":    c.Bulk.Seconds(),
-		"streams":         c.Streams,
-		"queue_streams":   c.QueueStreams,
-		"conn_rate_secs":  c.ConnRate.Seconds(),
-		"workers":         c.Workers,
-		"stuck_after_sec": c.Stuck.Seconds(),
-		"connects":        c.Connects,
-		"idle_wanted":     c.Idle,
-		"idle_time_wait":  c.IdleTimeWait.String(),
-		"idle_after":      c.IdleAfter.String(),
-		"profile_cmd":     c.ProfileCmd,
-		"tcpd_offload":    c.Offload,
-		"tcpd":            c.TCPD,
-		"base":            c.Base,
-		"only":            strings.Join(c.Only, ","),
-		"perf":            c.Perf,
+		"measured_paths":      strings.Join(paths, ","),
+		"runs":                c.Runs,
+		"bulk_seconds":        c.Bulk.Seconds(),
+		"streams":             c.Streams,
+		"queue_streams":       c.QueueStreams,
+		"conn_rate_secs":      c.ConnRate.Seconds(),
+		"workers":             c.Workers,
+		"stuck_after_sec":     c.Stuck.Seconds(),
+		"connects":            c.Connects,
+		"idle_wanted":         c.Idle,
+		"idle_time_wait":      c.IdleTimeWait.String(),
+		"idle_after":          c.IdleAfter.String(),
+		"profile_cmd":         c.ProfileCmd,
+		"tcpd_offload":        c.Offload,
+		"loss_detection":      c.LossDetection,
+		"base_loss_detection": c.BaseLossDetection,
+		"tcpd":                c.TCPD,
+		"base":                c.Base,
+		"only":                strings.Join(c.Only, ","),
+		"perf":                c.Perf,
 	}
 }

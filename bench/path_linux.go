@@ -41,9 +41,11 @@ type path struct {
 	bin  string // the tcpd binary; "" on the kernel path
 	// queues is tcpd's tun.queues; "" keeps its default (auto).
 	queues string
-	lab    *netlab.Lab
-	tcpd   *netlab.Proc // nil on the kernel path
-	pid    int          // tcpd's pid
+	// lossDetection is tcpd's tcp.loss_detection; "" keeps its default.
+	lossDetection string
+	lab           *netlab.Lab
+	tcpd          *netlab.Proc // nil on the kernel path
+	pid           int          // tcpd's pid
 	// srcs are the client namespace's addresses, the lab's first.
 	srcs []netip.Addr
 }
@@ -96,7 +98,7 @@ func newLab() (*netlab.Lab, []netip.Addr, error) {
 
 // tcpdConfig is tcpd's embedded default configuration except for the keys
 // given here; every key left out keeps its default.
-func tcpdConfig(adminSocket string, timeWait time.Duration, offload, queues string) string {
+func tcpdConfig(adminSocket string, timeWait time.Duration, offload, queues, lossDetection string) string {
 	var b strings.Builder
 	if offload != "" || queues != "" {
 		b.WriteString("tun:\n")
@@ -109,6 +111,9 @@ func tcpdConfig(adminSocket string, timeWait time.Duration, offload, queues stri
 	}
 	fmt.Fprintf(&b, "metrics:\n  listen: %q\nadmin:\n  socket: %q\ntcp:\n  time_wait: %s\n",
 		metricsAddr, adminSocket, timeWait)
+	if lossDetection != "" {
+		fmt.Fprintf(&b, "  loss_detection: %s\n", lossDetection)
+	}
 	return b.String()
 }
 
@@ -116,7 +121,7 @@ func tcpdConfig(adminSocket string, timeWait time.Duration, offload, queues stri
 // into it.
 func (b *bencher) startTCPD(ctx context.Context, p *path, name string, timeWait time.Duration) error {
 	sock := filepath.Join(b.tmp, name+".sock")
-	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload, p.queues))
+	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload, p.queues, p.lossDetection))
 	if err != nil {
 		return err
 	}

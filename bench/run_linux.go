@@ -121,6 +121,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return &path{name: name, bin: bin, lab: l, srcs: srcs}, nil
 	}
 	bins := map[string]string{"tcpd": cfg.TCPD, "base": cfg.Base}
+	lossDetection := map[string]string{"tcpd": cfg.LossDetection, "base": cfg.BaseLossDetection}
 	kernel, err := newPath("kernel", "")
 	if err != nil {
 		return nil, err
@@ -135,6 +136,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		if err != nil {
 			return nil, err
 		}
+		p.lossDetection = lossDetection[name]
 		paths, tcpds = append(paths, p), append(tcpds, p)
 		if cfg.runs("idle") {
 			ip, err := newPath(name, bins[name])
@@ -226,6 +228,8 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			b.record("corrections", p.name, m.sum("tcpd_conntrack_corrections_total"))
 			b.record("reused", p.name, m.sum("tcpd_tcp_time_wait_reused_total"))
 			b.record("overflow", p.name, m.sum("tcpd_tcp_time_wait_overflow_total"))
+			b.record("segs_sent", p.name, m.sum("tcpd_netstack_tcp_segments_sent_total"))
+			b.record("retransmits", p.name, m.sum("tcpd_netstack_tcp_retransmits_total"))
 			for _, k := range slices.Sorted(maps.Keys(m)) {
 				if v := m[k]; strings.HasPrefix(k, "tcpd_dropped_total{") && v > 0 {
 					b.notef("%s main: %s %v", p.name, k, v)
@@ -626,7 +630,9 @@ func (b *bencher) rows() []Row {
 		rows = append(rows,
 			row("tcpd_conntrack_corrections_total", "", "", "final", "corrections"),
 			row("tcpd_tcp_time_wait_reused_total", "", "", "final", "reused"),
-			row("tcpd_tcp_time_wait_overflow_total", "", "", "final", "overflow"))
+			row("tcpd_tcp_time_wait_overflow_total", "", "", "final", "overflow"),
+			row("tcpd_netstack_tcp_segments_sent_total", "", "", "final", "segs_sent"),
+			row("tcpd_netstack_tcp_retransmits_total", "", "", "final", "retransmits"))
 	}
 	// A row with nothing measured on any path (a failed test) still shows,
 	// as n/a; "total" rows that are zero everywhere stay too, so that "no

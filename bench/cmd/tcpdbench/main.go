@@ -36,6 +36,8 @@ func main() {
 	var cfg bench.Config
 	flag.StringVar(&cfg.TCPD, "tcpd", "bin/tcpd", "tcpd `binary` to measure")
 	flag.StringVar(&cfg.Base, "base", "", "a second tcpd `binary` (say, bin/tcpd-base from `make bench-base`) measured\nalongside, interleaved, for before/after figures from one run")
+	flag.StringVar(&cfg.LossDetection, "loss-detection", "", "tcp.loss_detection (`mode`: rack or dupack) of the tcpd path instead of its default")
+	flag.StringVar(&cfg.BaseLossDetection, "base-loss-detection", "", "tcp.loss_detection (`mode`) of the base path; with --base bin/tcpd, an A/B of loss\ndetection in one run")
 	only := flag.String("only", "", "comma-separated `list` of the measurements to run: bulk, rate, count, latency, queues,\nidle, wireguard, soak (default: all but soak)")
 	flag.DurationVar(&cfg.Soak, "soak", 3*time.Minute, "length of the soak (runs only with --only soak)")
 	flag.StringVar(&cfg.Perf, "perf", "perf", "perf `binary` of the counting phase (system calls and goroutines per connection)")
