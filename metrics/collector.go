@@ -334,7 +334,7 @@ func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
 		packets, bytes := st.TUN(d)
 		send(ch, c.tunPackets, prometheus.CounterValue, float64(packets), d.String())
 		send(ch, c.tunBytes, prometheus.CounterValue, float64(bytes), d.String())
-		send(ch, c.relayBytes, prometheus.CounterValue, float64(st.RelayBytes[d].Load()), d.String())
+		send(ch, c.relayBytes, prometheus.CounterValue, float64(st.Relayed(d)), d.String())
 		for i := range st.Queues {
 			q := strconv.Itoa(i)
 			send(ch, c.queuePackets, prometheus.CounterValue, float64(st.Queues[i].Packets[d].Load()), q, d.String())

@@ -471,7 +471,7 @@ func (r *relay) writeClient() bool {
 func (r *relay) moved(d conntrack.Dir, n int) {
 	r.lastActive = time.Now()
 	r.bytes[d].Add(uint64(n))
-	r.s.stats.RelayBytes[d].Add(uint64(n))
+	r.sh.stats.Bytes[d].Add(uint64(n))
 }
 
 func (r *relay) halfClosed() {

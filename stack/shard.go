@@ -21,6 +21,8 @@ type shard struct {
 	// sleeping is set while the loop may be parked in the poller with an
 	// empty queue: queue wakes it only then.
 	sleeping atomic.Bool
+	// stats are the shard's own counters (Stats.Relays[i]).
+	stats *RelayStats
 
 	mu sync.Mutex
 	// queued are the relays with a request the loop has not seen.
@@ -39,8 +41,10 @@ type shard struct {
 // newShards starts n shards.
 func newShards(s *Stack, n int) ([]*shard, error) {
 	shards := make([]*shard, 0, n)
-	for range n {
-		sh := &shard{s: s, wheel: newWheel(time.Now()), relays: map[uint64]*relay{}, done: make(chan struct{})}
+	s.stats.Relays = make([]RelayStats, n)
+	for i := range n {
+		sh := &shard{s: s, wheel: newWheel(time.Now()), relays: map[uint64]*relay{}, done: make(chan struct{}),
+			stats: &s.stats.Relays[i]}
 		if err := sh.poll.open(); err != nil {
 			for _, o := range shards {
 				o.close()

@@ -202,7 +202,7 @@ func TestRelayBothWays(t *testing.T) {
 	}
 	waitFor(t, "relay byte counters", func() bool {
 		st := h.s.Stats()
-		return st.RelayBytes[conntrack.FromClient].Load() == uint64(len(payload)) && st.RelayBytes[conntrack.ToClient].Load() == uint64(len(payload))
+		return st.Relayed(conntrack.FromClient) == uint64(len(payload)) && st.Relayed(conntrack.ToClient) == uint64(len(payload))
 	})
 	if got := h.s.Stats().Connections[ResultRelayed].Load(); got != 1 {
 		t.Fatalf("relayed connections = %d, want 1", got)

@@ -178,8 +178,12 @@ type Stats struct {
 	// Queues are the per-queue counters of the TUN, one per queue, set
 	// when the stack is built: the packet path counts only there.
 	Queues []QueueStats
-	// RelayBytes counts payload bytes relayed: FromClient is client →
-	// destination.
+	// Relays are the relay shards' counters, one per shard, set when the
+	// stack is built: the relays count only there.
+	Relays []RelayStats
+	// RelayBytes counts payload bytes relayed outside the shards (none
+	// today): FromClient is client → destination. Relayed sums it with
+	// Relays.
 	RelayBytes [conntrack.NumDirs]atomic.Uint64
 	// Dropped counts what the connection handler refused or dropped; what
 	// the packet loops drop is in Queues. Drops sums both.
@@ -220,6 +224,25 @@ type QueueStats struct {
 	// queue, dropped.
 	Dropped [NumDropReasons]atomic.Uint64
 	_       [cacheLine]byte
+}
+
+// RelayStats are one relay shard's counters, written only by that shard's
+// goroutine, so that shards on different cores share no cache line; a
+// scrape sums them.
+type RelayStats struct {
+	// Bytes counts payload bytes relayed: FromClient is client →
+	// destination.
+	Bytes [conntrack.NumDirs]atomic.Uint64
+	_     [cacheLine]byte
+}
+
+// Relayed returns the payload bytes relayed in direction d, by every shard.
+func (s *Stats) Relayed(d conntrack.Dir) uint64 {
+	n := s.RelayBytes[d].Load()
+	for i := range s.Relays {
+		n += s.Relays[i].Bytes[d].Load()
+	}
+	return n
 }
 
 // TUN returns the packets and bytes of every queue together in direction d.
