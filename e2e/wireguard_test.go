@@ -731,3 +731,74 @@ func snmpCounter(t *testing.T, ns *netlab.NS, group, name string) int64 {
 	t.Fatalf("no %s %s in /proc/net/snmp of %s", group, name, ns.Name)
 	return 0
 }
+
+// TestWireGuardFailsClosed proves README's step 5: while tcpd is stopped
+// (its TUN gone, and with it the route into it), a client's TCP is refused
+// by the gateway at once, never forwarded by the kernel around tcpd's
+// destination policy; once tcpd is back and the route into its TUN is
+// added again, the same connections pass through tcpd.
+func TestWireGuardFailsClosed(t *testing.T) {
+	t.Parallel()
+	lab := netlab.NewT(t, netlab.Options{WireGuard: &netlab.WireGuard{}})
+	bin := netlab.BuildTCPD(t)
+	var accepted sync.Map // the client addresses the server saw
+	port := serve(t, lab.Server, func(c net.Conn) { accepted.Store(c.RemoteAddr().String(), true) })
+	peer := lab.Peers[0]
+	dsts := []netip.Addr{lab.ServerAddr4, lab.ServerAddr6}
+	dial := func(dst netip.Addr) (time.Duration, error) {
+		start := time.Now()
+		c, err := peer.NS.DialTimeout("tcp", net.JoinHostPort(dst.String(), strconv.Itoa(port)), 5*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return time.Since(start), err
+	}
+	seen := func() int {
+		n := 0
+		accepted.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	start := func() *netlab.Proc {
+		p, err := lab.StartTCPD(context.Background(), bin, gwConfig{LogLevel: "info"}.yaml())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	p := start()
+	for _, dst := range dsts {
+		if _, err := dial(dst); err != nil {
+			t.Fatalf("through tcpd to %s: %v", dst, err)
+		}
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatalf("stop tcpd: %v", err)
+	}
+	before := seen()
+	for _, dst := range dsts {
+		took, err := dial(dst)
+		if err == nil {
+			t.Errorf("with tcpd stopped, a client's connection to %s was forwarded around it", dst)
+			continue
+		}
+		t.Logf("with tcpd stopped, to %s: %v after %v", dst, err, took.Round(time.Millisecond))
+		if took > 2*time.Second {
+			t.Errorf("with tcpd stopped, a connection to %s failed only after %v: refused by a timeout, not at once", dst, took)
+		}
+	}
+	if n := seen() - before; n != 0 {
+		t.Errorf("the server accepted %d connections while tcpd was stopped", n)
+	}
+
+	p = start()
+	defer p.Stop()
+	for _, dst := range dsts {
+		if _, err := dial(dst); err != nil {
+			t.Errorf("through the restarted tcpd to %s: %v", dst, err)
+		}
+	}
+	if got := seen() - before; got != len(dsts) {
+		t.Errorf("the server accepted %d connections through the restarted tcpd, want %d", got, len(dsts))
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -490,8 +491,11 @@ var families = []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
 //
 //	ip rule add iif <wg> ipproto tcp lookup 100 pref 100
 //	ip route replace default dev <dev> table 100
+//	ip route replace prohibit default table 100 metric 4294967295
 //
-// so that only TCP goes to tcpd and UDP and ICMP stay with the kernel.
+// so that only TCP goes to tcpd and UDP and ICMP stay with the kernel, and
+// while the TUN is gone (tcpd stopped or restarting) the clients' TCP is
+// refused instead of forwarded around tcpd's destination policy.
 // Traffic the gateway itself originates or receives on other links is
 // routed as before. Calling it again (say for a restarted tcpd) is fine.
 func (l *Lab) RouteIntoTUN(dev string) error {
@@ -516,6 +520,16 @@ func (l *Lab) RouteIntoTUN(dev string) error {
 			return err
 		}
 		if l.Peers != nil {
+			// Fail closed: behind the TUN's route, a route that refuses.
+			r := &netlink.Route{
+				Dst:      defaultDst(fam == netlink.FAMILY_V6),
+				Table:    TUNTable,
+				Type:     unix.RTN_PROHIBIT,
+				Priority: math.MaxUint32,
+			}
+			if err := h.RouteReplace(r); err != nil {
+				return fmt.Errorf("netlab: prohibit default table %d (%s): %w", TUNTable, famName(fam), err)
+			}
 			continue // the local table stays first
 		}
 		// Add the new local rule before removing the old one, so local

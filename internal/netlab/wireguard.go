@@ -34,8 +34,9 @@ import (
 // tells an operator: forwarding on for both families, the route to the
 // clients' prefix via the WireGuard interface, loose reverse-path
 // filtering, and, once tcpd runs ([Lab.RouteIntoTUN]), `ip rule add iif
-// <wg> ipproto tcp lookup 100` for both families. The server side is that
-// of a veth lab.
+// <wg> ipproto tcp lookup 100` for both families, with a prohibit route
+// behind the TUN's in table 100 so that a stopped tcpd fails closed. The
+// server side is that of a veth lab.
 type WireGuard struct {
 	// Peers is the number of client namespaces. Zero means 1.
 	Peers int
