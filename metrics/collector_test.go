@@ -64,7 +64,7 @@ func testSources() (*fakeConntrack, *fakeStack) {
 	st.stats.Relays[0].Bytes[conntrack.FromClient].Store(60000)
 	st.stats.Relays[1].Bytes[conntrack.FromClient].Store(40000)
 	st.stats.Relays[0].Bytes[conntrack.ToClient].Store(1000000)
-	st.stats.RelayBytes[conntrack.ToClient].Store(100000)
+	st.stats.Relays[1].Bytes[conntrack.ToClient].Store(100000)
 	st.stats.Dropped[stack.DropSpoofedSource].Store(1)
 	st.stats.Dropped[stack.DropDeniedDestination].Store(8)
 	st.stats.Connections[stack.ResultRelayed].Store(80)

@@ -181,10 +181,6 @@ type Stats struct {
 	// Relays are the relay shards' counters, one per shard, set when the
 	// stack is built: the relays count only there.
 	Relays []RelayStats
-	// RelayBytes counts payload bytes relayed outside the shards (none
-	// today): FromClient is client → destination. Relayed sums it with
-	// Relays.
-	RelayBytes [conntrack.NumDirs]atomic.Uint64
 	// Dropped counts what the connection handler refused or dropped; what
 	// the packet loops drop is in Queues. Drops sums both.
 	Dropped      [NumDropReasons]atomic.Uint64
@@ -238,7 +234,7 @@ type RelayStats struct {
 
 // Relayed returns the payload bytes relayed in direction d, by every shard.
 func (s *Stats) Relayed(d conntrack.Dir) uint64 {
-	n := s.RelayBytes[d].Load()
+	var n uint64
 	for i := range s.Relays {
 		n += s.Relays[i].Bytes[d].Load()
 	}
