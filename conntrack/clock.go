@@ -3,7 +3,7 @@ package conntrack
 import "time"
 
 // mono is a moment as nanoseconds since the table's epoch, on the clock
-// Config.Now gives (monotonic with the real clock). An entry keeps eight of
+// Config.Now gives (monotonic with the real clock). An entry keeps nine of
 // them: as time.Time they would cost 24 bytes each, which at 16,384
 // connections in TIME_WAIT is 2 MiB for nothing. Zero means "not yet": the
 // epoch lies before anything the table records.

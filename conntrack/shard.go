@@ -67,7 +67,6 @@ type entry struct {
 	links [numLinks]atomic.Pointer[entry]
 
 	opened      mono
-	lastSeen    mono
 	established mono
 	dial        time.Duration
 	handshake   time.Duration
@@ -266,7 +265,7 @@ func (sh *shard) newEntry(t *Table, k key, h uint64, s Segment, now mono) *entry
 	e := &entry{
 		machine: opened(s, now),
 		id:      ID(t.ids.Add(1)<<shardBits | uint64(sh.idx)),
-		key:     k, khash: h, opened: now, lastSeen: now, listAt: now, mss: s.MSS, clampedFrom: s.ClampedFrom,
+		key:     k, khash: h, opened: now, listAt: now, mss: s.MSS, clampedFrom: s.ClampedFrom,
 	}
 	sh.counts[sideTCPD][StateSynRecv].Add(1)
 	sh.counts[sideClient][StateSynSent].Add(1)
@@ -364,7 +363,6 @@ func (e *entry) unclaimedLocked() bool {
 // touchLocked records a segment on e: an unclaimed entry is kept for
 // Unclaimed after its last one.
 func (sh *shard) touchLocked(e *entry, now mono) {
-	e.lastSeen = now
 	if e.list == onUnclaimed && e.unclaimedLocked() {
 		sh.mu.Lock()
 		sh.unclaimed.unlink(e)
