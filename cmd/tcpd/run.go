@@ -72,10 +72,9 @@ type daemon struct {
 	metrics *metrics.Server
 	admin   *admin.Server
 	health  *health
-	// fdLimit is the open-file limit read at start; 0 if unknown.
-	fdLimit int
-	// fdBudget is how many connections that limit holds; 0 if unknown.
-	fdBudget int
+	// fd is how the open-file limit read at start divides; zero if the
+	// limit is unknown.
+	fd fdBudget
 
 	reloadMu sync.Mutex
 	reloadOK bool
@@ -172,11 +171,10 @@ func (d *daemon) run() error {
 			d.log.Warn(warning, zap.Int("open_file_limit", lim), zap.Int("needed", fdNeed(cfg)), zap.Int("fd_budget", b.conns))
 		}
 		budget = b.conns
-		d.fdLimit = lim
+		d.fd = b
 	}
 	d.health.starting("creating the TUN and the netstack")
 	d.holdStartForTest()
-	d.fdBudget = budget
 	memLimit, memSource := applyMemoryLimit(cfg, budget)
 	sc := cfg.stackConfig(pol, d.log)
 	sc.FDBudget = budget
@@ -321,11 +319,10 @@ func (d *daemon) reload() {
 	}
 	d.st.SetPolicy(pol)
 	d.level.SetLevel(next.logLevel())
-	if before := debug.SetMemoryLimit(-1); true {
-		if limit, source := applyMemoryLimit(next, d.fdBudget); limit != before {
-			d.log.Info("memory limit changed", zap.String("memory_limit", fmtMemLimit(limit)),
-				zap.String("was", fmtMemLimit(before)), zap.String("memory_limit_from", source))
-		}
+	before := debug.SetMemoryLimit(-1)
+	if limit, source := applyMemoryLimit(next, d.fd.conns); limit != before {
+		d.log.Info("memory limit changed", zap.String("memory_limit", fmtMemLimit(limit)),
+			zap.String("was", fmtMemLimit(before)), zap.String("memory_limit_from", source))
 	}
 	d.cfg = next
 	d.setReload(true, len(changed))
@@ -333,9 +330,9 @@ func (d *daemon) reload() {
 		d.log.Warn("reload: these settings need a restart and keep their running values",
 			zap.Strings("keys", changed))
 	}
-	if d.fdLimit > 0 {
-		if warning, _ := newFDBudget(d.fdLimit).check(next); warning != "" {
-			d.log.Warn(warning, zap.Int("open_file_limit", d.fdLimit), zap.Int("needed", fdNeed(next)))
+	if d.fd.limit > 0 {
+		if warning, _ := d.fd.check(next); warning != "" {
+			d.log.Warn(warning, zap.Int("open_file_limit", d.fd.limit), zap.Int("needed", fdNeed(next)))
 		}
 	}
 	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", next.logLevel()),
