@@ -124,17 +124,31 @@ func optionalInt(lo, hi int64) kind[*int] {
 // autoOrInt is an integer in lo..hi or auto, which sets 0: the package's
 // own choice.
 func autoOrInt(lo, hi int64) kind[int] {
-	allowed := fmt.Sprintf("auto or %d..%d", lo, hi)
+	return intOrWords(lo, hi, fmt.Sprintf("auto or %d..%d", lo, hi), "auto or an integer", word{"auto", 0})
+}
+
+// word is a keyword an integer setting takes besides its range, and the
+// value it stands for (outside the range).
+type word struct {
+	name  string
+	value int
+}
+
+// intOrWords is an integer in lo..hi or one of words. allowed and want
+// describe both in error messages.
+func intOrWords(lo, hi int64, allowed, want string, words ...word) kind[int] {
 	return kind[int]{
 		allowed: allowed,
 		format: func(v int) string {
-			if v == 0 {
-				return "auto"
+			for _, w := range words {
+				if w.value == v {
+					return w.name
+				}
 			}
 			return strconv.Itoa(v)
 		},
 		decode: func(d *decoder, n *yaml.Node, key string) (int, bool) {
-			v, ok := d.scalar(n, key, "auto or an integer", "allowed: "+allowed)
+			v, ok := d.scalar(n, key, want, "allowed: "+allowed)
 			if !ok {
 				return 0, false
 			}
@@ -142,8 +156,10 @@ func autoOrInt(lo, hi int64) kind[int] {
 				x, ok := d.integer(n, key, lo, hi, "allowed: "+allowed)
 				return int(x), ok
 			}
-			if v.Value == "auto" {
-				return 0, true
+			for _, w := range words {
+				if v.Value == w.name {
+					return w.value, true
+				}
 			}
 			d.errorf(n, key, "%q is not allowed (allowed: %s)", v.Value, allowed)
 			return 0, false
@@ -353,37 +369,8 @@ func socketPath() kind[string] {
 // mssClamp is tcp.mss_clamp's kind: auto (stack.MSSClampAuto), off
 // (stack.MSSClampOff) or a fixed MSS in lo..hi.
 func mssClamp(lo, hi int64) kind[int] {
-	allowed := fmt.Sprintf("auto, off, or an MSS in %d..%d", lo, hi)
-	return kind[int]{
-		allowed: allowed,
-		format: func(v int) string {
-			switch v {
-			case stack.MSSClampAuto:
-				return "auto"
-			case stack.MSSClampOff:
-				return "off"
-			}
-			return strconv.Itoa(v)
-		},
-		decode: func(d *decoder, n *yaml.Node, key string) (int, bool) {
-			v, ok := d.scalar(n, key, "auto, off or an integer", "allowed: "+allowed)
-			if !ok {
-				return 0, false
-			}
-			if v.ShortTag() == "!!int" {
-				x, ok := d.integer(n, key, lo, hi, "allowed: "+allowed)
-				return int(x), ok
-			}
-			switch v.Value {
-			case "auto":
-				return stack.MSSClampAuto, true
-			case "off":
-				return stack.MSSClampOff, true
-			}
-			d.errorf(n, key, "%q is not allowed (allowed: %s)", v.Value, allowed)
-			return 0, false
-		},
-	}
+	return intOrWords(lo, hi, fmt.Sprintf("auto, off, or an MSS in %d..%d", lo, hi), "auto, off or an integer",
+		word{"auto", stack.MSSClampAuto}, word{"off", stack.MSSClampOff})
 }
 
 // prefixes is a list of at least atLeast prefixes. Unless hostBits, each
