@@ -424,49 +424,25 @@ func addresses() kind[[]netip.Addr] {
 			switch {
 			case isNull(v):
 				d.errorf(n, key, "no value (allowed: a list of addresses, e.g. [%s], or [] for none)", example)
-				d.bad[key] = true
 				return nil, false
 			case v.Kind != yaml.SequenceNode:
 				d.errorf(n, key, "expected a list of addresses, got %s (allowed: e.g. [%s])", describe(v), example)
-				d.bad[key] = true
 				return nil, false
 			}
-			var out []netip.Addr
-			ok := true
-			for i, item := range v.Content {
-				ikey := fmt.Sprintf("%s[%d]", key, i)
-				d.lines[ikey] = item.Line
-				iv := deref(item)
-				if iv.Kind != yaml.ScalarNode || isNull(iv) {
-					d.errorf(item, ikey, "expected an address, got %s (e.g. %s)", describe(iv), example)
-					ok = false
-					continue
-				}
-				a, err := netip.ParseAddr(iv.Value)
+			return listItems(d, v, key, "an address", example, func(s string) (netip.Addr, string) {
+				a, err := netip.ParseAddr(s)
 				switch {
 				case err != nil:
-					d.errorf(item, ikey, "%q is not an IP address (e.g. %s)", iv.Value, example)
+					return a, fmt.Sprintf("%q is not an IP address (e.g. %s)", s, example)
 				case a.Zone() != "":
-					d.errorf(item, ikey, "%q has a zone (allowed: an address without one)", iv.Value)
+					return a, fmt.Sprintf("%q has a zone (allowed: an address without one)", s)
 				case a.Is4In6():
-					d.errorf(item, ikey, "%q is an IPv4-mapped IPv6 address (did you mean %s?)", iv.Value, a.Unmap())
+					return a, fmt.Sprintf("%q is an IPv4-mapped IPv6 address (did you mean %s?)", s, a.Unmap())
 				case a.IsUnspecified(), a.IsMulticast():
-					d.errorf(item, ikey, "%q cannot be a source address (allowed: a unicast address of this host)", iv.Value)
-				default:
-					if j := slices.Index(out, a); j >= 0 {
-						d.errorf(item, ikey, "%q is listed twice (also %s[%d])", iv.Value, key, j)
-					} else {
-						out = append(out, a)
-						continue
-					}
+					return a, fmt.Sprintf("%q cannot be a source address (allowed: a unicast address of this host)", s)
 				}
-				ok = false
-			}
-			if !ok {
-				d.bad[key] = true
-				return nil, false
-			}
-			return out, true
+				return a, ""
+			})
 		},
 	}
 }
@@ -663,32 +639,44 @@ func (d *decoder) prefixes(n *yaml.Node, key string, hostBits bool, atLeast int,
 		d.errorf(n, key, "no prefixes (allowed: a list of at least %d, e.g. [%s])", atLeast, example)
 		return nil, false
 	}
-	var out []netip.Prefix
+	return listItems(d, v, key, "a prefix", example, func(s string) (netip.Prefix, string) {
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			return p, fmt.Sprintf("%q is not a prefix (want address/length, e.g. %s)", s, example)
+		case !hostBits && p != p.Masked():
+			return p, fmt.Sprintf("%q has host bits set (did you mean %s?)", s, p.Masked())
+		}
+		return p, ""
+	})
+}
+
+// listItems decodes the items of the sequence v under key (key[i] each):
+// what (with its article) is one item, parse reads one or says in a
+// message why it cannot, and an item listed twice is an error. Any bad item
+// marks key bad and returns nil, false; an empty list is nil.
+func listItems[T comparable](d *decoder, v *yaml.Node, key, what, example string, parse func(string) (T, string)) ([]T, bool) {
+	var out []T
 	ok := true
 	for i, item := range v.Content {
 		ikey := fmt.Sprintf("%s[%d]", key, i)
 		d.lines[ikey] = item.Line
 		iv := deref(item)
 		if iv.Kind != yaml.ScalarNode || isNull(iv) {
-			d.errorf(item, ikey, "expected a prefix, got %s (e.g. %s)", describe(iv), example)
+			d.errorf(item, ikey, "expected %s, got %s (e.g. %s)", what, describe(iv), example)
 			ok = false
 			continue
 		}
-		p, err := netip.ParsePrefix(iv.Value)
-		switch {
-		case err != nil:
-			d.errorf(item, ikey, "%q is not a prefix (want address/length, e.g. %s)", iv.Value, example)
-		case !hostBits && p != p.Masked():
-			d.errorf(item, ikey, "%q has host bits set (did you mean %s?)", iv.Value, p.Masked())
-		default:
-			if j := slices.Index(out, p); j >= 0 {
-				d.errorf(item, ikey, "%q is listed twice (also %s[%d])", iv.Value, key, j)
-			} else {
-				out = append(out, p)
-				continue
-			}
+		x, msg := parse(iv.Value)
+		if j := slices.Index(out, x); msg == "" && j >= 0 {
+			msg = fmt.Sprintf("%q is listed twice (also %s[%d])", iv.Value, key, j)
 		}
-		ok = false
+		if msg != "" {
+			d.errorf(item, ikey, "%s", msg)
+			ok = false
+			continue
+		}
+		out = append(out, x)
 	}
 	if !ok {
 		d.bad[key] = true
