@@ -412,7 +412,12 @@ func TestWireGuardGateway(t *testing.T) {
 	}
 
 	// UDP stays with the kernel: README's rules send tcpd TCP only.
-	in := scrape(t, g)[`tcpd_tun_packets_total{direction="in"}`]
+	in, ok := scrape(t, g)[`tcpd_tun_packets_total{direction="in"}`]
+	if !ok || in == 0 {
+		// The held connections came through the TUN: a missing or zero
+		// counter would make the check below pass whatever UDP does.
+		t.Fatalf(`tcpd_tun_packets_total{direction="in"} = %v (present %v) after %d connections, want > 0`, in, ok, peers*held)
+	}
 	for _, p := range g.Peers {
 		for _, server := range []netip.Addr{g.ServerAddr4, g.ServerAddr6} {
 			udpEcho(t, p.NS, g.Server, server)
@@ -481,7 +486,9 @@ func TestWireGuardIdleNoDrops(t *testing.T) {
 	if seen == 0 {
 		t.Fatal("no tcpd_dropped_total in the scrape")
 	}
-	if v := m[`tcpd_tun_packets_total{direction="in"}`]; v != 0 {
+	if v, ok := m[`tcpd_tun_packets_total{direction="in"}`]; !ok {
+		t.Error(`no tcpd_tun_packets_total{direction="in"} in the scrape`)
+	} else if v != 0 {
 		t.Errorf("tcpd read %v packets from its TUN on an idle gateway", v)
 	}
 }
