@@ -188,13 +188,19 @@ func (r *relay) clientEvent(waiter.EventMask) { r.post(reqClient) }
 func (r *relay) step() {
 	req := r.req.Swap(0)
 	if r.phase == phaseDone {
-		if req&reqStart != 0 && r.ep != nil {
+		switch {
+		case req&reqStart != 0 && r.ep != nil:
 			// Handed an endpoint after it ended (a panic while the
 			// handshake ran): reset it and account for the relay.
 			r.ep.Abort()
 			r.ep.Close()
 			r.wq.EventUnregister(&r.entry)
 			r.s.relayEnded(r)
+		case req&reqAbort != 0 && r.ep != nil && r.end == EndClean:
+			// Killed after a clean end, while the endpoint may still wait
+			// for the client's last ACK: reset it all the same. (Any
+			// other end has reset it already.)
+			r.ep.Abort()
 		}
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,4 +222,41 @@ func TestHandshakeTimeoutFreesSlot(t *testing.T) {
 	if n := h.s.Stats().Connections[ResultHandshakeFailed].Load(); n != 1 {
 		t.Fatalf("%d handshake failures counted, want 1", n)
 	}
+}
+
+// TestKillAfterRelayEnded: a connection whose relay has ended cleanly but
+// whose endpoint still waits for the client's last ACK (LAST_ACK) is reset
+// by Kill, as a running one is: tcpd sends the client RST.
+func TestKillAfterRelayEnded(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	hold := make(chan struct{})
+	h.listen(t, func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		<-hold
+		c.Close()
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	waitFor(t, "close_wait", func() bool { return states(h.s)["close_wait"] == 1 })
+	// The client goes silent: tcpd's FIN is never acknowledged.
+	if terr := h.client.s.DisableNIC(clientNIC); terr != nil {
+		t.Fatalf("disable client NIC: %s", terr)
+	}
+	var rst atomic.Bool
+	h.observeOut(func(p []byte) {
+		if _, _, seg, ok := parseTCP(p); ok && seg.Flags&conntrack.FlagRST != 0 {
+			rst.Store(true)
+		}
+	})
+	close(hold)
+	waitFor(t, "the relay to end cleanly", func() bool { return h.s.Stats().Ended[EndClean].Load() == 1 })
+	waitFor(t, "last_ack", func() bool { return states(h.s)["last_ack"] == 1 })
+	if !h.s.Kill(h.s.Conns(nil)[0].ID) {
+		t.Fatal("Kill did not find the connection")
+	}
+	waitFor(t, "an RST to the client", rst.Load)
+	waitFor(t, "the killed entry to go", func() bool { return h.s.Snapshot().Live == 0 })
 }
