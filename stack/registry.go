@@ -23,7 +23,8 @@ type registry struct {
 // endpoint is the netstack side of a tracked connection.
 type endpoint struct {
 	ep tcpip.Endpoint
-	// relay is the connection's relay.
+	// relay is the connection's relay, never nil: an endpoint is
+	// registered only once its relay exists.
 	relay *relay
 	// relayDone is set when the relay has finished: nothing is left in
 	// the endpoint that tcpd still has to read.
@@ -32,17 +33,16 @@ type endpoint struct {
 
 func newRegistry() *registry { return &registry{eps: make(map[conntrack.ID]*endpoint)} }
 
-// register remembers ep and its relay r for id.
-func (g *registry) register(id conntrack.ID, ep tcpip.Endpoint, r *relay) *endpoint {
-	e := &endpoint{ep: ep, relay: r}
+// register remembers ep and its relay r for id (0: untracked, nothing to
+// remember).
+func (g *registry) register(id conntrack.ID, ep tcpip.Endpoint, r *relay) {
 	if id == 0 {
-		return e
+		return
 	}
 	g.mu.Lock()
-	g.eps[id] = e
+	g.eps[id] = &endpoint{ep: ep, relay: r}
 	g.peak = max(g.peak, len(g.eps))
 	g.mu.Unlock()
-	return e
 }
 
 func (g *registry) lookup(id conntrack.ID) *endpoint {

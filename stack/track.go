@@ -92,9 +92,7 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 		if e == nil {
 			continue
 		}
-		if e.relay != nil {
-			out[i].Upstream = e.relay.localAddr()
-		}
+		out[i].Upstream = e.relay.localAddr()
 		var info tcpip.TCPInfoOption
 		if err := e.ep.GetSockOpt(&info); err == nil {
 			out[i].RTT, out[i].RTTVar = info.RTT, info.RTTVar
@@ -135,12 +133,9 @@ func (s *Stack) Kill(id conntrack.ID) bool {
 	if e == nil {
 		return false
 	}
-	if e.relay != nil {
-		// Its shard resets both legs.
-		e.relay.abort(EndAborted)
-	} else {
-		e.ep.Abort()
-	}
+	// Its shard resets both legs, or the client's alone once the relay
+	// has ended.
+	e.relay.abort(EndAborted)
 	s.reg.unregister(id)
 	return true
 }
