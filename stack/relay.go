@@ -98,7 +98,9 @@ type relay struct {
 	// FIN was passed on (zero: none yet).
 	lastActive, halfClosedAt time.Time
 
-	bytes [conntrack.NumDirs]atomic.Uint64
+	// bytes is what the relay moved each way, for its last log line; the
+	// shard's counters (sh.stats) are the ones read elsewhere.
+	bytes [conntrack.NumDirs]uint64
 	// end is how the relay ended, set on the shard before done.
 	end End
 	// local is the upstream socket's local address, looked up once asked.
@@ -476,7 +478,7 @@ func (r *relay) writeClient() bool {
 
 func (r *relay) moved(d conntrack.Dir, n int) {
 	r.lastActive = time.Now()
-	r.bytes[d].Add(uint64(n))
+	r.bytes[d] += uint64(n)
 	r.sh.stats.Bytes[d].Add(uint64(n))
 }
 
