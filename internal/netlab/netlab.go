@@ -759,8 +759,18 @@ func NewT(t testing.TB, opts Options) *Lab {
 	return l
 }
 
-// Namespaces returns the lab's namespaces: client, gateway, server.
-func (l *Lab) Namespaces() []*NS { return []*NS{l.Client, l.Gateway, l.Server} }
+// Namespaces returns the lab's namespaces: the clients (every peer's in a
+// WireGuard lab), gateway, server.
+func (l *Lab) Namespaces() []*NS {
+	if len(l.Peers) == 0 {
+		return []*NS{l.Client, l.Gateway, l.Server}
+	}
+	var nss []*NS
+	for _, p := range l.Peers {
+		nss = append(nss, p.NS)
+	}
+	return append(nss, l.Gateway, l.Server)
+}
 
 // tempDir returns the lab's temporary directory, creating it on first use.
 // Close removes it.

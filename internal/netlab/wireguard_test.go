@@ -40,6 +40,9 @@ func TestWireGuard(t *testing.T) {
 	}
 
 	for i, p := range l.Peers {
+		if lo, err := p.NS.Netlink().LinkByName("lo"); err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("peer %d: lo not up in %s (%v)", i, p.NS.Name, err)
+		}
 		if got := linkMTU(t, p.NS, p.Link); got != 1420 {
 			t.Errorf("peer %d: WireGuard MTU %d, want the default 1420", i, got)
 		}
