@@ -264,14 +264,8 @@ func (l *Lab) setup() error {
 		return err
 	}
 
-	for _, ns := range []*NS{c, g, s} {
-		lo, err := ns.nl.LinkByName("lo")
-		if err == nil {
-			err = ns.nl.LinkSetUp(lo)
-		}
-		if err != nil {
-			return fmt.Errorf("lo up in %s: %w", ns.Name, err)
-		}
+	if err := loopbackUp(c, g, s); err != nil {
+		return err
 	}
 
 	// Each veth is created directly inside its namespaces, so nothing ever
@@ -391,6 +385,20 @@ func (l *Lab) setup() error {
 		r := &netlink.Route{LinkIndex: d.link.Attrs().Index, Dst: defaultDst(d.gw.Is6()), Gw: d.gw.AsSlice()}
 		if err := d.ns.nl.RouteReplace(r); err != nil {
 			return fmt.Errorf("default route via %s in %s: %w", d.gw, d.ns.Name, err)
+		}
+	}
+	return nil
+}
+
+// loopbackUp sets lo up in each of nss.
+func loopbackUp(nss ...*NS) error {
+	for _, ns := range nss {
+		lo, err := ns.nl.LinkByName("lo")
+		if err == nil {
+			err = ns.nl.LinkSetUp(lo)
+		}
+		if err != nil {
+			return fmt.Errorf("lo up in %s: %w", ns.Name, err)
 		}
 	}
 	return nil

@@ -163,14 +163,8 @@ func (l *Lab) setupWireGuard(opts WireGuard, clients []*NS) error {
 	)...); err != nil {
 		return err
 	}
-	for _, ns := range l.Namespaces() {
-		lo, err := ns.nl.LinkByName("lo")
-		if err == nil {
-			err = ns.nl.LinkSetUp(lo)
-		}
-		if err != nil {
-			return fmt.Errorf("lo up in %s: %w", ns.Name, err)
-		}
+	if err := loopbackUp(l.Namespaces()...); err != nil {
+		return err
 	}
 
 	// The underlay: one veth per peer, and the server's veth.
@@ -316,21 +310,12 @@ func (l *Lab) startWGPeer(ns *NS, bin, name string, mtu int, uapi string, handsh
 // configureWG brings a WireGuard interface up with its addresses and routes
 // dst through it, as `ip address add` and `ip route add ... dev` would.
 func configureWG(ns *NS, name string, addrs, dst []netip.Prefix) error {
+	if err := bringUp(linkEnd{ns, name, addrs}); err != nil {
+		return err
+	}
 	link, err := ns.nl.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", name, ns.Name, err)
-	}
-	if err := ns.nl.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up in %s: %w", name, ns.Name, err)
-	}
-	for _, p := range addrs {
-		a := &netlink.Addr{IPNet: ipNet(p)}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if err := ns.nl.AddrReplace(link, a); err != nil {
-			return fmt.Errorf("address %s on %s in %s: %w", p, name, ns.Name, err)
-		}
 	}
 	for _, p := range dst {
 		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(p), Scope: netlink.SCOPE_LINK}
