@@ -94,6 +94,9 @@ type tunQueue struct {
 	// packets to the netstack (unix nanoseconds), 0 while it waits in a
 	// read: a batch that takes seconds means the packet loop is wedged.
 	busySince atomic.Int64
+	// io is the read loop's: its reads, and the packets it writes itself
+	// (writeQueueRaw).
+	io queueIO
 }
 
 // queueDevice is a real TUN as createTUN opens it: a file per queue, with
@@ -150,9 +153,9 @@ type writeBatch struct {
 	// store keeps the full-capacity buffers so that they are reused even
 	// after the TUN's GRO swapped or extended the slices in bufs.
 	store [][]byte
-	// hdr and iov serve the real TUN's writev.
+	// hdr and io serve the real TUN's writev.
 	hdr [vnetHdrLen]byte
-	iov [][]byte
+	io  queueIO
 }
 
 // start starts one read loop per queue.
@@ -364,10 +367,8 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		}
 		q := l.queueFor(pkt.Hash)
 		size := pkt.Size()
-		var err error
-		wb.iov, err = l.writeQueue(q, pkt, &wb.hdr, wb.iov)
-		if err != nil {
-			clear(wb.iov)
+		if err := l.writeQueue(q, pkt, &wb.hdr, &wb.io); err != nil {
+			clear(wb.io.iov)
 			if isClosedErr(err) || errors.Is(err, os.ErrClosed) {
 				return n, &tcpip.ErrClosedForSend{}
 			}
@@ -378,7 +379,7 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		q.stats.Packets[conntrack.ToClient].Add(1)
 		q.stats.Bytes[conntrack.ToClient].Add(uint64(size))
 	}
-	clear(wb.iov)
+	clear(wb.io.iov)
 	return n, nil
 }
 

@@ -27,18 +27,42 @@ const (
 	gsoMaxSize = 65535 - 256
 )
 
-// readQueue reads one frame from q into buf, waiting for one.
-func readQueue(q *tunQueue, buf []byte) (int, error) {
-	var n int
-	var rerr error
-	err := q.raw.Read(func(fd uintptr) bool {
-		n, rerr = unix.Read(int(fd), buf)
-		return rerr != unix.EAGAIN
-	})
-	if err == nil {
-		err = rerr
+// queueIO is one system call on a queue's descriptor with its arguments and
+// results in fields. A closure handed to syscall.RawConn's Read or Write
+// escapes to the heap with the variables it captures: built per call, that
+// would be two or three allocations per packet. The callbacks here are
+// bound once. A queueIO serves one goroutine at a time: tunQueue.io belongs
+// to the queue's read loop, writeBatch.io to the WritePackets call that
+// holds the batch.
+type queueIO struct {
+	buf         []byte
+	iov         [][]byte
+	n           int
+	err         error
+	read, write func(fd uintptr) bool
+}
+
+func (c *queueIO) doRead(fd uintptr) bool {
+	c.n, c.err = unix.Read(int(fd), c.buf)
+	return c.err != unix.EAGAIN
+}
+
+func (c *queueIO) doWrite(fd uintptr) bool {
+	_, c.err = unix.Writev(int(fd), c.iov)
+	return c.err != unix.EAGAIN
+}
+
+// readQueue reads one frame from q into q.io.buf, waiting for one.
+func readQueue(q *tunQueue) (int, error) {
+	c := &q.io
+	if c.read == nil {
+		c.read = c.doRead
 	}
-	return n, err
+	c.n, c.err = 0, nil
+	if err := q.raw.Read(c.read); err != nil {
+		return c.n, err
+	}
+	return c.n, c.err
 }
 
 // readFailed counts a failed read and reports whether the loop must end:
@@ -58,10 +82,11 @@ func (l *link) readFailed(q *tunQueue, err error, failures *int) bool {
 
 // readVnet is q's read loop on the offload path.
 func (l *link) readVnet(q *tunQueue) {
-	buf := make([]byte, vnetHdrLen+65535)
+	q.io.buf = make([]byte, vnetHdrLen+65535)
+	buf := q.io.buf
 	failures := 0
 	for {
-		n, err := readQueue(q, buf)
+		n, err := readQueue(q)
 		if err != nil {
 			if l.readFailed(q, err, &failures) {
 				return
@@ -101,10 +126,11 @@ func (l *link) readVnet(q *tunQueue) {
 func (l *link) readPlain(q *tunQueue) {
 	// A read returns packets no longer than the device MTU; the slack covers
 	// a device whose MTU was raised under us.
-	buf := make([]byte, int(l.mtu.Load())+256)
+	q.io.buf = make([]byte, int(l.mtu.Load())+256)
+	buf := q.io.buf
 	failures := 0
 	for {
-		n, err := readQueue(q, buf)
+		n, err := readQueue(q)
 		if err != nil {
 			if l.readFailed(q, err, &failures) {
 				return
@@ -119,29 +145,29 @@ func (l *link) readPlain(q *tunQueue) {
 	}
 }
 
-// writev writes iov as one frame on q, waiting while the device is busy.
-func writev(q *tunQueue, iov [][]byte) error {
-	var werr error
-	err := q.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Writev(int(fd), iov)
-		return werr != unix.EAGAIN
-	})
-	if err == nil {
-		err = werr
+// writev writes c.iov as one frame on q, waiting while the device is busy.
+func writev(q *tunQueue, c *queueIO) error {
+	if c.write == nil {
+		c.write = c.doWrite
 	}
-	return err
+	c.err = nil
+	if err := q.raw.Write(c.write); err != nil {
+		return err
+	}
+	return c.err
 }
 
 // writeQueue writes one outbound packet on q: behind a virtio-net header on
-// the offload path, bare otherwise. It returns iov for reuse.
-func (l *link) writeQueue(q *tunQueue, pkt *gvstack.PacketBuffer, hdr *[vnetHdrLen]byte, iov [][]byte) ([][]byte, error) {
-	iov = iov[:0]
+// the offload path, bare otherwise. c.iov keeps pkt's slices until the
+// caller clears it.
+func (l *link) writeQueue(q *tunQueue, pkt *gvstack.PacketBuffer, hdr *[vnetHdrLen]byte, c *queueIO) error {
+	c.iov = c.iov[:0]
 	if l.vnet {
 		vnetHeader(pkt, hdr)
-		iov = append(iov, hdr[:])
+		c.iov = append(c.iov, hdr[:])
 	}
-	iov = append(iov, pkt.AsSlices()...)
-	return iov, writev(q, iov)
+	c.iov = append(c.iov, pkt.AsSlices()...)
+	return writev(q, c)
 }
 
 // vnetHeader fills hdr with the virtio-net header of pkt: a GSO request
@@ -171,12 +197,17 @@ func vnetHeader(pkt *gvstack.PacketBuffer, hdr *[vnetHdrLen]byte) {
 
 // writeQueueRaw writes one whole IP packet, which holds its own checksums,
 // on q; on the offload path behind a virtio-net header that asks nothing of
-// the kernel. buf[:headroom] is free room of at least vnetHdrLen bytes.
+// the kernel. buf[:headroom] is free room of at least vnetHdrLen bytes. It
+// runs on q's read loop and writes through q.io.
 func (l *link) writeQueueRaw(q *tunQueue, buf []byte, headroom int) error {
 	frame := buf[headroom:]
 	if l.vnet {
 		frame = buf[headroom-vnetHdrLen:]
 		clear(frame[:vnetHdrLen]) // VIRTIO_NET_HDR_GSO_NONE, no flags
 	}
-	return writev(q, [][]byte{frame})
+	c := &q.io
+	c.iov = append(c.iov[:0], frame)
+	err := writev(q, c)
+	clear(c.iov)
+	return err
 }

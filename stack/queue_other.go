@@ -4,6 +4,9 @@ package stack
 
 import gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 
+// queueIO holds a queue's system call state on Linux.
+type queueIO struct{ iov [][]byte }
+
 const (
 	vnetHdrLen = 10
 	gsoMaxSize = 0
@@ -13,7 +16,7 @@ const (
 // queues of their own.
 func (*link) readVnet(*tunQueue)  {}
 func (*link) readPlain(*tunQueue) {}
-func (*link) writeQueue(_ *tunQueue, _ *gvstack.PacketBuffer, _ *[vnetHdrLen]byte, iov [][]byte) ([][]byte, error) {
-	return iov, nil
+func (*link) writeQueue(*tunQueue, *gvstack.PacketBuffer, *[vnetHdrLen]byte, *queueIO) error {
+	return nil
 }
 func (*link) writeQueueRaw(*tunQueue, []byte, int) error { return nil }
