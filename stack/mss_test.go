@@ -26,12 +26,14 @@ type fakeRoutes struct {
 	err    error // the kernel's refusal to forward tcpd's replies
 	outErr error // its failure to route its own packets to the client
 	asked  int
+	tun    int // the TUN index of the last question
 }
 
 func (f *fakeRoutes) replyRoute(tun int, client, dst netip.AddrPort) (int, int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked++
+	f.tun = tun
 	return 7, f.mtu, f.err
 }
 
@@ -243,7 +245,7 @@ func TestMSSClamp(t *testing.T) {
 func TestPathCache(t *testing.T) {
 	now := time.Unix(1000, 0)
 	f := &fakeRoutes{devMTU: 1420}
-	p := &paths{q: f, tun: func() int { return 3 }, log: zap.NewNop(), now: func() time.Time { return now }, m: map[netip.Addr]pathEntry{}}
+	p := &paths{q: f, tun: 3, log: zap.NewNop(), now: func() time.Time { return now }, m: map[netip.Addr]pathEntry{}}
 	a := netip.MustParseAddrPort("100.64.2.10:40000")
 	b := netip.MustParseAddrPort("[fd64::2:a]:40000")
 	dst := netip.MustParseAddrPort("198.18.1.2:80")
@@ -255,6 +257,9 @@ func TestPathCache(t *testing.T) {
 		}
 	}
 	check("first SYN", a, dst, 1380, 1)
+	if f.tun != 3 {
+		t.Errorf("asked about the route from TUN index %d, want 3", f.tun)
+	}
 	check("same client, other port", netip.AddrPortFrom(a.Addr(), 40001), dst, 1380, 1)
 	check("IPv6 client", b, dst6, 1360, 2)
 	f.devMTU = 1280

@@ -62,7 +62,7 @@ type pathQuerier interface {
 // the kernel's, kept fresh by a watch on route changes, or the test's.
 // Without one (other systems) automatic clamping is off, which is logged.
 func (s *Stack) startPaths() {
-	p := &paths{q: s.cfg.routes, tun: func() int { return 0 }, log: s.log, now: time.Now, m: map[netip.Addr]pathEntry{},
+	p := &paths{q: s.cfg.routes, log: s.log, now: time.Now, m: map[netip.Addr]pathEntry{},
 		rpFilter: func() string { return rpFilterMode(s.Name()) }}
 	switch {
 	case p.q != nil:
@@ -76,7 +76,7 @@ func (s *Stack) startPaths() {
 			}
 			return
 		}
-		p.q, p.tun, p.changed, s.stopWatch = q, func() int { return idx }, changed, closeFn
+		p.q, p.tun, p.changed, s.stopWatch = q, idx, changed, closeFn
 	}
 	s.paths = p
 }
@@ -88,7 +88,7 @@ func (s *Stack) startPaths() {
 // routes, rules, links or their settings.
 type paths struct {
 	q   pathQuerier
-	tun func() int // the TUN's interface index
+	tun int // the TUN's interface index
 	// rpFilter returns the reverse-path filter mode in force for packets
 	// from the TUN (the larger of "all" and the TUN's own), "" if unknown.
 	rpFilter func() string
@@ -151,7 +151,7 @@ func (p *paths) mss(client, dst netip.AddrPort) uint16 {
 // clamp must hold as soon as whatever stops the replies is fixed. refused
 // reports the first case.
 func (p *paths) lookup(client, dst netip.AddrPort) (mss uint16, refused bool) {
-	dev, mtu, err := p.q.replyRoute(p.tun(), client, dst)
+	dev, mtu, err := p.q.replyRoute(p.tun, client, dst)
 	if err != nil {
 		p.warn(client, dst, err)
 		refused = true
