@@ -32,8 +32,8 @@ const maxSegment = 1 << 16
 
 // link is the gvstack.LinkEndpoint between the TUN device and the netstack.
 // The TUN has one or more queues (tun.queues), each a file descriptor with a
-// goroutine of its own that reads its packets and delivers them (readVnet,
-// readPlain; readTUN for a test device). WritePackets is called by the
+// goroutine of its own that reads its packets and delivers them
+// (readQueueLoop; readTUN for a test device). WritePackets is called by the
 // netstack from any goroutine and writes each packet on the queue that
 // carries its flow, blocking while the device is busy rather than dropping.
 type link struct {
@@ -164,13 +164,10 @@ func (l *link) start() {
 		l.loops.Add(1)
 		go func() {
 			defer l.loops.Done()
-			switch {
-			case l.dev != nil:
+			if l.dev != nil {
 				l.readTUN(q)
-			case l.vnet:
-				l.readVnet(q)
-			default:
-				l.readPlain(q)
+			} else {
+				l.readQueueLoop(q)
 			}
 		}()
 	}
@@ -369,7 +366,7 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 		size := pkt.Size()
 		if err := l.writeQueue(q, pkt, &wb.hdr, &wb.io); err != nil {
 			clear(wb.io.iov)
-			if isClosedErr(err) || errors.Is(err, os.ErrClosed) {
+			if isClosedErr(err) {
 				return n, &tcpip.ErrClosedForSend{}
 			}
 			q.stats.Dropped[DropTUNWriteError].Add(1)

@@ -80,10 +80,16 @@ func (l *link) readFailed(q *tunQueue, err error, failures *int) bool {
 	return false
 }
 
-// readVnet is q's read loop on the offload path.
-func (l *link) readVnet(q *tunQueue) {
-	q.io.buf = make([]byte, vnetHdrLen+65535)
-	buf := q.io.buf
+// readQueueLoop is q's read loop: one frame per read, a bare IP packet on
+// the plain path, behind a virtio-net header on the offload path.
+func (l *link) readQueueLoop(q *tunQueue) {
+	// On the plain path a read returns packets no longer than the device
+	// MTU; the slack covers a device whose MTU was raised under us.
+	size := int(l.mtu.Load()) + 256
+	if l.vnet {
+		size = vnetHdrLen + 65535
+	}
+	q.io.buf = make([]byte, size)
 	failures := 0
 	for {
 		n, err := readQueue(q)
@@ -94,54 +100,41 @@ func (l *link) readVnet(q *tunQueue) {
 			continue
 		}
 		failures = 0
-		if n < vnetHdrLen {
-			q.stats.Dropped[DropMalformed].Add(1)
-			continue
-		}
 		q.busySince.Store(nowNano())
 		l.stallForTest()
-		flags, gso := buf[0], buf[1]
-		switch gso {
-		case unix.VIRTIO_NET_HDR_GSO_NONE, unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6:
-			csum := kernelCsumNone
-			switch {
-			case flags&unix.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0:
-				csum = kernelCsumPartial
-			case flags&unix.VIRTIO_NET_HDR_F_DATA_VALID != 0:
-				csum = kernelCsumValid
-			}
-			l.deliverPacket(q, buf[vnetHdrLen:n], csum)
-		default:
-			// UDP segmentation offload or ECN variants: nothing tcpd
-			// terminates.
-			q.stats.Packets[conntrack.FromClient].Add(1)
-			q.stats.Bytes[conntrack.FromClient].Add(uint64(n - vnetHdrLen))
-			q.stats.Dropped[DropMalformed].Add(1)
+		if l.vnet {
+			l.deliverVnet(q, q.io.buf[:n])
+		} else {
+			l.deliverPacket(q, q.io.buf[:n], kernelCsumNone)
 		}
 		q.busySince.Store(0)
 	}
 }
 
-// readPlain is q's read loop on the plain path: one packet per read.
-func (l *link) readPlain(q *tunQueue) {
-	// A read returns packets no longer than the device MTU; the slack covers
-	// a device whose MTU was raised under us.
-	q.io.buf = make([]byte, int(l.mtu.Load())+256)
-	buf := q.io.buf
-	failures := 0
-	for {
-		n, err := readQueue(q)
-		if err != nil {
-			if l.readFailed(q, err, &failures) {
-				return
-			}
-			continue
+// deliverVnet delivers one frame of the offload path: what the virtio-net
+// header says of the checksums goes with the packet behind it.
+func (l *link) deliverVnet(q *tunQueue, frame []byte) {
+	if len(frame) < vnetHdrLen {
+		q.stats.Dropped[DropMalformed].Add(1)
+		return
+	}
+	flags, gso := frame[0], frame[1]
+	switch gso {
+	case unix.VIRTIO_NET_HDR_GSO_NONE, unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6:
+		csum := kernelCsumNone
+		switch {
+		case flags&unix.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0:
+			csum = kernelCsumPartial
+		case flags&unix.VIRTIO_NET_HDR_F_DATA_VALID != 0:
+			csum = kernelCsumValid
 		}
-		failures = 0
-		q.busySince.Store(nowNano())
-		l.stallForTest()
-		l.deliverPacket(q, buf[:n], kernelCsumNone)
-		q.busySince.Store(0)
+		l.deliverPacket(q, frame[vnetHdrLen:], csum)
+	default:
+		// UDP segmentation offload or ECN variants: nothing tcpd
+		// terminates.
+		q.stats.Packets[conntrack.FromClient].Add(1)
+		q.stats.Bytes[conntrack.FromClient].Add(uint64(len(frame) - vnetHdrLen))
+		q.stats.Dropped[DropMalformed].Add(1)
 	}
 }
 

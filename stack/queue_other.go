@@ -14,8 +14,7 @@ const (
 
 // A real TUN needs Linux; elsewhere only test devices run, which have no
 // queues of their own.
-func (*link) readVnet(*tunQueue)  {}
-func (*link) readPlain(*tunQueue) {}
+func (*link) readQueueLoop(*tunQueue) {}
 func (*link) writeQueue(*tunQueue, *gvstack.PacketBuffer, *[vnetHdrLen]byte, *queueIO) error {
 	return nil
 }
