@@ -326,6 +326,15 @@ func classifyDial(err error) DialFailure {
 	return DialOther
 }
 
+// tcpipAddr converts a netip address to the netstack's without allocating,
+// as tcpip.AddrFromSlice(a.AsSlice()) does.
+func tcpipAddr(a netip.Addr) tcpip.Address {
+	if a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
 // addrFrom converts a netstack address to netip.
 func addrFrom(a tcpip.Address) netip.Addr {
 	if a.Len() == 4 {

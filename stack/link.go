@@ -97,6 +97,9 @@ type tunQueue struct {
 	// io is the read loop's: its reads, and the packets it writes itself
 	// (writeQueueRaw).
 	io queueIO
+	// ackBuf is the read loop's too: it builds the ACKs for connections
+	// in TIME_WAIT there (writeTimeWaitACK).
+	ackBuf [writeHeadroom + timeWaitACKMax]byte
 }
 
 // queueDevice is a real TUN as createTUN opens it: a file per queue, with

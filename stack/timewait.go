@@ -31,6 +31,10 @@ const ipTTL = 64
 // NOP, NOP, kind 8, length 10, TSval, TSecr (RFC 7323 3.2, appendix A).
 const tcpTSOptionLen = 12
 
+// timeWaitACKMax is the largest ACK appendTimeWaitACK builds: IPv6 with
+// timestamps.
+const timeWaitACKMax = header.IPv6MinimumSize + header.TCPMinimumSize + tcpTSOptionLen
+
 // appendTimeWaitACK appends the IP packet of the ACK r, from tu.Dst to
 // tu.Client, built field for field as the netstack builds the ACKs of an
 // endpoint: IPv4 with DF and ID 0 (RFC 6864 4.1, an atomic datagram),
@@ -41,8 +45,8 @@ func appendTimeWaitACK(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
 	if r.TS {
 		tcpLen += tcpTSOptionLen
 	}
-	src := tcpip.AddrFromSlice(tu.Dst.Addr().AsSlice())
-	dst := tcpip.AddrFromSlice(tu.Client.Addr().AsSlice())
+	src := tcpipAddr(tu.Dst.Addr())
+	dst := tcpipAddr(tu.Client.Addr())
 	ipLen := header.IPv4MinimumSize
 	if tu.Client.Addr().Is6() {
 		ipLen = header.IPv6MinimumSize
@@ -93,11 +97,10 @@ func appendTimeWaitACK(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
 
 // writeTimeWaitACK sends the ACK conntrack answered for a connection in
 // TIME_WAIT, on q, the queue the client's segment came in on. It runs on
-// q's packet loop; a failed write is counted as any
+// q's packet loop, and builds the ACK in q.ackBuf; a failed write is counted as any
 // other and, like a lost ACK, mended by the client's next retransmission.
 func (l *link) writeTimeWaitACK(q *tunQueue, tu conntrack.Tuple, r conntrack.Reply) {
-	var buf [writeHeadroom + header.IPv6MinimumSize + header.TCPMinimumSize + tcpTSOptionLen]byte
-	pkt := appendTimeWaitACK(buf[:writeHeadroom], tu, r)
+	pkt := appendTimeWaitACK(q.ackBuf[:writeHeadroom], tu, r)
 	if err := l.writeRaw(q, pkt, writeHeadroom); err != nil {
 		if !isClosedErr(err) {
 			q.stats.Dropped[DropTUNWriteError].Add(1)
@@ -125,9 +128,9 @@ const reuseWait = 100 * time.Millisecond
 // false if it kept the SYN.
 func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool {
 	id := gvstack.TransportEndpointID{
-		LocalAddress:  tcpip.AddrFromSlice(tu.Dst.Addr().AsSlice()),
+		LocalAddress:  tcpipAddr(tu.Dst.Addr()),
 		LocalPort:     tu.Dst.Port(),
-		RemoteAddress: tcpip.AddrFromSlice(tu.Client.Addr().AsSlice()),
+		RemoteAddress: tcpipAddr(tu.Client.Addr()),
 		RemotePort:    tu.Client.Port(),
 	}
 	held := func() bool { return s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil }
