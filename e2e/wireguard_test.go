@@ -805,6 +805,9 @@ func TestWireGuardFailsClosed(t *testing.T) {
 			t.Errorf("through the restarted tcpd to %s: %v", dst, err)
 		}
 	}
+	// The server's handler records a connection a moment after the dial
+	// returns.
+	waitFor(5*time.Second, func() bool { return seen()-before >= len(dsts) })
 	if got := seen() - before; got != len(dsts) {
 		t.Errorf("the server accepted %d connections through the restarted tcpd, want %d", got, len(dsts))
 	}
