@@ -20,8 +20,10 @@ func (d *daemon) wedgeOnSignal() {
 	signal.Notify(c, syscall.SIGUSR2)
 	go func() {
 		<-c
-		d.log.Warn("SIGUSR2: wedging the packet loop (wedgetest build)")
+		// Wedge first, log second: a test that reads the line and then
+		// sends a SYN must find the loop already set to wedge on it.
 		d.st.WedgeForTest()
+		d.log.Warn("SIGUSR2: wedging the packet loop (wedgetest build)")
 	}()
 }
 
