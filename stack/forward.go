@@ -51,6 +51,7 @@ func (q *request) complete(rst bool) {
 // would let the handler return at once: no goroutine, stack or park held
 // through the client's round trip.
 func (s *Stack) handle(fr *tcp.ForwarderRequest) {
+	growStack()
 	s.conns.Add(1)
 	defer s.conns.Done()
 	req := &request{r: fr}
@@ -185,6 +186,24 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	r.post(reqStart)
 	handedOff = true
 }
+
+// handlerStack is about the most stack the handler's goroutine uses:
+// sending the SYN-ACK inside the netstack's CreateEndpoint goes deep. The
+// goroutine starts with 2 KiB; grown on the way down, one doubling at a
+// time, it would copy and re-adjust a deeper stack each time.
+const handlerStack = 12 << 10
+
+// growStack grows the calling goroutine's stack, while it is still
+// shallow, to what the handler needs, in one step.
+//
+//go:noinline
+func growStack() {
+	var b [handlerStack]byte
+	touchStack(b[:])
+}
+
+//go:noinline
+func touchStack(b []byte) { b[len(b)-1] = 0 }
 
 // connect opens the upstream socket for dst, starts its connect and puts
 // the socket in a shard's epoll set. If the connect is done already the
