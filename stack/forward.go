@@ -226,21 +226,27 @@ func (s *Stack) connect(tid gvstack.TransportEndpointID, id conntrack.ID, client
 	}
 	r := &relay{s: s, sh: s.pickShard(), id: id, client: client, dst: dst, tid: tid, fd: fd, dialed: make(chan error, 1)}
 	r.timer.fire = r.onTimer
+	// A nearby destination has often answered by now: then the connect
+	// is settled here, before the shard knows of the socket, and a
+	// refused one never reaches it. A connected socket is writable, so
+	// adding it to the shard's epoll set raises the event on which the
+	// shard starts timing the client's handshake: no request, and no
+	// wake of the shard, is needed for it.
+	if done, failed := connectPoll(fd); done {
+		if err := connectResult(fd, failed); err != nil {
+			closeFD(fd, false)
+			return nil, err
+		}
+		r.connectedEarly = true
+		if err := r.sh.add(r); err != nil {
+			closeFD(fd, false)
+			return nil, err
+		}
+		return r, nil
+	}
 	if err := r.sh.add(r); err != nil {
 		closeFD(fd, false)
 		return nil, err
-	}
-	// A nearby destination has often answered by now: then there is
-	// nothing to wait for.
-	if done, failed := connectPoll(fd); done && r.dialState.CompareAndSwap(dialPending, dialDeciding) {
-		if err := connectResult(fd, failed); err != nil {
-			r.dialState.Store(dialFailed)
-			r.post(reqDrop)
-			return nil, err
-		}
-		r.dialState.Store(dialOK)
-		r.post(reqWatch) // the shard times the client's handshake
-		return r, nil
 	}
 	r.post(reqWatch)
 	select {

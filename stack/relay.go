@@ -59,12 +59,12 @@ type relay struct {
 	ep    tcpip.Endpoint
 	wq    *waiter.Queue
 	entry waiter.Entry
-	// dialState is the connect's outcome (dial*), decided once, by the
-	// handler (which looks as soon as it has connected) or by the shard
-	// (on the socket's event or the dial timeout), whichever sees it
-	// first. dialed carries the shard's decision to the handler.
-	dialState atomic.Int32
-	dialed    chan error
+	// connectedEarly says the handler found the connect done before it
+	// handed the socket to the shard; else the shard decides the connect
+	// (on the socket's first event or the dial timeout) and dialed
+	// carries its decision to the handler, which waits for it.
+	connectedEarly bool
+	dialed         chan error
 	// attached says the handler attached the relay to its tracking entry
 	// and counts it active (attach), before it posts reqStart: the end
 	// must detach it.
@@ -115,16 +115,6 @@ const (
 	phaseConnected
 	phaseRelaying
 	phaseDone
-)
-
-// Outcomes of the upstream connect. Whoever moves it from pending to
-// deciding (the handler or the shard) reads SO_ERROR, which only one may,
-// and settles it.
-const (
-	dialPending int32 = iota
-	dialDeciding
-	dialOK
-	dialFailed
 )
 
 // Requests other goroutines post to a relay.
@@ -237,30 +227,22 @@ func (r *relay) step() {
 
 // connecting follows the upstream connect on the shard: the socket's first
 // events say how it went (writable: connected; an error: failed, SO_ERROR
-// says why), unless the handler has decided already; the dial timeout
-// bounds it. A connected relay waits for the client's handshake, within
-// tcp.handshake_timeout.
+// says why), unless the handler found it connected already; the dial
+// timeout bounds it. A connected relay waits for the client's handshake,
+// within tcp.handshake_timeout.
 func (r *relay) connecting(req uint32) {
-	switch r.dialState.Load() {
-	case dialOK:
+	if r.connectedEarly {
 		r.connected()
 		return
-	case dialDeciding, dialFailed:
-		return // the handler settles it and posts
 	}
 	if r.upError || r.upWritable {
-		if !r.dialState.CompareAndSwap(dialPending, dialDeciding) {
-			return
-		}
 		r.sh.wheel.stop(&r.timer)
 		if err := connectResult(r.fd, r.upError); err != nil {
-			r.dialState.Store(dialFailed)
 			r.closeUpstream(false)
 			r.phase = phaseDone
 			r.dialed <- err
 			return
 		}
-		r.dialState.Store(dialOK)
 		r.connected()
 		r.dialed <- nil
 		return
@@ -289,11 +271,9 @@ func (r *relay) onTimer() {
 }
 
 func (r *relay) dialTimedOut() {
-	if r.dialState.CompareAndSwap(dialPending, dialFailed) {
-		r.closeUpstream(false)
-		r.phase = phaseDone
-		r.dialed <- errDialTimeout
-	}
+	r.closeUpstream(false)
+	r.phase = phaseDone
+	r.dialed <- errDialTimeout
 }
 
 // handshakeTimedOut aborts the client's half-open endpoint, which makes the
@@ -591,11 +571,11 @@ func (r *relay) recoverPanic() {
 	}()
 	switch r.phase {
 	case phaseConnecting:
-		if r.dialState.CompareAndSwap(dialPending, dialFailed) {
-			r.closeUpstream(true)
-			r.phase = phaseDone
-			r.dialed <- errRelayPanic
-		}
+		// dialed holds one decision, and this is the only one: a
+		// handler that found the connect done is not waiting for it.
+		r.closeUpstream(true)
+		r.phase = phaseDone
+		r.dialed <- errRelayPanic
 	case phaseRelaying, phaseConnected:
 		r.reset(EndAborted)
 	}

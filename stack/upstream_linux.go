@@ -24,7 +24,8 @@ var (
 )
 
 // upstreamSocket opens a socket for dst with the upstream options of t,
-// binds it to src when src is valid, and starts connecting it. The connect
+// binds it to src when src is valid, and starts connecting it. The handler
+// looks at once whether the connect is done (connectPoll); if not, it
 // completes, or fails, on the shard.
 //
 // A socket bound to a source address gets its port at connect, from the
