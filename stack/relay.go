@@ -86,6 +86,11 @@ type relay struct {
 	// reading, once a read comes back short before the peer's FIN has
 	// been seen (upHangup): more bytes would raise a new edge.
 	upReadable, upWritable, upError, upHangup bool
+	// clientReadable says the client leg may have bytes or a FIN to
+	// read: set when it signals, cleared when a read would block. A step
+	// for the upstream's events then does not ask an endpoint that has
+	// said nothing since.
+	clientReadable bool
 	// up is client → upstream, down upstream → client: each holds what
 	// was read from its source and not yet written.
 	up, down pending
@@ -179,6 +184,9 @@ func (r *relay) clientEvent(waiter.EventMask) { r.post(reqClient) }
 // socket's readiness.
 func (r *relay) step() {
 	req := r.req.Swap(0)
+	if req&(reqClient|reqStart) != 0 {
+		r.clientReadable = true
+	}
 	if r.phase == phaseDone {
 		switch {
 		case req&reqStart != 0 && r.ep != nil:
@@ -352,6 +360,9 @@ func (r *relay) moveUp(more *bool) bool {
 			}
 			return true
 		}
+		if !r.clientReadable {
+			return true
+		}
 		bp := relayBufs.Get().(*[]byte)
 		r.w = tcpip.SliceWriter(*bp)
 		res, terr := r.ep.Read(&r.w, tcpip.ReadOptions{})
@@ -361,6 +372,7 @@ func (r *relay) moveUp(more *bool) bool {
 			r.up = pending{buf: bp, data: (*bp)[:res.Count]}
 		case *tcpip.ErrWouldBlock:
 			relayBufs.Put(bp)
+			r.clientReadable = false
 			return true
 		case *tcpip.ErrClosedForReceive:
 			relayBufs.Put(bp)
