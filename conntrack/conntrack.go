@@ -149,7 +149,8 @@ type Table struct {
 	set  atomic.Pointer[settings]
 
 	shards  [numShards]shard
-	clients [numShards]clientShard
+	stripes [numStripes]stripe
+	clients [numClientShards]clientShard
 	hist    [histStripes]histograms
 
 	// The table-wide counts that caps hold against, each changed by one
@@ -191,8 +192,7 @@ func New(cfg Config) *Table {
 	t.set.Store(settingsOf(t.cfg))
 	t.epoch = t.cfg.Now().Add(-time.Nanosecond)
 	for i := range t.shards {
-		t.shards[i].init(i, &t.hist[i%histStripes])
-		t.clients[i].synRecv = map[[16]byte]int32{}
+		t.shards[i].init(i, &t.stripes[i%numStripes], &t.hist[i%histStripes])
 	}
 	return t
 }
@@ -227,7 +227,7 @@ func (t *Table) shardOfID(id ID) *shard {
 func (t *Table) clientOf(k key) *clientShard { return t.clientShardOf(k.client) }
 
 func (t *Table) clientShardOf(client [16]byte) *clientShard {
-	return &t.clients[maphash.Comparable(t.seed, client)&(numShards-1)]
+	return &t.clients[maphash.Comparable(t.seed, client)&(numClientShards-1)]
 }
 
 // reserveEntry counts one more entry if the table has room for it.
@@ -329,6 +329,8 @@ func (t *Table) Tick() int {
 	n := t.expire(true)
 	for i := range t.shards {
 		t.shards[i].compact()
+	}
+	for i := range t.clients {
 		t.clients[i].compact()
 	}
 	return n
@@ -419,8 +421,8 @@ func (t *Table) Released(id ID) {
 // Relays returns how many entries have a relay attached.
 func (t *Table) Relays() int {
 	n := 0
-	for i := range t.shards {
-		n += int(t.shards[i].relays.Load())
+	for i := range t.stripes {
+		n += int(t.stripes[i].relays.Load())
 	}
 	return n
 }
@@ -501,16 +503,18 @@ func (t *Table) Reconcile(id ID, ns State) (corrected bool, was State) {
 // does not yet.
 func (t *Table) Snapshot() Snapshot {
 	var s Snapshot
-	for i := range t.shards {
-		sh := &t.shards[i]
+	for i := range t.stripes {
+		sp := &t.stripes[i]
 		for st := range NumStates {
-			s.States[st] += uint64(sh.counts[sideTCPD][st].Load())
-			s.ClientStates[st] += uint64(sh.counts[sideClient][st].Load())
+			s.States[st] += uint64(sp.counts[sideTCPD][st].Load())
+			s.ClientStates[st] += uint64(sp.counts[sideClient][st].Load())
 		}
-		s.Live += int(sh.entries.Load())
-		s.Relays += int(sh.relays.Load())
-		s.TimeWait += int(sh.tw.n.Load())
-		sh.counters.addTo(&s.Counters)
+		s.Live += int(sp.entries.Load())
+		s.Relays += int(sp.relays.Load())
+		sp.counters.addTo(&s.Counters)
+	}
+	for i := range t.shards {
+		s.TimeWait += int(t.shards[i].tw.n.Load())
 	}
 	set := t.set.Load()
 	s.TimeWaitLimit = int(set.twLimit)
@@ -581,8 +585,8 @@ func (e *entry) connLocked(t *Table, now mono) Conn {
 // Len returns the number of live entries, without the cost of a Snapshot.
 func (t *Table) Len() int {
 	n := 0
-	for i := range t.shards {
-		n += int(t.shards[i].entries.Load())
+	for i := range t.stripes {
+		n += int(t.stripes[i].entries.Load())
 	}
 	return n
 }

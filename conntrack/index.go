@@ -33,16 +33,20 @@ const (
 // minBuckets is an index's smallest bucket array.
 const minBuckets = 8
 
-// init makes x an empty index chained through link, hashing with hash.
+// init makes x an empty index chained through link, hashing with hash. Its
+// bucket array is allocated at its first entry: most of a table's shards
+// are empty most of the time.
 func (x *index) init(link int, hash func(*entry) uint64) {
 	x.link, x.hash = link, hash
-	b := make([]atomic.Pointer[entry], minBuckets)
-	x.buckets.Store(&b)
 }
 
 // head returns the first entry of the chain of hash h, without a lock.
 func (x *index) head(h uint64) *entry {
-	b := *x.buckets.Load()
+	p := x.buckets.Load()
+	if p == nil {
+		return nil
+	}
+	b := *p
 	return b[h&uint64(len(b)-1)].Load()
 }
 
@@ -52,6 +56,9 @@ func (x *index) next(e *entry) *entry { return e.links[x.link].Load() }
 // insertLocked adds e, growing the buckets so that chains stay about one
 // entry long. The shard's lock is held.
 func (x *index) insertLocked(e *entry) {
+	if x.buckets.Load() == nil {
+		x.resizeLocked(minBuckets)
+	}
 	b := *x.buckets.Load()
 	if x.n >= len(b) {
 		x.resizeLocked(2 * len(b))
@@ -80,8 +87,16 @@ func (x *index) removeLocked(e *entry) bool {
 }
 
 // shrinkLocked halves the buckets while they are four times as many as
-// the entries: after a burst, the arrays give their memory back.
+// the entries, and drops them when there are none: after a burst, the
+// arrays give their memory back.
 func (x *index) shrinkLocked() {
+	if x.buckets.Load() == nil {
+		return
+	}
+	if x.n == 0 {
+		x.buckets.Store(nil)
+		return
+	}
 	size := len(*x.buckets.Load())
 	for size > minBuckets && x.n*4 <= size {
 		size /= 2
@@ -94,7 +109,10 @@ func (x *index) shrinkLocked() {
 // resizeLocked rechains every entry into a new bucket array of size
 // buckets (a power of two) and publishes it. The shard's lock is held.
 func (x *index) resizeLocked(size int) {
-	old := *x.buckets.Load()
+	var old []atomic.Pointer[entry]
+	if p := x.buckets.Load(); p != nil {
+		old = *p
+	}
 	nb := make([]atomic.Pointer[entry], size)
 	for i := range old {
 		for e := old[i].Load(); e != nil; {
@@ -110,7 +128,11 @@ func (x *index) resizeLocked(size int) {
 
 // appendAll appends every entry to es. The shard's lock is held.
 func (x *index) appendAll(es []*entry) []*entry {
-	b := *x.buckets.Load()
+	p := x.buckets.Load()
+	if p == nil {
+		return es
+	}
+	b := *p
 	for i := range b {
 		for e := b[i].Load(); e != nil; e = e.links[x.link].Load() {
 			es = append(es, e)

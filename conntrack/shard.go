@@ -28,9 +28,14 @@ import (
 // that is busy for the next round.
 
 // numShards is a power of two well above the core counts tcpd is planned
-// for (64): a shard's lock is rarely held, and rarely wanted by two loops.
+// for (64), and high enough that a loop which the kernel deschedules while
+// it holds a shard's lock is rarely waited for: with 16 loops on 2 cores,
+// 256 shards left each new connection waiting tens of microseconds on
+// average for such holders, 16384 a few (bench/README.md). A shard is small
+// (its counts are in stripes, its indexes allocated at their first entry):
+// the table's fixed cost is a few MiB.
 const (
-	shardBits = 8
+	shardBits = 14
 	numShards = 1 << shardBits
 )
 
@@ -140,13 +145,23 @@ type shard struct {
 	byID      index
 	tw        list
 	unclaimed list
-	// hist is the histogram stripe this shard observes into; idx is the
-	// shard's place in the table, which its entries' IDs carry.
+	// The stripe of counts this shard adds to, and the histogram stripe it
+	// observes into; idx is the shard's place in the table, which its
+	// entries' IDs carry.
+	*stripe
 	hist *histograms
 	idx  int
+}
 
-	// What Snapshot sums: entries (those in byID), entries with a relay
-	// attached, entries per state of each end, and counters.
+// numStripes is how many copies of the counts the shards share: a change
+// of state is an atomic add on one of them, and a snapshot sums them, so
+// they are kept few, each on cache lines of its own.
+const numStripes = 256
+
+// stripe holds what Snapshot sums for the shards that share it: entries
+// (those in byID), entries with a relay attached, entries per state of
+// each end, and counters.
+type stripe struct {
 	entries  atomic.Int64
 	relays   atomic.Int64
 	counts   [2][NumStates]atomic.Int64
@@ -163,8 +178,8 @@ type histograms struct {
 func keyHash(e *entry) uint64 { return e.khash >> shardBits }
 func idHash(e *entry) uint64  { return uint64(e.id) >> shardBits }
 
-func (sh *shard) init(idx int, hist *histograms) {
-	sh.idx, sh.hist = idx, hist
+func (sh *shard) init(idx int, st *stripe, hist *histograms) {
+	sh.idx, sh.stripe, sh.hist = idx, st, hist
 	sh.byKey.init(linkKey, keyHash)
 	sh.byID.init(linkID, idHash)
 }
@@ -243,6 +258,9 @@ func (sh *shard) lookupID(id ID) *entry {
 // entries they hold: after a burst of 100,000 connections they would keep
 // their peak's memory for good.
 func (sh *shard) compact() {
+	if sh.byKey.buckets.Load() == nil && sh.byID.buckets.Load() == nil {
+		return // nothing to give back; most shards, most of the time
+	}
 	sh.mu.Lock()
 	sh.byKey.shrinkLocked()
 	sh.byID.shrinkLocked()
