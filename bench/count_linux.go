@@ -43,7 +43,7 @@ var syscallKinds = []string{
 	"read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
 	"socket", "connect", "bind", "setsockopt", "getsockopt", "getsockname", "getpeername",
 	"shutdown", "close", "accept4", "fcntl", "ioctl",
-	"epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+	"epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
 	"futex", "nanosleep", "clock_nanosleep", "sched_yield", "tgkill", "getpid", "gettid",
 	"rt_sigreturn", "rt_sigprocmask", "madvise", "mmap", "munmap", "mprotect",
 	"clone", "clone3", "getrandom", "openat",
