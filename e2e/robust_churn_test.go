@@ -297,10 +297,10 @@ func TestRobustChurn(t *testing.T) {
 	}
 	// Go keeps the heap it grew, and frees it only after a forced GC: the
 	// runtime's own every two minutes, or tcpd's returnMemory once the
-	// connections have fallen to half a peak of 1000 or more, at most
-	// every 30 s. The churn's peak is above 1000 (TIME_WAIT entries), so
-	// RSS must come back to within 20% of the warm-up's within that
-	// period.
+	// connections have fallen to half a peak of 256 or more, and again
+	// once none is left, at most every 5 s. The churn's peak is far above
+	// 256 (TIME_WAIT entries), so RSS must come back to within 20% of the
+	// warm-up's within 30 s.
 	want := base["process_resident_memory_bytes"]
 	var rss []string
 	freed := time.Now()

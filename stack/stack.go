@@ -214,9 +214,8 @@ type Stack struct {
 	// its sockets, once the packet loop has ended.
 	paths     *paths
 	stopWatch func()
-	// memPeak and memFreed belong to the maintenance loop (returnMemory).
-	memPeak  int64
-	memFreed time.Time
+	// mem belongs to the maintenance loop (returnMemory).
+	mem memReturn
 	// lastTick is when the maintenance loop last ran (unix nanoseconds).
 	lastTick atomic.Int64
 	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.
@@ -348,27 +347,14 @@ func (s *Stack) maintain() {
 	}
 }
 
-// returnMemory gives the heap back to the operating system once the number
-// of connections has fallen to half of a peak of at least returnAbove: the
-// Go runtime would otherwise keep the pages of a burst's buffers and
-// netstack endpoints until its next forced GC, two minutes later, and some
-// for good. At most once per 5 s while load falls; it costs a full GC.
+// returnMemory gives the heap back to the operating system when
+// memReturn says a burst is over.
 func (s *Stack) returnMemory() {
 	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Len())
-	if live > s.memPeak {
-		s.memPeak = live
+	if s.mem.due(live, time.Now()) {
+		debug.FreeOSMemory()
 	}
-	if s.memPeak < returnAbove || live > s.memPeak/2 || time.Since(s.memFreed) < 5*time.Second {
-		return
-	}
-	debug.FreeOSMemory()
-	s.memFreed = time.Now()
-	s.memPeak = live
 }
-
-// returnAbove is the peak of connections from which a fall to half gives
-// memory back: about 5 MiB of relays, buffers and netstack endpoints.
-const returnAbove = 256
 
 // wedgedAfter is how long the packet loop may spend on one batch, or the
 // maintenance loop may go without a tick, before the stack calls itself
