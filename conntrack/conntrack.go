@@ -380,6 +380,27 @@ func (t *Table) Claim(tu Tuple) ID {
 	return e.id
 }
 
+// AwaitsSYN reports whether the client's SYN with sequence number seq is
+// the one tu's entry still waits for the netstack to see: the entry's
+// client ISN is seq, tcpd's end is in SYN_RCVD, and no handler has claimed
+// it. A copy of a SYN that the link kept back (Stack.reuseSYN) must not be
+// delivered otherwise: a retransmission of it was delivered meanwhile, or
+// the client has moved on to a newer connection on the 4-tuple, which a
+// stale SYN would steal (the handler claims the tuple's entry) and refuse
+// (the netstack's endpoint for the stale SYN answers the newer one with
+// RST).
+func (t *Table) AwaitsSYN(tu Tuple, seq uint32) bool {
+	k := keyOf(tu)
+	h := t.hash(k)
+	e := t.shardOf(h).lookupKey(k, h)
+	if e == nil {
+		return false
+	}
+	defer e.mu.Unlock()
+	c := e.ends[sideClient]
+	return !e.claimed && e.ends[sideTCPD].state == StateSynRecv && c.synSent && c.iss == seq
+}
+
 // Relaying records that a relay now carries id's bytes. From then on the
 // entry outlives whatever ends the connection — a reset, a netstack timer,
 // the end of TIME_WAIT — until Released. It reports false, attaching

@@ -57,8 +57,10 @@ type link struct {
 	// reuse hands the netstack a SYN that opened a new entry, or reopened
 	// a 4-tuple conntrack held in TIME_WAIT, once no endpoint of an
 	// earlier connection on the 4-tuple is left there; false means it kept
-	// the SYN to deliver it later.
-	reuse func(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool
+	// the SYN to deliver it later. opened is false for a SYN conntrack
+	// tracks already (a retransmission), which reuse passes on unless it
+	// keeps a copy of that SYN already.
+	reuse func(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple, seq uint32, opened bool) bool
 	// clampSYN lowers the MSS of a client's SYN to what the path back to
 	// the client carries (Stack.clampSYN).
 	clampSYN func(pkt []byte, client, dst netip.AddrPort, mss uint16, csum kernelCsum) (uint16, uint16)
@@ -310,8 +312,13 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 			l.writeTimeWaitACK(q, tu, a.Reply)
 			return
 		case conntrack.ActionReuse, conntrack.ActionOpen:
-			if l.reuse != nil && !l.reuse(proto, pkt, tu) {
+			if l.reuse != nil && !l.reuse(proto, pkt, tu, seg.Seq, true) {
 				return // delivered once the old endpoint has left
+			}
+		case conntrack.ActionNone:
+			if seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN &&
+				l.reuse != nil && !l.reuse(proto, pkt, tu, seg.Seq, false) {
+				return // the copy kept of its first transmission goes instead
 			}
 		}
 	}

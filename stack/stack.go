@@ -216,6 +216,8 @@ type Stack struct {
 	stopWatch func()
 	// mem belongs to the maintenance loop (returnMemory).
 	mem memReturn
+	// keptSYNs are the SYNs reuseSYN holds back.
+	keptSYNs
 	// lastTick is when the maintenance loop last ran (unix nanoseconds).
 	lastTick atomic.Int64
 	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.

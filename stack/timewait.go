@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -124,9 +126,18 @@ const reuseWait = 100 * time.Millisecond
 // (a client that resets and reuses its port at once), the endpoint closes
 // and answers the SYN with RST instead of offering it to the forwarder, and
 // the client sees "connection refused". So the SYN waits, a copy on a
-// goroutine, until the endpoint has left, at most reuseWait. It returns
-// false if it kept the SYN.
-func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple) bool {
+// goroutine, until the endpoint has left, at most reuseWait, and goes then
+// only if it is still the SYN its entry waits for (Table.AwaitsSYN): the
+// client may have retransmitted it and finished that connection meanwhile
+// (a client in SYN-SENT that gets the old endpoint's ACK retransmits within
+// milliseconds), and a stale SYN delivered after that would take the next
+// connection's entry and get it refused. While a copy waits, the client's
+// retransmissions of the same SYN (opened false) are dropped: the copy
+// goes in their place. It returns false if it kept or dropped the SYN.
+func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu conntrack.Tuple, seq uint32, opened bool) bool {
+	if !opened {
+		return s.kept.Load() == 0 || !s.keeping(tu, seq)
+	}
 	id := gvstack.TransportEndpointID{
 		LocalAddress:  tcpipAddr(tu.Dst.Addr()),
 		LocalPort:     tu.Dst.Port(),
@@ -138,9 +149,11 @@ func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu connt
 		return true
 	}
 	pkt := append([]byte(nil), syn...)
+	s.keep(tu, seq)
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
+		defer s.unkeep(tu, seq)
 		tick := time.NewTicker(time.Millisecond)
 		defer tick.Stop()
 		deadline := time.Now().Add(reuseWait)
@@ -151,9 +164,53 @@ func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu connt
 				return
 			}
 		}
+		if !s.table.AwaitsSYN(tu, seq) {
+			return
+		}
 		// Checked, counted and tracked already: only the netstack has
 		// not seen it yet.
 		s.link.dispatch(proto, pkt)
 	}()
 	return false
+}
+
+// keptSYNs are the SYNs reuseSYN holds back, by 4-tuple and sequence
+// number; kept counts them, so that a retransmitted SYN costs one atomic
+// load while none is kept.
+type keptSYNs struct {
+	kept   atomic.Int32
+	keptMu sync.Mutex
+	keptBy map[keptSYN]struct{}
+}
+
+type keptSYN struct {
+	tu  conntrack.Tuple
+	seq uint32
+}
+
+func (k *keptSYNs) keep(tu conntrack.Tuple, seq uint32) {
+	k.keptMu.Lock()
+	defer k.keptMu.Unlock()
+	if k.keptBy == nil {
+		k.keptBy = make(map[keptSYN]struct{})
+	}
+	k.keptBy[keptSYN{tu, seq}] = struct{}{}
+	k.kept.Add(1)
+}
+
+func (k *keptSYNs) unkeep(tu conntrack.Tuple, seq uint32) {
+	k.keptMu.Lock()
+	defer k.keptMu.Unlock()
+	delete(k.keptBy, keptSYN{tu, seq})
+	k.kept.Add(-1)
+	if len(k.keptBy) == 0 {
+		k.keptBy = nil // a burst's map is not kept for good
+	}
+}
+
+func (k *keptSYNs) keeping(tu conntrack.Tuple, seq uint32) bool {
+	k.keptMu.Lock()
+	defer k.keptMu.Unlock()
+	_, ok := k.keptBy[keptSYN{tu, seq}]
+	return ok
 }
