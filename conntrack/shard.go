@@ -291,12 +291,18 @@ func (sh *shard) newEntry(t *Table, k key, h uint64, s Segment, now mono) *entry
 }
 
 // insertLocked puts a new entry into the shard's indexes, which publishes
-// it. The shard's lock is held.
+// it. The shard's lock is held; the caller counts the entry (inserted)
+// once it has let the lock go, as every atomic on a line other shards
+// share: another core may hold the line, and the lock would wait for it.
 func (sh *shard) insertLocked(e *entry) {
 	sh.byKey.insertLocked(e)
 	sh.byID.insertLocked(e)
-	sh.entries.Add(1)
 	sh.unclaimed.push(e, onUnclaimed)
+}
+
+// inserted counts an entry that insertLocked has inserted.
+func (sh *shard) inserted() {
+	sh.entries.Add(1)
 	sh.counters.inc(cOpened)
 }
 
@@ -325,6 +331,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 	}
 	sh.insertLocked(e)
 	sh.mu.Unlock()
+	sh.inserted()
 	return Action{Kind: ActionOpen}, true
 }
 
@@ -400,9 +407,10 @@ func (sh *shard) afterLocked(t *Table, e *entry, now mono) {
 		}
 		sh.observeLifetimeLocked(e, now)
 		set := t.set.Load()
+		reserved := t.reserveTimeWait(set.twLimit)
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
-		if !t.reserveTimeWait(set.twLimit) {
+		if !reserved {
 			// The netstack has let the endpoint go already: the
 			// connection simply has no TIME_WAIT, as beyond Linux's
 			// tcp_max_tw_buckets.
@@ -527,6 +535,15 @@ func (sh *shard) expire(t *Table, now mono, unclaimed time.Duration) int {
 // expireBatch is one batch of expire; more says the batch ended at its
 // bound, not at the end of what has expired.
 func (sh *shard) expireBatch(t *Table, now mono, unclaimed time.Duration) (n int, more bool) {
+	// The dwells are observed once the lock is let go: the histograms'
+	// lines are shared.
+	var dwell [expireBatch]time.Duration
+	nd := 0
+	defer func() {
+		for _, d := range dwell[:nd] {
+			sh.hist.twDwell.Observe(d)
+		}
+	}()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	budget := expireBatch
@@ -537,7 +554,8 @@ func (sh *shard) expireBatch(t *Table, now mono, unclaimed time.Duration) (n int
 		if !e.mu.TryLock() {
 			break
 		}
-		sh.hist.twDwell.Observe(e.twDeadline.sub(e.twSince))
+		dwell[nd] = e.twDeadline.sub(e.twSince)
+		nd++
 		sh.removeLockedW(t, e, now)
 		e.mu.Unlock()
 		n++

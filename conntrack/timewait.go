@@ -129,13 +129,17 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 		sh.hist.twDwell.Observe(now.sub(e.twSince))
 		sh.mu.Lock()
 		sh.removeLockedW(t, e, now)
-		if t.reserveEntry() {
+		reserved := t.reserveEntry()
+		if reserved {
 			sh.insertLocked(sh.newEntry(t, k, e.khash, s, now))
+		}
+		sh.mu.Unlock()
+		if reserved {
+			sh.inserted()
 		} else {
 			sh.counters.inc(cTableFull)
 			c.release(k.client)
 		}
-		sh.mu.Unlock()
 		return Action{Kind: ActionReuse}
 	case twAckRestart:
 		// RFC 9293 3.10.7.4, TIME-WAIT: acknowledge it and restart the
