@@ -124,9 +124,14 @@ func TestConnectionGoroutines(t *testing.T) {
 	waitFor(t, "all relays active", func() bool { return h.s.Stats().Active.Load() == n+1 })
 	metrics.Read(created)
 	perConn := float64(created[0].Value.Uint64()-before) / n
-	// A few goroutines come and go on their own (timers, the Go net
-	// poller's): 0.2 per connection is 40 of them.
-	if perConn > 1.2 {
+	// A few goroutines come and go on their own (the netstack's timers,
+	// the Go net poller's, what earlier tests of this binary left
+	// running): alone, 1.00-1.01 per connection; in a loaded full-suite
+	// run once 1.28. The bound sits halfway between one (the forwarder's)
+	// and two, which a goroutine per connection anywhere else would give
+	// (the relay before d1ec37f: 2.01).
+	t.Logf("%d connections made: %.2f goroutines created per connection", n, perConn)
+	if perConn > 1.5 {
 		t.Errorf("%d connections made: %.2f goroutines created per connection, want 1 (the forwarder's)", n, perConn)
 	}
 	if got := settled(base + slack); got > base+slack {
