@@ -175,12 +175,14 @@ func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu connt
 }
 
 // keptSYNs are the SYNs reuseSYN holds back, by 4-tuple and sequence
-// number; kept counts them, so that a retransmitted SYN costs one atomic
-// load while none is kept.
+// number, each with how many copies of it wait (a SYN can open an entry
+// twice: its retransmission, read after the client's RST closed the
+// first, opens another). kept counts all copies, so that a retransmitted
+// SYN costs one atomic load while none is kept.
 type keptSYNs struct {
 	kept   atomic.Int32
 	keptMu sync.Mutex
-	keptBy map[keptSYN]struct{}
+	keptBy map[keptSYN]int
 }
 
 type keptSYN struct {
@@ -192,16 +194,19 @@ func (k *keptSYNs) keep(tu conntrack.Tuple, seq uint32) {
 	k.keptMu.Lock()
 	defer k.keptMu.Unlock()
 	if k.keptBy == nil {
-		k.keptBy = make(map[keptSYN]struct{})
+		k.keptBy = make(map[keptSYN]int)
 	}
-	k.keptBy[keptSYN{tu, seq}] = struct{}{}
+	k.keptBy[keptSYN{tu, seq}]++
 	k.kept.Add(1)
 }
 
 func (k *keptSYNs) unkeep(tu conntrack.Tuple, seq uint32) {
 	k.keptMu.Lock()
 	defer k.keptMu.Unlock()
-	delete(k.keptBy, keptSYN{tu, seq})
+	key := keptSYN{tu, seq}
+	if k.keptBy[key]--; k.keptBy[key] == 0 {
+		delete(k.keptBy, key)
+	}
 	k.kept.Add(-1)
 	if len(k.keptBy) == 0 {
 		k.keptBy = nil // a burst's map is not kept for good
@@ -211,6 +216,5 @@ func (k *keptSYNs) unkeep(tu conntrack.Tuple, seq uint32) {
 func (k *keptSYNs) keeping(tu conntrack.Tuple, seq uint32) bool {
 	k.keptMu.Lock()
 	defer k.keptMu.Unlock()
-	_, ok := k.keptBy[keptSYN{tu, seq}]
-	return ok
+	return k.keptBy[keptSYN{tu, seq}] > 0
 }
