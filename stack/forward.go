@@ -183,6 +183,8 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	if ce := log.Check(zap.DebugLevel, "connection established"); ce != nil {
 		ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst), zap.Duration("dial", dialed))
 	}
+	// After EventRegister: reqStart makes the relay read the client leg
+	// once, which takes whatever arrived before the entry was there.
 	r.post(reqStart)
 	handedOff = true
 }
@@ -224,29 +226,31 @@ func (s *Stack) connect(tid gvstack.TransportEndpointID, id conntrack.ID, client
 	if err != nil {
 		return nil, err
 	}
-	r := &relay{s: s, sh: s.pickShard(), id: id, client: client, dst: dst, tid: tid, fd: fd, dialed: make(chan error, 1)}
+	r := &relay{s: s, sh: s.pickShard(), id: id, client: client, dst: dst, tid: tid, fd: fd}
 	r.timer.fire = r.onTimer
 	// A nearby destination has often answered by now: then the connect
 	// is settled here, before the shard knows of the socket, and a
 	// refused one never reaches it. A connected socket is writable, so
 	// adding it to the shard's epoll set raises the event on which the
-	// shard starts timing the client's handshake: no request, and no
-	// wake of the shard, is needed for it.
-	if done, failed := connectPoll(fd); done {
+	// shard starts timing the client's handshake (poller.add's EPOLLOUT):
+	// no request, and no wake of the shard, is needed for it. Otherwise
+	// the shard decides the connect and tells it on dialed, set before
+	// the shard can see the socket.
+	done, failed := connectPoll(fd)
+	if done {
 		if err := connectResult(fd, failed); err != nil {
 			closeFD(fd, false)
 			return nil, err
 		}
-		r.connectedEarly = true
-		if err := r.sh.add(r); err != nil {
-			closeFD(fd, false)
-			return nil, err
-		}
-		return r, nil
+	} else {
+		r.dialed = make(chan error, 1)
 	}
 	if err := r.sh.add(r); err != nil {
 		closeFD(fd, false)
 		return nil, err
+	}
+	if done {
+		return r, nil
 	}
 	r.post(reqWatch)
 	select {

@@ -59,12 +59,11 @@ type relay struct {
 	ep    tcpip.Endpoint
 	wq    *waiter.Queue
 	entry waiter.Entry
-	// connectedEarly says the handler found the connect done before it
-	// handed the socket to the shard; else the shard decides the connect
-	// (on the socket's first event or the dial timeout) and dialed
-	// carries its decision to the handler, which waits for it.
-	connectedEarly bool
-	dialed         chan error
+	// dialed carries the shard's decision on the connect (on the
+	// socket's first event or the dial timeout) to the handler, which
+	// waits for it; nil when the handler found the connect done before
+	// it handed the socket to the shard.
+	dialed chan error
 	// attached says the handler attached the relay to its tracking entry
 	// and counts it active (attach), before it posts reqStart: the end
 	// must detach it.
@@ -239,7 +238,7 @@ func (r *relay) step() {
 // timeout bounds it. A connected relay waits for the client's handshake,
 // within tcp.handshake_timeout.
 func (r *relay) connecting(req uint32) {
-	if r.connectedEarly {
+	if r.dialed == nil {
 		r.connected()
 		return
 	}
@@ -583,11 +582,14 @@ func (r *relay) recoverPanic() {
 	}()
 	switch r.phase {
 	case phaseConnecting:
-		// dialed holds one decision, and this is the only one: a
-		// handler that found the connect done is not waiting for it.
+		// dialed holds one decision, and this is the only one; a
+		// handler that found the connect done (dialed nil) is not
+		// waiting for it.
 		r.closeUpstream(true)
 		r.phase = phaseDone
-		r.dialed <- errRelayPanic
+		if r.dialed != nil {
+			r.dialed <- errRelayPanic
+		}
 	case phaseRelaying, phaseConnected:
 		r.reset(EndAborted)
 	}
