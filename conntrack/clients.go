@@ -17,7 +17,7 @@ import (
 // zero. A table shard changes a count while it holds the entry's lock and
 // the state that the count follows, so a count is never behind its
 // entries; a client shard's lock is taken after a table shard's, never
-// before, and SynRecvFrom takes only it.
+// before, and SynRecvFrom (tests only) takes only it.
 
 // numClientShards is how many shards the client records are split into:
 // as many as the table's, for the same reason (shard.go).
@@ -95,15 +95,6 @@ func (c *clientShard) release(client [16]byte) {
 	c.mu.RLock()
 	c.recs[client].synRecv.Add(-1)
 	c.mu.RUnlock()
-}
-
-func (c *clientShard) count(client [16]byte) int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if r := c.recs[client]; r != nil {
-		return int(r.synRecv.Load())
-	}
-	return 0
 }
 
 // clientMapsAbove is the size below which a client shard's map is never

@@ -14,7 +14,6 @@ package conntrack
 
 import (
 	"hash/maphash"
-	"net/netip"
 	"sync/atomic"
 	"time"
 )
@@ -246,13 +245,6 @@ func (t *Table) reserveTimeWait(limit int64) bool {
 		return false
 	}
 	return true
-}
-
-// SynRecvFrom returns how many of client's connections tcpd holds in
-// SYN-RECEIVED.
-func (t *Table) SynRecvFrom(client netip.Addr) int {
-	a := client.As16()
-	return t.clientShardOf(a).count(a)
 }
 
 // Segment records one TCP segment that crossed the TUN. tu is always the
@@ -534,9 +526,7 @@ func (t *Table) Snapshot() Snapshot {
 		s.Relays += int(sp.relays.Load())
 		sp.counters.addTo(&s.Counters)
 	}
-	for i := range t.shards {
-		s.TimeWait += int(t.shards[i].tw.n.Load())
-	}
+	s.TimeWait = int(t.tw.Load())
 	set := t.set.Load()
 	s.TimeWaitLimit = int(set.twLimit)
 	s.TimeWaitTimeout = set.timeWait
