@@ -90,10 +90,14 @@ func (c *clientShard) add(client [16]byte) {
 }
 
 // release counts one handshake less for client, which has one open: its
-// record is there, since only a count of zero is dropped.
+// record is there, since only a count of zero is dropped. A release
+// without its reserve would be a bug of the table's; it must not stop the
+// packet loop that runs it, so a missing record is let be.
 func (c *clientShard) release(client [16]byte) {
 	c.mu.RLock()
-	c.recs[client].synRecv.Add(-1)
+	if r := c.recs[client]; r != nil {
+		r.synRecv.Add(-1)
+	}
 	c.mu.RUnlock()
 }
 
@@ -110,7 +114,7 @@ func (c *clientShard) compact() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for client, r := range c.recs {
-		if r.synRecv.Load() == 0 {
+		if r.synRecv.Load() <= 0 {
 			delete(c.recs, client)
 		}
 	}
