@@ -120,3 +120,66 @@ func TestIndexLookupsDuringChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestIndexEmptiesDuringLookups: a shard's indexes drop their buckets
+// when the shard empties and allocate them again at its next entry
+// (6dd749f); lock-free lookups running through those changes never fail
+// or return an entry of another key, and an emptied shard holds no
+// buckets. Run with -race.
+func TestIndexEmptiesDuringLookups(t *testing.T) {
+	tab := New(Config{})
+	sh := &tab.shards[0]
+	mk := func(i int) (key, uint64) {
+		k := key{cport: uint16(i), dport: uint16(i >> 16), v4: true}
+		return k, uint64(i) * 0x9E3779B97F4A7C15 &^ (numShards - 1)
+	}
+	const n, rounds = 64, 300
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range rounds {
+			var es []*entry
+			sh.mu.Lock()
+			for i := range n {
+				k, h := mk(i)
+				e := &entry{key: k, khash: h, id: ID(uint64(i+1) << shardBits)}
+				sh.byKey.insertLocked(e)
+				sh.byID.insertLocked(e)
+				es = append(es, e)
+			}
+			sh.mu.Unlock()
+			sh.mu.Lock()
+			for _, e := range es {
+				e.mu.Lock() // as the table does: a lookup locks what it found
+				e.unkeyed, e.gone = true, true
+				e.mu.Unlock()
+				sh.byKey.removeLocked(e)
+				sh.byID.removeLocked(e)
+			}
+			sh.byKey.shrinkLocked()
+			sh.byID.shrinkLocked()
+			if sh.byKey.buckets.Load() != nil || sh.byID.buckets.Load() != nil {
+				sh.mu.Unlock()
+				panic("an empty shard keeps its buckets")
+			}
+			sh.mu.Unlock()
+		}
+	}()
+	for j := 0; ; j++ {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		k, h := mk(j % n)
+		if e := sh.findKey(k, h); e != nil && e.key != k {
+			t.Fatalf("lock-free lookup of %v returned the entry of %v", k, e.key)
+		}
+		if e := sh.lookupKey(k, h); e != nil {
+			if e.key != k {
+				t.Fatalf("lookup of %v returned the entry of %v", k, e.key)
+			}
+			e.mu.Unlock()
+		}
+	}
+}
