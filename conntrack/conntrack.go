@@ -47,6 +47,9 @@ type Segment struct {
 	// with TSVal and TSEcr.
 	TS           bool
 	TSVal, TSEcr uint32
+	// Queue is, on a client's segment, one more than the index of the TUN
+	// queue it arrived on; 0 says the caller does not know.
+	Queue uint16
 }
 
 // Config configures a Table. The zero value works.
@@ -131,6 +134,11 @@ type Action struct {
 	Kind ActionKind
 	// Reply is the ACK to send to the client for ActionReply.
 	Reply Reply
+	// Queue is, for a tracked connection, one more than the index of the
+	// TUN queue its client's segments last arrived on (Segment.Queue); 0
+	// when the table knows none. A segment to the client leaves on that
+	// queue, so the kernel's flow steering keeps the flow on one queue.
+	Queue uint16
 }
 
 // Table tracks connections. All methods are safe for concurrent use; none
@@ -273,7 +281,11 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			sh.counters.inc(cUntracked)
 			return Action{}
 		}
+		if dir == FromClient && s.Queue != 0 {
+			e.queue = s.Queue
+		}
 		a := sh.segmentLocked(t, e, dir, s, now)
+		a.Queue = e.queue
 		e.mu.Unlock()
 		return a
 	}

@@ -948,3 +948,31 @@ func TestMapsGiveBackMemory(t *testing.T) {
 	}
 	runtime.KeepAlive(tab)
 }
+
+// TestQueueFollowsClient: a tracked connection's segments to the client are
+// told the TUN queue its client's segments last came on (from the SYN on),
+// and an untracked one's none, so a flow leaves on the queue it arrives on.
+func TestQueueFollowsClient(t *testing.T) {
+	tab := ct.New(ct.Config{})
+	seg := func(dir ct.Dir, fl string, seq, ack uint32, queue uint16) ct.Action {
+		return tab.Segment(dir, tuple, ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: 1000, Queue: queue})
+	}
+	if a := seg(ct.ToClient, "A", tISS, cISS, 0); a.Queue != 0 {
+		t.Fatalf("a segment of no connection was given queue %d", a.Queue)
+	}
+	if a := seg(ct.FromClient, "S", cISS, 0, 3); a.Kind != ct.ActionOpen || a.Queue != 3 {
+		t.Fatalf("SYN on queue 3: action %v, queue %d", a.Kind, a.Queue)
+	}
+	if a := seg(ct.ToClient, "SA", tISS, cISS+1, 0); a.Queue != 3 {
+		t.Fatalf("SYN-ACK after a SYN on queue 3 was given queue %d", a.Queue)
+	}
+	seg(ct.FromClient, "A", cISS+1, tISS+1, 2)
+	if a := seg(ct.ToClient, "A", tISS+1, cISS+1, 0); a.Queue != 2 {
+		t.Fatalf("after the client's ACK came on queue 2, a segment to it was given queue %d", a.Queue)
+	}
+	// A caller that does not know the queue leaves it as it was.
+	seg(ct.FromClient, "A", cISS+1, tISS+1, 0)
+	if a := seg(ct.ToClient, "A", tISS+1, cISS+1, 0); a.Queue != 2 {
+		t.Fatalf("a client segment of unknown queue moved the connection to queue %d", a.Queue)
+	}
+}

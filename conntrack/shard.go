@@ -88,6 +88,8 @@ type entry struct {
 	// mss and clampedFrom come from the client's SYN (Segment.MSS,
 	// Segment.ClampedFrom).
 	mss, clampedFrom uint16
+	// queue is the Segment.Queue of the client's latest segment.
+	queue uint16
 
 	// list, prev and next place the entry on one of its shard's timer
 	// lists (prev and next are the shard's, under its lock); listAt
@@ -284,6 +286,7 @@ func (sh *shard) newEntry(t *Table, k key, h uint64, s Segment, now mono) *entry
 		machine: opened(s, now),
 		id:      ID(t.ids.Add(1)<<shardBits | uint64(sh.idx)),
 		key:     k, khash: h, opened: now, listAt: now, mss: s.MSS, clampedFrom: s.ClampedFrom,
+		queue: s.Queue,
 	}
 	sh.counts[sideTCPD][StateSynRecv].Add(1)
 	sh.counts[sideClient][StateSynSent].Add(1)
@@ -332,7 +335,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 	sh.insertLocked(e)
 	sh.mu.Unlock()
 	sh.inserted()
-	return Action{Kind: ActionOpen}, true
+	return Action{Kind: ActionOpen, Queue: s.Queue}, true
 }
 
 // The methods below run with the entry's lock held (their names end in

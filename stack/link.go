@@ -201,19 +201,26 @@ func (l *link) busySince() int64 {
 	return oldest
 }
 
-// queueFor returns the queue an outbound packet leaves on. The netstack
-// stamps every packet of a connection with the same random hash, so a flow
-// leaves on one queue, and the kernel's flow steering (tun_flow_update)
-// learns it and sends the flow's packets from the client to the same queue:
-// all of them but the SYN and the ACK of the handshake, which reach the
-// queue of the kernel's own choosing before it has recorded tcpd's choice
-// (TestMultiQueueTUN). Packets without a hash (replies of no connection)
-// use queue 0.
-func (l *link) queueFor(hash uint32) *tunQueue {
-	if len(l.queues) == 1 {
+// queueFor returns the queue an outbound packet leaves on: the queue its
+// connection's client segments arrive on (tracked, one more than its index,
+// as conntrack returns it), so that every packet of a flow, both ways, is
+// handled by one read loop. The kernel picks the queue of a flow's first
+// packets itself, by a hash tcpd cannot compute, and it learns the queue
+// tcpd writes a flow on (tun_flow_update) only after it has handled the
+// packet written: the ACK that completes a handshake, sent by the client
+// while tcpd's SYN-ACK is still being written, reaches the kernel's choice.
+// Writing on the SYN's queue agrees with both (TestMultiQueueTUN). A packet
+// of no tracked connection leaves on the queue of its netstack endpoint's
+// random hash, replies of no endpoint (hash 0) on queue 0.
+func (l *link) queueFor(tracked uint16, hash uint32) *tunQueue {
+	n := uint32(len(l.queues))
+	switch {
+	case n == 1:
 		return l.queues[0]
+	case tracked != 0 && uint32(tracked) <= n:
+		return l.queues[tracked-1]
 	}
-	return l.queues[hash%uint32(len(l.queues))]
+	return l.queues[hash%n]
 }
 
 // readTUN delivers every packet read from a test device to the netstack
@@ -295,6 +302,7 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 		seg.MSS, seg.ClampedFrom = l.clampSYN(pkt, from, to, seg.MSS, csum)
 	}
 	if ok && !l.noTrack {
+		seg.Queue = uint16(q.idx + 1)
 		tu := conntrack.Tuple{Client: from, Dst: to}
 		switch a := l.table.Segment(conntrack.FromClient, tu, seg); a.Kind {
 		case conntrack.ActionRefuse:
@@ -368,11 +376,12 @@ func (l *link) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	}
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		if !l.observeOut(pkt) {
+		queue, ok := l.observeOut(pkt)
+		if !ok {
 			n++
 			continue
 		}
-		q := l.queueFor(pkt.Hash)
+		q := l.queueFor(queue, pkt.Hash)
 		size := pkt.Size()
 		if err := l.writeQueue(q, pkt, &wb.hdr, &wb.io); err != nil {
 			clear(wb.io.iov)
@@ -441,19 +450,21 @@ func (l *link) writeRaw(q *tunQueue, buf []byte, headroom int) error {
 }
 
 // observeOut shows an outbound packet's TCP header to conntrack without
-// copying its payload. It reports whether the packet may go out.
-func (l *link) observeOut(pkt *gvstack.PacketBuffer) bool {
+// copying its payload. It reports whether the packet may go out, and the
+// queue of its connection as conntrack knows it (Action.Queue).
+func (l *link) observeOut(pkt *gvstack.PacketBuffer) (uint16, bool) {
 	if l.noTrack {
-		return true
+		return 0, true
 	}
 	var hdr [maxHeaders]byte
 	h := append(hdr[:0], pkt.NetworkHeader().Slice()...)
 	h = append(h, pkt.TransportHeader().Slice()...)
 	src, dst, seg, ok := parseTCPHeader(h, pkt.Size())
 	if !ok {
-		return true
+		return 0, true
 	}
-	return l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg).Kind != conntrack.ActionDrop
+	a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg)
+	return a.Queue, a.Kind != conntrack.ActionDrop
 }
 
 // MTU implements gvstack.NetworkLinkEndpoint.
