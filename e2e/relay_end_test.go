@@ -608,7 +608,8 @@ func (c countingReader) Read(p []byte) (int, error) {
 // times as fast as it can: the reset often arrives while tcpd is still
 // completing the handshake or attaching the relay. The destination must
 // see every one of these connections end with a reset, never a FIN, which
-// would make a request cut short look whole.
+// would make a request cut short look whole; and tcpd must not count them
+// as connections it refused.
 func TestRelayClientResetAtOnce(t *testing.T) {
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, LogLevel: "info"})
 	const n, msg = 300, 45
@@ -650,5 +651,10 @@ func TestRelayClientResetAtOnce(t *testing.T) {
 		if end != "ECONNRESET" {
 			t.Errorf("%d of the destination's connections ended with %s; want every one reset", k, end)
 		}
+	}
+	// A client's own reset is not a refusal of tcpd's: no cap, policy or
+	// full table refused anything here.
+	if d, u := m[`tcpd_connections_total{result="denied"}`], m[drop("untracked")]; d != 0 || u != 0 {
+		t.Errorf("tcpd counted %v connections denied and %v dropped as untracked; the clients reset them", d, u)
 	}
 }

@@ -168,14 +168,18 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	// and the relay is attached to the connection's tracking entry.
 	admitted = false
 	if !s.adm.attach(client.Addr(), id, r) {
-		// No entry to attach to: the table was full when the SYN came,
-		// or the client reset the connection as its handshake completed.
-		// A relay nobody can see is not started.
-		s.stats.Dropped[DropUntracked].Add(1)
-		s.stats.Connections[ResultDenied].Add(1)
+		// The entry claimed above has ended: the client reset the
+		// connection as its handshake completed. Its own doing, not a
+		// refusal of tcpd's: counted with the handshakes that failed. A
+		// relay nobody can see is not started; the destination's leg is
+		// reset.
+		s.stats.Connections[ResultHandshakeFailed].Add(1)
 		s.reg.unregister(id)
 		r.abort(EndAborted)
 		handedOff = true
+		if ce := log.Check(zap.DebugLevel, "client reset as its handshake completed"); ce != nil {
+			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst))
+		}
 		return
 	}
 	s.conns.Add(1) // the relay's, until relayEnded

@@ -39,10 +39,9 @@ const (
 	DropTUNReadError
 	// DropTUNWriteError: a write to the TUN failed.
 	DropTUNWriteError
-	// DropUntracked: a connection whose handshake completed had no
-	// tracking entry to attach its relay to (the table was full when its
-	// SYN came, or the client reset it as the handshake completed); both
-	// legs were reset.
+	// DropUntracked: a SYN that had no tracking entry when its handler
+	// ran (the table was full when it came, or the entry had ended
+	// already): refused with RST.
 	DropUntracked
 	// DropNotTCP: a client's packet that is neither TCP nor an ICMP error
 	// (UDP, ICMP echo, other protocols): tcpd terminates TCP only, and
@@ -86,7 +85,8 @@ const (
 	// ResultUpstreamFailed: the upstream dial failed; the client got RST.
 	ResultUpstreamFailed
 	// ResultHandshakeFailed: the upstream was dialled but the client's
-	// handshake did not complete.
+	// handshake did not complete, or the client reset the connection as
+	// it completed, before its relay started; the upstream leg is reset.
 	ResultHandshakeFailed
 	NumResults
 )
