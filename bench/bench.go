@@ -228,8 +228,11 @@ func newRow(metric, unit, better, agg string, kernel, tcpd, base []float64) Row 
 }
 
 // quotient is a/b, nil when either is n/a or b is zero.
+// quotient is a/b, nil when either is missing or b is a value the table
+// shows as 0.00 (say, 0.0003 recvfrom per connection): a ratio to it would
+// be noise printed as a finding.
 func quotient(a, b *float64) *float64 {
-	if a == nil || b == nil || *b == 0 {
+	if a == nil || b == nil || math.Abs(*b) < 0.005 {
 		return nil
 	}
 	v := *a / *b

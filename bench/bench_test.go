@@ -29,6 +29,10 @@ func TestNewRowRatios(t *testing.T) {
 	if noKernel.Kernel != nil || noKernel.Ratio != nil || noKernel.Base != nil || noKernel.Change != nil {
 		t.Errorf("row without kernel or base: %+v", noKernel)
 	}
+	tiny := newRow("recvfrom", "", "lower", "median", []float64{0.001}, []float64{1.2}, []float64{0.0003})
+	if tiny.Ratio != nil || tiny.Change != nil {
+		t.Errorf("a ratio to a value shown as 0.00: tcpd/kernel %v, tcpd/base %v", tiny.Ratio, tiny.Change)
+	}
 	count := newRow("errors", "", "", "total", []float64{1, 2}, []float64{3, 4}, nil)
 	check("total", count.TCPD, 7)
 	if count.Ratio != nil {
