@@ -85,6 +85,9 @@ type Config struct {
 	// its default (auto), e.g. to compare the virtio-net offload path with
 	// the plain one.
 	Offload string
+	// Queues, if set, is tun.queues of the tcpd and base paths outside
+	// the queues phase (which sets its own) instead of tcpd's default.
+	Queues string
 	// ProfileCmd, if set, is run with `sh -c` during every tcpd bulk
 	// transfer, after "{pid}", "{seconds}" and "{name}" are replaced by
 	// tcpd's pid, the transfer's length in whole seconds and a name for
@@ -407,6 +410,7 @@ func (c *Config) settings() map[string]any {
 		"idle_after":          c.IdleAfter.String(),
 		"profile_cmd":         c.ProfileCmd,
 		"tcpd_offload":        c.Offload,
+		"tcpd_queues":         c.Queues,
 		"loss_detection":      c.LossDetection,
 		"base_loss_detection": c.BaseLossDetection,
 		"tcpd":                c.TCPD,

@@ -121,7 +121,11 @@ func tcpdConfig(adminSocket string, timeWait time.Duration, offload, queues, los
 // into it.
 func (b *bencher) startTCPD(ctx context.Context, p *path, name string, timeWait time.Duration) error {
 	sock := filepath.Join(b.tmp, name+".sock")
-	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload, p.queues, p.lossDetection))
+	queues := p.queues
+	if queues == "" {
+		queues = b.cfg.Queues
+	}
+	proc, err := p.lab.StartTCPD(ctx, p.bin, tcpdConfig(sock, timeWait, b.cfg.Offload, queues, p.lossDetection))
 	if err != nil {
 		return err
 	}

@@ -149,7 +149,13 @@ func (b *bencher) queuesPhase(ctx context.Context, kernel *path, paths []*path) 
 				if r.firstErr != "" {
 					b.notef("%s %s run %d: %d errors, %d stuck; first: %s", p.name, name, rep+1, r.errs, r.stuck, r.firstErr)
 				}
-				return fmt.Sprintf("%.0f conn/s, %d errors, %d stuck", r.rate(), r.errs, r.stuck), nil
+				msg := fmt.Sprintf("%.0f conn/s, %d errors, %d stuck", r.rate(), r.errs, r.stuck)
+				if p.tcpd != nil {
+					c := r.cost.perConn(r.ok)
+					b.record("qcrr_cpu", p.name, c.user+c.sys)
+					msg += fmt.Sprintf("; tcpd CPU %.0f µs user + %.0f µs system per conn", c.user, c.sys)
+				}
+				return msg, nil
 			})
 			if err != nil {
 				return err
@@ -202,6 +208,12 @@ func (b *bencher) queueRows() []Row {
 			newRow("  tun.queues auto: quietest queue's share of packets in", "%", "", "median", nil, get(l.id+"_qin", "qauto"), nil),
 			newRow("  tun.queues auto: quietest queue's share of packets out", "%", "", "median", nil, get(l.id+"_qout", "qauto"), nil))
 		if l.id == "qcrr" {
+			// What each new connection costs tcpd with one read loop
+			// and with several: on a machine whose cores the clients and
+			// servers share, that, not the loop, bounds the rate.
+			for _, q := range queuePaths {
+				rows = append(rows, newRow("  tcpd CPU per conn, tun.queues "+q.queues, "µs", "lower", "median", nil, get("qcrr_cpu", q.name), nil))
+			}
 			for _, q := range queuePaths {
 				rows = append(rows,
 					newRow("  errors, tun.queues "+q.queues, "", "", "total", get("qcrr_err", "kernel"), get("qcrr_err", q.name), nil),

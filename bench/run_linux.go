@@ -206,6 +206,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		if cfg.Offload != "" {
 			b.notef("tcpd ran with tun.offload: %s (given with --offload; the default is auto)", cfg.Offload)
 		}
+		if cfg.Queues != "" {
+			b.notef("tcpd ran with tun.queues: %s outside the queues phase (given with --queues; the default is auto)", cfg.Queues)
+		}
 		for _, p := range paths {
 			if err := b.check(ctx, p); err != nil {
 				if p.tcpd != nil {

@@ -54,6 +54,7 @@ func main() {
 	flag.DurationVar(&cfg.IdleTimeWait, "idle-time-wait", 10*time.Second, "tcp.time_wait of the idle test's tcpd instances")
 	flag.DurationVar(&cfg.IdleAfter, "idle-after", 10*time.Second, "read tcpd's RSS this long after TIME_WAIT has drained")
 	flag.StringVar(&cfg.Offload, "offload", "", "set tcpd's tun.offload to `mode` (auto, on, off) instead of its default")
+	flag.StringVar(&cfg.Queues, "queues", "", "set tun.queues of tcpd (and the base) to `n` (a number or auto) outside the queues phase")
 	flag.StringVar(&cfg.ProfileCmd, "profile-cmd", "", "shell `command` run during each tcpd bulk transfer and stopped with SIGINT;\n{pid}, {seconds} and {name} are replaced, e.g.\n'perf record -g -p {pid} -o bench/out/{name}.perf.data'")
 	flag.Parse()
 	if flag.NArg() != 0 {
