@@ -3,6 +3,7 @@
 package e2e_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -10,10 +11,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"tcpd/internal/netlab"
 )
@@ -205,5 +209,106 @@ func TestSourceOutsideClients(t *testing.T) {
 	}
 	if after := tunTxPackets(t, g); after <= before {
 		t.Fatal("the SYNs never reached the TUN, so the test proved nothing")
+	}
+}
+
+// TestSlowUpstreamConnect relays a connection whose upstream connect does
+// not complete at once, as no connect to a real destination beyond the
+// gateway does: the destination's accept queue is full, so it drops
+// tcpd's first SYN, and the connect completes on tcpd's retransmission
+// about a second later (a connect in progress, finished on its shard when
+// the socket turns writable). The client's handshake waits for it (dial
+// first), then bytes move both ways, whole.
+func TestSlowUpstreamConnect(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, netlab.Options{}, gwConfig{DialTimeout: "10s"})
+	// A listener with the smallest accept queue the kernel allows (one
+	// connection), filled by a connection of the server's own that is
+	// accepted only later.
+	var lfd int
+	if err := g.Server.Do(func() error {
+		var err error
+		if lfd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		sa := &unix.SockaddrInet4{Addr: g.ServerAddr4.As4()}
+		if err := unix.Bind(lfd, sa); err != nil {
+			return err
+		}
+		return unix.Listen(lfd, 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(os.NewFile(uintptr(lfd), "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	filler, err := g.Server.Dial(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+
+	const size = 1 << 20
+	sums := make(chan [32]byte, 1)
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		// The queue holds the filler: tcpd's SYN, sent meanwhile, is
+		// dropped. Take the filler away before the retransmission.
+		time.Sleep(300 * time.Millisecond)
+		first, err := ln.Accept()
+		if err != nil {
+			t.Errorf("accept the filler: %v", err)
+			return
+		}
+		first.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			t.Errorf("accept tcpd's connection: %v", err)
+			return
+		}
+		defer c.Close()
+		bulkServer(2, size, sums)(c)
+	}()
+
+	start := time.Now()
+	c, err := g.Client.DialTimeout("tcp", addr, 8*time.Second)
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("dial through tcpd while the destination drops SYNs: %v after %v", err, took)
+	}
+	defer c.Close()
+	if took < 900*time.Millisecond {
+		t.Fatalf("the client's handshake completed after %v, before tcpd's upstream connect could have (its first SYN was dropped)", took)
+	}
+	c.SetDeadline(time.Now().Add(time.Minute))
+	sum, got, err := exchange(c, 1, size)
+	if err != nil || got != size || sum != streamSum(2, size) {
+		t.Fatalf("exchange after a slow connect: %d of %d bytes, error %v", got, size, err)
+	}
+	select {
+	case s := <-sums:
+		if s != streamSum(1, size) {
+			t.Fatal("the destination received other bytes than the client sent")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the destination never finished its side")
+	}
+	<-accepted
+	// tcpd timed the dial it waited for.
+	if !strings.Contains(g.tcpd.Logs(), `"msg":"connection established"`) {
+		t.Fatalf("tcpd logged no established connection:\n%s", g.tcpd.Logs())
+	}
+	for _, l := range g.tcpd.LogLines() {
+		if l["msg"] == "connection established" {
+			d, _ := l["dial"].(float64)
+			t.Logf("the client's handshake took %v, tcpd's dial %.3fs", took.Round(time.Millisecond), d)
+			if d < 0.9 {
+				t.Errorf("tcpd says the dial took %vs; the destination answered only its retransmitted SYN", d)
+			}
+		}
 	}
 }
