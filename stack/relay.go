@@ -369,6 +369,11 @@ func (r *relay) moveUp(more *bool) bool {
 		switch terr.(type) {
 		case nil:
 			r.up = pending{buf: bp, data: (*bp)[:res.Count]}
+			// Receive moderation grows the leg's buffer, and the
+			// window offered to the client, from what the reader
+			// takes per round trip; without this the window of every
+			// upload stays at the 1 MiB default.
+			r.ep.ModerateRecvBuf(res.Count)
 		case *tcpip.ErrWouldBlock:
 			relayBufs.Put(bp)
 			r.clientReadable = false

@@ -209,6 +209,43 @@ func TestRelayBothWays(t *testing.T) {
 	}
 }
 
+// TestRelayGrowsReceiveBuffer: the relay tells the netstack how much it read
+// from the client leg, as a socket's reads do, so that receive moderation
+// grows the leg's buffer, and with it the window offered to an uploading
+// client, beyond the 1 MiB a connection starts with. A relay that reads
+// without saying so leaves every upload's window at the default.
+func TestRelayGrowsReceiveBuffer(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatalf("dial through tcpd: %v", err)
+	}
+	// rcvBuf is the client leg's receive buffer size.
+	rcvBuf := func() int64 {
+		_, eps := h.s.reg.snapshot(nil, nil)
+		if len(eps) != 1 {
+			t.Fatalf("%d endpoints registered, want 1", len(eps))
+		}
+		return eps[0].SocketOptions().GetReceiveBufferSize()
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Write([]byte{1}); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	waitFor(t, "the relay", func() bool { return h.s.reg.len() == 1 })
+	before := rcvBuf()
+	payload := make([]byte, 1<<20)
+	for range 64 {
+		if _, err := c.Write(payload); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	if after := rcvBuf(); after <= before {
+		t.Fatalf("client leg's receive buffer %d bytes after a 64 MiB upload, want more than the %d it started with", after, before)
+	}
+}
+
 func TestHalfClose(t *testing.T) {
 	t.Run("client closes first, upstream keeps sending", func(t *testing.T) {
 		h := newHarness(t, Config{}, clientAddr)
