@@ -203,8 +203,20 @@ func (b *bencher) queueRows() []Row {
 		if q := quotient(auto, one); q != nil {
 			r = []float64{*q}
 		}
+		// The two settings run back to back in each repetition, so each
+		// repetition's ratio compares them under the same load on the
+		// machine; the ratio of the medians can pair a quiet run of one
+		// with a loaded run of the other.
+		var pairs []float64
+		q1, qa := get(l.id, "q1"), get(l.id, "qauto")
+		for i := range min(len(q1), len(qa)) {
+			if q1[i] > 0 && !math.IsNaN(q1[i]) && !math.IsNaN(qa[i]) {
+				pairs = append(pairs, qa[i]/q1[i])
+			}
+		}
 		rows = append(rows,
 			newRow("  tun.queues auto / tun.queues 1 (medians)", "x", "", "final", nil, r, nil),
+			newRow("  tun.queues auto / tun.queues 1, run by run (median)", "x", "", "median", nil, pairs, nil),
 			newRow("  tun.queues auto: quietest queue's share of packets in", "%", "", "median", nil, get(l.id+"_qin", "qauto"), nil),
 			newRow("  tun.queues auto: quietest queue's share of packets out", "%", "", "median", nil, get(l.id+"_qout", "qauto"), nil))
 		if l.id == "qcrr" {
