@@ -497,6 +497,15 @@ func (l *link) Capabilities() gvstack.LinkEndpointCapabilities {
 
 var _ gvstack.GSOEndpoint = (*link)(nil)
 
+// gsoMaxSize bounds the netstack's GSO segments on the offload path: an
+// IPv4 packet's total length is 16 bits, and the headers must fit too.
+const gsoMaxSize = 65535 - 256
+
+// gsoMaxPayload is the most payload the netstack puts in one segment on the
+// offload path: its sender cuts what it sends at the GSO size less
+// header.TCPTotalHeaderMaximumSize and one byte (tcp's sender.sendData).
+const gsoMaxPayload = gsoMaxSize - header.TCPTotalHeaderMaximumSize - 1
+
 // SupportedGSO implements gvstack.GSOEndpoint: on the offload path the
 // kernel segments what the netstack sends.
 func (l *link) SupportedGSO() gvstack.SupportedGSO {

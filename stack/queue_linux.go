@@ -19,13 +19,7 @@ import (
 // so. Out: the netstack's GSO segments (up to 64 KiB) leave with a GSO
 // header and the kernel cuts them to MSS. On the plain path a read or a
 // write is one bare IP packet.
-const (
-	vnetHdrLen = 10 // sizeof(struct virtio_net_hdr)
-
-	// gsoMaxSize bounds the netstack's GSO segments: an IPv4 packet's total
-	// length is 16 bits, and the headers must fit too.
-	gsoMaxSize = 65535 - 256
-)
+const vnetHdrLen = 10 // sizeof(struct virtio_net_hdr)
 
 // queueIO is one system call on a queue's descriptor with its arguments and
 // results in fields. A closure handed to syscall.RawConn's Read or Write

@@ -7,10 +7,7 @@ import gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 // queueIO holds a queue's system call state on Linux.
 type queueIO struct{ iov [][]byte }
 
-const (
-	vnetHdrLen = 10
-	gsoMaxSize = 0
-)
+const vnetHdrLen = 10
 
 // A real TUN needs Linux; elsewhere only test devices run, which have no
 // queues of their own.

@@ -22,6 +22,14 @@ const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
+// downReadMax bounds one read from the upstream to what the netstack sends
+// as one segment. Each write to the client's endpoint is a segment of its
+// own, which the netstack's sender cuts at gsoMaxPayload and merges only
+// with whole writes that fit: a 64 KiB read left as a GSO segment and a
+// runt of 418 bytes, two TUN writes and two packets through the kernel to
+// the client where one does.
+const downReadMax = min(relayBufSize, gsoMaxPayload)
+
 // relayBudget is how many buffers a relay moves in one direction per turn
 // on its shard before it lets the shard's other connections go first.
 const relayBudget = 8
@@ -422,7 +430,8 @@ func (r *relay) moveDown(more *bool) bool {
 			return true
 		}
 		bp := relayBufs.Get().(*[]byte)
-		n, err := readFD(r.fd, *bp)
+		buf := (*bp)[:downReadMax]
+		n, err := readFD(r.fd, buf)
 		switch {
 		case err == errAgain:
 			relayBufs.Put(bp)
@@ -439,7 +448,7 @@ func (r *relay) moveDown(more *bool) bool {
 			r.downEOF = true
 		default:
 			r.down = pending{buf: bp, data: (*bp)[:n]}
-			if n < len(*bp) && !r.upHangup {
+			if n < len(buf) && !r.upHangup {
 				// The socket is drained: skip the read that would
 				// say EAGAIN.
 				r.upReadable = false
