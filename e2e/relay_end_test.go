@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"golang.org/x/sys/unix"
 	"tcpd/internal/netlab"
 )
 
@@ -656,5 +657,62 @@ func TestRelayClientResetAtOnce(t *testing.T) {
 	// full table refused anything here.
 	if d, u := m[`tcpd_connections_total{result="denied"}`], m[drop("untracked")]; d != 0 || u != 0 {
 		t.Errorf("tcpd counted %v connections denied and %v dropped as untracked; the clients reset them", d, u)
+	}
+}
+
+// TestRelayFINWithLastBytes has clients whose FIN rides on their last data
+// segment (TCP_CORK holds the bytes until shutdown tacks the FIN on): the
+// netstack signals that leg readable once for both, so the relay must see
+// the end with the bytes, without a further signal. The destination must
+// get every byte and then EOF at once, not at the idle timeout.
+func TestRelayFINWithLastBytes(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, netlab.Options{}, gwConfig{})
+	type got struct {
+		n   int
+		err error
+	}
+	ends := make(chan got, 64)
+	port := serve(t, g.Server, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		ends <- got{len(b), err}
+		if err == nil {
+			c.Write([]byte("ok"))
+		}
+	})
+	addr := net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port))
+	for i, size := range []int{1, 100, 1400, 5000, 70000} {
+		c, err := g.Client.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := c.(*net.TCPConn)
+		raw, err := tc.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, 1) })
+		start := time.Now()
+		if _, err := c.Write(make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		if err := tc.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		reply, err := io.ReadAll(c)
+		c.Close()
+		e := <-ends
+		took := time.Since(start)
+		if e.err != nil || e.n != size {
+			t.Errorf("connection %d: the destination read %d of %d bytes, then %v", i, e.n, size, e.err)
+		}
+		if string(reply) != "ok" || err != nil {
+			t.Errorf("connection %d: the client read %q, %v", i, reply, err)
+		}
+		if took > 2*time.Second {
+			t.Errorf("connection %d (%d bytes and FIN): the destination saw the end after %v", i, size, took)
+		}
 	}
 }
