@@ -17,8 +17,8 @@ const compactAbove = 1024
 func (s *Stack) compactMaps() {
 	s.adm.compact()
 	s.reg.compact()
-	if shrunk(len(s.reconcileIDs), cap(s.reconcileIDs)) {
-		s.reconcileIDs, s.reconcileEPs = nil, nil
+	if shrunk(len(s.maint.ids), cap(s.maint.ids)) {
+		s.maint.ids, s.maint.eps = nil, nil
 	}
 }
 

@@ -76,7 +76,7 @@ func (s *Stack) startPaths() {
 			}
 			return
 		}
-		p.q, p.tun, p.changed, s.stopWatch = q, idx, changed, closeFn
+		p.q, p.tun, p.changed, p.stop = q, idx, changed, closeFn
 	}
 	s.paths = p
 }
@@ -98,6 +98,9 @@ type paths struct {
 	// nil in tests, which move gen themselves.
 	changed func() bool
 	gen     atomic.Uint64
+	// stop closes the route-change socket once the packet loop has
+	// ended; nil in tests.
+	stop func()
 
 	mu sync.Mutex
 	m  map[netip.Addr]pathEntry

@@ -14,7 +14,6 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -210,19 +209,12 @@ type Stack struct {
 	// devEvents is closed when the device has closed its event channel.
 	devEvents chan struct{}
 	// paths caches the MSS of the routes back to clients; nil when the
-	// kernel cannot be asked (tests, other systems). stopWatch closes
-	// its sockets, once the packet loop has ended.
-	paths     *paths
-	stopWatch func()
-	// mem belongs to the maintenance loop (returnMemory).
-	mem memReturn
+	// kernel cannot be asked (tests, other systems).
+	paths *paths
 	// keptSYNs are the SYNs reuseSYN holds back.
 	keptSYNs
-	// lastTick is when the maintenance loop last ran (unix nanoseconds).
-	lastTick atomic.Int64
-	// reconcileIDs and reconcileEPs are the maintenance loop's scratch.
-	reconcileIDs []conntrack.ID
-	reconcileEPs []tcpip.Endpoint
+	// maint is the maintenance loop's own state (maintain.go).
+	maint maintenance
 
 	closeOnce sync.Once
 	closeErr  error
@@ -289,7 +281,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.startPaths()
 	s.link.start()
-	s.lastTick.Store(time.Now().UnixNano())
+	s.maint.lastTick.Store(time.Now().UnixNano())
 	s.bg.Add(1)
 	go s.maintain()
 	return s, nil
@@ -315,66 +307,6 @@ func drainEvents(dev device) chan struct{} {
 		}
 	}()
 	return done
-}
-
-// hostAddrRefresh is how often the policy re-reads the host's addresses, so
-// that an address added to any interface is denied as a destination within
-// this time.
-const hostAddrRefresh = 5 * time.Second
-
-// maintain runs the stack's periodic work until Close.
-func (s *Stack) maintain() {
-	defer s.bg.Done()
-	hosts := time.NewTicker(hostAddrRefresh)
-	defer hosts.Stop()
-	tick := time.NewTicker(reconcileEvery)
-	defer tick.Stop()
-	tw := time.NewTicker(timeWaitResolution)
-	defer tw.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-tw.C:
-			s.table.ExpireTimeWait()
-		case <-tick.C:
-			s.reconcile()
-			s.lastTick.Store(time.Now().UnixNano())
-			s.returnMemory()
-		case <-hosts.C:
-			if err := s.policy.Load().RefreshHostAddrs(); err != nil {
-				s.log.Warn("refresh host addresses for the destination policy", zap.Error(err))
-			}
-		}
-	}
-}
-
-// returnMemory gives the heap back to the operating system when
-// memReturn says a burst is over.
-func (s *Stack) returnMemory() {
-	live := s.stats.Active.Load() + s.stats.InFlight.Load() + int64(s.table.Len())
-	if s.mem.due(live, time.Now()) {
-		debug.FreeOSMemory()
-	}
-}
-
-// wedgedAfter is how long the packet loop may spend on one batch, or the
-// maintenance loop may go without a tick, before the stack calls itself
-// unhealthy. A batch normally takes microseconds; a tick comes every second.
-const wedgedAfter = 5 * time.Second
-
-// Healthy reports whether the data path is making progress: the packet loop
-// is not stuck inside a batch and the maintenance loop is ticking. An idle
-// stack is healthy. The daemon pings systemd's watchdog only while it is.
-func (s *Stack) Healthy() (bool, string) {
-	now := time.Now().UnixNano()
-	if b := s.link.busySince(); b != 0 && time.Duration(now-b) > wedgedAfter {
-		return false, fmt.Sprintf("packet loop stuck on one batch for %v", time.Duration(now-b).Round(time.Second))
-	}
-	if t := s.lastTick.Load(); time.Duration(now-t) > wedgedAfter {
-		return false, fmt.Sprintf("maintenance loop silent for %v", time.Duration(now-t).Round(time.Second))
-	}
-	return true, ""
 }
 
 // Offload reports whether the TUN exchanges batches with the virtio-net
@@ -532,8 +464,8 @@ func (s *Stack) Close() error {
 		s.link.wait()
 		<-s.devEvents
 		s.ns.Wait()
-		if s.stopWatch != nil {
-			s.stopWatch()
+		if s.paths != nil && s.paths.stop != nil {
+			s.paths.stop()
 		}
 	})
 	return s.closeErr

@@ -24,7 +24,7 @@ const timeWaitResolution = 100 * time.Millisecond
 // endpoint's state with conntrack's and forgets endpoints that are gone.
 func (s *Stack) reconcile() {
 	s.table.Tick()
-	ids, eps := s.reg.snapshot(s.reconcileIDs[:0], s.reconcileEPs[:0])
+	ids, eps := s.reg.snapshot(s.maint.ids[:0], s.maint.eps[:0])
 	logged := 0
 	for i, id := range ids {
 		st := conntrackState(tcp.EndpointState(eps[i].State()))
@@ -42,7 +42,7 @@ func (s *Stack) reconcile() {
 		}
 	}
 	clear(eps)
-	s.reconcileIDs, s.reconcileEPs = ids, eps
+	s.maint.ids, s.maint.eps = ids, eps
 	s.compactMaps()
 }
 
