@@ -169,7 +169,9 @@ type Table struct {
 	live atomic.Int64
 	// tw counts the entries in TIME_WAIT (Config.TimeWaitLimit).
 	tw atomic.Int64
-	_  [cacheLine]byte
+	// ended counts the shards' records of ended 4-tuples (maxEnded).
+	ended atomic.Int64
+	_     [cacheLine]byte
 }
 
 // histStripes is how many copies of the latency histograms the shards
@@ -277,9 +279,17 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			if !sh.lockKeyed(e) {
 				continue
 			}
-		} else if e = sh.lookupKey(k, h); e == nil {
-			sh.counters.inc(cUntracked)
-			return Action{}
+		} else {
+			var ended uint16
+			if e, ended = sh.lookupKeyEnded(k, h, now); e == nil {
+				sh.counters.inc(cUntracked)
+				if dir == ToClient {
+					// What the netstack still sends for a connection
+					// that is over keeps to its queue (ended.go).
+					return Action{Queue: ended}
+				}
+				return Action{}
+			}
 		}
 		if dir == FromClient && s.Queue != 0 {
 			e.queue = s.Queue
@@ -317,10 +327,11 @@ func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono)
 	return Action{}
 }
 
-// ExpireTimeWait removes the entries whose TIME_WAIT has run out. It costs
-// only the expired entries (and a lock per shard), so the stack calls it
+// ExpireTimeWait removes the entries whose TIME_WAIT has run out, and
+// forgets the queues of ended connections kept past endedLinger. It costs
+// only what has expired (and a lock per shard), so the stack calls it
 // often; the dwell recorded is the configured one, not the caller's
-// lateness.
+// lateness. It returns how many entries it removed.
 func (t *Table) ExpireTimeWait() int {
 	return t.expire(false)
 }
@@ -349,7 +360,7 @@ func (t *Table) expire(unclaimed bool) int {
 	n := 0
 	for i := range t.shards {
 		sh := &t.shards[i]
-		if sh.tw.n.Load() > 0 || (unclaimed && sh.unclaimed.n.Load() > 0) {
+		if sh.tw.n.Load() > 0 || sh.endedN.Load() > 0 || (unclaimed && sh.unclaimed.n.Load() > 0) {
 			n += sh.expire(t, now, limit)
 		}
 	}

@@ -907,18 +907,20 @@ func BenchmarkTimeWaitMemory(b *testing.B) {
 	b.ReportMetric(per, "B/entry")
 }
 
+// heapAlloc is the live heap after a collection.
+func heapAlloc() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
 // TestMapsGiveBackMemory fills the table with 50,000 connections, ends them
 // all, and checks that the table gives back what its maps grew to: Go's
 // maps never shrink by themselves.
 func TestMapsGiveBackMemory(t *testing.T) {
-	heap := func() uint64 {
-		var ms runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	tab, _ := newTable(ct.Config{})
-	before := heap()
+	before := heapAlloc()
 	const n = 50000
 	for i := range n {
 		tu := ct.Tuple{
@@ -929,7 +931,7 @@ func TestMapsGiveBackMemory(t *testing.T) {
 			tab.Segment(st.dir, tu, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack})
 		}
 	}
-	full := heap()
+	full := heapAlloc()
 	for i := range n {
 		tu := ct.Tuple{
 			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), uint16(1024+i%50000)),
@@ -941,7 +943,7 @@ func TestMapsGiveBackMemory(t *testing.T) {
 		t.Fatalf("%d entries left after the resets", live)
 	}
 	tab.Tick()
-	after := heap()
+	after := heapAlloc()
 	t.Logf("heap: %d KiB empty, %d KiB with %d connections, %d KiB after they ended", before>>10, full>>10, n, after>>10)
 	if after > before+64<<10 {
 		t.Errorf("the empty table holds %d KiB more than before the %d connections", (after-before)>>10, n)
@@ -975,4 +977,225 @@ func TestQueueFollowsClient(t *testing.T) {
 	if a := seg(ct.ToClient, "A", tISS+1, cISS+1, 0); a.Queue != 2 {
 		t.Fatalf("a client segment of unknown queue moved the connection to queue %d", a.Queue)
 	}
+}
+
+// endedLinger is conntrack's endedLinger: how long a 4-tuple's queue is
+// remembered once its entry has left the table.
+const endedLinger = 2 * time.Second
+
+// TestEndedKeepsQueue: what the netstack still sends for a connection that
+// conntrack has seen end (a window update or the last ACK while the relay
+// winds down, a retransmitted FIN, the RST it answers to the client's
+// reply) leaves on the queue its client's segments came on: while the
+// entry is held, and for endedLinger after it has left the table. Such a
+// segment still counts untracked and changes nothing else. A new
+// connection on the 4-tuple has its own entry, and its queue wins.
+func TestEndedKeepsQueue(t *testing.T) {
+	type seg func(dir ct.Dir, fl string, seq, ack uint32, queue uint16) ct.Action
+	setup := func() (*ct.Table, *clock, seg) {
+		tab, clk := newTable(ct.Config{})
+		return tab, clk, func(dir ct.Dir, fl string, seq, ack uint32, queue uint16) ct.Action {
+			return tab.Segment(dir, tuple, ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: 1000, Queue: queue})
+		}
+	}
+	// open runs a handshake on queue with cISS+off and attaches a relay.
+	open := func(t *testing.T, tab *ct.Table, seg seg, queue uint16, off uint32) ct.ID {
+		t.Helper()
+		seg(ct.FromClient, "S", cISS+off, 0, queue)
+		id := tab.Claim(tuple)
+		seg(ct.ToClient, "SA", tISS+off, cISS+off+1, 0)
+		seg(ct.FromClient, "A", cISS+off+1, tISS+off+1, queue)
+		if !tab.Relaying(id) {
+			t.Fatal("Relaying refused a live entry")
+		}
+		return id
+	}
+	// closeByClient closes the connection opened with off, the client
+	// first; its ACK of tcpd's FIN closes tcpd's end.
+	closeByClient := func(seg seg, queue uint16, off uint32) {
+		seg(ct.FromClient, "FA", cISS+off+1, tISS+off+1, queue)
+		seg(ct.ToClient, "A", tISS+off+1, cISS+off+2, 0)
+		seg(ct.ToClient, "FA", tISS+off+1, cISS+off+2, 0)
+		seg(ct.FromClient, "A", cISS+off+2, tISS+off+2, queue)
+	}
+	// late is what the netstack sends after that: its FIN again.
+	late := func(seg seg, off uint32) ct.Action {
+		return seg(ct.ToClient, "FA", tISS+off+1, cISS+off+2, 0)
+	}
+	wantQueue := func(t *testing.T, a ct.Action, want uint16, what string) {
+		t.Helper()
+		if a.Kind != ct.ActionNone || a.Queue != want {
+			t.Fatalf("%s: action %v, queue %d; want none, queue %d", what, a.Kind, a.Queue, want)
+		}
+	}
+
+	t.Run("held, then released", func(t *testing.T) {
+		tab, clk, seg := setup()
+		id := open(t, tab, seg, 2, 0)
+		closeByClient(seg, 2, 0)
+		before := tab.Snapshot()
+		if before.Live != 1 || before.Relays != 1 || before.States[ct.StateClosed] != 1 {
+			t.Fatalf("live %d, relays %d, closed %d: the entry is not held", before.Live, before.Relays, before.States[ct.StateClosed])
+		}
+		clk.advance(10 * endedLinger) // held: no linger runs yet
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 2, "the held connection's FIN again")
+		wantQueue(t, seg(ct.ToClient, "A", tISS+2, cISS+2, 0), 2, "the held connection's last ACK again")
+		other := ct.Tuple{Client: netip.MustParseAddrPort("100.64.1.2:40001"), Dst: tuple.Dst}
+		if a := tab.Segment(ct.ToClient, other, ct.Segment{Flags: ct.FlagACK, Seq: tISS + 2, Ack: cISS + 2}); a.Queue != 0 {
+			t.Fatalf("a segment on a 4-tuple next to the held one's was given queue %d", a.Queue)
+		}
+		if a := seg(ct.FromClient, "A", cISS+2, tISS+2, 1); a.Queue != 0 {
+			t.Fatalf("a client segment on the held 4-tuple was given queue %d", a.Queue)
+		}
+		after := tab.Snapshot()
+		if after.Untracked != before.Untracked+4 {
+			t.Errorf("untracked went from %d to %d after 4 segments of no tracked connection", before.Untracked, after.Untracked)
+		}
+		after.Untracked = before.Untracked
+		if fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Errorf("the held connection's queue changed the snapshot:\n%+v\nwas\n%+v", after, before)
+		}
+		if cs := tab.Conns(nil); len(cs) != 1 || cs[0].ID != id || cs[0].State != ct.StateClosed {
+			t.Fatalf("Conns %+v, want the held entry %d alone", cs, id)
+		}
+		checkCounts(t, tab)
+
+		tab.Released(id)
+		wantQueue(t, late(seg, 0), 2, "the released connection's FIN again")
+		clk.advance(endedLinger - 1)
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 2, "the FIN again, just inside endedLinger of Released")
+		clk.advance(1)
+		wantQueue(t, late(seg, 0), 0, "the FIN again, endedLinger after Released")
+		if n := tab.ExpireTimeWait(); n != 0 {
+			t.Fatalf("ExpireTimeWait removed %d entries of none", n)
+		}
+		wantQueue(t, late(seg, 0), 0, "the FIN again, after the record expired")
+	})
+
+	t.Run("relay released first", func(t *testing.T) {
+		// As in most connections: the relay has finished when the
+		// client's last ACK ends the connection, and the entry leaves the
+		// table at once.
+		tab, clk, seg := setup()
+		id := open(t, tab, seg, 2, 0)
+		tab.Released(id)
+		closeByClient(seg, 2, 0)
+		if snap := tab.Snapshot(); snap.Live != 0 || snap.Closed != 1 {
+			t.Fatalf("live %d, removed %d; want the entry gone", snap.Live, snap.Closed)
+		}
+		wantQueue(t, late(seg, 0), 2, "the gone connection's FIN again")
+		seg(ct.FromClient, "A", cISS+2, tISS+2, 2)
+		wantQueue(t, seg(ct.ToClient, "R", tISS+2, 0, 0), 2, "the netstack's RST to the client's ACK of it")
+		clk.advance(endedLinger)
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 0, "the FIN again, endedLinger after the end")
+	})
+
+	t.Run("a new connection's queue wins", func(t *testing.T) {
+		tab, clk, seg := setup()
+		old := open(t, tab, seg, 2, 0)
+		closeByClient(seg, 2, 0) // held
+		const off = 100000
+		if a := seg(ct.FromClient, "S", cISS+off, 0, 1); a.Kind != ct.ActionOpen || a.Queue != 1 {
+			t.Fatalf("a new SYN on the held 4-tuple, on queue 1: action %v, queue %d; want open, 1", a.Kind, a.Queue)
+		}
+		wantQueue(t, seg(ct.ToClient, "SA", tISS+off, cISS+off+1, 0), 1, "the new connection's SYN-ACK")
+		// The new connection is reset, with no relay: its own queue
+		// is the 4-tuple's, and the older one's release changes nothing.
+		seg(ct.FromClient, "R", cISS+off+1, 0, 1)
+		wantQueue(t, late(seg, 0), 1, "a segment on the 4-tuple after the new connection's reset")
+		tab.Released(old)
+		wantQueue(t, late(seg, 0), 1, "a segment on the 4-tuple after the old connection's release")
+		clk.advance(endedLinger)
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 0, "a segment on the 4-tuple endedLinger after both ended")
+		checkCounts(t, tab)
+	})
+
+	t.Run("a newer record outlives an older one", func(t *testing.T) {
+		tab, clk, seg := setup()
+		tab.Released(open(t, tab, seg, 2, 0))
+		closeByClient(seg, 2, 0)
+		clk.advance(endedLinger / 2)
+		const off = 100000
+		tab.Released(open(t, tab, seg, 1, off))
+		seg(ct.FromClient, "R", cISS+off+1, 0, 1)
+		clk.advance(endedLinger / 2)
+		tab.ExpireTimeWait() // the older record's time
+		wantQueue(t, late(seg, 0), 1, "a segment on the 4-tuple when the older record expired")
+		clk.advance(endedLinger / 2)
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 0, "a segment on the 4-tuple endedLinger after the newer end")
+	})
+
+	t.Run("two held", func(t *testing.T) {
+		tab, clk, seg := setup()
+		older := open(t, tab, seg, 2, 0)
+		seg(ct.FromClient, "R", cISS+1, 0, 2)
+		newer := open(t, tab, seg, 1, 100000)
+		seg(ct.FromClient, "R", cISS+100001, 0, 1)
+		tab.Released(older)
+		clk.advance(endedLinger)
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 1, "with the newer of two held connections on queue 1 and the older released")
+		tab.Released(newer)
+		clk.advance(endedLinger)
+		tab.ExpireTimeWait()
+		wantQueue(t, late(seg, 0), 0, "endedLinger after both were released")
+		if snap := tab.Snapshot(); snap.Live != 0 || snap.Relays != 0 {
+			t.Fatalf("live %d, relays %d at the end; want 0, 0", snap.Live, snap.Relays)
+		}
+	})
+}
+
+// TestEndedBounded ends more connections at once than the table remembers
+// queues of (65,536, maxEnded): the ones beyond are not remembered, the
+// others are; once their linger has run out, the table forgets them all and
+// gives back their memory, and remembers new ones again.
+func TestEndedBounded(t *testing.T) {
+	const maxEnded = 1 << 16
+	tab, clk := newTable(ct.Config{})
+	tupleOf := func(i int) ct.Tuple {
+		return ct.Tuple{
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 16), byte(i >> 8)}), uint16(1024+i&0xff)),
+			Dst:    netip.MustParseAddrPort("198.18.1.2:443"),
+		}
+	}
+	end := func(i int) {
+		tu := tupleOf(i)
+		tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagSYN, Seq: cISS, Queue: 2})
+		tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagRST, Seq: cISS + 1, Queue: 2})
+	}
+	queueOf := func(i int) uint16 {
+		return tab.Segment(ct.ToClient, tupleOf(i), ct.Segment{Flags: ct.FlagACK, Seq: tISS + 1, Ack: cISS + 1}).Queue
+	}
+	tab.Tick()
+	before := heapAlloc()
+	for i := range maxEnded + 1 {
+		end(i)
+	}
+	if q := queueOf(0); q != 2 {
+		t.Fatalf("the first ended connection was given queue %d, want 2", q)
+	}
+	if q := queueOf(maxEnded - 1); q != 2 {
+		t.Fatalf("the %dth ended connection was given queue %d, want 2", maxEnded, q)
+	}
+	if q := queueOf(maxEnded); q != 0 {
+		t.Fatalf("a connection ended beyond the cap was given queue %d, want none", q)
+	}
+	clk.advance(endedLinger)
+	tab.ExpireTimeWait()
+	tab.Tick()
+	after := heapAlloc()
+	t.Logf("heap: %d KiB before, %d KiB after %d ended connections expired", before>>10, after>>10, maxEnded+1)
+	if after > before+64<<10 {
+		t.Errorf("the table holds %d KiB more once its records of ended connections expired", (after-before)>>10)
+	}
+	end(maxEnded + 1)
+	if q := queueOf(maxEnded + 1); q != 2 {
+		t.Fatalf("once the records expired, an ended connection was given queue %d, want 2", q)
+	}
+	runtime.KeepAlive(tab)
 }

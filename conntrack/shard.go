@@ -141,12 +141,21 @@ func (l *list) unlink(e *entry) {
 
 // shard is one part of the table.
 type shard struct {
-	// mu serialises changes to the indexes and the timer lists.
+	// mu serialises changes to the indexes, the timer lists and the
+	// records of ended 4-tuples.
 	mu        sync.Mutex
 	byKey     index
 	byID      index
 	tw        list
 	unclaimed list
+	// ended holds the queues of 4-tuples whose entries have left byKey,
+	// endedList[endedHead:] their expiry in order (ended.go); endedN
+	// counts that list's places, for Table.expire to read without the
+	// lock.
+	ended     map[key]endedRec
+	endedList []endedItem
+	endedHead int
+	endedN    atomic.Int64
 	// The stripe of counts this shard adds to, and the histogram stripe it
 	// observes into; idx is the shard's place in the table, which its
 	// entries' IDs carry.
@@ -210,18 +219,29 @@ func (sh *shard) findID(id ID) *entry {
 // is confirmed under the shard's lock; an entry removed between the lookup
 // and its lock is looked up again.
 func (sh *shard) lookupKey(k key, h uint64) *entry {
+	e, _ := sh.lookupKeyEnded(k, h, 0)
+	return e
+}
+
+// lookupKeyEnded is lookupKey that, on a miss, also returns the queue
+// recorded for k's ended connection at now (endedQueueLocked), read under
+// the lock that confirms the miss.
+func (sh *shard) lookupKeyEnded(k key, h uint64, now mono) (*entry, uint16) {
 	for {
 		e := sh.findKey(k, h)
 		if e == nil {
+			var queue uint16
 			sh.mu.Lock()
-			e = sh.findKey(k, h)
+			if e = sh.findKey(k, h); e == nil {
+				queue = sh.endedQueueLocked(k, now)
+			}
 			sh.mu.Unlock()
 			if e == nil {
-				return nil
+				return nil, queue
 			}
 		}
 		if sh.lockKeyed(e) {
-			return e
+			return e, 0
 		}
 	}
 }
@@ -294,10 +314,12 @@ func (sh *shard) newEntry(t *Table, k key, h uint64, s Segment, now mono) *entry
 }
 
 // insertLocked puts a new entry into the shard's indexes, which publishes
-// it. The shard's lock is held; the caller counts the entry (inserted)
+// it, in place of the record of an ended connection on its 4-tuple. The
+// shard's lock is held; the caller counts the entry (inserted)
 // once it has let the lock go, as every atomic on a line other shards
 // share: another core may hold the line, and the lock would wait for it.
-func (sh *shard) insertLocked(e *entry) {
+func (sh *shard) insertLocked(t *Table, e *entry) {
+	sh.forgetEndedLockedW(t, e.key)
 	sh.byKey.insertLocked(e)
 	sh.byID.insertLocked(e)
 	sh.unclaimed.push(e, onUnclaimed)
@@ -332,7 +354,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 		c.release(k.client)
 		return Action{}, false
 	}
-	sh.insertLocked(e)
+	sh.insertLocked(t, e)
 	sh.mu.Unlock()
 	sh.inserted()
 	return Action{Kind: ActionOpen, Queue: s.Queue}, true
@@ -475,8 +497,12 @@ func (sh *shard) removeLocked(t *Table, e *entry, now mono) {
 // removeLockedW forgets e. The caller has already counted why. An entry
 // whose relay still runs is only held (see entry.held) until Released: a
 // relay never runs without its entry, so `tcpd conns` can show and kill
-// whatever tcpd still spends on the connection.
+// whatever tcpd still spends on the connection. Its queue stays recorded
+// for the segments the netstack still sends (ended.go), unless it leaves
+// TIME_WAIT, which is conntrack's alone: the netstack let its endpoint go
+// as it entered.
 func (sh *shard) removeLockedW(t *Table, e *entry, now mono) {
+	netstackDone := e.list == onTimeWait
 	switch e.list {
 	case onTimeWait:
 		sh.twLeaveLockedW(t, e)
@@ -488,6 +514,9 @@ func (sh *shard) removeLockedW(t *Table, e *entry, now mono) {
 		e.unkeyed = true
 		sh.byKey.removeLocked(e)
 		t.live.Add(-1)
+		if !netstackDone {
+			sh.endedLockedW(t, e, now)
+		}
 	}
 	if e.relay {
 		if !e.held {
@@ -507,6 +536,9 @@ func (sh *shard) removeLockedW(t *Table, e *entry, now mono) {
 	if e.ends[sideTCPD].state == StateSynRecv {
 		t.clientOf(e.key).release(e.key.client)
 	}
+	if e.held {
+		sh.releasedLockedW(e, now)
+	}
 	e.gone = true
 	sh.byID.removeLocked(e)
 	sh.entries.Add(-1)
@@ -519,8 +551,9 @@ func (sh *shard) removeLockedW(t *Table, e *entry, now mono) {
 const expireBatch = 32
 
 // expire removes the entries whose TIME_WAIT has run out and, with
-// unclaimed set, the unclaimed entries idle for that long. It costs only
-// what it removes, both lists being in expiry order, in batches under the
+// unclaimed set, the unclaimed entries idle for that long, and forgets the
+// records of ended 4-tuples past their linger. It costs only what it
+// removes, the lists being in expiry order, in batches under the
 // shard's lock; an entry whose lock is busy waits for the next
 // round. The dwell recorded is the configured one, not the caller's
 // lateness.
@@ -563,6 +596,9 @@ func (sh *shard) expireBatch(t *Table, now mono, unclaimed time.Duration) (n int
 		e.mu.Unlock()
 		n++
 		budget--
+	}
+	if budget -= sh.expireEndedLockedW(t, now, budget); budget == 0 {
+		return n, true
 	}
 	if unclaimed <= 0 {
 		return n, false
