@@ -3,6 +3,7 @@ package stack
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -158,12 +159,7 @@ func TestDownReadLeavesInOneSegment(t *testing.T) {
 			}
 		}
 		sent += int64(n)
-		for deadline := time.Now().Add(5 * time.Second); received.Load() < sent; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the receiver has %d of %d bytes", received.Load(), sent)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, fmt.Sprintf("the receiver to read all %d bytes sent", sent), func() bool { return received.Load() >= sent })
 	}
 	// Slow start grows the congestion window well past one GSO segment.
 	for range 64 {
