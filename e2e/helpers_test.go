@@ -61,8 +61,20 @@ type gwConfig struct {
 	// OpenFiles, when set, is tcpd's open-file limit (not a key: the
 	// process is started under it).
 	OpenFiles int
+	// MaxProcs, when set, is tcpd's GOMAXPROCS (not a key: the process's
+	// environment), as on a gateway with that many CPUs: as many shards,
+	// and as many TUN queues under tun.queues auto.
+	MaxProcs int
 	// SourceAddresses is upstream.source_addresses.
 	SourceAddresses []string
+}
+
+// env is the environment tcpd gets on top of the test's.
+func (c gwConfig) env() []string {
+	if c.MaxProcs > 0 {
+		return []string{fmt.Sprintf("GOMAXPROCS=%d", c.MaxProcs)}
+	}
+	return nil
 }
 
 // metricsAddr is where tcpd listens for scrapes inside the gateway namespace.
@@ -198,7 +210,7 @@ func startGatewayOn(t *testing.T, lab *netlab.Lab, cfg gwConfig) *gateway {
 	t.Helper()
 	bin := netlab.BuildTCPD(t)
 	// The context bounds tcpd's whole life, which the cleanup below ends.
-	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{OpenFiles: cfg.OpenFiles})
+	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{OpenFiles: cfg.OpenFiles, Env: cfg.env()})
 	if err != nil {
 		t.Fatalf("start tcpd: %v", err)
 	}

@@ -661,13 +661,25 @@ func TestRelayClientResetAtOnce(t *testing.T) {
 }
 
 // TestRelayFINWithLastBytes has clients whose FIN rides on their last data
-// segment (TCP_CORK holds the bytes until shutdown tacks the FIN on): the
-// netstack signals that leg readable once for both, so the relay must see
-// the end with the bytes, without a further signal. The destination must
-// get every byte and then EOF at once, not at the idle timeout.
+// segment (TCP_CORK holds the bytes until shutdown tacks the FIN on). The
+// destination must get every byte and then EOF at once, not at its 10 s
+// deadline. The relay reads the client leg only after the leg has
+// signalled, and the netstack signals such a segment twice: as it queues
+// the bytes, and again, after it has sent its ACK, as it queues the FIN
+// (gVisor's receiver.consumeSegment). A relay step that runs between the
+// two gets the FIN's own signal and reads again; one that runs after both,
+// or after a segment that came before the relay started, must find the end
+// by reading on after a short read. Which of the two a connection gets is a
+// race between the netstack's goroutine and the relay's shard, whatever the
+// size: on two Ps, with that read removed, each size still passed now and
+// then, the 1-byte one included. tcpd runs here on one P (GOMAXPROCS 1, as
+// on a one-CPU gateway): the shard's goroutine, woken by the first signal,
+// waits for the P that the netstack's goroutine keeps through the ACK's
+// short write to the second, so every connection hands the relay its last
+// bytes and its FIN for one step, and each size fails without that read.
 func TestRelayFINWithLastBytes(t *testing.T) {
 	t.Parallel()
-	g := startGateway(t, netlab.Options{}, gwConfig{})
+	g := startGateway(t, netlab.Options{}, gwConfig{MaxProcs: 1})
 	type got struct {
 		n   int
 		err error
@@ -705,6 +717,8 @@ func TestRelayFINWithLastBytes(t *testing.T) {
 		c.Close()
 		e := <-ends
 		took := time.Since(start)
+		t.Logf("connection %d: %d bytes and FIN; the destination read %d bytes, then %s, %v after the client's write",
+			i, size, e.n, endName(e.err), took.Round(10*time.Microsecond))
 		if e.err != nil || e.n != size {
 			t.Errorf("connection %d: the destination read %d of %d bytes, then %v", i, e.n, size, e.err)
 		}

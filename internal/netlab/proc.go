@@ -103,6 +103,9 @@ type TCPDOptions struct {
 	// soft and hard), set by prlimit(1), which then execs tcpd in its
 	// place: the pid stays tcpd's.
 	OpenFiles int
+	// Env is added to tcpd's environment (KEY=value), which is otherwise
+	// the caller's.
+	Env []string
 }
 
 // StartTCPDWith is StartTCPD with options.
@@ -134,6 +137,9 @@ func (l *Lab) StartTCPDWith(ctx context.Context, bin string, configYAML string, 
 		name = "prlimit"
 	}
 	cmd := l.Gateway.Command(ctx, name, args...)
+	if len(opts.Env) > 0 {
+		cmd.Env = append(cmd.Environ(), opts.Env...)
+	}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = stopTimeout
 	p, err := l.StartProc(cmd)
