@@ -131,7 +131,14 @@ func TestConnectionGoroutines(t *testing.T) {
 	// and two, which a goroutine per connection anywhere else would give
 	// (the relay before d1ec37f: 2.01).
 	t.Logf("%d connections made: %.2f goroutines created per connection", n, perConn)
-	if perConn > 1.5 {
+	switch {
+	case raceDetector:
+		// Slowed by the detector, the in-process client acknowledges
+		// late and the netstack's tail-loss probe timers fire, each on
+		// a goroutine of its own (in one run 2.26 per connection, 308
+		// probe timers' for 201 connections): not the relay's count.
+		t.Logf("not checked under the race detector")
+	case perConn > 1.5:
 		t.Errorf("%d connections made: %.2f goroutines created per connection, want 1 (the forwarder's)", n, perConn)
 	}
 	if got := settled(base + slack); got > base+slack {

@@ -80,7 +80,7 @@ func TestTimeWaitACKDoesNotAllocate(t *testing.T) {
 			t.Fatalf("peer read % x, %v; want % x", peer[:n], err, want)
 		}
 	})
-	if allocs != 0 {
+	if allocs != 0 && !raceDetector {
 		t.Errorf("a TIME_WAIT ACK allocates %v times, want 0", allocs)
 	}
 	if sent := q.stats.Packets[conntrack.ToClient].Load(); sent != 101 {
