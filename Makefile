@@ -5,7 +5,7 @@ BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo bench bench-base bench-scaling test test-one-queue test-short vet fmt clean deb image
+.PHONY: all build demo bench bench-base bench-scaling test test-one-queue test-race test-short vet fmt clean deb image
 
 all: build
 
@@ -69,6 +69,13 @@ test: vet
 # per CPU), and its state-truth tests in both modes.
 test-one-queue:
 	TCPD_E2E_TUN_QUEUES=1 $(GO) test -count=1 -timeout 40m ./e2e/
+
+# The packages whose goroutines share state (the netstack glue, the
+# connection table, the collectors), under the race detector. Not part of
+# test: it triples their run time, and tests that count allocations or
+# goroutines skip those counts under it.
+test-race:
+	$(GO) test -race -count=1 -timeout 20m ./stack/ ./conntrack/ ./metrics/ ./admin/ ./policy/
 
 # Tier A only: no root, no namespaces.
 test-short:
