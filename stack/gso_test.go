@@ -128,15 +128,20 @@ func TestDownReadLeavesInOneSegment(t *testing.T) {
 	we, ch := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&we)
 	defer wq.EventUnregister(&we)
+	// writable waits for the sender to signal that it can write.
+	writable := func(what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no writable signal in 5 s", what)
+		}
+	}
 	if terr := ep.Connect(tcpip.FullAddress{NIC: 1, Addr: receiverAddr, Port: 80}); terr != nil {
 		if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
 			t.Fatal(terr)
 		}
-		select {
-		case <-ch:
-		case <-time.After(5 * time.Second):
-			t.Fatal("connect timed out")
-		}
+		writable("connect")
 	}
 
 	// write writes n bytes as the relay does, in one call, and waits
@@ -151,11 +156,7 @@ func TestDownReadLeavesInOneSegment(t *testing.T) {
 				if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
 					t.Fatal(terr)
 				}
-				select {
-				case <-ch:
-				case <-time.After(5 * time.Second):
-					t.Fatal("write blocked for 5 s")
-				}
+				writable("write")
 			}
 		}
 		sent += int64(n)
