@@ -196,7 +196,11 @@ var keys = []key{
 		more: "reno measured better on lossy mobile-like paths (see README)."},
 	{path: "tcp.loss_detection", apply: newConns,
 		spec: field(func(c *config) *bool { return &c.stack.NoRACK }, false, enum(choice[bool]{"rack", false}, choice[bool]{"dupack", true})),
-		doc:  "Loss detection towards the clients: rack (RACK-TLP, RFC 8985) or dupack (three duplicate ACKs only)."},
+		doc:  "Loss detection towards the clients: rack (RACK-TLP, RFC 8985) or dupack (three duplicate ACKs only).",
+		more: "rack probes for a lost tail after two round trips (plus 200ms if one segment is in flight), dupack only resends it " +
+			"at the retransmission timeout (at least 200ms); the netstack's probe has no floor under its two round trips, " +
+			"so clients less than a millisecond away see needless probes " +
+			"(about a tenth of tcpd's CPU per connection in the benchmark's lab, see bench/README.md)."},
 	{path: "tcp.mss_clamp", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.MSSClamp }, stack.MSSClampAuto, mssClamp(minMSS, maxMSS)),
 		doc: "Largest MSS tcpd accepts from a client's SYN: auto clamps it to the MTU of the kernel's route back to that client, " +
