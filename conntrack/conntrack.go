@@ -169,9 +169,7 @@ type Table struct {
 	live atomic.Int64
 	// tw counts the entries in TIME_WAIT (Config.TimeWaitLimit).
 	tw atomic.Int64
-	// ended counts the shards' records of ended 4-tuples (maxEnded).
-	ended atomic.Int64
-	_     [cacheLine]byte
+	_  [cacheLine]byte
 }
 
 // histStripes is how many copies of the latency histograms the shards
@@ -328,7 +326,7 @@ func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono)
 }
 
 // ExpireTimeWait removes the entries whose TIME_WAIT has run out, and
-// forgets the queues of ended connections kept past endedLinger. It costs
+// forgets the queues of ended connections kept past EndedLinger. It costs
 // only what has expired (and a lock per shard), so the stack calls it
 // often; the dwell recorded is the configured one, not the caller's
 // lateness. It returns how many entries it removed.

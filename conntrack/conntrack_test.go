@@ -979,15 +979,11 @@ func TestQueueFollowsClient(t *testing.T) {
 	}
 }
 
-// endedLinger is conntrack's endedLinger: how long a 4-tuple's queue is
-// remembered once its entry has left the table.
-const endedLinger = 2 * time.Second
-
 // TestEndedKeepsQueue: what the netstack still sends for a connection that
 // conntrack has seen end (a window update or the last ACK while the relay
 // winds down, a retransmitted FIN, the RST it answers to the client's
 // reply) leaves on the queue its client's segments came on: while the
-// entry is held, and for endedLinger after it has left the table. Such a
+// entry is held, and for ct.EndedLinger after it has left the table. Such a
 // segment still counts untracked and changes nothing else. A new
 // connection on the 4-tuple has its own entry, and its queue wins.
 func TestEndedKeepsQueue(t *testing.T) {
@@ -1037,7 +1033,7 @@ func TestEndedKeepsQueue(t *testing.T) {
 		if before.Live != 1 || before.Relays != 1 || before.States[ct.StateClosed] != 1 {
 			t.Fatalf("live %d, relays %d, closed %d: the entry is not held", before.Live, before.Relays, before.States[ct.StateClosed])
 		}
-		clk.advance(10 * endedLinger) // held: no linger runs yet
+		clk.advance(10 * ct.EndedLinger) // held: no linger runs yet
 		tab.ExpireTimeWait()
 		wantQueue(t, late(seg, 0), 2, "the held connection's FIN again")
 		wantQueue(t, seg(ct.ToClient, "A", tISS+2, cISS+2, 0), 2, "the held connection's last ACK again")
@@ -1063,11 +1059,11 @@ func TestEndedKeepsQueue(t *testing.T) {
 
 		tab.Released(id)
 		wantQueue(t, late(seg, 0), 2, "the released connection's FIN again")
-		clk.advance(endedLinger - 1)
+		clk.advance(ct.EndedLinger - 1)
 		tab.ExpireTimeWait()
-		wantQueue(t, late(seg, 0), 2, "the FIN again, just inside endedLinger of Released")
+		wantQueue(t, late(seg, 0), 2, "the FIN again, just inside ct.EndedLinger of Released")
 		clk.advance(1)
-		wantQueue(t, late(seg, 0), 0, "the FIN again, endedLinger after Released")
+		wantQueue(t, late(seg, 0), 0, "the FIN again, ct.EndedLinger after Released")
 		if n := tab.ExpireTimeWait(); n != 0 {
 			t.Fatalf("ExpireTimeWait removed %d entries of none", n)
 		}
@@ -1088,9 +1084,9 @@ func TestEndedKeepsQueue(t *testing.T) {
 		wantQueue(t, late(seg, 0), 2, "the gone connection's FIN again")
 		seg(ct.FromClient, "A", cISS+2, tISS+2, 2)
 		wantQueue(t, seg(ct.ToClient, "R", tISS+2, 0, 0), 2, "the netstack's RST to the client's ACK of it")
-		clk.advance(endedLinger)
+		clk.advance(ct.EndedLinger)
 		tab.ExpireTimeWait()
-		wantQueue(t, late(seg, 0), 0, "the FIN again, endedLinger after the end")
+		wantQueue(t, late(seg, 0), 0, "the FIN again, ct.EndedLinger after the end")
 	})
 
 	t.Run("a new connection's queue wins", func(t *testing.T) {
@@ -1108,9 +1104,9 @@ func TestEndedKeepsQueue(t *testing.T) {
 		wantQueue(t, late(seg, 0), 1, "a segment on the 4-tuple after the new connection's reset")
 		tab.Released(old)
 		wantQueue(t, late(seg, 0), 1, "a segment on the 4-tuple after the old connection's release")
-		clk.advance(endedLinger)
+		clk.advance(ct.EndedLinger)
 		tab.ExpireTimeWait()
-		wantQueue(t, late(seg, 0), 0, "a segment on the 4-tuple endedLinger after both ended")
+		wantQueue(t, late(seg, 0), 0, "a segment on the 4-tuple ct.EndedLinger after both ended")
 		checkCounts(t, tab)
 	})
 
@@ -1118,16 +1114,16 @@ func TestEndedKeepsQueue(t *testing.T) {
 		tab, clk, seg := setup()
 		tab.Released(open(t, tab, seg, 2, 0))
 		closeByClient(seg, 2, 0)
-		clk.advance(endedLinger / 2)
+		clk.advance(ct.EndedLinger / 2)
 		const off = 100000
 		tab.Released(open(t, tab, seg, 1, off))
 		seg(ct.FromClient, "R", cISS+off+1, 0, 1)
-		clk.advance(endedLinger / 2)
+		clk.advance(ct.EndedLinger / 2)
 		tab.ExpireTimeWait() // the older record's time
 		wantQueue(t, late(seg, 0), 1, "a segment on the 4-tuple when the older record expired")
-		clk.advance(endedLinger / 2)
+		clk.advance(ct.EndedLinger / 2)
 		tab.ExpireTimeWait()
-		wantQueue(t, late(seg, 0), 0, "a segment on the 4-tuple endedLinger after the newer end")
+		wantQueue(t, late(seg, 0), 0, "a segment on the 4-tuple ct.EndedLinger after the newer end")
 	})
 
 	t.Run("two held", func(t *testing.T) {
@@ -1137,65 +1133,93 @@ func TestEndedKeepsQueue(t *testing.T) {
 		newer := open(t, tab, seg, 1, 100000)
 		seg(ct.FromClient, "R", cISS+100001, 0, 1)
 		tab.Released(older)
-		clk.advance(endedLinger)
+		clk.advance(ct.EndedLinger)
 		tab.ExpireTimeWait()
 		wantQueue(t, late(seg, 0), 1, "with the newer of two held connections on queue 1 and the older released")
 		tab.Released(newer)
-		clk.advance(endedLinger)
+		clk.advance(ct.EndedLinger)
 		tab.ExpireTimeWait()
-		wantQueue(t, late(seg, 0), 0, "endedLinger after both were released")
+		wantQueue(t, late(seg, 0), 0, "ct.EndedLinger after both were released")
 		if snap := tab.Snapshot(); snap.Live != 0 || snap.Relays != 0 {
 			t.Fatalf("live %d, relays %d at the end; want 0, 0", snap.Live, snap.Relays)
 		}
 	})
 }
 
-// TestEndedBounded ends more connections at once than the table remembers
-// queues of (65,536, maxEnded): the ones beyond are not remembered, the
-// others are; once their linger has run out, the table forgets them all and
-// gives back their memory, and remembers new ones again.
+// TestEndedBounded: a shard remembers the queues of at most
+// MaxEndedPerShard ended connections, the ones beyond are not remembered;
+// ended connections spread over the table are; once their linger has run
+// out, the table forgets them all and gives back their memory, and
+// remembers new ones again.
 func TestEndedBounded(t *testing.T) {
-	const maxEnded = 1 << 16
+	const spread = 1 << 16
 	tab, clk := newTable(ct.Config{})
 	tupleOf := func(i int) ct.Tuple {
 		return ct.Tuple{
-			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 16), byte(i >> 8)}), uint16(1024+i&0xff)),
+			Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64 + byte(i>>24), byte(i >> 16), byte(i >> 8)}), uint16(1024+i&0xff)),
 			Dst:    netip.MustParseAddrPort("198.18.1.2:443"),
 		}
 	}
-	end := func(i int) {
-		tu := tupleOf(i)
+	end := func(tu ct.Tuple) {
 		tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagSYN, Seq: cISS, Queue: 2})
 		tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagRST, Seq: cISS + 1, Queue: 2})
 	}
-	queueOf := func(i int) uint16 {
-		return tab.Segment(ct.ToClient, tupleOf(i), ct.Segment{Flags: ct.FlagACK, Seq: tISS + 1, Ack: cISS + 1}).Queue
+	queueOf := func(tu ct.Tuple) uint16 {
+		return tab.Segment(ct.ToClient, tu, ct.Segment{Flags: ct.FlagACK, Seq: tISS + 1, Ack: cISS + 1}).Queue
 	}
+
+	// One more than the cap, all on one shard.
+	var same []ct.Tuple
+	shard := tab.ShardOf(tupleOf(0))
+	for i := 0; len(same) <= ct.MaxEndedPerShard; i++ {
+		if tu := tupleOf(spread + i); tab.ShardOf(tu) == shard {
+			same = append(same, tu)
+		}
+	}
+	for _, tu := range same {
+		end(tu)
+	}
+	for i, tu := range same[:ct.MaxEndedPerShard] {
+		if q := queueOf(tu); q != 2 {
+			t.Fatalf("ended connection %d of one shard was given queue %d, want 2", i, q)
+		}
+	}
+	if q := queueOf(same[ct.MaxEndedPerShard]); q != 0 {
+		t.Fatalf("a connection ended beyond its shard's cap was given queue %d, want none", q)
+	}
+
+	// Many, spread over the table by hash.
 	tab.Tick()
 	before := heapAlloc()
-	for i := range maxEnded + 1 {
-		end(i)
+	kept := 0
+	for i := range spread {
+		end(tupleOf(i))
 	}
-	if q := queueOf(0); q != 2 {
-		t.Fatalf("the first ended connection was given queue %d, want 2", q)
+	for i := range spread {
+		if queueOf(tupleOf(i)) == 2 {
+			kept++
+		}
 	}
-	if q := queueOf(maxEnded - 1); q != 2 {
-		t.Fatalf("the %dth ended connection was given queue %d, want 2", maxEnded, q)
+	t.Logf("%d of %d connections ended at once had their queue remembered", kept, spread)
+	if kept < spread*9/10 {
+		t.Errorf("%d of %d connections ended at once had their queue remembered, want nearly all", kept, spread)
 	}
-	if q := queueOf(maxEnded); q != 0 {
-		t.Fatalf("a connection ended beyond the cap was given queue %d, want none", q)
-	}
-	clk.advance(endedLinger)
+	clk.advance(ct.EndedLinger)
 	tab.ExpireTimeWait()
 	tab.Tick()
 	after := heapAlloc()
-	t.Logf("heap: %d KiB before, %d KiB after %d ended connections expired", before>>10, after>>10, maxEnded+1)
+	t.Logf("heap: %d KiB before, %d KiB after %d ended connections expired", before>>10, after>>10, spread)
 	if after > before+64<<10 {
 		t.Errorf("the table holds %d KiB more once its records of ended connections expired", (after-before)>>10)
 	}
-	end(maxEnded + 1)
-	if q := queueOf(maxEnded + 1); q != 2 {
-		t.Fatalf("once the records expired, an ended connection was given queue %d, want 2", q)
+	for _, tu := range same {
+		if q := queueOf(tu); q != 0 {
+			t.Fatalf("after the linger, an ended connection was given queue %d, want none", q)
+		}
+	}
+	end(same[ct.MaxEndedPerShard])
+	if q := queueOf(same[ct.MaxEndedPerShard]); q != 2 {
+		t.Fatalf("once its shard's records expired, an ended connection was given queue %d, want 2", q)
 	}
 	runtime.KeepAlive(tab)
 }

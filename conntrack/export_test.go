@@ -15,3 +15,12 @@ func (t *Table) SynRecvFrom(client netip.Addr) int {
 	}
 	return 0
 }
+
+// MaxEndedPerShard is how many ended connections' queues a shard
+// remembers.
+const MaxEndedPerShard = maxEndedPerShard
+
+// ShardOf returns the index of the shard that tracks tu.
+func (t *Table) ShardOf(tu Tuple) int {
+	return t.shardOf(t.hash(keyOf(tu))).idx
+}

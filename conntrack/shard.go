@@ -148,14 +148,11 @@ type shard struct {
 	byID      index
 	tw        list
 	unclaimed list
-	// ended holds the queues of 4-tuples whose entries have left byKey,
-	// endedList[endedHead:] their expiry in order (ended.go); endedN
-	// counts that list's places, for Table.expire to read without the
-	// lock.
-	ended     map[key]endedRec
-	endedList []endedItem
-	endedHead int
-	endedN    atomic.Int64
+	// ended holds the queues of 4-tuples whose entries have left byKey
+	// (ended.go); endedN is its length, for Table.expire to read without
+	// the lock.
+	ended  []endedRec
+	endedN atomic.Int64
 	// The stripe of counts this shard adds to, and the histogram stripe it
 	// observes into; idx is the shard's place in the table, which its
 	// entries' IDs carry.
@@ -318,8 +315,8 @@ func (sh *shard) newEntry(t *Table, k key, h uint64, s Segment, now mono) *entry
 // shard's lock is held; the caller counts the entry (inserted)
 // once it has let the lock go, as every atomic on a line other shards
 // share: another core may hold the line, and the lock would wait for it.
-func (sh *shard) insertLocked(t *Table, e *entry) {
-	sh.forgetEndedLockedW(t, e.key)
+func (sh *shard) insertLocked(e *entry) {
+	sh.forgetEndedLockedW(e.key)
 	sh.byKey.insertLocked(e)
 	sh.byID.insertLocked(e)
 	sh.unclaimed.push(e, onUnclaimed)
@@ -354,7 +351,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 		c.release(k.client)
 		return Action{}, false
 	}
-	sh.insertLocked(t, e)
+	sh.insertLocked(e)
 	sh.mu.Unlock()
 	sh.inserted()
 	return Action{Kind: ActionOpen, Queue: s.Queue}, true
@@ -515,7 +512,7 @@ func (sh *shard) removeLockedW(t *Table, e *entry, now mono) {
 		sh.byKey.removeLocked(e)
 		t.live.Add(-1)
 		if !netstackDone {
-			sh.endedLockedW(t, e, now)
+			sh.endedLockedW(e, now)
 		}
 	}
 	if e.relay {
@@ -597,9 +594,7 @@ func (sh *shard) expireBatch(t *Table, now mono, unclaimed time.Duration) (n int
 		n++
 		budget--
 	}
-	if budget -= sh.expireEndedLockedW(t, now, budget); budget == 0 {
-		return n, true
-	}
+	sh.expireEndedLockedW(now)
 	if unclaimed <= 0 {
 		return n, false
 	}

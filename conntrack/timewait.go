@@ -131,7 +131,7 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 		sh.removeLockedW(t, e, now)
 		reserved := t.reserveEntry()
 		if reserved {
-			sh.insertLocked(t, sh.newEntry(t, k, e.khash, s, now))
+			sh.insertLocked(sh.newEntry(t, k, e.khash, s, now))
 		}
 		sh.mu.Unlock()
 		if reserved {
