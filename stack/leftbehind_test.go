@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"tcpd/conntrack"
 )
 
 // TestNothingLeftBehind runs 2,000 connections in each close order through
@@ -75,10 +77,10 @@ func TestNothingLeftBehind(t *testing.T) {
 		h.mu.Lock()
 		h.dialed = nil
 		h.mu.Unlock()
-		// conntrack remembers an ended connection's queue for 2 s
-		// (conntrack/ended.go); the stack's maintenance expires those
-		// records, which are not left behind.
-		time.Sleep(2500 * time.Millisecond)
+		// conntrack remembers an ended connection's queue for
+		// EndedLinger, and the maintenance loop expires those records
+		// within timeWaitResolution after: they are not left behind.
+		time.Sleep(conntrack.EndedLinger + 2*timeWaitResolution)
 		var ms runtime.MemStats
 		// Two cycles: the first moves sync.Pool contents to the victim
 		// cache, the second frees them.
