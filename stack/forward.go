@@ -21,9 +21,13 @@ import (
 
 // request wraps a ForwarderRequest so that it is completed exactly once on
 // every path: the handler completes it explicitly, and a deferred finish
-// answers RST if a panic or an early return left it open.
+// answers RST if a panic or an early return left it open. Completing it
+// takes its SYN out of the stack's in-flight set after the forwarder's
+// (synFlight).
 type request struct {
 	r    *tcp.ForwarderRequest
+	s    *Stack
+	tid  gvstack.TransportEndpointID
 	done bool
 }
 
@@ -33,6 +37,36 @@ func (q *request) complete(rst bool) {
 	}
 	q.done = true
 	q.r.Complete(rst)
+	q.s.syns.remove(q.tid)
+}
+
+// forwardSYN returns the netstack's handler of the TCP packets that no
+// endpoint took: fwd's, behind synFlight, which notes each SYN's sequence
+// number for the handler fwd starts for it. The netstack calls it on the
+// goroutine that delivers the packet, a TUN queue's packet loop or a kept
+// SYN's (reuseSYN).
+func (s *Stack) forwardSYN(fwd *tcp.Forwarder) func(gvstack.TransportEndpointID, *gvstack.PacketBuffer) bool {
+	return func(id gvstack.TransportEndpointID, pkt *gvstack.PacketBuffer) bool {
+		h := header.TCP(pkt.TransportHeader().Slice())
+		if len(h) < header.TCPMinimumSize || h.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
+			// Not a SYN: the forwarder would decline it too.
+			return false
+		}
+		switch s.syns.add(id, h.SequenceNumber()) {
+		case synBusy:
+			// As the forwarder does: the client retransmits.
+			return true
+		case synFull:
+			s.ns.Stats().TCP.ForwardMaxInFlightDrop.Increment()
+			return true
+		}
+		if !fwd.HandlePacket(id, pkt) {
+			// Malformed, or its checksum bad: no request was made.
+			s.syns.remove(id)
+			return false
+		}
+		return true
+	}
 }
 
 // handle runs on the goroutine the netstack's forwarder starts for every
@@ -54,8 +88,8 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	growStack()
 	s.conns.Add(1)
 	defer s.conns.Done()
-	req := &request{r: fr}
 	tid := fr.ID()
+	req := &request{r: fr, s: s, tid: tid}
 	client := netip.AddrPortFrom(addrFrom(tid.RemoteAddress), tid.RemotePort)
 	dst := netip.AddrPortFrom(addrFrom(tid.LocalAddress), tid.LocalPort)
 	log := s.log
