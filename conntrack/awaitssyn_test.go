@@ -23,7 +23,7 @@ func TestAwaitsSYN(t *testing.T) {
 	if tab.AwaitsSYN(tuple, cISS+70000) {
 		t.Fatal("AwaitsSYN of another ISN: true, want false")
 	}
-	if id := tab.Claim(tuple); id == 0 {
+	if id, _ := tab.Claim(tuple, cISS); id == 0 {
 		t.Fatal("Claim: 0")
 	}
 	if tab.AwaitsSYN(tuple, cISS) {
@@ -47,10 +47,61 @@ func TestAwaitsSYN(t *testing.T) {
 		t.Fatal("AwaitsSYN of the next connection's SYN: false, want true")
 	}
 	// Past the handshake: nothing is awaited.
-	id := tab.Claim(tuple)
+	id, _ := tab.Claim(tuple, next)
 	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: next + 1})
 	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: next + 1, Ack: tISS + 1})
 	if id == 0 || tab.AwaitsSYN(tuple, next) {
 		t.Fatalf("AwaitsSYN once established (claimed %d): true, want false", id)
+	}
+}
+
+// TestClaimOwnSYN checks that a handler claims only the entry its own SYN
+// opened: not one another ISN opened (a stale copy of the 4-tuple's last
+// SYN must not take the client's next connection), not one claimed
+// already, and that it can tell those from a 4-tuple with no entry.
+func TestClaimOwnSYN(t *testing.T) {
+	next := uint32(cISS + 70000)
+	cases := []struct {
+		name string
+		// segs run before the claim, from the client.
+		segs      []ct.Segment
+		claims    int // claims of seq before the one checked
+		seq       uint32
+		wantID    bool
+		wantStale bool
+	}{
+		{name: "no entry", seq: cISS},
+		{name: "its own SYN's entry", segs: []ct.Segment{{Flags: ct.FlagSYN, Seq: cISS}}, seq: cISS, wantID: true},
+		{name: "its own SYN retransmitted", segs: []ct.Segment{{Flags: ct.FlagSYN, Seq: cISS}, {Flags: ct.FlagSYN, Seq: cISS}}, seq: cISS, wantID: true},
+		{name: "an entry another ISN opened", segs: []ct.Segment{{Flags: ct.FlagSYN, Seq: next}}, seq: cISS, wantStale: true},
+		{name: "the next connection's entry after a reset", segs: []ct.Segment{
+			{Flags: ct.FlagSYN, Seq: cISS}, {Flags: ct.FlagRST, Seq: cISS + 1}, {Flags: ct.FlagSYN, Seq: next},
+		}, seq: cISS, wantStale: true},
+		{name: "an entry claimed already", segs: []ct.Segment{{Flags: ct.FlagSYN, Seq: cISS}}, claims: 1, seq: cISS, wantStale: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tab, _ := newTable(ct.Config{})
+			for _, s := range c.segs {
+				tab.Segment(ct.FromClient, tuple, s)
+			}
+			for range c.claims {
+				if id, _ := tab.Claim(tuple, c.seq); id == 0 {
+					t.Fatal("first claim: 0")
+				}
+			}
+			id, stale := tab.Claim(tuple, c.seq)
+			if (id != 0) != c.wantID || stale != c.wantStale {
+				t.Fatalf("Claim(seq %d) = %d, stale %v; want an ID %v, stale %v", c.seq, id, stale, c.wantID, c.wantStale)
+			}
+			if c.wantStale && len(c.segs) > 0 {
+				// The entry the stale claim found is left as it was:
+				// still awaited by its own SYN unless claimed before.
+				last := c.segs[len(c.segs)-1].Seq
+				if got, want := tab.AwaitsSYN(tuple, last), c.claims == 0; got != want {
+					t.Fatalf("after the refused claim, AwaitsSYN of the entry's own SYN = %v, want %v", got, want)
+				}
+			}
+		})
 	}
 }

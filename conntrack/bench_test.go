@@ -55,7 +55,7 @@ func tupleAt(g, i int) ct.Tuple {
 func open(tab *ct.Table, tu ct.Tuple) ct.ID {
 	const c, t = benchCISS, benchTISS
 	tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagSYN, Seq: c, MSS: 1460})
-	id := tab.Claim(tu)
+	id, _ := tab.Claim(tu, c)
 	tab.Dialled(id, time.Millisecond)
 	tab.Segment(ct.ToClient, tu, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: t, Ack: c + 1, MSS: 1460})
 	tab.Segment(ct.FromClient, tu, ct.Segment{Flags: ct.FlagACK, Seq: c + 1, Ack: t + 1})

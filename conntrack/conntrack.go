@@ -375,22 +375,31 @@ func (t *Table) lookup(id ID) (*shard, *entry) {
 	return sh, sh.lookupID(id)
 }
 
-// Claim is called by the handler that took the connection's SYN from the
-// netstack. It returns the entry's ID, or 0 when the SYN is not tracked
-// (the table was full).
-func (t *Table) Claim(tu Tuple) ID {
+// Claim is called by the handler that took the client's SYN with sequence
+// number seq from the netstack. It claims tu's entry only if that SYN opened
+// it: the entry's client ISN is seq, tcpd's end is in SYN_RCVD and no
+// handler has claimed it. It returns the entry's ID, or 0 with stale false
+// when tu has no entry (the table was full when the SYN came, or its
+// connection is over and nothing has opened the 4-tuple since), or 0 with
+// stale true when tu's entry is not this SYN's to claim: a copy of the SYN
+// that reached the netstack twice, the second time after its connection
+// had ended and the client had opened the 4-tuple again with a new ISN, or
+// after another handler had claimed the entry. The handler must then drop
+// the SYN without a word and leave the entry alone: it is the client's
+// next connection, which answering the old ISN would refuse.
+func (t *Table) Claim(tu Tuple, seq uint32) (id ID, stale bool) {
 	k := keyOf(tu)
 	h := t.hash(k)
 	e := t.shardOf(h).lookupKey(k, h)
 	if e == nil {
-		return 0
+		return 0, false
 	}
 	defer e.mu.Unlock()
-	if e.claimed || e.ends[sideTCPD].state != StateSynRecv {
-		return 0
+	if !e.awaitsLocked(seq) {
+		return 0, true
 	}
 	e.claimed = true
-	return e.id
+	return e.id, false
 }
 
 // AwaitsSYN reports whether the client's SYN with sequence number seq is
@@ -410,7 +419,13 @@ func (t *Table) AwaitsSYN(tu Tuple, seq uint32) bool {
 		return false
 	}
 	defer e.mu.Unlock()
-	c := e.ends[sideClient]
+	return e.awaitsLocked(seq)
+}
+
+// awaitsLocked reports whether e waits for a handler to claim it for the
+// client's SYN with sequence number seq.
+func (e *entry) awaitsLocked(seq uint32) bool {
+	c := &e.ends[sideClient]
 	return !e.claimed && e.ends[sideTCPD].state == StateSynRecv && c.synSent && c.iss == seq
 }
 

@@ -545,10 +545,10 @@ func TestUnclaimedExpiry(t *testing.T) {
 	other := ct.Tuple{Client: netip.MustParseAddrPort("100.64.1.3:1"), Dst: tuple.Dst}
 	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
 	tab.Segment(ct.FromClient, other, ct.Segment{Flags: ct.FlagSYN, Seq: 1})
-	if id := tab.Claim(other); id == 0 {
+	if id, _ := tab.Claim(other, 1); id == 0 {
 		t.Fatal("Claim returned 0 for a tracked SYN")
 	}
-	if id := tab.Claim(other); id != 0 {
+	if id, _ := tab.Claim(other, 1); id != 0 {
 		t.Fatal("a second Claim succeeded")
 	}
 	clk.advance(3 * time.Second)
@@ -572,7 +572,7 @@ func TestUnclaimedExpiry(t *testing.T) {
 func TestLatencyHistograms(t *testing.T) {
 	tab, clk := newTable(ct.Config{})
 	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
-	id := tab.Claim(tuple)
+	id, _ := tab.Claim(tuple, cISS)
 	clk.advance(5 * time.Millisecond)
 	tab.Dialled(id, 5*time.Millisecond)
 	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1})
@@ -674,7 +674,7 @@ func TestTableFull(t *testing.T) {
 	if snap := tab.Snapshot(); snap.Live != 1 || snap.TableFull != 1 {
 		t.Fatalf("live %d table_full %d", snap.Live, snap.TableFull)
 	}
-	if tab.Claim(other) != 0 {
+	if id, stale := tab.Claim(other, 1); id != 0 || stale {
 		t.Fatal("claimed an untracked SYN")
 	}
 }
@@ -761,7 +761,7 @@ func TestRelayOutlivesNothing(t *testing.T) {
 	claim := func(t *testing.T, tab *ct.Table) ct.ID {
 		t.Helper()
 		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
-		id := tab.Claim(tuple)
+		id, _ := tab.Claim(tuple, cISS)
 		run(t, tab, handshake[1:])
 		if !tab.Relaying(id) {
 			t.Fatal("Relaying refused a live entry")
@@ -998,7 +998,7 @@ func TestEndedKeepsQueue(t *testing.T) {
 	open := func(t *testing.T, tab *ct.Table, seg seg, queue uint16, off uint32) ct.ID {
 		t.Helper()
 		seg(ct.FromClient, "S", cISS+off, 0, queue)
-		id := tab.Claim(tuple)
+		id, _ := tab.Claim(tuple, cISS+off)
 		seg(ct.ToClient, "SA", tISS+off, cISS+off+1, 0)
 		seg(ct.FromClient, "A", cISS+off+1, tISS+off+1, queue)
 		if !tab.Relaying(id) {

@@ -48,7 +48,7 @@ func segmentsBody(t *testing.T, data []byte) {
 				Len:   uint32(b[4] & 0x7),
 			}
 			if b[0]&4 != 0 {
-				tab.Claim(tu)
+				tab.Claim(tu, seg.Seq)
 			}
 			if b[0]&8 != 0 {
 				id, _ := lookup(tab, tu)

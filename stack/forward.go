@@ -93,7 +93,15 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	client := netip.AddrPortFrom(addrFrom(tid.RemoteAddress), tid.RemotePort)
 	dst := netip.AddrPortFrom(addrFrom(tid.LocalAddress), tid.LocalPort)
 	log := s.log
-	id := s.table.Claim(conntrack.Tuple{Client: client, Dst: dst})
+	var (
+		id    conntrack.ID
+		stale bool
+	)
+	// The SYN's number is always there (synFlight); were it not, nothing
+	// would be claimed.
+	if seq, ok := s.syns.seq(tid); ok {
+		id, stale = s.table.Claim(conntrack.Tuple{Client: client, Dst: dst}, seq)
+	}
 	var (
 		ep tcpip.Endpoint
 		// r is the connection's relay once connected; handedOff says its
@@ -119,6 +127,16 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		}
 	}()
 
+	if stale {
+		// This SYN reached the netstack again after its connection had
+		// ended (a kept copy, or a request whose goroutine started late),
+		// and the 4-tuple's entry is the client's next connection, or
+		// another handler's. Answering the old ISN would refuse that
+		// connection: say nothing, touch nothing.
+		s.stats.Dropped[DropStaleSYN].Add(1)
+		req.complete(false)
+		return
+	}
 	if s.draining.Load() {
 		s.refuse(req, DropShuttingDown)
 		return

@@ -50,6 +50,11 @@ const (
 	// DropFDLimit: the open-file limit leaves no descriptor for one more
 	// upstream socket after tcpd's own reserve (answered RST).
 	DropFDLimit
+	// DropStaleSYN: a SYN that reached the netstack again after its
+	// connection had ended, while the 4-tuple's tracking entry was
+	// another SYN's (the client's next connection) or claimed: ignored,
+	// so that the connection the entry is for is not refused.
+	DropStaleSYN
 	NumDropReasons
 )
 
@@ -68,6 +73,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropUntracked:               "untracked",
 	DropNotTCP:                  "not_tcp",
 	DropFDLimit:                 "fd_limit",
+	DropStaleSYN:                "stale_syn",
 }
 
 // String gives the label value.
