@@ -127,6 +127,18 @@ const (
 	// Config.MaxSynRecvPerClient. It is not tracked; drop it, as a full
 	// SYN queue would, and the client retransmits.
 	ActionRefuse
+	// ActionStale: a client's SYN with the ISN of the 4-tuple's last
+	// connection, which completed its handshake and has ended (less than
+	// EndedLinger ago): an old duplicate, such as a retransmission the
+	// client sent just before that connection's SYN-ACK reached it,
+	// delivered after the connection's end. It is not tracked; drop it.
+	// Handed on, it would open a connection the client has closed (a
+	// dial to the destination, and a half-open endpoint that answers the
+	// client's next SYN on the 4-tuple with RST), or, once that next
+	// connection has opened, make the netstack give its handshake up (a
+	// SYN with another ISN in a SYN-RECEIVED connection's window, which
+	// the netstack answers with RST and ends the handshake).
+	ActionStale
 )
 
 // Action is Segment's answer.
@@ -276,6 +288,13 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			}
 			if !sh.lockKeyed(e) {
 				continue
+			}
+			if e.hasPrev && s.Seq == e.prevISS {
+				// The client's next connection has opened the
+				// 4-tuple meanwhile: the old duplicate must not reach
+				// its handshake, which the netstack would abort.
+				e.mu.Unlock()
+				return Action{Kind: ActionStale}
 			}
 		} else {
 			var ended uint16

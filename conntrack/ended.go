@@ -17,8 +17,10 @@ import "time"
 // then for EndedLinger. A segment to the client that finds no entry asks
 // this record (under the shard's lock that confirms the miss: a tracked
 // segment never reads it). A new entry on the 4-tuple drops the record: its
-// own queue answers then. Nothing else reads it: the states, counts,
-// counters and the live table are as without it.
+// own queue answers then. Besides the queue, the record keeps the client's
+// ISN, by which a SYN that finds no entry is known for an old duplicate of
+// the connection that has ended (ActionStale). Nothing else reads it: the
+// states, counts, counters and the live table are as without it.
 
 // EndedLinger is how long a 4-tuple's queue is remembered once its entry
 // has left the table: what the netstack still sends for it follows within
@@ -43,12 +45,15 @@ const maxEndedPerShard = 8
 
 // endedRec is what a shard remembers of an ended 4-tuple: its last
 // entry's ID and queue, and when the record expires, 0 while the entry is
-// held.
+// held; and the client's ISN, if its connection got through its handshake
+// (synced).
 type endedRec struct {
-	k     key
-	id    ID
-	queue uint16
-	until mono
+	k      key
+	id     ID
+	queue  uint16
+	synced bool
+	iss    uint32
+	until  mono
 }
 
 // endedAt returns the index of k's record, -1 if there is none. The
@@ -69,7 +74,8 @@ func (sh *shard) endedLockedW(e *entry, now mono) {
 	if e.queue == 0 {
 		return // no queue known: nothing to keep to
 	}
-	r := endedRec{k: e.key, id: e.id, queue: e.queue}
+	c := &e.ends[sideClient]
+	r := endedRec{k: e.key, id: e.id, queue: e.queue, synced: e.established != 0 && c.synSent, iss: c.iss}
 	if !e.relay {
 		r.until = now.add(EndedLinger)
 	}
@@ -119,6 +125,30 @@ func (sh *shard) endedQueueLocked(k key, now mono) uint16 {
 		}
 	}
 	return 0
+}
+
+// endedSYNLocked reports whether a client's SYN with sequence number seq
+// on k, which has no entry, is an old duplicate of k's last connection:
+// that connection got through its handshake (tcpd saw the client's ACK of
+// its SYN-ACK, so the client has that SYN answered and will not send it
+// for a new connection), its client's ISN was seq, and its record lasts.
+// A client that gives up a handshake and tries again with the same ISN is
+// not taken for one: its connection never got through. The shard's lock
+// is held.
+func (sh *shard) endedSYNLocked(k key, seq uint32, now mono) bool {
+	iss, ok := sh.endedISSLocked(k, now)
+	return ok && iss == seq
+}
+
+// endedISSLocked returns the client's ISN of k's last connection if it got
+// through its handshake and its record lasts. The shard's lock is held.
+func (sh *shard) endedISSLocked(k key, now mono) (uint32, bool) {
+	if i := sh.endedAt(k); i >= 0 {
+		if r := &sh.ended[i]; r.synced && (r.until == 0 || now < r.until) {
+			return r.iss, true
+		}
+	}
+	return 0, false
 }
 
 // expireEndedLockedW drops the records whose linger has run out (at most

@@ -104,6 +104,13 @@ type entry struct {
 	// mismatch is the netstack state seen differing at the last reconcile.
 	mismatch    State
 	hasMismatch bool
+
+	// prevISS is the client's ISN of the 4-tuple's connection before
+	// this one, if that one got through its handshake and ended less than
+	// EndedLinger before this one opened (hasPrev): a SYN with it is an
+	// old duplicate (ActionStale).
+	hasPrev bool
+	prevISS uint32
 }
 
 // list is a doubly linked list of entries through their prev and next.
@@ -343,12 +350,20 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 	}
 	e := sh.newEntry(t, k, h, s, now)
 	sh.mu.Lock()
-	if sh.findKey(k, h) != nil {
+	other := sh.findKey(k, h) != nil
+	stale := !other && sh.endedSYNLocked(k, s.Seq, now)
+	if !other && !stale {
+		e.prevISS, e.hasPrev = sh.endedISSLocked(k, now)
+	}
+	if other || stale {
 		sh.mu.Unlock()
 		sh.counts[sideTCPD][StateSynRecv].Add(-1)
 		sh.counts[sideClient][StateSynSent].Add(-1)
 		t.live.Add(-1)
 		c.release(k.client)
+		if stale {
+			return Action{Kind: ActionStale}, true
+		}
 		return Action{}, false
 	}
 	sh.insertLocked(e)

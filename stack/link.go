@@ -316,6 +316,9 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 		case conntrack.ActionDrop:
 			// TIME_WAIT took it.
 			return
+		case conntrack.ActionStale:
+			q.stats.Dropped[DropStaleSYN].Add(1)
+			return
 		case conntrack.ActionReply:
 			l.writeTimeWaitACK(q, tu, a.Reply)
 			return

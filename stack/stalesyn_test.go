@@ -14,6 +14,158 @@ import (
 	"tcpd/conntrack"
 )
 
+// ghost is a client the test plays by hand: an address the harness's
+// client stack does not hold, whose segments the test writes and whose
+// SYN-ACKs and RSTs from tcpd it counts.
+type ghost struct {
+	h    *harness
+	addr netip.AddrPort
+	dst  netip.AddrPort
+	mu   sync.Mutex
+	// synAcks counts the SYN-ACKs tcpd sent, by the client ISN they
+	// acknowledge; iss is tcpd's ISN in the last of them.
+	synAcks map[uint32]int
+	iss     uint32
+	rsts    int
+}
+
+func newGhost(h *harness) *ghost {
+	g := &ghost{h: h, addr: netip.MustParseAddrPort("100.64.1.99:40000"), dst: netip.AddrPortFrom(dstAddr, 80),
+		synAcks: map[uint32]int{}}
+	h.observeOut(func(p []byte) {
+		_, to, seg, ok := parseTCP(p)
+		if !ok || to != g.addr {
+			return
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		switch {
+		case seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK) == conntrack.FlagSYN|conntrack.FlagACK:
+			g.synAcks[seg.Ack-1]++
+			g.iss = seg.Seq
+		case seg.Flags&conntrack.FlagRST != 0:
+			g.rsts++
+		}
+	})
+	return g
+}
+
+func (g *ghost) tuple() conntrack.Tuple { return conntrack.Tuple{Client: g.addr, Dst: g.dst} }
+
+func (g *ghost) packet(flags header.TCPFlags, seq, ack uint32) []byte {
+	return withChecksums(buildV4(g.addr, g.dst, flags, seq, ack, 0))
+}
+
+// send writes a segment into tcpd's TUN.
+func (g *ghost) send(flags header.TCPFlags, seq, ack uint32) { g.h.inject <- g.packet(flags, seq, ack) }
+
+// seen returns how many SYN-ACKs tcpd sent for the client ISN isn.
+func (g *ghost) seen(isn uint32) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.synAcks[isn]
+}
+
+// resets returns how many RSTs tcpd has sent since the last call.
+func (g *ghost) resets() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := g.rsts
+	g.rsts = 0
+	return n
+}
+
+// openAndReset opens a connection with ISN isn, relayed, then resets it
+// and waits until tcpd holds nothing of it.
+func (g *ghost) openAndReset(t *testing.T, isn uint32) {
+	t.Helper()
+	g.send(header.TCPFlagSyn, isn, 0)
+	waitFor(t, "the SYN-ACK", func() bool { return g.seen(isn) == 1 })
+	g.ackAndReset(t, isn)
+}
+
+// ackAndReset completes the handshake of the connection with ISN isn,
+// whose SYN-ACK was the last, then resets it and waits until tcpd holds
+// nothing of it.
+func (g *ghost) ackAndReset(t *testing.T, isn uint32) {
+	t.Helper()
+	h := g.h
+	before := h.s.Stats().Connections[ResultRelayed].Load()
+	g.mu.Lock()
+	ack := g.iss + 1
+	g.mu.Unlock()
+	g.send(header.TCPFlagAck, isn+1, ack)
+	waitFor(t, "the relay", func() bool { return h.s.Stats().Connections[ResultRelayed].Load() == before+1 })
+	g.send(header.TCPFlagRst|header.TCPFlagAck, isn+1, ack)
+	id := gvstack.TransportEndpointID{LocalAddress: tcpipAddr(g.dst.Addr()), LocalPort: g.dst.Port(),
+		RemoteAddress: tcpipAddr(g.addr.Addr()), RemotePort: g.addr.Port()}
+	waitFor(t, "the connection to be gone", func() bool {
+		return h.s.Snapshot().Live == 0 && h.s.Stats().Active.Load() == 0 &&
+			h.s.ns.FindTransportEndpoint(header.IPv4ProtocolNumber, tcp.ProtocolNumber, id, nicID) == nil
+	})
+}
+
+const oldISS, nextISS = 1000, 900000
+
+// TestStaleSYNAtLink: the client's SYN of a connection that got through
+// its handshake and was reset reaches the TUN again — a retransmission the
+// client sent just before the SYN-ACK reached it, delivered late — and
+// must be dropped there: no dial, no SYN-ACK, no RST, no entry. It used to
+// open the 4-tuple afresh: a connection to the destination the client
+// never asked for, and a half-open endpoint that answered the client's
+// next SYN on the 4-tuple with RST ("connection refused"); or, come during
+// the next connection's handshake, it made the netstack give that
+// handshake up. Either way the next connection is served.
+func TestStaleSYNAtLink(t *testing.T) {
+	for _, during := range []bool{false, true} {
+		name := "the 4-tuple free"
+		if during {
+			name = "during the next connection's handshake"
+		}
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{}, clientAddr)
+			h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+			g := newGhost(h)
+			g.openAndReset(t, oldISS)
+			g.resets()
+			st := h.s.Stats()
+			if during {
+				g.send(header.TCPFlagSyn, nextISS, 0)
+				waitFor(t, "the SYN-ACK for the next connection", func() bool { return g.seen(nextISS) == 1 })
+			}
+
+			live := h.s.Snapshot().Live
+			g.send(header.TCPFlagSyn, oldISS, 0)
+			waitFor(t, "the old SYN to be dropped or taken", func() bool {
+				g.mu.Lock()
+				rsts := g.rsts
+				g.mu.Unlock()
+				return st.Drops(DropStaleSYN) > 0 || h.s.Snapshot().Live > live || rsts > 0 ||
+					st.Connections[ResultHandshakeFailed].Load() > 0
+			})
+			if n := st.Drops(DropStaleSYN); n != 1 {
+				t.Errorf("%d stale SYNs counted, want 1", n)
+			}
+			if !during {
+				g.send(header.TCPFlagSyn, nextISS, 0)
+				waitFor(t, "the SYN-ACK for the next connection", func() bool { return g.seen(nextISS) == 1 })
+			}
+			// The next connection is served, and the old SYN was
+			// answered never.
+			g.ackAndReset(t, nextISS)
+			if n := len(h.dialedAddrs()); n != 2 {
+				t.Errorf("%d dials, want 2: the old SYN was dialled", n)
+			}
+			if n := g.seen(oldISS); n != 1 {
+				t.Errorf("%d SYN-ACKs for the old ISN, want 1", n)
+			}
+			if n := g.resets(); n != 0 {
+				t.Errorf("%d RSTs to the client, want none", n)
+			}
+		})
+	}
+}
+
 // TestStaleSYN: a SYN that reaches the netstack a second time after its
 // connection has ended — a copy reuseSYN kept and delivered late, or a
 // forwarder request whose goroutine started late — while the client's next
@@ -26,63 +178,10 @@ import (
 func TestStaleSYN(t *testing.T) {
 	h := newHarness(t, Config{}, clientAddr)
 	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
-	// A client address the test's own client stack does not hold: the
-	// test writes its segments and reads tcpd's.
-	ghost := netip.MustParseAddrPort("100.64.1.99:40000")
-	dst := netip.AddrPortFrom(dstAddr, 80)
-	tu := conntrack.Tuple{Client: ghost, Dst: dst}
-	const oldISS, nextISS = 1000, 900000
-
-	var (
-		mu sync.Mutex
-		// synAcks counts the SYN-ACKs tcpd sent the ghost, by the client
-		// ISN they acknowledge; iss is tcpd's ISN in the last of them.
-		synAcks = map[uint32]int{}
-		iss     uint32
-		rsts    int
-	)
-	h.observeOut(func(p []byte) {
-		_, to, seg, ok := parseTCP(p)
-		if !ok || to != ghost {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		switch {
-		case seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK) == conntrack.FlagSYN|conntrack.FlagACK:
-			synAcks[seg.Ack-1]++
-			iss = seg.Seq
-		case seg.Flags&conntrack.FlagRST != 0:
-			rsts++
-		}
-	})
-	seen := func(isn uint32) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return synAcks[isn]
-	}
-	send := func(flags header.TCPFlags, seq, ack uint32) {
-		h.inject <- withChecksums(buildV4(ghost, dst, flags, seq, ack, 0))
-	}
-
-	// The first connection opens, and the client resets it.
-	send(header.TCPFlagSyn, oldISS, 0)
-	waitFor(t, "the SYN-ACK for the first connection", func() bool { return seen(oldISS) == 1 })
-	mu.Lock()
-	ack := iss + 1
-	mu.Unlock()
-	send(header.TCPFlagAck, oldISS+1, ack)
-	waitFor(t, "the first connection's relay", func() bool { return h.s.Stats().Active.Load() == 1 })
-	send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack)
-	id := gvstack.TransportEndpointID{LocalAddress: tcpipAddr(dst.Addr()), LocalPort: dst.Port(),
-		RemoteAddress: tcpipAddr(ghost.Addr()), RemotePort: ghost.Port()}
-	waitFor(t, "the first connection to be gone", func() bool {
-		return h.s.Snapshot().Live == 0 && h.s.Stats().Active.Load() == 0 &&
-			h.s.ns.FindTransportEndpoint(header.IPv4ProtocolNumber, tcp.ProtocolNumber, id, nicID) == nil
-	})
-	mu.Lock()
-	rsts = 0
-	mu.Unlock()
+	g := newGhost(h)
+	tu := g.tuple()
+	g.openAndReset(t, oldISS)
+	g.resets()
 
 	// The client's next SYN has opened the 4-tuple's next entry, and
 	// waits to reach the netstack, as a SYN reuseSYN keeps does.
@@ -91,9 +190,9 @@ func TestStaleSYN(t *testing.T) {
 	}
 	// The first connection's SYN reaches the netstack again, checked and
 	// tracked long ago.
-	h.s.link.dispatch(header.IPv4ProtocolNumber, withChecksums(buildV4(ghost, dst, header.TCPFlagSyn, oldISS, 0, 0)))
+	h.s.link.dispatch(header.IPv4ProtocolNumber, g.packet(header.TCPFlagSyn, oldISS, 0))
 	waitFor(t, "the stale SYN's handler", func() bool {
-		return h.s.Stats().Drops(DropStaleSYN) > 0 || len(h.dialedAddrs()) > 1 || seen(oldISS) > 1
+		return h.s.Stats().Drops(DropStaleSYN) > 0 || len(h.dialedAddrs()) > 1 || g.seen(oldISS) > 1
 	})
 	if n := len(h.dialedAddrs()); n != 1 {
 		t.Errorf("%d dials, want 1: the stale SYN was dialled", n)
@@ -106,20 +205,13 @@ func TestStaleSYN(t *testing.T) {
 	}
 
 	// The next connection's SYN reaches the netstack and is served.
-	h.s.link.dispatch(header.IPv4ProtocolNumber, withChecksums(buildV4(ghost, dst, header.TCPFlagSyn, nextISS, 0, 0)))
-	waitFor(t, "the SYN-ACK for the next connection", func() bool { return seen(nextISS) == 1 })
-	mu.Lock()
-	ack = iss + 1
-	stale, reset := synAcks[oldISS], rsts
-	mu.Unlock()
-	if stale != 1 {
-		t.Errorf("%d SYN-ACKs for the first connection's ISN, want 1: the stale SYN was answered", stale)
+	h.s.link.dispatch(header.IPv4ProtocolNumber, g.packet(header.TCPFlagSyn, nextISS, 0))
+	waitFor(t, "the SYN-ACK for the next connection", func() bool { return g.seen(nextISS) == 1 })
+	if n := g.seen(oldISS); n != 1 {
+		t.Errorf("%d SYN-ACKs for the first connection's ISN, want 1: the stale SYN was answered", n)
 	}
-	if reset != 0 {
-		t.Errorf("%d RSTs to the client since the first connection ended, want none", reset)
+	if n := g.resets(); n != 0 {
+		t.Errorf("%d RSTs to the client since the first connection ended, want none", n)
 	}
-	send(header.TCPFlagAck, nextISS+1, ack)
-	waitFor(t, "the next connection's relay", func() bool { return h.s.Stats().Connections[ResultRelayed].Load() == 2 })
-	send(header.TCPFlagRst|header.TCPFlagAck, nextISS+1, ack)
-	waitFor(t, "the next connection to be gone", func() bool { return h.s.Snapshot().Live == 0 && h.s.Stats().Active.Load() == 0 })
+	g.ackAndReset(t, nextISS)
 }

@@ -50,10 +50,13 @@ const (
 	// DropFDLimit: the open-file limit leaves no descriptor for one more
 	// upstream socket after tcpd's own reserve (answered RST).
 	DropFDLimit
-	// DropStaleSYN: a SYN that reached the netstack again after its
-	// connection had ended, while the 4-tuple's tracking entry was
-	// another SYN's (the client's next connection) or claimed: ignored,
-	// so that the connection the entry is for is not refused.
+	// DropStaleSYN: an old duplicate of a SYN whose connection has ended,
+	// ignored: one conntrack knows for the SYN of the 4-tuple's last
+	// connection (conntrack.ActionStale), or one that reached the
+	// netstack again while the 4-tuple's tracking entry was another
+	// SYN's (the client's next connection) or claimed. Answered, it would
+	// dial the destination for a connection the client has closed, or
+	// refuse the client's next connection on the 4-tuple.
 	DropStaleSYN
 	NumDropReasons
 )
