@@ -323,6 +323,28 @@ func configureWG(ns *NS, name string, addrs, dst []netip.Prefix) error {
 			return fmt.Errorf("route %s dev %s in %s: %w", p, name, ns.Name, err)
 		}
 	}
+	return waitLocal(ns, name, addrs, time.Now().Add(settleTimeout))
+}
+
+// waitLocal waits until ns takes each of addrs, given to the link name, as
+// its own. The kernel makes an IPv6 address usable, and adds its local
+// route, in deferred work even when the address skips duplicate address
+// detection; until then a packet to the address is dropped (counted in
+// Ip6InAddrErrors). On a loaded machine that work has run only after the
+// lab was handed to a test, which then lost its first IPv6 reply.
+func waitLocal(ns *NS, name string, addrs []netip.Prefix, deadline time.Time) error {
+	for _, p := range addrs {
+		for {
+			rs, err := ns.nl.RouteGet(p.Addr().AsSlice())
+			if err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s on %s in %s not usable after %v (route %v, %v)", p.Addr(), name, ns.Name, settleTimeout, rs, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	return nil
 }
 
