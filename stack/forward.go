@@ -132,9 +132,11 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		// ended (a kept copy, or a request whose goroutine started late),
 		// and the 4-tuple's entry is the client's next connection, or
 		// another handler's. Answering the old ISN would refuse that
-		// connection: say nothing, touch nothing.
-		s.stats.Dropped[DropStaleSYN].Add(1)
+		// connection: say nothing, touch nothing. Counted once the request
+		// is complete and out of the in-flight set, so that whoever sees
+		// the count can send the 4-tuple's next SYN and have it taken.
 		req.complete(false)
+		s.stats.Dropped[DropStaleSYN].Add(1)
 		return
 	}
 	if s.draining.Load() {
