@@ -245,6 +245,7 @@ tcpd_dropped_total{reason="max_connections"} 0
 tcpd_dropped_total{reason="max_connections_per_client"} 0
 tcpd_dropped_total{reason="max_in_flight_per_client"} 0
 tcpd_dropped_total{reason="not_tcp"} 2
+tcpd_dropped_total{reason="reuse_wait"} 0
 tcpd_dropped_total{reason="shutting_down"} 0
 tcpd_dropped_total{reason="spoofed_source"} 3
 tcpd_dropped_total{reason="stale_syn"} 0

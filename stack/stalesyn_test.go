@@ -27,6 +27,8 @@ type ghost struct {
 	synAcks map[uint32]int
 	iss     uint32
 	rsts    int
+	// out counts every segment tcpd sent.
+	out int
 }
 
 func newGhost(h *harness) *ghost {
@@ -39,6 +41,7 @@ func newGhost(h *harness) *ghost {
 		}
 		g.mu.Lock()
 		defer g.mu.Unlock()
+		g.out++
 		switch {
 		case seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK) == conntrack.FlagSYN|conntrack.FlagACK:
 			g.synAcks[seg.Ack-1]++
@@ -214,4 +217,48 @@ func TestStaleSYN(t *testing.T) {
 		t.Errorf("%d RSTs to the client since the first connection ended, want none", n)
 	}
 	g.ackAndReset(t, nextISS)
+}
+
+// TestKeptSYNEndpointStays: a SYN that opens a 4-tuple while the netstack
+// still holds the last connection's endpoint waits for it to leave; if it
+// does not within reuseSYN's polls, the SYN is dropped and counted, never
+// queued on that endpoint, which would answer it (with RST once the
+// client's RST queued before it closes the endpoint: "connection refused",
+// as a stalled machine made it happen). Here the endpoint stays because
+// the client's RST reached conntrack alone.
+func TestKeptSYNEndpointStays(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	g := newGhost(h)
+	g.send(header.TCPFlagSyn, oldISS, 0)
+	waitFor(t, "the SYN-ACK", func() bool { return g.seen(oldISS) == 1 })
+	g.mu.Lock()
+	ack := g.iss + 1
+	g.mu.Unlock()
+	g.send(header.TCPFlagAck, oldISS+1, ack)
+	st := h.s.Stats()
+	waitFor(t, "the relay", func() bool { return st.Connections[ResultRelayed].Load() == 1 })
+	h.s.table.Segment(conntrack.FromClient, g.tuple(), conntrack.Segment{Flags: conntrack.FlagRST | conntrack.FlagACK, Seq: oldISS + 1, Ack: ack})
+
+	g.mu.Lock()
+	out := g.out
+	g.mu.Unlock()
+	g.send(header.TCPFlagSyn, nextISS, 0)
+	sent := func() int {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.out - out
+	}
+	waitFor(t, "the SYN to be dropped or answered", func() bool {
+		return st.Drops(DropReuseWait) > 0 || sent() > 0 || len(h.dialedAddrs()) > 1
+	})
+	if n := st.Drops(DropReuseWait); n != 1 {
+		t.Errorf("%d SYNs dropped as reuse_wait, want 1", n)
+	}
+	if n := sent(); n != 0 {
+		t.Errorf("tcpd sent the client %d segments after its SYN, want none: the SYN reached the old endpoint", n)
+	}
+	// The client's RST reaches the endpoint too: the old connection ends.
+	g.send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack)
+	waitFor(t, "the old connection to end", func() bool { return st.Active.Load() == 0 })
 }

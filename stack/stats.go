@@ -58,6 +58,12 @@ const (
 	// dial the destination for a connection the client has closed, or
 	// refuse the client's next connection on the 4-tuple.
 	DropStaleSYN
+	// DropReuseWait: a SYN that opened a 4-tuple whose last connection's
+	// netstack endpoint was still there after reuseSYN's wait (the machine
+	// stalled, or the endpoint lingers): ignored rather than queued on
+	// that endpoint, which would answer it with RST; the client
+	// retransmits.
+	DropReuseWait
 	NumDropReasons
 )
 
@@ -77,6 +83,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropNotTCP:                  "not_tcp",
 	DropFDLimit:                 "fd_limit",
 	DropStaleSYN:                "stale_syn",
+	DropReuseWait:               "reuse_wait",
 }
 
 // String gives the label value.

@@ -113,11 +113,19 @@ func (l *link) writeTimeWaitACK(q *tunQueue, tu conntrack.Tuple, r conntrack.Rep
 	q.stats.Bytes[conntrack.ToClient].Add(uint64(len(pkt) - writeHeadroom))
 }
 
-// reuseWait bounds how long a SYN that opens a 4-tuple waits for the old
+// reusePolls bounds how long a SYN that opens a 4-tuple waits for the old
 // connection's endpoint to leave the netstack. The endpoint leaves as soon
 // as the netstack has run its zero TIME_WAIT timer, microseconds after its
 // last ACK, or processed the client's RST; the SYN can only come after it.
-const reuseWait = 100 * time.Millisecond
+// The wait is counted in polls, reusePolls of them at least reusePoll
+// apart (100ms), not on the clock: when the machine stalls (a starved
+// process gets no CPU for half a second), the clock runs on while the
+// netstack processes nothing, and a SYN let go by the clock would reach
+// the old endpoint all the same.
+const (
+	reusePoll  = time.Millisecond
+	reusePolls = 100
+)
 
 // reuseSYN hands the netstack a SYN that opened a new conntrack entry, or
 // reopened a 4-tuple conntrack held in TIME_WAIT. Should the netstack still
@@ -126,8 +134,11 @@ const reuseWait = 100 * time.Millisecond
 // (a client that resets and reuses its port at once), the endpoint closes
 // and answers the SYN with RST instead of offering it to the forwarder, and
 // the client sees "connection refused". So the SYN waits, a copy on a
-// goroutine, until the endpoint has left, at most reuseWait, and goes then
-// only if it is still the SYN its entry waits for (Table.AwaitsSYN): the
+// goroutine, until the endpoint has left, at most reusePolls polls, and
+// goes then only if the endpoint has left (else it is dropped, counted
+// reuse_wait, and the client's retransmission, which nothing holds back,
+// tries again) and it is still the SYN its entry waits for
+// (Table.AwaitsSYN): the
 // client may have retransmitted it and finished that connection meanwhile
 // (a client in SYN-SENT that gets the old endpoint's ACK retransmits within
 // milliseconds), and a stale SYN delivered after that would take the next
@@ -154,15 +165,23 @@ func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu connt
 	go func() {
 		defer s.bg.Done()
 		defer s.unkeep(tu, seq)
-		tick := time.NewTicker(time.Millisecond)
+		tick := time.NewTicker(reusePoll)
 		defer tick.Stop()
-		deadline := time.Now().Add(reuseWait)
-		for held() && time.Now().Before(deadline) {
+		for range reusePolls {
+			if !held() {
+				break
+			}
 			select {
 			case <-tick.C:
 			case <-s.ctx.Done():
 				return
 			}
+		}
+		if held() {
+			// Queued on the old endpoint, the SYN would be answered
+			// with RST once the endpoint closes: "connection refused".
+			s.stats.Dropped[DropReuseWait].Add(1)
+			return
 		}
 		if !s.table.AwaitsSYN(tu, seq) {
 			return
