@@ -78,6 +78,14 @@ func TestClaimOwnSYN(t *testing.T) {
 			{Flags: ct.FlagSYN, Seq: cISS}, {Flags: ct.FlagRST, Seq: cISS + 1}, {Flags: ct.FlagSYN, Seq: next},
 		}, seq: cISS, wantStale: true},
 		{name: "an entry claimed already", segs: []ct.Segment{{Flags: ct.FlagSYN, Seq: cISS}}, claims: 1, seq: cISS, wantStale: true},
+		// The client gave its first SYN up before anything answered it
+		// and sent one with a new ISN: the entry is the new SYN's.
+		{name: "the client's new SYN before anything answered", segs: []ct.Segment{
+			{Flags: ct.FlagSYN, Seq: cISS}, {Flags: ct.FlagSYN, Seq: next},
+		}, seq: next, wantID: true},
+		{name: "the SYN the client gave up", segs: []ct.Segment{
+			{Flags: ct.FlagSYN, Seq: cISS}, {Flags: ct.FlagSYN, Seq: next},
+		}, seq: cISS, wantStale: true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -104,4 +112,40 @@ func TestClaimOwnSYN(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNewISNAfterAnswer checks that a SYN with a new ISN takes a 4-tuple's
+// entry only while nothing has answered the one that opened it: once a
+// handler has claimed the entry, or tcpd's SYN-ACK has crossed the TUN,
+// the entry stays the first SYN's.
+func TestNewISNAfterAnswer(t *testing.T) {
+	next := uint32(cISS + 70000)
+	t.Run("claimed", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+		id, _ := tab.Claim(tuple, cISS)
+		if id == 0 {
+			t.Fatal("Claim of the first SYN: 0")
+		}
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next})
+		if id2, stale := tab.Claim(tuple, next); id2 != 0 || !stale {
+			t.Fatalf("Claim of the new ISN after the first was claimed = %d, stale %v; want 0, stale", id2, stale)
+		}
+		snap := tab.Conns(nil)
+		if len(snap) != 1 || snap[0].ID != id {
+			t.Fatalf("connections %+v, want the first one only", snap)
+		}
+	})
+	t.Run("answered", func(t *testing.T) {
+		tab, _ := newTable(ct.Config{})
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+		tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1})
+		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next})
+		if id, stale := tab.Claim(tuple, next); id != 0 || !stale {
+			t.Fatalf("Claim of the new ISN after tcpd's SYN-ACK = %d, stale %v; want 0, stale", id, stale)
+		}
+		if id, _ := tab.Claim(tuple, cISS); id == 0 {
+			t.Fatal("Claim of the answered SYN: 0")
+		}
+	})
 }

@@ -296,6 +296,15 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 				e.mu.Unlock()
 				return Action{Kind: ActionStale}
 			}
+			if e.unclaimedLocked() && s.Seq != e.ends[sideClient].iss {
+				// The client gave up a handshake nothing had answered
+				// yet and opened the 4-tuple again with a new ISN (a
+				// socket closed in SYN-SENT sends no RST). Its old SYN
+				// will never be answered, and no handler could claim
+				// the entry for the new one, whose retransmissions
+				// would keep it alive: the entry is the new SYN's.
+				e.restartClientSYN(s.Seq)
+			}
 		} else {
 			var ended uint16
 			if e, ended = sh.lookupKeyEnded(k, h, now); e == nil {

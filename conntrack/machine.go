@@ -81,6 +81,14 @@ func opened(s Segment, now mono) machine {
 	return m
 }
 
+// restartClientSYN makes the client's SYN with sequence number seq the one
+// the handshake is for, in place of the one that opened it, when nothing
+// has answered that: the client end as opened would have it, since kept.
+func (m *machine) restartClientSYN(seq uint32) {
+	c := &m.ends[sideClient]
+	*c = end{state: StateSynSent, since: c.since, iss: seq, synSent: true, nxt: seq + 1, dataNxt: seq + 1}
+}
+
 // states returns both ends' states, tcpd's first.
 func (m *machine) states() [2]State {
 	return [2]State{m.ends[sideTCPD].state, m.ends[sideClient].state}
