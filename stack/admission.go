@@ -12,9 +12,11 @@ import (
 // connection slot and its relay is attached to its tracking entry
 // (attach), and the relay's end gives it back (detach). The caps are
 // checked against it, globally and per client address, and Shutdown finds
-// the relays to reset in it.
+// the relays to reset in it. Before all that, syns holds the SYNs the
+// netstack's forwarder has a request in flight for (synFlight).
 type admission struct {
-	s *Stack
+	s    *Stack
+	syns *synFlight
 
 	mu sync.Mutex
 	// active holds the relays in progress, for draining and for reset at

@@ -37,7 +37,7 @@ func (q *request) complete(rst bool) {
 	}
 	q.done = true
 	q.r.Complete(rst)
-	q.s.syns.remove(q.tid)
+	q.s.adm.syns.remove(q.tid)
 }
 
 // forwardSYN returns the netstack's handler of the TCP packets that no
@@ -52,7 +52,7 @@ func (s *Stack) forwardSYN(fwd *tcp.Forwarder) func(gvstack.TransportEndpointID,
 			// Not a SYN: the forwarder would decline it too.
 			return false
 		}
-		switch s.syns.add(id, h.SequenceNumber()) {
+		switch s.adm.syns.add(id, h.SequenceNumber()) {
 		case synBusy:
 			// As the forwarder does: the client retransmits.
 			return true
@@ -62,7 +62,7 @@ func (s *Stack) forwardSYN(fwd *tcp.Forwarder) func(gvstack.TransportEndpointID,
 		}
 		if !fwd.HandlePacket(id, pkt) {
 			// Malformed, or its checksum bad: no request was made.
-			s.syns.remove(id)
+			s.adm.syns.remove(id)
 			return false
 		}
 		return true
@@ -99,7 +99,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	)
 	// The SYN's number is always there (synFlight); were it not, nothing
 	// would be claimed.
-	if seq, ok := s.syns.seq(tid); ok {
+	if seq, ok := s.adm.syns.seq(tid); ok {
 		id, stale = s.table.Claim(conntrack.Tuple{Client: client, Dst: dst}, seq)
 	}
 	var (

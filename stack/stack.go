@@ -211,8 +211,6 @@ type Stack struct {
 	// paths caches the MSS of the routes back to clients; nil when the
 	// kernel cannot be asked (tests, other systems).
 	paths *paths
-	// syns are the SYNs the forwarder has a request in flight for.
-	syns *synFlight
 	// keptSYNs are the SYNs reuseSYN holds back.
 	keptSYNs
 	// maint is the maintenance loop's own state (maintain.go).
@@ -367,7 +365,7 @@ func (s *Stack) buildNetstack() error {
 	// The receive window of a half-open connection is the default receive
 	// buffer; zero asks the forwarder for exactly that.
 	fwd := tcp.NewForwarder(s.ns, 0, s.cfg.MaxInFlight, s.handle)
-	s.syns = newSynFlight(s.cfg.MaxInFlight)
+	s.adm.syns = newSynFlight(s.cfg.MaxInFlight)
 	s.ns.SetTransportProtocolHandler(tcp.ProtocolNumber, s.forwardSYN(fwd))
 	return nil
 }
