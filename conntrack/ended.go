@@ -119,32 +119,25 @@ func (sh *shard) dropEndedLockedW(i int) {
 // endedQueueLocked returns the queue recorded for k, 0 if none lasts at
 // now. The shard's lock is held.
 func (sh *shard) endedQueueLocked(k key, now mono) uint16 {
-	if i := sh.endedAt(k); i >= 0 {
-		if r := sh.ended[i]; r.until == 0 || now < r.until {
-			return r.queue
-		}
+	if i := sh.endedAt(k); i >= 0 && sh.ended[i].lasts(now) {
+		return sh.ended[i].queue
 	}
 	return 0
 }
 
-// endedSYNLocked reports whether a client's SYN with sequence number seq
-// on k, which has no entry, is an old duplicate of k's last connection:
-// that connection got through its handshake (tcpd saw the client's ACK of
-// its SYN-ACK, so the client has that SYN answered and will not send it
-// for a new connection), its client's ISN was seq, and its record lasts.
-// A client that gives up a handshake and tries again with the same ISN is
-// not taken for one: its connection never got through. The shard's lock
-// is held.
-func (sh *shard) endedSYNLocked(k key, seq uint32, now mono) bool {
-	iss, ok := sh.endedISSLocked(k, now)
-	return ok && iss == seq
-}
+// lasts reports whether r is remembered at now: held, or in its linger.
+func (r *endedRec) lasts(now mono) bool { return r.until == 0 || now < r.until }
 
 // endedISSLocked returns the client's ISN of k's last connection if it got
-// through its handshake and its record lasts. The shard's lock is held.
+// through its handshake and its record lasts. A SYN on k with that ISN is
+// an old duplicate: tcpd saw the client acknowledge its SYN-ACK, so the
+// client has that SYN answered and will not send it for a new connection.
+// A client that gives a handshake up and tries again with the same ISN is
+// not taken for one: its connection never got through. The shard's lock
+// is held.
 func (sh *shard) endedISSLocked(k key, now mono) (uint32, bool) {
 	if i := sh.endedAt(k); i >= 0 {
-		if r := &sh.ended[i]; r.synced && (r.until == 0 || now < r.until) {
+		if r := &sh.ended[i]; r.synced && r.lasts(now) {
 			return r.iss, true
 		}
 	}

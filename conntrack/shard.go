@@ -351,9 +351,10 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 	e := sh.newEntry(t, k, h, s, now)
 	sh.mu.Lock()
 	other := sh.findKey(k, h) != nil
-	stale := !other && sh.endedSYNLocked(k, s.Seq, now)
-	if !other && !stale {
+	var stale bool
+	if !other {
 		e.prevISS, e.hasPrev = sh.endedISSLocked(k, now)
+		stale = e.hasPrev && e.prevISS == s.Seq
 	}
 	if other || stale {
 		sh.mu.Unlock()
