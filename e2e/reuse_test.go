@@ -247,6 +247,13 @@ func TestResetThenReuse(t *testing.T) {
 	if got := resets.Load(); got != n {
 		t.Errorf("the server read a reset on %d of %d connections, want all", got, n)
 	}
+	// A reset is never answered with one (RFC 9293), also not when the
+	// client resets as its handshake completes, before tcpd's endpoint has
+	// taken that RST: such an RST reaches a client that has reused the
+	// 4-tuple in SYN-SENT, which then retransmits its SYN.
+	if got := m["tcpd_netstack_tcp_resets_sent_total"]; got != 0 {
+		t.Errorf("tcpd_netstack_tcp_resets_sent_total = %v, want 0: tcpd answered clients that had reset", got)
+	}
 	if got := m["tcpd_conntrack_corrections_total"]; got != 0 {
 		t.Errorf("tcpd_conntrack_corrections_total = %v, want 0", got)
 	}

@@ -226,10 +226,11 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 		// connection as its handshake completed. Its own doing, not a
 		// refusal of tcpd's: counted with the handshakes that failed. A
 		// relay nobody can see is not started; the destination's leg is
-		// reset.
+		// reset, and the client's endpoint ends on the client's RST
+		// (reqGone), which the netstack may not have taken yet.
 		s.stats.Connections[ResultHandshakeFailed].Add(1)
 		s.reg.unregister(id)
-		r.abort(EndAborted)
+		r.post(reqGone)
 		handedOff = true
 		if ce := log.Check(zap.DebugLevel, "client reset as its handshake completed"); ce != nil {
 			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst))

@@ -126,6 +126,10 @@ const (
 	phaseConnecting phase = iota
 	phaseConnected
 	phaseRelaying
+	// phaseGone: the client reset the connection as its handshake
+	// completed; the upstream leg is reset, and the client's endpoint
+	// waits for the netstack to take the client's RST (clientGone).
+	phaseGone
 	phaseDone
 )
 
@@ -146,6 +150,11 @@ const (
 	reqAbort
 	// reqClient: the client leg signalled (data, window, FIN, error).
 	reqClient
+	// reqGone: the handler has set ep and wq, but the client reset the
+	// connection as its handshake completed (its tracking entry ended
+	// before the relay was attached): reset the upstream leg, and let the
+	// client's endpoint end on the client's RST (clientGone).
+	reqGone
 )
 
 // pending is what one direction holds between a read and a write.
@@ -229,6 +238,11 @@ func (r *relay) step() {
 		case req&reqDrop != 0:
 			r.closeUpstream(true)
 			r.done(EndAborted)
+		case req&reqGone != 0:
+			r.closeUpstream(true)
+			r.phase = phaseGone
+			r.sh.wheel.set(&r.timer, time.Now().Add(goneGrace))
+			r.clientGone(false)
 		case req&reqStart != 0:
 			r.sh.wheel.stop(&r.timer)
 			r.phase = phaseRelaying
@@ -237,7 +251,37 @@ func (r *relay) step() {
 		}
 	case phaseRelaying:
 		r.pump()
+	case phaseGone:
+		r.clientGone(false)
 	}
+}
+
+// goneGrace bounds how long the endpoint of a client that reset the
+// connection as its handshake completed waits for the netstack to take
+// that RST. conntrack saw it before the netstack did, on the packet loop
+// that then queued it on the endpoint, so it is microseconds away; the
+// grace only matters if the netstack does not accept what conntrack did.
+const goneGrace = time.Second
+
+// clientGone ends a relay in phaseGone once the netstack has taken the
+// client's RST: the endpoint is closed without a word, as a reset
+// connection is. Aborting it before that would send the client an RST
+// for a connection it has reset itself (RFC 9293: a reset is never
+// answered with one), and the client's late segments would find no
+// endpoint and draw more RSTs; a client that has reused the 4-tuple at
+// once reads such an RST in SYN-SENT and retransmits its SYN. Only when
+// the grace has run out (late) is the endpoint reset.
+func (r *relay) clientGone(late bool) {
+	switch tcp.EndpointState(r.ep.State()) {
+	case tcp.StateError, tcp.StateClose:
+	default:
+		if !late {
+			return
+		}
+		r.ep.Abort()
+	}
+	r.ep.Close()
+	r.done(EndAborted)
 }
 
 // connecting follows the upstream connect on the shard: the socket's first
@@ -282,6 +326,8 @@ func (r *relay) onTimer() {
 		r.handshakeTimedOut()
 	case phaseRelaying:
 		r.inactive()
+	case phaseGone:
+		r.clientGone(true)
 	}
 }
 
