@@ -704,14 +704,21 @@ func TestWireGuardClientToClient(t *testing.T) {
 	}
 }
 
-// snmpCounter reads one counter of /proc/net/snmp in ns, as `nstat -az`
-// shows it (IpFragFails is "Ip" "FragFails").
+// snmpCounter reads one counter of /proc/net/snmp or /proc/net/netstat in
+// ns, as `nstat -az` shows it (IpFragFails is "Ip" "FragFails",
+// TcpExtTCPSynRetrans "TcpExt" "TCPSynRetrans").
 func snmpCounter(t *testing.T, ns *netlab.NS, group, name string) int64 {
 	t.Helper()
 	var data []byte
-	if err := ns.Do(func() (err error) {
-		data, err = os.ReadFile("/proc/thread-self/net/snmp")
-		return err
+	if err := ns.Do(func() error {
+		for _, f := range []string{"snmp", "netstat"} {
+			b, err := os.ReadFile("/proc/thread-self/net/" + f)
+			if err != nil {
+				return err
+			}
+			data = append(data, b...)
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -735,7 +742,7 @@ func snmpCounter(t *testing.T, ns *netlab.NS, group, name string) int64 {
 			}
 		}
 	}
-	t.Fatalf("no %s %s in /proc/net/snmp of %s", group, name, ns.Name)
+	t.Fatalf("no %s %s in /proc/net/snmp or netstat of %s", group, name, ns.Name)
 	return 0
 }
 

@@ -249,6 +249,7 @@ tcpd_dropped_total{reason="reuse_wait"} 0
 tcpd_dropped_total{reason="shutting_down"} 0
 tcpd_dropped_total{reason="spoofed_source"} 3
 tcpd_dropped_total{reason="stale_syn"} 0
+tcpd_dropped_total{reason="syn_in_flight"} 0
 tcpd_dropped_total{reason="tun_read_error"} 0
 tcpd_dropped_total{reason="tun_write_error"} 1
 tcpd_dropped_total{reason="unverifiable"} 0

@@ -55,6 +55,7 @@ func (s *Stack) forwardSYN(fwd *tcp.Forwarder) func(gvstack.TransportEndpointID,
 		switch s.adm.syns.add(id, h.SequenceNumber()) {
 		case synBusy:
 			// As the forwarder does: the client retransmits.
+			s.stats.Dropped[DropSYNInFlight].Add(1)
 			return true
 		case synFull:
 			s.ns.Stats().TCP.ForwardMaxInFlightDrop.Increment()

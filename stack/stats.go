@@ -59,11 +59,18 @@ const (
 	// refuse the client's next connection on the 4-tuple.
 	DropStaleSYN
 	// DropReuseWait: a SYN that opened a 4-tuple whose last connection's
-	// netstack endpoint was still there after reuseSYN's wait (the machine
-	// stalled, or the endpoint lingers): ignored rather than queued on
-	// that endpoint, which would answer it with RST; the client
-	// retransmits.
+	// netstack endpoint, or forwarder request, was still there after
+	// reuseSYN's wait (the machine stalled, or the endpoint lingers):
+	// ignored rather than queued on that endpoint, which would answer it
+	// with RST; the client retransmits.
 	DropReuseWait
+	// DropSYNInFlight: a SYN of a 4-tuple whose last SYN the netstack's
+	// forwarder is still answering (the client's retransmission while
+	// the destination is dialled, or a SYN that reopened the 4-tuple
+	// while the last connection's request was completing for longer than
+	// reuseSYN waits): ignored, as the forwarder ignores it; the client
+	// retransmits.
+	DropSYNInFlight
 	NumDropReasons
 )
 
@@ -84,6 +91,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropFDLimit:                 "fd_limit",
 	DropStaleSYN:                "stale_syn",
 	DropReuseWait:               "reuse_wait",
+	DropSYNInFlight:             "syn_in_flight",
 }
 
 // String gives the label value.

@@ -117,6 +117,9 @@ func (l *link) writeTimeWaitACK(q *tunQueue, tu conntrack.Tuple, r conntrack.Rep
 // connection's endpoint to leave the netstack. The endpoint leaves as soon
 // as the netstack has run its zero TIME_WAIT timer, microseconds after its
 // last ACK, or processed the client's RST; the SYN can only come after it.
+// The old connection's forwarder request, if its handler is still running,
+// is done as soon as the handler has its endpoint (or has failed to get
+// it: the client reset as its handshake completed).
 // The wait is counted in polls, reusePolls of them at least reusePoll
 // apart (100ms), not on the clock: when the machine stalls (a starved
 // process gets no CPU for half a second), the clock runs on while the
@@ -133,9 +136,13 @@ const (
 // on it: behind a TIME_WAIT the netstack drops it; behind the client's RST
 // (a client that resets and reuses its port at once), the endpoint closes
 // and answers the SYN with RST instead of offering it to the forwarder, and
-// the client sees "connection refused". So the SYN waits, a copy on a
-// goroutine, until the endpoint has left, at most reusePolls polls, and
-// goes then only if the endpoint has left (else it is dropped, counted
+// the client sees "connection refused". Should the forwarder still be
+// answering the last connection's SYN (its handler has not completed the
+// request: a client that reset as its handshake completed), it would
+// ignore this one (syn_in_flight), and the client would wait a second to
+// retransmit it. So the SYN waits, a copy on a goroutine, until the
+// endpoint and the request have left, at most reusePolls polls, and
+// goes then only if they have (else it is dropped, counted
 // reuse_wait, and the client's retransmission, which nothing holds back,
 // tries again) and it is still the SYN its entry waits for
 // (Table.AwaitsSYN): the
@@ -155,7 +162,12 @@ func (s *Stack) reuseSYN(proto tcpip.NetworkProtocolNumber, syn []byte, tu connt
 		RemoteAddress: tcpipAddr(tu.Client.Addr()),
 		RemotePort:    tu.Client.Port(),
 	}
-	held := func() bool { return s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil }
+	held := func() bool {
+		if _, busy := s.adm.syns.seq(id); busy {
+			return true // the last connection's request
+		}
+		return s.ns.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil
+	}
 	if !held() {
 		return true
 	}
