@@ -57,13 +57,14 @@ func (r *clientRecord) take(limit int) bool {
 }
 
 // reserve counts one more handshake for client if it has fewer than limit
-// open (limit 0: no limit), and reports whether it did.
-func (c *clientShard) reserve(client [16]byte, limit int) bool {
+// open (limit 0: no limit), and reports whether it did, and whether it
+// added the client's record (which Tick is then to visit).
+func (c *clientShard) reserve(client [16]byte, limit int) (ok, added bool) {
 	c.mu.RLock()
 	if r := c.recs[client]; r != nil {
 		ok := r.take(limit)
 		c.mu.RUnlock()
-		return ok
+		return ok, false
 	}
 	c.mu.RUnlock()
 	// The write lock is held only to add the record, allocated before.
@@ -77,16 +78,11 @@ func (c *clientShard) reserve(client [16]byte, limit int) bool {
 		r = fresh
 		c.recs[client] = r
 		c.peak = max(c.peak, len(c.recs))
+		added = true
 	}
-	ok := r.take(limit)
+	ok = r.take(limit)
 	c.mu.Unlock()
-	return ok
-}
-
-// add counts one more handshake for client, whatever the limit: a state
-// the table corrects to, not a SYN it may refuse.
-func (c *clientShard) add(client [16]byte) {
-	c.reserve(client, 0)
+	return ok, added
 }
 
 // release counts one handshake less for client, which has one open: its
@@ -110,7 +106,8 @@ const clientMapsAbove = 16
 // Go's maps never give back the memory of the most they held. A client's
 // next SYN adds its record again under the write lock: a client that opens
 // connections steadily takes it once a tick, not twice a connection.
-func (c *clientShard) compact() {
+// It reports whether records remain.
+func (c *clientShard) compact() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for client, r := range c.recs {
@@ -125,4 +122,5 @@ func (c *clientShard) compact() {
 		c.recs = compacted(c.recs)
 		c.peak = len(c.recs)
 	}
+	return c.recs != nil
 }

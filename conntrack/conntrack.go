@@ -172,6 +172,11 @@ type Table struct {
 	clients [numClientShards]clientShard
 	hist    [histStripes]histograms
 
+	// The shards the periodic passes are to visit (marks.go): timed, with
+	// an entry on a timer list or an ended record (expire); grown, with
+	// index buckets, and the client shards with records (Tick).
+	timed, grown, clientsGrown shardMarks
+
 	// The table-wide counts that caps hold against, each changed by one
 	// atomic add per connection (never per segment), apart from the shards.
 	_ [cacheLine]byte
@@ -211,7 +216,7 @@ func New(cfg Config) *Table {
 	t.set.Store(settingsOf(t.cfg))
 	t.epoch = t.cfg.Now().Add(-time.Nanosecond)
 	for i := range t.shards {
-		t.shards[i].init(i, &t.stripes[i%numStripes], &t.hist[i%histStripes])
+		t.shards[i].init(i, &t.stripes[i%numStripes], &t.hist[i%histStripes], &t.timed, &t.grown)
 	}
 	return t
 }
@@ -243,10 +248,25 @@ func (t *Table) shardOfID(id ID) *shard {
 
 // clientOf returns the client shard that counts the handshakes of k's
 // client.
-func (t *Table) clientOf(k key) *clientShard { return t.clientShardOf(k.client) }
+func (t *Table) clientOf(k key) *clientShard { return &t.clients[t.clientIndex(k.client)] }
 
 func (t *Table) clientShardOf(client [16]byte) *clientShard {
-	return &t.clients[maphash.Comparable(t.seed, client)&(numClientShards-1)]
+	return &t.clients[t.clientIndex(client)]
+}
+
+func (t *Table) clientIndex(client [16]byte) int {
+	return int(maphash.Comparable(t.seed, client) & (numClientShards - 1))
+}
+
+// reserveClient counts one more handshake for client if it has fewer than
+// limit open (limit 0: no limit), and reports whether it did.
+func (t *Table) reserveClient(client [16]byte, limit int) bool {
+	i := t.clientIndex(client)
+	ok, added := t.clients[i].reserve(client, limit)
+	if added {
+		t.clientsGrown.mark(i)
+	}
+	return ok
 }
 
 // reserveEntry counts one more entry if the table has room for it.
@@ -368,15 +388,21 @@ func (t *Table) ExpireTimeWait() int {
 // returns how many entries it removed.
 func (t *Table) Tick() int {
 	n := t.expire(true)
-	for i := range t.shards {
-		t.shards[i].compact()
+	for i := range t.grown.take() {
+		if sh := &t.shards[i]; sh.compact() {
+			t.grown.mark(i)
+		}
 	}
-	for i := range t.clients {
-		t.clients[i].compact()
+	for i := range t.clientsGrown.take() {
+		if t.clients[i].compact() {
+			t.clientsGrown.mark(i)
+		}
 	}
 	return n
 }
 
+// expire visits the shards marked timed: an idle table costs a look at
+// the marks, not at every shard.
 func (t *Table) expire(unclaimed bool) int {
 	now := t.now()
 	var limit time.Duration
@@ -384,10 +410,11 @@ func (t *Table) expire(unclaimed bool) int {
 		limit = t.set.Load().unclaimed
 	}
 	n := 0
-	for i := range t.shards {
+	for i := range t.timed.take() {
 		sh := &t.shards[i]
-		if sh.tw.n.Load() > 0 || sh.endedN.Load() > 0 || (unclaimed && sh.unclaimed.n.Load() > 0) {
-			n += sh.expire(t, now, limit)
+		n += sh.expire(t, now, limit)
+		if sh.tw.n.Load() > 0 || sh.endedN.Load() > 0 || sh.unclaimed.n.Load() > 0 {
+			t.timed.mark(i)
 		}
 	}
 	return n

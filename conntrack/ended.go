@@ -86,6 +86,7 @@ func (sh *shard) endedLockedW(e *entry, now mono) {
 	if len(sh.ended) < maxEndedPerShard {
 		sh.ended = append(sh.ended, r)
 		sh.endedN.Store(int64(len(sh.ended)))
+		sh.timed.mark(sh.idx)
 	}
 }
 

@@ -166,6 +166,8 @@ type shard struct {
 	*stripe
 	hist *histograms
 	idx  int
+	// The table's marks of the shards its passes visit (marks.go).
+	timed, grown *shardMarks
 }
 
 // numStripes is how many copies of the counts the shards share: a change
@@ -193,8 +195,9 @@ type histograms struct {
 func keyHash(e *entry) uint64 { return e.khash >> shardBits }
 func idHash(e *entry) uint64  { return uint64(e.id) >> shardBits }
 
-func (sh *shard) init(idx int, st *stripe, hist *histograms) {
+func (sh *shard) init(idx int, st *stripe, hist *histograms, timed, grown *shardMarks) {
 	sh.idx, sh.stripe, sh.hist = idx, st, hist
+	sh.timed, sh.grown = timed, grown
 	sh.byKey.init(linkKey, keyHash)
 	sh.byID.init(linkID, idHash)
 }
@@ -282,15 +285,13 @@ func (sh *shard) lookupID(id ID) *entry {
 
 // compact shrinks the indexes' bucket arrays once they are four times the
 // entries they hold: after a burst of 100,000 connections they would keep
-// their peak's memory for good.
-func (sh *shard) compact() {
-	if sh.byKey.buckets.Load() == nil && sh.byID.buckets.Load() == nil {
-		return // nothing to give back; most shards, most of the time
-	}
+// their peak's memory for good. It reports whether buckets remain.
+func (sh *shard) compact() bool {
 	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	sh.byKey.shrinkLocked()
 	sh.byID.shrinkLocked()
-	sh.mu.Unlock()
+	return sh.byKey.buckets.Load() != nil || sh.byID.buckets.Load() != nil
 }
 
 // compacted returns a copy of m sized for what it holds.
@@ -327,6 +328,8 @@ func (sh *shard) insertLocked(e *entry) {
 	sh.byKey.insertLocked(e)
 	sh.byID.insertLocked(e)
 	sh.unclaimed.push(e, onUnclaimed)
+	sh.timed.mark(sh.idx)
+	sh.grown.mark(sh.idx)
 }
 
 // inserted counts an entry that insertLocked has inserted.
@@ -339,13 +342,12 @@ func (sh *shard) inserted() {
 // reports false if another SYN on k opened one first: the caller looks
 // again.
 func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, bool) {
-	c := t.clientOf(k)
-	if !c.reserve(k.client, t.set.Load().synRecvCap) {
+	if !t.reserveClient(k.client, t.set.Load().synRecvCap) {
 		return Action{Kind: ActionRefuse}, true
 	}
 	if !t.reserveEntry() {
 		sh.counters.inc(cTableFull)
-		c.release(k.client)
+		t.clientOf(k).release(k.client)
 		return Action{}, true
 	}
 	e := sh.newEntry(t, k, h, s, now)
@@ -361,7 +363,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 		sh.counts[sideTCPD][StateSynRecv].Add(-1)
 		sh.counts[sideClient][StateSynSent].Add(-1)
 		t.live.Add(-1)
-		c.release(k.client)
+		t.clientOf(k).release(k.client)
 		if stale {
 			return Action{Kind: ActionStale}, true
 		}
@@ -405,7 +407,8 @@ func (sh *shard) settleLocked(t *Table, e *entry, before [2]State, now mono) {
 		t.clientOf(e.key).release(e.key.client)
 	}
 	if a == StateSynRecv {
-		t.clientOf(e.key).add(e.key.client)
+		// A state the table corrects to, not a SYN it may refuse: no cap.
+		t.reserveClient(e.key.client, 0)
 	}
 	if e.list == onTimeWait {
 		sh.mu.Lock()
@@ -431,6 +434,7 @@ func (sh *shard) touchLocked(e *entry, now mono) {
 		sh.unclaimed.unlink(e)
 		e.listAt = now
 		sh.unclaimed.push(e, onUnclaimed)
+		sh.timed.mark(sh.idx)
 		sh.mu.Unlock()
 	}
 }
@@ -472,6 +476,7 @@ func (sh *shard) afterLocked(t *Table, e *entry, now mono) {
 func (sh *shard) twPushLockedW(e *entry, now mono, d time.Duration) {
 	e.twDeadline = now.add(d)
 	sh.tw.push(e, onTimeWait)
+	sh.timed.mark(sh.idx)
 }
 
 // twLeaveLockedW takes e off the TIME_WAIT list for good.

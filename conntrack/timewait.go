@@ -121,8 +121,7 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 		// The new connection is one more handshake for its client, capped
 		// like any other; a SYN over the cap leaves TIME_WAIT as it was.
 		k := e.key
-		c := t.clientOf(k)
-		if !c.reserve(k.client, t.set.Load().synRecvCap) {
+		if !t.reserveClient(k.client, t.set.Load().synRecvCap) {
 			return Action{Kind: ActionRefuse}
 		}
 		sh.counters.inc(cTimeWaitReused)
@@ -138,7 +137,7 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 			sh.inserted()
 		} else {
 			sh.counters.inc(cTableFull)
-			c.release(k.client)
+			t.clientOf(k).release(k.client)
 		}
 		return Action{Kind: ActionReuse}
 	case twAckRestart:
