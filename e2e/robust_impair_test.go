@@ -5,6 +5,8 @@ package e2e_test
 import (
 	"fmt"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -30,7 +32,8 @@ const impairedBulk = 6 * mib
 // bytes arrive intact, that conntrack never needed a correction, and that
 // every state gauge returns to zero once TIME_WAIT (2s) has passed.
 func TestRobustImpairedLink(t *testing.T) {
-	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, TimeWait: "2s"})
+	sock := filepath.Join(t.TempDir(), "tcpd.sock")
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, TimeWait: "2s", AdminSocket: sock})
 	imp := netlab.Impairment{
 		Delay: 20 * time.Millisecond, Jitter: 10 * time.Millisecond,
 		Loss: 0.05, Duplicate: 0.01, Reorder: 0.05,
@@ -78,6 +81,12 @@ func TestRobustImpairedLink(t *testing.T) {
 	c.Close()
 	// TIME_WAIT is 2s; the FINs may need retransmitting over the lossy link.
 	if m, ok := waitMetrics(t, g, 15*time.Second, idle); !ok {
+		// Both ends' own view of what is left, for the record: the
+		// client kernel's (sequence numbers, timers, retransmissions)
+		// and tcpd's, conntrack's joined with its netstack endpoint's.
+		var ss []byte
+		g.Client.Do(func() error { ss, _ = exec.Command("ss", "-tanie").CombinedOutput(); return nil })
+		t.Errorf("client's ss -tanie:\n%s\ntcpd conns:\n%s", ss, tcpdConns(t, sock, "-o", "json"))
 		t.Fatalf("15s after the transfer tcpd still holds: %s", holding(m))
 	}
 	if got := sample(t, g)["tcpd_conntrack_corrections_total"]; got != 0 {
