@@ -216,7 +216,7 @@ func New(cfg Config) *Table {
 	t.set.Store(settingsOf(t.cfg))
 	t.epoch = t.cfg.Now().Add(-time.Nanosecond)
 	for i := range t.shards {
-		t.shards[i].init(i, &t.stripes[i%numStripes], &t.hist[i%histStripes], &t.timed, &t.grown)
+		t.shards[i].init(i, &t.stripes[i%numStripes], &t.hist[i%histStripes])
 	}
 	return t
 }
@@ -349,7 +349,7 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 
 // segmentLocked runs s through e, whose lock is held.
 func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono) Action {
-	sh.touchLocked(e, now)
+	sh.touchLocked(t, e, now)
 	if e.list == onTimeWait {
 		if dir == FromClient {
 			return sh.timeWaitLocked(t, e, s, now)

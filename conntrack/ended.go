@@ -70,7 +70,7 @@ func (sh *shard) endedAt(k key) int {
 // endedLockedW records the queue of e, which is leaving the 4-tuple index,
 // to expire EndedLinger after now, or once released if its relay still
 // runs (it will be held). The shard's lock is held.
-func (sh *shard) endedLockedW(e *entry, now mono) {
+func (sh *shard) endedLockedW(t *Table, e *entry, now mono) {
 	if e.queue == 0 {
 		return // no queue known: nothing to keep to
 	}
@@ -86,7 +86,7 @@ func (sh *shard) endedLockedW(e *entry, now mono) {
 	if len(sh.ended) < maxEndedPerShard {
 		sh.ended = append(sh.ended, r)
 		sh.endedN.Store(int64(len(sh.ended)))
-		sh.timed.mark(sh.idx)
+		t.timed.mark(sh.idx)
 	}
 }
 

@@ -166,8 +166,6 @@ type shard struct {
 	*stripe
 	hist *histograms
 	idx  int
-	// The table's marks of the shards its passes visit (marks.go).
-	timed, grown *shardMarks
 }
 
 // numStripes is how many copies of the counts the shards share: a change
@@ -195,9 +193,8 @@ type histograms struct {
 func keyHash(e *entry) uint64 { return e.khash >> shardBits }
 func idHash(e *entry) uint64  { return uint64(e.id) >> shardBits }
 
-func (sh *shard) init(idx int, st *stripe, hist *histograms, timed, grown *shardMarks) {
+func (sh *shard) init(idx int, st *stripe, hist *histograms) {
 	sh.idx, sh.stripe, sh.hist = idx, st, hist
-	sh.timed, sh.grown = timed, grown
 	sh.byKey.init(linkKey, keyHash)
 	sh.byID.init(linkID, idHash)
 }
@@ -323,13 +320,13 @@ func (sh *shard) newEntry(t *Table, k key, h uint64, s Segment, now mono) *entry
 // shard's lock is held; the caller counts the entry (inserted)
 // once it has let the lock go, as every atomic on a line other shards
 // share: another core may hold the line, and the lock would wait for it.
-func (sh *shard) insertLocked(e *entry) {
+func (sh *shard) insertLocked(t *Table, e *entry) {
 	sh.forgetEndedLockedW(e.key)
 	sh.byKey.insertLocked(e)
 	sh.byID.insertLocked(e)
 	sh.unclaimed.push(e, onUnclaimed)
-	sh.timed.mark(sh.idx)
-	sh.grown.mark(sh.idx)
+	t.timed.mark(sh.idx)
+	t.grown.mark(sh.idx)
 }
 
 // inserted counts an entry that insertLocked has inserted.
@@ -369,7 +366,7 @@ func (sh *shard) open(t *Table, k key, h uint64, s Segment, now mono) (Action, b
 		}
 		return Action{}, false
 	}
-	sh.insertLocked(e)
+	sh.insertLocked(t, e)
 	sh.mu.Unlock()
 	sh.inserted()
 	return Action{Kind: ActionOpen, Queue: s.Queue}, true
@@ -428,13 +425,13 @@ func (e *entry) unclaimedLocked() bool {
 
 // touchLocked records a segment on e: an unclaimed entry is kept for
 // Unclaimed after its last one.
-func (sh *shard) touchLocked(e *entry, now mono) {
+func (sh *shard) touchLocked(t *Table, e *entry, now mono) {
 	if e.list == onUnclaimed && e.unclaimedLocked() {
 		sh.mu.Lock()
 		sh.unclaimed.unlink(e)
 		e.listAt = now
 		sh.unclaimed.push(e, onUnclaimed)
-		sh.timed.mark(sh.idx)
+		t.timed.mark(sh.idx)
 		sh.mu.Unlock()
 	}
 }
@@ -465,7 +462,7 @@ func (sh *shard) afterLocked(t *Table, e *entry, now mono) {
 			sh.unclaimed.unlink(e)
 		}
 		e.twSince = now
-		sh.twPushLockedW(e, now, set.timeWait)
+		sh.twPushLockedW(t, e, now, set.timeWait)
 	case StateClosed:
 		sh.removeLocked(t, e, now)
 	}
@@ -473,10 +470,10 @@ func (sh *shard) afterLocked(t *Table, e *entry, now mono) {
 
 // twPushLockedW puts e at the end of the TIME_WAIT list, to expire after d.
 // The table's count of TIME_WAIT entries includes it already.
-func (sh *shard) twPushLockedW(e *entry, now mono, d time.Duration) {
+func (sh *shard) twPushLockedW(t *Table, e *entry, now mono, d time.Duration) {
 	e.twDeadline = now.add(d)
 	sh.tw.push(e, onTimeWait)
-	sh.timed.mark(sh.idx)
+	t.timed.mark(sh.idx)
 }
 
 // twLeaveLockedW takes e off the TIME_WAIT list for good.
@@ -533,7 +530,7 @@ func (sh *shard) removeLockedW(t *Table, e *entry, now mono) {
 		sh.byKey.removeLocked(e)
 		t.live.Add(-1)
 		if !netstackDone {
-			sh.endedLockedW(e, now)
+			sh.endedLockedW(t, e, now)
 		}
 	}
 	if e.relay {

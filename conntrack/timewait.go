@@ -130,7 +130,7 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 		sh.removeLockedW(t, e, now)
 		reserved := t.reserveEntry()
 		if reserved {
-			sh.insertLocked(sh.newEntry(t, k, e.khash, s, now))
+			sh.insertLocked(t, sh.newEntry(t, k, e.khash, s, now))
 		}
 		sh.mu.Unlock()
 		if reserved {
@@ -145,7 +145,7 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 		// 2 MSL timeout.
 		sh.mu.Lock()
 		sh.tw.unlink(e)
-		sh.twPushLockedW(e, now, t.set.Load().timeWait)
+		sh.twPushLockedW(t, e, now, t.set.Load().timeWait)
 		sh.mu.Unlock()
 		fallthrough
 	case twAck:
