@@ -9,9 +9,9 @@ import (
 // shardMarks has a bit for each shard (or client shard), 64 to a word:
 // the shards a periodic pass of the table is to visit. The passes run
 // every 100 ms (TIME_WAIT expiry) and every second (Tick); looking at every
-// one of the 16,384 shards (192 bytes each) in each of them touched a
-// cache line or two of every shard ten times a second even on an idle
-// table, and most of an idle tcpd's CPU went there.
+// one of the 16,384 shards in each of them touched a cache line or two of
+// every shard ten times a second even on an idle table, and most of an
+// idle tcpd's CPU went there.
 //
 // A shard marks itself after the change that gives a pass work, under its
 // own lock. It writes the word only while its bit is clear, so a busy
