@@ -178,14 +178,25 @@ func TestDownReadLeavesInOneSegment(t *testing.T) {
 		defer mu.Unlock()
 		return append([]int(nil), sizes...)
 	}
-	// A probe finds the window open if the 64 KiB write before it left
-	// whole or cut only at the GSO size; a machine that stalls past the
-	// retransmission timeout shrinks it back, so a few tries are allowed.
+	// The congestion window is open once a 64 KiB write leaves cut only
+	// at the GSO size. A machine that stalls past the retransmission
+	// timeout shrinks it, and congestion avoidance then grows it back by
+	// a few segments a write (one CI run saw 36,920 bytes grow to 52,540
+	// over five tries of two writes each): so the test writes on until
+	// the window is open, for up to 10 s, and probes with the relay's
+	// read size then.
 	var got []int
-	for try := 0; try < 5; try++ {
-		t.Logf("a write of %d bytes left as segments of %v", relayBufSize, probe(relayBufSize))
-		if got = probe(downReadMax); len(got) == 1 && got[0] == downReadMax {
-			return
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		open := probe(relayBufSize)
+		if len(open) > 0 && open[0] == gsoMaxPayload {
+			if got = probe(downReadMax); len(got) == 1 && got[0] == downReadMax {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Logf("a write of %d bytes left as segments of %v", relayBufSize, open)
+			break
 		}
 	}
 	t.Errorf("a write of the relay's read size, %d bytes, left as segments of %v; want one segment", downReadMax, got)
