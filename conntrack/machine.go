@@ -77,8 +77,14 @@ const (
 func opened(s Segment, now mono) machine {
 	var m machine
 	m.ends[sideTCPD] = end{state: StateSynRecv, since: now}
-	m.ends[sideClient] = end{state: StateSynSent, since: now, iss: s.Seq, synSent: true, nxt: s.Seq + 1, dataNxt: s.Seq + 1}
+	m.ends[sideClient] = synSent(s.Seq, now)
 	return m
+}
+
+// synSent is the client's end once it has sent its SYN with sequence
+// number iss, since since.
+func synSent(iss uint32, since mono) end {
+	return end{state: StateSynSent, since: since, iss: iss, synSent: true, nxt: iss + 1, dataNxt: iss + 1}
 }
 
 // restartClientSYN makes the client's SYN with sequence number seq the one
@@ -86,7 +92,7 @@ func opened(s Segment, now mono) machine {
 // has answered that: the client end as opened would have it, since kept.
 func (m *machine) restartClientSYN(seq uint32) {
 	c := &m.ends[sideClient]
-	*c = end{state: StateSynSent, since: c.since, iss: seq, synSent: true, nxt: seq + 1, dataNxt: seq + 1}
+	*c = synSent(seq, c.since)
 }
 
 // states returns both ends' states, tcpd's first.
