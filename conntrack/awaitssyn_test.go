@@ -149,3 +149,46 @@ func TestNewISNAfterAnswer(t *testing.T) {
 		}
 	})
 }
+
+// TestNewISNKeepsCounts checks that a SYN with a new ISN that restarts the
+// client's end counts the move: the client's own SYN-ACK (what only a
+// broken or hostile client sends, tcpd having sent it no SYN) had taken its
+// end to SYN-RECEIVED, and the restart takes it back to SYN-SENT. Left
+// uncounted, SYN-RECEIVED kept a client end for good and SYN-SENT's count
+// went below zero when the end left it (the fuzzer's find).
+func TestNewISNKeepsCounts(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	next := uint32(cISS + 70000)
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: cISS, Ack: tISS + 1})
+	if c := tab.Conns(nil); len(c) != 1 || c[0].ClientState != ct.StateSynRecv {
+		t.Fatalf("after the client's SYN-ACK: %+v, want one connection, the client's end in syn_recv", c)
+	}
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next})
+	c := tab.Conns(nil)
+	if len(c) != 1 || c[0].ClientState != ct.StateSynSent {
+		t.Fatalf("after the SYN with a new ISN: %+v, want one connection, the client's end in syn_sent", c)
+	}
+	snap := tab.Snapshot()
+	if snap.ClientStates[ct.StateSynSent] != 1 || snap.ClientStates[ct.StateSynRecv] != 0 {
+		t.Fatalf("client ends counted syn_sent %d, syn_recv %d; want 1 and 0",
+			int64(snap.ClientStates[ct.StateSynSent]), int64(snap.ClientStates[ct.StateSynRecv]))
+	}
+	// The handshake of the new SYN completes; every count follows it.
+	if id, _ := tab.Claim(tuple, next); id == 0 {
+		t.Fatal("Claim of the new SYN: 0")
+	}
+	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: next + 1})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: next + 1, Ack: tISS + 1})
+	snap = tab.Snapshot()
+	for s := range ct.NumStates {
+		want := uint64(0)
+		if s == ct.StateEstablished {
+			want = 1
+		}
+		if snap.States[s] != want || snap.ClientStates[s] != want {
+			t.Errorf("state %v counted %d (tcpd) and %d (client), want %d", ct.State(s),
+				int64(snap.States[s]), int64(snap.ClientStates[s]), want)
+		}
+	}
+}

@@ -323,7 +323,12 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 				// will never be answered, and no handler could claim
 				// the entry for the new one, whose retransmissions
 				// would keep it alive: the entry is the new SYN's.
-				e.restartClientSYN(s.Seq)
+				// The client's own segments may have moved its end
+				// on meanwhile (a SYN-ACK of its own: SYN-RECEIVED),
+				// so the restart is counted as any move is.
+				before := e.states()
+				e.restartClientSYN(s.Seq, now)
+				sh.settleLocked(t, e, before, now)
 			}
 		} else {
 			var ended uint16

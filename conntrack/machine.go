@@ -89,10 +89,16 @@ func synSent(iss uint32, since mono) end {
 
 // restartClientSYN makes the client's SYN with sequence number seq the one
 // the handshake is for, in place of the one that opened it, when nothing
-// has answered that: the client end as opened would have it, since kept.
-func (m *machine) restartClientSYN(seq uint32) {
+// has answered that: the client end as opened would have it, in SYN-SENT
+// since it first was (or since now, if the client's own segments had moved
+// it on). The caller counts the move.
+func (m *machine) restartClientSYN(seq uint32, now mono) {
 	c := &m.ends[sideClient]
-	*c = synSent(seq, c.since)
+	since := c.since
+	if c.state != StateSynSent {
+		since = now
+	}
+	*c = synSent(seq, since)
 }
 
 // states returns both ends' states, tcpd's first.
