@@ -31,7 +31,7 @@ func segmentsBody(t *testing.T, data []byte) {
 	{
 		clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 		tab := ct.New(ct.Config{TimeWait: 30 * time.Second, TimeWaitLimit: new(1), Unclaimed: 5 * time.Second, Now: clk.now})
-		for len(data) >= 6 {
+		for step := 0; len(data) >= 6; step++ {
 			b := data[:6]
 			data = data[6:]
 			dir := ct.Dir(b[0] & 1)
@@ -59,13 +59,16 @@ func segmentsBody(t *testing.T, data []byte) {
 			if b[0]&16 != 0 {
 				tab.Tick()
 			}
-			checkInvariants(t, tab)
+			// The checks that list every connection cost a lock per
+			// shard; every fourth step and the last, so that the fuzzer
+			// runs more inputs. The counts are checked at every step.
+			checkInvariants(t, tab, step%4 == 3 || len(data) < 6)
 		}
 		// No entry outlives its timers: after TIME_WAIT and the unclaimed
 		// timeout, only claimed connections that are not in TIME_WAIT remain.
 		clk.advance(31 * time.Second)
 		tab.Tick()
-		checkInvariants(t, tab)
+		checkInvariants(t, tab, true)
 		for _, c := range tab.Conns(nil) {
 			if c.State == ct.StateTimeWait {
 				t.Fatalf("entry %d outlived TIME_WAIT", c.ID)
@@ -74,7 +77,9 @@ func segmentsBody(t *testing.T, data []byte) {
 	}
 }
 
-func checkInvariants(t *testing.T, tab *ct.Table) {
+// checkInvariants checks the table's counts against each other and, with
+// rows, against the connections it lists.
+func checkInvariants(t *testing.T, tab *ct.Table, rows bool) {
 	t.Helper()
 	snap := tab.Snapshot()
 	var a, b uint64
@@ -93,6 +98,9 @@ func checkInvariants(t *testing.T, tab *ct.Table) {
 	}
 	if snap.States[ct.StateClosed] != 0 {
 		t.Fatalf("%d entries kept with tcpd's end closed", snap.States[ct.StateClosed])
+	}
+	if !rows {
+		return
 	}
 	var syn int
 	for _, c := range tab.Conns(nil) {
