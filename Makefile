@@ -5,7 +5,7 @@ BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo bench bench-base bench-scaling test test-one-queue test-race test-short vet fmt clean deb image
+.PHONY: all build demo bench bench-base bench-scaling test test-one-queue test-race test-short fuzz vet fmt clean deb image
 
 all: build
 
@@ -63,6 +63,20 @@ SUBMODULES := deploy/image deploy/kubernetes
 test: vet
 	$(GO) test -count=1 -timeout 40m ./...
 	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) test -count=1 -timeout 20m ./..."; (cd $$m && $(GO) test -count=1 -timeout 20m ./...) || exit 1; done
+	$(MAKE) --no-print-directory fuzz
+
+# Each fuzz target for FUZZTIME, on new inputs: what arrives from the
+# network (segments through the connection table and through a running
+# stack, TCP headers, the MSS clamp), the destination policy and the
+# configuration file. `go test` above runs only their seeds
+# (testdata/fuzz); a failing input found here is written there, to be
+# committed with the fix as a seed. `make fuzz FUZZTIME=10m` for longer.
+FUZZTIME ?= 20s
+FUZZ_TARGETS = ./conntrack:FuzzSegments ./stack:FuzzInbound ./stack:FuzzParseTCP ./stack:FuzzSetMSS ./policy:FuzzCheck ./cmd/tcpd:FuzzParseConfig
+fuzz:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "$(GO) test -run '^$$' -fuzz '^$$fn$$' -fuzztime $(FUZZTIME) $$pkg"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
 
 # The root tests on the real binary (e2e) once more with tcpd's TUN on one
 # queue (tun.queues: 1). `make test` runs them with tun.queues auto (a queue
