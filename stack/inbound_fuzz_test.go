@@ -27,8 +27,11 @@ import (
 // what earlier inputs left (TIME_WAIT, half-open and idle connections,
 // each bounded by a short timeout), as a gateway's does.
 func FuzzInbound(f *testing.F) {
-	// Records of 5 bytes: flags, seq and ack offsets, window, and a byte
-	// of port (bit 0), family (bit 1) and payload length (bits 3-7).
+	// Records of 5 bytes: flags (bits 0-5) and what the payload bytes
+	// are (bits 6-7), seq and ack offsets, window, and a byte of port
+	// (bit 0), family (bit 1) and payload length (bits 3-7). A
+	// connection's first payload byte tells the destination what to do
+	// (fuzzUpstream).
 	f.Add([]byte{
 		0x02, 0, 0, 0, 0, // SYN
 		0x10, 1, 1, 255, 0, // ACK of the SYN-ACK
@@ -39,6 +42,9 @@ func FuzzInbound(f *testing.F) {
 	f.Add([]byte{0x02, 0, 0, 0, 2, 0x02, 0, 0, 0, 2, 0x14, 1, 1, 0, 2, 0x02, 50, 0, 0, 2})
 	f.Add([]byte{0x02, 0, 0, 0, 0, 0x10, 1, 1, 0, 0, 0x18, 1, 1, 0, 31 << 3, 0x04, 1, 0, 0, 0})
 	f.Add([]byte{0x02, 0, 0, 0, 1, 0x10, 1, 1, 1, 1, 0x11, 1, 1, 1, 1, 0x10, 2, 2, 1, 1, 0x02, 99, 0, 1, 1})
+	for mode := byte(1); mode < 4; mode++ { // each of the destination's ways to end
+		f.Add([]byte{0x02, 0, 0, 0, 0, 0x10, 1, 1, 255, 0, mode<<6 | 0x18, 1, 1, 255, 8 << 3, 0x10, 9, 1, 255, 0, 0x10, 9, 2, 255, 0})
+	}
 
 	h := newHarness(f, Config{
 		Clients:     []netip.Prefix{clientNet, netip.MustParsePrefix("fd64::/64")},
@@ -48,7 +54,7 @@ func FuzzInbound(f *testing.F) {
 			IdleTimeout: 2 * time.Second, MaxConnections: 256,
 		},
 	}, clientAddr)
-	h.listen(f, func(c net.Conn) { io.Copy(c, c) })
+	h.listen(f, fuzzUpstream)
 	fz := &inboundFuzz{h: h, iss: map[netip.AddrPort]uint32{}, acked: map[netip.AddrPort]uint32{}}
 	h.observeOut(fz.observe)
 
@@ -123,7 +129,7 @@ func (fz *inboundFuzz) run(t *testing.T, data []byte) {
 		fz.mu.Unlock()
 		flags := header.TCPFlags(b[0] & 0x3f)
 		h.inject <- fuzzSegment(client, dst, flags,
-			fuzzISS+uint32(int8(b[1])), iss+uint32(int8(b[2])), uint16(b[3])<<8, int(b[4]>>3))
+			fuzzISS+uint32(int8(b[1])), iss+uint32(int8(b[2])), uint16(b[3])<<8, int(b[4]>>3), b[0]>>6)
 		sent++
 		if flags&(header.TCPFlagSyn|header.TCPFlagAck|header.TCPFlagRst) == header.TCPFlagSyn {
 			// The next segments acknowledge tcpd's ISN: give it the
@@ -161,7 +167,7 @@ func (fz *inboundFuzz) run(t *testing.T, data []byte) {
 		ack, ok := fz.acked[client]
 		fz.mu.Unlock()
 		if ok {
-			h.inject <- fuzzSegment(client, dst, header.TCPFlagRst, ack, 0, 0, 0)
+			h.inject <- fuzzSegment(client, dst, header.TCPFlagRst, ack, 0, 0, 0, 0)
 			sent++
 		}
 	}
@@ -212,9 +218,33 @@ func (fz *inboundFuzz) waitRead(t *testing.T, before, sent uint64) {
 	}
 }
 
-// fuzzSegment builds a TCP segment with valid checksums, of payload zero
-// bytes, from client to dst.
-func fuzzSegment(client, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, wnd uint16, payload int) []byte {
+// fuzzUpstream is FuzzInbound's destination. The connection's first byte
+// says what it does: 0 echoes (the real client's 'x' too), 1 echoes that
+// byte and closes first (FIN) while it reads on, 2 resets, 3 stops reading
+// (the relay's backpressure) for two seconds, then closes.
+func fuzzUpstream(c net.Conn) {
+	var first [1]byte
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		return
+	}
+	switch first[0] % 4 {
+	case 0:
+		c.Write(first[:])
+		io.Copy(c, c)
+	case 1:
+		c.Write(first[:])
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	case 2:
+		c.(*net.TCPConn).SetLinger(0)
+	case 3:
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// fuzzSegment builds a TCP segment with valid checksums, of payload bytes
+// each fill, from client to dst.
+func fuzzSegment(client, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, wnd uint16, payload int, fill byte) []byte {
 	var pkt []byte
 	var tcp header.TCP
 	var xsum uint16
@@ -229,6 +259,9 @@ func fuzzSegment(client, dst netip.AddrPort, flags header.TCPFlags, seq, ack uin
 		ip := header.IPv6(pkt)
 		tcp = header.TCP(pkt[header.IPv6MinimumSize:])
 		xsum = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+	}
+	for i := range payload {
+		tcp[header.TCPMinimumSize+i] = fill
 	}
 	tcp.SetWindowSize(wnd)
 	tcp.SetChecksum(0)
