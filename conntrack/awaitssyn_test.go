@@ -164,7 +164,11 @@ func TestNewISNKeepsCounts(t *testing.T) {
 	if c := tab.Conns(nil); len(c) != 1 || c[0].ClientState != ct.StateSynRecv {
 		t.Fatalf("after the client's SYN-ACK: %+v, want one connection, the client's end in syn_recv", c)
 	}
-	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next})
+	// It opens the handshake as a first SYN would: the link holds it
+	// while an earlier connection's endpoint lingers, as it holds those.
+	if a := tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next}); a.Kind != ct.ActionOpen {
+		t.Fatalf("the SYN with a new ISN: %v, want ActionOpen", a.Kind)
+	}
 	c := tab.Conns(nil)
 	if len(c) != 1 || c[0].ClientState != ct.StateSynSent {
 		t.Fatalf("after the SYN with a new ISN: %+v, want one connection, the client's end in syn_sent", c)

@@ -103,11 +103,12 @@ type ActionKind uint8
 const (
 	// ActionNone: hand the segment on to the netstack.
 	ActionNone ActionKind = iota
-	// ActionOpen: a client's SYN opened a new entry. Hand it to the
-	// netstack once no endpoint of an earlier connection on the 4-tuple
-	// is left there: a SYN queued behind that connection's last segment
-	// (the RST of a client that reuses its port at once) would be answered
-	// with RST once the old endpoint closed, not offered to the forwarder.
+	// ActionOpen: a client's SYN opened a new entry, or took one that
+	// nothing had answered with a new ISN. Hand it to the netstack once no
+	// endpoint of an earlier connection on the 4-tuple is left there: a
+	// SYN queued behind that connection's last segment (the RST of a
+	// client that reuses its port at once) would be answered with RST
+	// once the old endpoint closed, not offered to the forwarder.
 	ActionOpen
 	// ActionDrop: the segment reached a connection in TIME_WAIT, which
 	// takes it without a reply (an RST, RFC 1337; a bare in-window ACK;
@@ -297,6 +298,7 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 	bareSYN := dir == FromClient && s.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN
 	for {
 		var e *entry
+		restarted := false
 		if bareSYN {
 			// A SYN's 4-tuple is usually new: open confirms that under
 			// the shard's lock it takes anyway.
@@ -329,6 +331,7 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 				before := e.states()
 				e.restartClientSYN(s.Seq, now)
 				sh.settleLocked(t, e, before, now)
+				restarted = true
 			}
 		} else {
 			var ended uint16
@@ -346,6 +349,10 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 			e.queue = s.Queue
 		}
 		a := sh.segmentLocked(t, e, dir, s, now)
+		if restarted && a.Kind == ActionNone {
+			// The new SYN opens the handshake as a first one would.
+			a.Kind = ActionOpen
+		}
 		a.Queue = e.queue
 		e.mu.Unlock()
 		return a

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -261,4 +262,62 @@ func TestKeptSYNEndpointStays(t *testing.T) {
 	// The client's RST reaches the endpoint too: the old connection ends.
 	g.send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack)
 	waitFor(t, "the old connection to end", func() bool { return st.Active.Load() == 0 })
+}
+
+// TestRestartedSYNHeld checks that a SYN with a new ISN that takes an
+// entry nothing has answered is held, as the SYN that opened it was, while
+// the 4-tuple's last connection's endpoint lingers: handed on, it would
+// reach that endpoint, which answers it (an ACK, then RST when it closes),
+// and the client would be refused. Once the endpoint has gone, the new
+// SYN, and not the one it replaced, is answered.
+func TestRestartedSYNHeld(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	g := newGhost(h)
+	g.send(header.TCPFlagSyn, oldISS, 0)
+	waitFor(t, "the SYN-ACK", func() bool { return g.seen(oldISS) == 1 })
+	g.mu.Lock()
+	ack := g.iss + 1
+	g.mu.Unlock()
+	g.send(header.TCPFlagAck, oldISS+1, ack)
+	st := h.s.Stats()
+	waitFor(t, "the relay", func() bool { return st.Connections[ResultRelayed].Load() == 1 })
+	// The client's RST reaches conntrack alone: the endpoint stays. (Should
+	// the test fail before its RST reaches the endpoint, the cleanup sends
+	// it, so that the relay lets go of the upstream the listener's cleanup
+	// waits for.)
+	h.s.table.Segment(conntrack.FromClient, g.tuple(), conntrack.Segment{Flags: conntrack.FlagRST | conntrack.FlagACK, Seq: oldISS + 1, Ack: ack})
+	t.Cleanup(func() { g.send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack) })
+
+	g.mu.Lock()
+	out := g.out
+	g.mu.Unlock()
+	sent := func() int {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.out - out
+	}
+	// The next connection's SYN is held; the client gives it up and sends
+	// one with another ISN, which takes the entry.
+	g.send(header.TCPFlagSyn, nextISS, 0)
+	waitFor(t, "the first SYN held", func() bool { return h.s.keeping(g.tuple(), nextISS) })
+	const thirdISS = nextISS + 70000
+	g.send(header.TCPFlagSyn, thirdISS, 0)
+	waitFor(t, "the second SYN held", func() bool { return h.s.keeping(g.tuple(), thirdISS) })
+	time.Sleep(20 * time.Millisecond)
+	if n := sent(); n != 0 {
+		t.Fatalf("tcpd sent the client %d segments after its SYNs, want none: a SYN reached the old endpoint", n)
+	}
+	// The client's RST reaches the endpoint too: the old connection ends,
+	// and the SYN the entry waits for goes on.
+	g.send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack)
+	waitFor(t, "the SYN-ACK of the second SYN", func() bool { return g.seen(thirdISS) == 1 })
+	if n := g.seen(nextISS); n != 0 {
+		t.Errorf("%d SYN-ACKs for the SYN the client gave up, want 0", n)
+	}
+	if n := g.resets(); n != 0 {
+		t.Errorf("tcpd sent the client %d RSTs, want 0", n)
+	}
+	// And it is relayed.
+	g.ackAndReset(t, thirdISS)
 }

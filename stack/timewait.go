@@ -130,8 +130,10 @@ const (
 	reusePolls = 100
 )
 
-// reuseSYN hands the netstack a SYN that opened a new conntrack entry, or
-// reopened a 4-tuple conntrack held in TIME_WAIT. Should the netstack still
+// reuseSYN hands the netstack a SYN that opened a new conntrack entry,
+// reopened a 4-tuple conntrack held in TIME_WAIT, or took with a new ISN an
+// entry nothing had answered (the client gave the last SYN up while it was
+// held here: that copy is then dropped). Should the netstack still
 // hold an endpoint of the tuple's last connection, the SYN would be queued
 // on it: behind a TIME_WAIT the netstack drops it; behind the client's RST
 // (a client that resets and reuses its port at once), the endpoint closes
