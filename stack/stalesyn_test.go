@@ -220,6 +220,39 @@ func TestStaleSYN(t *testing.T) {
 	g.ackAndReset(t, nextISS)
 }
 
+// leaveEndpoint opens a connection with ISN oldISS, relayed, and resets it
+// where conntrack alone sees the RST: the netstack keeps the endpoint, as
+// when the client's RST is still queued for it. It returns the number the
+// client's RST acknowledges, for the test to send it to the endpoint; the
+// test's cleanup sends it too, so that a test that fails first does not
+// leave the relay holding the upstream the listener's cleanup waits for.
+func (g *ghost) leaveEndpoint(t *testing.T) (ack uint32) {
+	t.Helper()
+	h := g.h
+	g.send(header.TCPFlagSyn, oldISS, 0)
+	waitFor(t, "the SYN-ACK", func() bool { return g.seen(oldISS) == 1 })
+	g.mu.Lock()
+	ack = g.iss + 1
+	g.mu.Unlock()
+	g.send(header.TCPFlagAck, oldISS+1, ack)
+	waitFor(t, "the relay", func() bool { return h.s.Stats().Connections[ResultRelayed].Load() == 1 })
+	h.s.table.Segment(conntrack.FromClient, g.tuple(), conntrack.Segment{Flags: conntrack.FlagRST | conntrack.FlagACK, Seq: oldISS + 1, Ack: ack})
+	t.Cleanup(func() { g.send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack) })
+	return ack
+}
+
+// sentFrom returns a count of the segments tcpd sends the client from now.
+func (g *ghost) sentFrom() func() int {
+	g.mu.Lock()
+	out := g.out
+	g.mu.Unlock()
+	return func() int {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.out - out
+	}
+}
+
 // TestKeptSYNEndpointStays: a SYN that opens a 4-tuple while the netstack
 // still holds the last connection's endpoint waits for it to leave; if it
 // does not within reuseSYN's polls, the SYN is dropped and counted, never
@@ -231,25 +264,10 @@ func TestKeptSYNEndpointStays(t *testing.T) {
 	h := newHarness(t, Config{}, clientAddr)
 	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 	g := newGhost(h)
-	g.send(header.TCPFlagSyn, oldISS, 0)
-	waitFor(t, "the SYN-ACK", func() bool { return g.seen(oldISS) == 1 })
-	g.mu.Lock()
-	ack := g.iss + 1
-	g.mu.Unlock()
-	g.send(header.TCPFlagAck, oldISS+1, ack)
 	st := h.s.Stats()
-	waitFor(t, "the relay", func() bool { return st.Connections[ResultRelayed].Load() == 1 })
-	h.s.table.Segment(conntrack.FromClient, g.tuple(), conntrack.Segment{Flags: conntrack.FlagRST | conntrack.FlagACK, Seq: oldISS + 1, Ack: ack})
-
-	g.mu.Lock()
-	out := g.out
-	g.mu.Unlock()
+	ack := g.leaveEndpoint(t)
+	sent := g.sentFrom()
 	g.send(header.TCPFlagSyn, nextISS, 0)
-	sent := func() int {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return g.out - out
-	}
 	waitFor(t, "the SYN to be dropped or answered", func() bool {
 		return st.Drops(DropReuseWait) > 0 || sent() > 0 || len(h.dialedAddrs()) > 1
 	})
@@ -274,29 +292,8 @@ func TestRestartedSYNHeld(t *testing.T) {
 	h := newHarness(t, Config{}, clientAddr)
 	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 	g := newGhost(h)
-	g.send(header.TCPFlagSyn, oldISS, 0)
-	waitFor(t, "the SYN-ACK", func() bool { return g.seen(oldISS) == 1 })
-	g.mu.Lock()
-	ack := g.iss + 1
-	g.mu.Unlock()
-	g.send(header.TCPFlagAck, oldISS+1, ack)
-	st := h.s.Stats()
-	waitFor(t, "the relay", func() bool { return st.Connections[ResultRelayed].Load() == 1 })
-	// The client's RST reaches conntrack alone: the endpoint stays. (Should
-	// the test fail before its RST reaches the endpoint, the cleanup sends
-	// it, so that the relay lets go of the upstream the listener's cleanup
-	// waits for.)
-	h.s.table.Segment(conntrack.FromClient, g.tuple(), conntrack.Segment{Flags: conntrack.FlagRST | conntrack.FlagACK, Seq: oldISS + 1, Ack: ack})
-	t.Cleanup(func() { g.send(header.TCPFlagRst|header.TCPFlagAck, oldISS+1, ack) })
-
-	g.mu.Lock()
-	out := g.out
-	g.mu.Unlock()
-	sent := func() int {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return g.out - out
-	}
+	ack := g.leaveEndpoint(t)
+	sent := g.sentFrom()
 	// The next connection's SYN is held; the client gives it up and sends
 	// one with another ISN, which takes the entry.
 	g.send(header.TCPFlagSyn, nextISS, 0)
