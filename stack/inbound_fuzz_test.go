@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"tcpd/conntrack"
@@ -245,26 +244,15 @@ func fuzzUpstream(c net.Conn) {
 // fuzzSegment builds a TCP segment with valid checksums, of payload bytes
 // each fill, from client to dst.
 func fuzzSegment(client, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, wnd uint16, payload int, fill byte) []byte {
-	var pkt []byte
-	var tcp header.TCP
-	var xsum uint16
-	if client.Addr().Is4() {
-		pkt = buildV4(client, dst, flags, seq, ack, payload)
-		ip := header.IPv4(pkt)
-		ip.SetChecksum(^ip.CalculateChecksum())
-		tcp = header.TCP(pkt[header.IPv4MinimumSize:])
-		xsum = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
-	} else {
-		pkt = buildV6(client, dst, flags, seq, ack, payload)
-		ip := header.IPv6(pkt)
-		tcp = header.TCP(pkt[header.IPv6MinimumSize:])
-		xsum = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+	build, hdr := buildV4, header.IPv4MinimumSize
+	if client.Addr().Is6() {
+		build, hdr = buildV6, header.IPv6MinimumSize
 	}
+	pkt := build(client, dst, flags, seq, ack, payload)
+	tcp := header.TCP(pkt[hdr:])
 	for i := range payload {
 		tcp[header.TCPMinimumSize+i] = fill
 	}
 	tcp.SetWindowSize(wnd)
-	tcp.SetChecksum(0)
-	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
-	return pkt
+	return withChecksums(pkt)
 }

@@ -187,15 +187,23 @@ func TestSetTunablesAppliesToNewConnections(t *testing.T) {
 	}
 }
 
-// withChecksums fills in the IPv4 and TCP checksums of a packet from
-// buildV4, so that the netstack accepts it.
+// withChecksums fills in the checksums of a packet from buildV4 (IPv4 and
+// TCP) or buildV6 (TCP), so that the netstack accepts it.
 func withChecksums(pkt []byte) []byte {
-	ip := header.IPv4(pkt)
-	ip.SetChecksum(0)
-	ip.SetChecksum(^ip.CalculateChecksum())
-	tcp := header.TCP(pkt[header.IPv4MinimumSize:])
+	var tcp header.TCP
+	var xsum uint16
+	if pkt[0]>>4 == 4 {
+		ip := header.IPv4(pkt)
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+		tcp = header.TCP(pkt[header.IPv4MinimumSize:])
+		xsum = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+	} else {
+		ip := header.IPv6(pkt)
+		tcp = header.TCP(pkt[header.IPv6MinimumSize:])
+		xsum = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+	}
 	tcp.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
 	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
 	return pkt
 }
