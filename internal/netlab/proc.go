@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -38,8 +40,9 @@ type Proc struct {
 }
 
 // StartProc starts cmd (typically from NS.Command) with its stdout and
-// stderr captured, and has the lab kill it in Close. With NETLAB_VERBOSE=1
-// the output is copied to os.Stderr as well. If cmd.WaitDelay is zero it is
+// stderr captured (stdout only, when the caller has set cmd.Stderr), and has
+// the lab kill it in Close. With NETLAB_VERBOSE=1 the output is copied to
+// os.Stderr as well. If cmd.WaitDelay is zero it is
 // set to a few seconds, so that a process that leaks its output pipe to a
 // child cannot hang Wait.
 func (l *Lab) StartProc(cmd *exec.Cmd) (*Proc, error) {
@@ -58,7 +61,10 @@ func (l *Lab) StartProc(cmd *exec.Cmd) (*Proc, error) {
 	if os.Getenv("NETLAB_VERBOSE") == "1" {
 		p.log.echo = os.Stderr
 	}
-	cmd.Stdout, cmd.Stderr = p.log, p.log
+	cmd.Stdout = p.log
+	if cmd.Stderr == nil {
+		cmd.Stderr = p.log
+	}
 	if cmd.WaitDelay == 0 {
 		cmd.WaitDelay = 5 * time.Second
 	}
@@ -106,6 +112,13 @@ type TCPDOptions struct {
 	// Env is added to tcpd's environment (KEY=value), which is otherwise
 	// the caller's.
 	Env []string
+	// Stderr, when set, is tcpd's standard error, where its log goes,
+	// instead of the Proc's captured output (which then holds stdout
+	// only). With no log to read, StartTCPDWith learns that tcpd is ready
+	// as systemd does, from READY=1 on a NOTIFY_SOCKET of its own, and
+	// routes into the TUN named TUN.
+	Stderr *os.File
+	TUN    string
 }
 
 // StartTCPDWith is StartTCPD with options.
@@ -137,25 +150,66 @@ func (l *Lab) StartTCPDWith(ctx context.Context, bin string, configYAML string, 
 		name = "prlimit"
 	}
 	cmd := l.Gateway.Command(ctx, name, args...)
-	if len(opts.Env) > 0 {
-		cmd.Env = append(cmd.Environ(), opts.Env...)
+	env := opts.Env
+	var notify *net.UnixConn
+	if opts.Stderr != nil {
+		if opts.TUN == "" {
+			return nil, errors.New("netlab: TCPDOptions.Stderr needs TCPDOptions.TUN")
+		}
+		var err error
+		if notify, err = l.notifySocket(); err != nil {
+			return nil, err
+		}
+		env = append(env, "NOTIFY_SOCKET="+notify.LocalAddr().String())
+		cmd.Stderr = opts.Stderr
+	}
+	if len(env) > 0 {
+		cmd.Env = append(cmd.Environ(), env...)
 	}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = stopTimeout
 	p, err := l.StartProc(cmd)
 	if err != nil {
+		if notify != nil {
+			notify.Close()
+		}
 		return nil, fmt.Errorf("netlab: start %s: %w", bin, err)
 	}
 
-	wctx, cancel := context.WithTimeoutCause(ctx, readyTimeout,
-		fmt.Errorf("no \"ready\" log line within %v", readyTimeout))
-	defer cancel()
-	ready, err := p.WaitForLog(wctx, "ready")
-	if err != nil {
-		p.Kill()
-		return nil, fmt.Errorf("netlab: tcpd not ready: %w\n--- tcpd output ---\n%s", err, p.Logs())
+	var tun string
+	if notify != nil {
+		err := p.waitReady(ctx, notify)
+		// The socket takes (and drops) tcpd's later messages, STATUS and
+		// STOPPING, for as long as it runs: a send to a full one would
+		// block it.
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				if _, err := notify.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			<-p.done
+			notify.Close()
+		}()
+		if err != nil {
+			p.Kill()
+			return nil, fmt.Errorf("netlab: tcpd not ready: %w\n--- tcpd output ---\n%s", err, p.Logs())
+		}
+		tun = opts.TUN
+	} else {
+		wctx, cancel := context.WithTimeoutCause(ctx, readyTimeout,
+			fmt.Errorf("no \"ready\" log line within %v", readyTimeout))
+		defer cancel()
+		ready, err := p.WaitForLog(wctx, "ready")
+		if err != nil {
+			p.Kill()
+			return nil, fmt.Errorf("netlab: tcpd not ready: %w\n--- tcpd output ---\n%s", err, p.Logs())
+		}
+		tun, _ = ready["tun"].(string)
 	}
-	tun, _ := ready["tun"].(string)
 	if tun == "" {
 		p.Kill()
 		return nil, fmt.Errorf("netlab: tcpd's ready line names no TUN (\"tun\")\n--- tcpd output ---\n%s", p.Logs())
@@ -166,6 +220,56 @@ func (l *Lab) StartTCPDWith(ctx context.Context, bin string, configYAML string, 
 		return nil, fmt.Errorf("%w\n--- tcpd output ---\n%s", err, p.Logs())
 	}
 	return p, nil
+}
+
+// notifySocket opens a datagram socket in the lab's temporary directory for
+// the systemd notify protocol. (A path in the file system, not an abstract
+// name: those belong to a network namespace.) The lab's Close removes it
+// with the directory.
+func (l *Lab) notifySocket() (*net.UnixConn, error) {
+	dir, err := l.tempDir()
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, fmt.Sprintf("notify-%d", notifyN.Add(1)))
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("netlab: notify socket: %w", err)
+	}
+	return c, nil
+}
+
+var notifyN atomic.Uint64
+
+// waitReady waits up to readyTimeout for a notify message with the line
+// READY=1, and fails if the process exits or ctx is done first.
+func (p *Proc) waitReady(ctx context.Context, c *net.UnixConn) error {
+	defer c.SetReadDeadline(time.Time{})
+	deadline := time.Now().Add(readyTimeout)
+	buf := make([]byte, 4096)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("exited before READY=1: %v", p.err)
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		default:
+		}
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := c.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			if line == "READY=1" {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no READY=1 within %v", readyTimeout)
 }
 
 // Pid returns the process id (inside the namespace too: namespaces are
