@@ -139,6 +139,7 @@ type Collector struct {
 	stack     StackSource
 	reload    ReloadSource
 	health    Health
+	log       LogSource
 	// created stands for the time the configuration was loaded at start,
 	// for tcpd_config_last_reload_success_timestamp_seconds until a reload
 	// succeeds.
@@ -161,6 +162,7 @@ type Collector struct {
 	// nil without a ReloadSource
 	reloadOK, reloadTime, restartPending *prometheus.Desc
 	ready                                *prometheus.Desc // nil without a Health
+	logLost                              *prometheus.Desc // nil without a LogSource
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -176,6 +178,7 @@ func NewCollector(cfg Config) *Collector {
 		stack:     cfg.Stack,
 		reload:    cfg.Reload,
 		health:    cfg.Health,
+		log:       cfg.Log,
 		created:   time.Now(),
 
 		states: prometheus.NewDesc("tcpd_tcp_connection_states",
@@ -245,6 +248,11 @@ func NewCollector(cfg Config) *Collector {
 			"1 while tcpd takes new clients (/readyz answers 200); 0 while it starts, drains on SIGTERM or its data path is wedged.",
 			nil, nil)
 	}
+	if cfg.Log != nil {
+		c.logLost = prometheus.NewDesc("tcpd_log_lines_lost_total",
+			"Log lines tcpd could not write: refused by the log's output (write_failed: a full disk, a closed pipe) or dropped because the output did not take them as fast as they came (output_stalled: a stuck journal). Nothing else waits for the log.",
+			[]string{"reason"}, nil)
+	}
 	if cfg.Reload != nil {
 		c.reloadOK = prometheus.NewDesc("tcpd_config_last_reload_successful",
 			"1 if the last configuration reload succeeded (or none was tried since start), 0 if it failed.",
@@ -281,6 +289,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	if c.health != nil {
 		ch <- c.ready
 	}
+	if c.log != nil {
+		ch <- c.logLost
+	}
 	if c.reload != nil {
 		ch <- c.reloadOK
 		ch <- c.reloadTime
@@ -304,6 +315,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if c.health != nil {
 		ok, _ := c.health.Ready()
 		send(ch, c.ready, prometheus.GaugeValue, boolValue(ok))
+	}
+	if c.log != nil {
+		failed, stalled := c.log.LogLinesLost()
+		send(ch, c.logLost, prometheus.CounterValue, float64(failed), "write_failed")
+		send(ch, c.logLost, prometheus.CounterValue, float64(stalled), "output_stalled")
 	}
 	if c.reload != nil {
 		ok, at := c.reload.LastReload()

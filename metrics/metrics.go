@@ -45,6 +45,14 @@ type ReloadSource interface {
 	RestartPending() int
 }
 
+// LogSource counts the log lines the daemon could not write.
+type LogSource interface {
+	// LogLinesLost returns the lines lost since start: refused by the
+	// log's output (a full disk, a closed pipe), and dropped because the
+	// output did not take them as fast as they came.
+	LogLinesLost() (writeFailed, outputStalled uint64)
+}
+
 // Config says where the metrics come from.
 type Config struct {
 	// Conntrack is read once per scrape. Required.
@@ -53,6 +61,8 @@ type Config struct {
 	Stack StackSource
 	// Reload, when not nil, adds the tcpd_config_last_reload_* metrics.
 	Reload ReloadSource
+	// Log, when not nil, adds tcpd_log_lines_lost_total.
+	Log LogSource
 	// Health, when not nil, adds tcpd_ready: what /readyz answers, for
 	// Prometheus to see gateways that start, drain or are wedged.
 	Health Health

@@ -68,6 +68,7 @@ type daemon struct {
 	cfg     *config
 	level   zap.AtomicLevel
 	log     *zap.Logger
+	logOut  *logOutput
 	st      *stack.Stack
 	metrics *metrics.Server
 	admin   *admin.Server
@@ -135,12 +136,16 @@ func (d *daemon) run() error {
 		return err
 	}
 	d.cfg = cfg
+	// A write to a stderr whose reader has gone (the journal restarted, a
+	// pipe closed) fails with EPIPE and costs that log line; Go's default
+	// for stdout and stderr would be to die of SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	d.level = zap.NewAtomicLevelAt(cfg.logLevel())
-	d.log, err = newLogger(cfg.logFormat(), d.level)
+	d.log, d.logOut, err = newLogger(cfg.logFormat(), d.level)
 	if err != nil {
 		return err
 	}
-	defer d.log.Sync()
+	defer d.logOut.Close()
 
 	pol, err := policy.New(cfg.policyConfig())
 	if err != nil {
@@ -194,7 +199,7 @@ func (d *daemon) run() error {
 	}
 	var scrape http.Handler
 	if d.metrics != nil {
-		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Health: d.health, Version: buildVersion(), FDBudget: budget})
+		reg := metrics.NewRegistry(metrics.Config{Conntrack: d.st, Stack: d.st, Reload: d, Health: d.health, Log: d.logOut, Version: buildVersion(), FDBudget: budget})
 		scrape = metrics.Handler(reg)
 	}
 	d.health.serve(d.st, scrape)
