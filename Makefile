@@ -67,12 +67,13 @@ test: vet
 
 # Each fuzz target for FUZZTIME, on new inputs: what arrives from the
 # network (segments through the connection table and through a running
-# stack, TCP headers, the MSS clamp), the destination policy and the
-# configuration file. `go test` above runs only their seeds
-# (testdata/fuzz); a failing input found here is written there, to be
-# committed with the fix as a seed. `make fuzz FUZZTIME=10m` for longer.
+# stack, TCP headers, the MSS clamp), the destination policy, the
+# configuration file and the admin API's connection filter (e2e
+# TestMakeFuzzRunsEveryTarget keeps this list whole). `go test` above runs
+# only their seeds (testdata/fuzz); a failing input found here is written
+# there, to be committed with the fix as a seed. `make fuzz FUZZTIME=10m` for longer.
 FUZZTIME ?= 20s
-FUZZ_TARGETS = ./conntrack:FuzzSegments ./stack:FuzzInbound ./stack:FuzzParseTCP ./stack:FuzzSetMSS ./policy:FuzzCheck ./cmd/tcpd:FuzzParseConfig
+FUZZ_TARGETS = ./conntrack:FuzzSegments ./stack:FuzzInbound ./stack:FuzzParseTCP ./stack:FuzzSetMSS ./policy:FuzzCheck ./cmd/tcpd:FuzzParseConfig ./admin:FuzzParseFilter
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "$(GO) test -run '^$$' -fuzz '^$$fn$$' -fuzztime $(FUZZTIME) $$pkg"; \

@@ -1,0 +1,112 @@
+package admin
+
+import (
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+
+	"tcpd/conntrack"
+)
+
+// maxFilterError bounds an error of ParseFilter: fixed words, the list of
+// what is allowed, and at most maxEcho bytes of the request (clip), quoted
+// (%q writes a byte as at most four: \xbc).
+var maxFilterError = 200 + len(stateLabels()) + 4*maxEcho + len(`""… (4294967296 bytes)`)
+
+// FuzzParseFilter feeds GET /v1/conns's query string, as a client of the
+// admin socket sends it, to ParseFilter: it never panics, an error repeats
+// no more than maxEcho bytes of the request, and a filter it accepts keeps
+// a connection that has what it asks for and drops one that differs in any
+// single thing it asks for.
+func FuzzParseFilter(f *testing.F) {
+	for _, s := range []string{
+		"", "state=established", "state=ESTABLISHED,time-wait&state=close_wait", "src=100.64.0.7",
+		"dst=10.1.2.3/8&dport=443", "src=::ffff:100.64.0.7", "dst=::ffff:10.0.0.0/104", "dport=0",
+		"dport=65536", "state=bogus", "src=fe80::1%25eth0", "x=1", "dport=1&dport=2", "state=%ff%fe",
+		"src=" + strings.Repeat("9", 500),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return // net/http answers 400 before the handler
+		}
+		flt, err := ParseFilter(q)
+		if err != nil {
+			if n := len(err.Error()); n > maxFilterError {
+				t.Fatalf("error of %d bytes (at most %d): %.300s…", n, maxFilterError, err)
+			}
+			return
+		}
+		// A connection with every property the filter asks for.
+		c := conntrack.Conn{
+			State: conntrack.StateEstablished,
+			Tuple: conntrack.Tuple{
+				Client: netip.AddrPortFrom(netip.MustParseAddr("100.64.0.7"), 40000),
+				Dst:    netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), 443),
+			},
+		}
+		if len(flt.States) > 0 {
+			c.State = flt.States[0]
+		}
+		if flt.Src.IsValid() {
+			c.Tuple.Client = netip.AddrPortFrom(flt.Src.Addr(), 40000)
+		}
+		if flt.Dst.IsValid() {
+			c.Tuple.Dst = netip.AddrPortFrom(flt.Dst.Addr(), c.Tuple.Dst.Port())
+		}
+		if flt.DstPort != 0 {
+			c.Tuple.Dst = netip.AddrPortFrom(c.Tuple.Dst.Addr(), flt.DstPort)
+		}
+		if !flt.Match(&c) {
+			t.Fatalf("filter %+v from %q drops %+v, which has all it asks for", flt, raw, c)
+		}
+		// Each property it asks for, changed alone, drops the connection.
+		if len(flt.States) > 0 && len(flt.States) < int(conntrack.NumStates) {
+			d := c
+			for s := range conntrack.NumStates {
+				if !slices.Contains(flt.States, s) {
+					d.State = s
+					break
+				}
+			}
+			if flt.Match(&d) {
+				t.Fatalf("filter %+v from %q keeps state %v", flt, raw, d.State)
+			}
+		}
+		if flt.Src.IsValid() && flt.Src.Bits() > 0 {
+			d := c
+			d.Tuple.Client = netip.AddrPortFrom(outside(flt.Src), 40000)
+			if flt.Match(&d) {
+				t.Fatalf("filter %+v from %q keeps client %v", flt, raw, d.Tuple.Client)
+			}
+		}
+		if flt.Dst.IsValid() && flt.Dst.Bits() > 0 {
+			d := c
+			d.Tuple.Dst = netip.AddrPortFrom(outside(flt.Dst), c.Tuple.Dst.Port())
+			if flt.Match(&d) {
+				t.Fatalf("filter %+v from %q keeps destination %v", flt, raw, d.Tuple.Dst)
+			}
+		}
+		if flt.DstPort != 0 {
+			d := c
+			d.Tuple.Dst = netip.AddrPortFrom(c.Tuple.Dst.Addr(), flt.DstPort^1)
+			if flt.Match(&d) {
+				t.Fatalf("filter %+v from %q keeps port %d", flt, raw, flt.DstPort^1)
+			}
+		}
+	})
+}
+
+// outside returns an address of p's family just outside p (its first
+// address with the last bit of the prefix flipped).
+func outside(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	bit := p.Bits() - 1
+	b[bit/8] ^= 0x80 >> (bit % 8)
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
