@@ -29,8 +29,8 @@ type logOutput struct {
 	// after Close's stop.
 	mu     sync.RWMutex
 	closed bool
-	// outMu serialises writes to out: the writer goroutine's, and after
-	// Close the callers' own.
+	// outMu serialises writes to out (the writer goroutine's, and after
+	// Close the callers' own) and guards lastErr.
 	outMu sync.Mutex
 	done  chan struct{}
 
@@ -43,7 +43,8 @@ type logOutput struct {
 	// The writer goroutine's own.
 	reportedFailed, reportedStalled uint64
 	lastReport                      time.Time
-	lastErr                         error
+
+	lastErr error // the last write's error
 }
 
 // logItem is one line, or a marker: sync is closed when the writer reaches
@@ -82,12 +83,7 @@ func (o *logOutput) Write(p []byte) (int, error) {
 	defer o.mu.RUnlock()
 	if o.closed {
 		// After Close, the exit's last lines go straight out.
-		o.outMu.Lock()
-		_, err := o.out.Write(p)
-		o.outMu.Unlock()
-		if err != nil {
-			o.failed.Add(1)
-		}
+		o.writeOut(p)
 		return len(p), nil
 	}
 	n := int64(len(p))
@@ -198,12 +194,11 @@ func (o *logOutput) write(b []byte) bool {
 	return o.writeOut(b)
 }
 
-// writeOut writes b to the output, on the writer goroutine.
+// writeOut writes b to the output and reports whether it took it.
 func (o *logOutput) writeOut(b []byte) bool {
 	o.outMu.Lock()
-	_, err := o.out.Write(b)
-	o.outMu.Unlock()
-	if err != nil {
+	defer o.outMu.Unlock()
+	if _, err := o.out.Write(b); err != nil {
 		o.failed.Add(1)
 		o.lastErr = err
 		return false
@@ -224,9 +219,11 @@ func (o *logOutput) reportLost(final bool) {
 	}
 	df, ds := f-o.reportedFailed, s-o.reportedStalled
 	o.reportedFailed, o.reportedStalled, o.lastReport = f, s, now
-	err := o.lastErr
-	if df == 0 {
-		err = nil
+	var err error
+	if df > 0 {
+		o.outMu.Lock()
+		err = o.lastErr
+		o.outMu.Unlock()
 	}
 	o.report(df, ds, err)
 }
