@@ -1,11 +1,14 @@
 package stack
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,6 +232,83 @@ func TestHandshakeTimeoutFreesSlot(t *testing.T) {
 	}
 	if n := h.s.Stats().Connections[ResultHandshakeFailed].Load(); n != 1 {
 		t.Fatalf("%d handshake failures counted, want 1", n)
+	}
+}
+
+// TestHandshakeTimeoutAfterSlowConnect: the handshake timeout also holds
+// when the upstream connect does not complete at once and is finished on
+// its shard, as a connect to any real destination is. The destination's
+// accept queue is full, so it drops the first SYN and the connect completes
+// on the kernel's retransmission a second later; only then is the SYN-ACK
+// sent, to a client that never answers. The half-open connection is
+// aborted within the timeout after that, its slot freed, and its upstream
+// socket closed.
+func TestHandshakeTimeoutAfterSlowConnect(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	h := newHarness(t, Config{Tunables: Tunables{HandshakeTimeout: timeout}}, clientAddr)
+	// The smallest accept queue (one connection), filled by a connection
+	// of the test's own.
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		syscall.Close(lfd)
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(lfd, 0); err != nil {
+		syscall.Close(lfd)
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(os.NewFile(uintptr(lfd), "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	filler, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+	h.mu.Lock()
+	h.upstream = ln.Addr()
+	h.mu.Unlock()
+
+	ghost := netip.MustParseAddrPort("100.64.1.99:40000")
+	start := time.Now()
+	h.inject <- withChecksums(buildV4(ghost, netip.AddrPortFrom(dstAddr, 80), header.TCPFlagSyn, 1000, 0, 0))
+	// Make room in the queue before the kernel retransmits tcpd's SYN.
+	time.Sleep(300 * time.Millisecond)
+	first, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	up, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	waitFor(t, "syn_recv after the SYN-ACK", func() bool { return states(h.s)["syn_recv"] == 1 })
+	synAck := time.Now()
+	if took := synAck.Sub(start); took < 900*time.Millisecond {
+		t.Fatalf("the SYN-ACK went out %v after the SYN, before the upstream connect could have completed (its first SYN was dropped)", took)
+	}
+	waitFor(t, "the half-open connection to be aborted", func() bool { return h.s.Snapshot().Live == 0 })
+	if took := time.Since(synAck); took > timeout+time.Second {
+		t.Fatalf("aborted %v after the SYN-ACK, want about the %v handshake timeout", took, timeout)
+	}
+	waitFor(t, "the in-flight slot to be freed", func() bool { return h.s.Stats().InFlight.Load() == 0 })
+	if n := h.s.Stats().HandshakeTimeouts.Load(); n != 1 {
+		t.Fatalf("%d handshake timeouts counted, want 1", n)
+	}
+	if n := h.s.Stats().Connections[ResultHandshakeFailed].Load(); n != 1 {
+		t.Fatalf("%d handshake failures counted, want 1", n)
+	}
+	// The destination sees its connection end: tcpd kept no socket.
+	up.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := up.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the destination's side of the aborted connection: %v, want it closed or reset", err)
 	}
 }
 
