@@ -8,6 +8,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -56,7 +57,16 @@ type Config struct {
 	// Now returns the current time, for ages. Nil means time.Now; tests pass
 	// a fixed clock.
 	Now func() time.Time
+	// WriteTimeout bounds the writing of one answer: a client that stops
+	// reading (a script piped into a pager left open) loses its connection,
+	// and the listing slot it held, rather than keeping them. Zero means
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
 }
+
+// DefaultWriteTimeout is Config.WriteTimeout's default: the largest table's
+// listing (tens of MB) takes well under a second to a client that reads.
+const DefaultWriteTimeout = 30 * time.Second
 
 // Server serves the API on a unix socket until Close.
 type Server struct {
@@ -139,6 +149,7 @@ func Listen(cfg Config) (*Server, error) {
 		Handler:           newAPI(cfg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       10 * time.Second,
+		WriteTimeout:      cmp.Or(cfg.WriteTimeout, DefaultWriteTimeout),
 		// The longest valid request line is a few hundred bytes.
 		MaxHeaderBytes: 16 << 10,
 		ConnState:      ln.ConnState,

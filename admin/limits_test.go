@@ -3,8 +3,10 @@ package admin_test
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -154,5 +156,78 @@ func TestListingsCapped(t *testing.T) {
 	}
 	if count[200] < 1 || count[200]+count[503] != n || count[503] < n-admin.MaxListings {
 		t.Errorf("answers %v; want at most %d served and the rest 503", count, admin.MaxListings)
+	}
+}
+
+// TestStalledReaderFreesItsListing: clients that ask for the connection
+// table and then stop reading (a script piped into a pager left open) hold
+// the listing slots only until the write timeout: then a listing is served
+// again.
+func TestStalledReaderFreesItsListing(t *testing.T) {
+	const timeout = time.Second
+	_, cfg, client := start(t, func(c *admin.Config) {
+		// A table whose listing (several MB) overflows the socket's buffers.
+		src := c.Source.(*fakeSource)
+		rows := src.conns
+		for i := range 20000 {
+			r := rows[i%len(rows)]
+			r.ID = conntrack.ID(1000 + i)
+			src.conns = append(src.conns, r)
+		}
+		c.WriteTimeout = timeout
+	})
+	for range admin.MaxListings {
+		c, err := net.Dial("unix", cfg.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprint(c, "GET /v1/conns HTTP/1.1\r\nHost: tcpd\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// Read the status line, so that its listing is known to be under
+		// way, and then nothing more.
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+			t.Fatalf("a listing's status line: %q, %v", line, err)
+		}
+	}
+	// A listing that takes a slot but returns no row.
+	listing := func() int {
+		resp, err := client.Get("http://tcpd/v1/conns?dport=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
+	}
+	// Both slots held: a listing is refused meanwhile.
+	if code := listing(); code != http.StatusServiceUnavailable {
+		t.Fatalf("a listing while two clients stall theirs: %d, want 503", code)
+	}
+	start := time.Now()
+	for listing() != http.StatusOK {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("listings still refused %v after the stalled readers' %v write timeout", time.Since(start), timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestREADMEStatesTheWriteTimeout: README gives the write timeout as this
+// package has it.
+func TestREADMEStatesTheWriteTimeout(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(b)), " ")
+	want := fmt.Sprintf("A client that stops reading an answer loses its connection after %d s", int(admin.DefaultWriteTimeout.Seconds()))
+	if !strings.Contains(text, want) {
+		t.Errorf("README does not say %q", want)
 	}
 }
