@@ -75,6 +75,11 @@ type link struct {
 	// closing is set before the device is closed, so that the read loops
 	// take the error that follows as the end.
 	closing atomic.Bool
+	// lost is closed, once, when a read finds the TUN gone from under
+	// tcpd (its interface deleted); lostErr is that read's error.
+	lost     chan struct{}
+	lostOnce sync.Once
+	lostErr  error
 
 	// stall is set only by WedgeForTest, in binaries built with -tags
 	// wedgetest.
@@ -121,6 +126,7 @@ func newLink(dev device, mtu uint32, clients []netip.Prefix, stats *Stats, table
 		clients: clients,
 		table:   table,
 		done:    make(chan struct{}),
+		lost:    make(chan struct{}),
 	}
 	l.mtu.Store(mtu)
 	l.writeBufs.New = func() any { return new(writeBatch) }
@@ -559,6 +565,15 @@ func (*link) Close() {}
 
 // SetOnCloseAction implements gvstack.NetworkLinkEndpoint.
 func (*link) SetOnCloseAction(func()) {}
+
+// tunLost marks the TUN gone: its interface was deleted while tcpd held it,
+// so that no packet can reach a client or come from one again.
+func (l *link) tunLost(err error) {
+	l.lostOnce.Do(func() {
+		l.lostErr = err
+		close(l.lost)
+	})
+}
 
 // isClosedErr reports whether err means the device was closed.
 func isClosedErr(err error) bool {

@@ -72,10 +72,21 @@ func (s *Stack) returnMemory() {
 // unhealthy. A batch normally takes microseconds; a tick comes every second.
 const wedgedAfter = 5 * time.Second
 
-// Healthy reports whether the data path is making progress: the packet loop
-// is not stuck inside a batch and the maintenance loop is ticking. An idle
+// TUNLost is closed when the TUN's interface is deleted from under tcpd
+// (a read finds the device detached): no packet can reach a client or come
+// from one again, and only a restart, which creates the TUN anew, recovers.
+func (s *Stack) TUNLost() <-chan struct{} { return s.link.lost }
+
+// Healthy reports whether the data path is making progress: the TUN is
+// there, the packet loop is not stuck inside a batch and the maintenance
+// loop is ticking. An idle
 // stack is healthy. The daemon pings systemd's watchdog only while it is.
 func (s *Stack) Healthy() (bool, string) {
+	select {
+	case <-s.link.lost:
+		return false, fmt.Sprintf("TUN %s is gone: %v", s.Name(), s.link.lostErr)
+	default:
+	}
 	now := time.Now().UnixNano()
 	if b := s.link.busySince(); b != 0 && time.Duration(now-b) > wedgedAfter {
 		return false, fmt.Sprintf("packet loop stuck on one batch for %v", time.Duration(now-b).Round(time.Second))

@@ -60,10 +60,15 @@ func readQueue(q *tunQueue) (int, error) {
 }
 
 // readFailed counts a failed read and reports whether the loop must end:
-// the device was closed. A loop that keeps failing (its link was deleted
-// under us) backs off rather than spin a core.
+// the device was closed, or taken away (EBADFD: the interface was deleted
+// under tcpd, which marks the TUN lost). A loop that keeps failing otherwise
+// backs off rather than spin a core.
 func (l *link) readFailed(q *tunQueue, err error, failures *int) bool {
-	if l.closing.Load() || isClosedErr(err) || errors.Is(err, unix.EBADFD) {
+	if l.closing.Load() || isClosedErr(err) {
+		return true
+	}
+	if errors.Is(err, unix.EBADFD) {
+		l.tunLost(err)
 		return true
 	}
 	q.stats.Dropped[DropTUNReadError].Add(1)

@@ -256,6 +256,16 @@ func (d *daemon) run() error {
 		case <-ctx.Done():
 			d.notify(sd.SdNotifyStopping)
 			return d.shutdown()
+		case <-d.st.TUNLost():
+			// Every connection is cut from its client, and the routes
+			// into the TUN went with it: exit non-zero, so that the
+			// supervisor restarts tcpd, which creates the TUN anew.
+			_, why := d.st.Healthy()
+			d.log.Error("the TUN was deleted from under tcpd; exiting so that a restart creates it again",
+				zap.String("tun", d.st.Name()), zap.String("health", why))
+			d.notify(sd.SdNotifyStopping)
+			d.shutdownNow()
+			return fmt.Errorf("TUN %s deleted while tcpd ran", d.st.Name())
 		}
 	}
 }
@@ -286,6 +296,17 @@ func (d *daemon) shutdown() error {
 	d.stopEndpoints()
 	d.log.Info("stopped", zap.Int("reset_connections", reset))
 	return nil
+}
+
+// shutdownNow stops at once, resetting every connection: what shutdown does
+// when nothing could drain (the TUN is gone).
+func (d *daemon) shutdownNow() {
+	d.health.setPhase(phaseDraining)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	reset, _ := d.st.Shutdown(ctx) // closing a TUN that is gone may fail: nothing to add
+	d.stopEndpoints()
+	d.log.Info("stopped", zap.Int("reset_connections", reset))
 }
 
 // reload re-reads the configuration and applies the keys a reload applies
