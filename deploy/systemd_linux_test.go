@@ -33,7 +33,7 @@ type systemdTest struct {
 // configuration and a tcpd built with -tags wedgetest (SIGUSR2 wedges its
 // packet loop) in a systemd-nspawn container booted from the host's /usr,
 // and drives it with systemctl through start, traffic, reload, a watchdog
-// kill, crashes and stop.
+// kill, crashes, a TUN deleted from under it and stop.
 func TestUnitUnderSystemd(t *testing.T) {
 	if why := nspawn.Available(); why != "" {
 		t.Skipf("tier D: needs systemd-nspawn as root: %s", why)
@@ -80,6 +80,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 		{"watchdog restarts a wedged tcpd", s.watchdog},
 		{"SIGSEGV restarts it", func(t *testing.T) { s.crash(t, "SIGSEGV", "exit-code") }},
 		{"SIGKILL restarts it", func(t *testing.T) { s.crash(t, "SIGKILL", "signal") }},
+		{"a deleted TUN restarts it", s.tunDeleted},
 		{"stop", s.stop},
 	}
 	for _, st := range steps {
@@ -536,6 +537,35 @@ func (s *systemdTest) crash(t *testing.T, sig, result string) {
 	t.Logf("restarted %v after %s; Result values seen: %v; now %v", time.Since(t0).Round(time.Millisecond), sig, results, st)
 	s.journalHas(t, `tcpd\.service: Failed with result '`+result+`'`)
 	s.waitMetrics(t, 5*time.Second, "the restarted tcpd answers", func(map[string]float64) bool { return true })
+}
+
+// tunDeleted: the TUN deleted from under tcpd (ip link del tcpd0) makes it
+// exit with status 1, which Restart=on-failure answers with a new tcpd and
+// a new TUN, through which traffic is relayed again once routed into it.
+func (s *systemdTest) tunDeleted(t *testing.T) {
+	st := s.show(t)
+	pid := st["MainPID"]
+	n0, _ := strconv.Atoi(st["NRestarts"])
+	if out, err := s.lab.Gateway.Command(s.ctx, "ip", "link", "del", "tcpd0").CombinedOutput(); err != nil {
+		t.Fatalf("ip link del tcpd0: %v: %s", err, out)
+	}
+	t0 := time.Now()
+	st, results := s.waitActive(t, 15*time.Second, pid, n0+1)
+	t.Logf("restarted %v after the TUN was deleted; Result values seen: %v; now %v", time.Since(t0).Round(time.Millisecond), results, st)
+	j := s.journalHas(t, `tcpd\.service: Failed with result 'exit-code'`)
+	for _, re := range []string{
+		`"msg":"the TUN was deleted from under tcpd; exiting so that a restart creates it again"`,
+		`tcpd\.service: Main process exited, code=exited, status=1/FAILURE`,
+	} {
+		if !regexp.MustCompile(re).MatchString(j) {
+			t.Errorf("the journal lacks %q:\n%s", re, tail(j, 20))
+		}
+	}
+	s.waitMetrics(t, 5*time.Second, "the restarted tcpd answers", func(map[string]float64) bool { return true })
+	if !s.tunExists() {
+		t.Fatal("no tcpd0 after the restart")
+	}
+	s.traffic(t)
 }
 
 // stop: tcpd acknowledges SIGTERM with STOPPING=1, drains, removes its TUN
