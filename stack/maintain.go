@@ -79,8 +79,8 @@ func (s *Stack) TUNLost() <-chan struct{} { return s.link.lost }
 
 // Healthy reports whether the data path is making progress: the TUN is
 // there, the packet loop is not stuck inside a batch and the maintenance
-// loop is ticking. An idle
-// stack is healthy. The daemon pings systemd's watchdog only while it is.
+// loop is ticking. An idle stack is healthy. The daemon pings systemd's
+// watchdog only while it is.
 func (s *Stack) Healthy() (bool, string) {
 	select {
 	case <-s.link.lost:

@@ -264,7 +264,7 @@ func (d *daemon) run() error {
 			d.log.Error("the TUN was deleted from under tcpd; exiting so that a restart creates it again",
 				zap.String("tun", d.st.Name()), zap.String("health", why))
 			d.notify(sd.SdNotifyStopping)
-			d.shutdownNow()
+			d.stopWithin(0)
 			return fmt.Errorf("TUN %s deleted while tcpd ran", d.st.Name())
 		}
 	}
@@ -280,7 +280,14 @@ func (d *daemon) source() string {
 // shutdown stops accepting, drains for shutdown_grace, resets the rest and
 // removes the TUN.
 func (d *daemon) shutdown() error {
-	grace := d.cfg.shutdownGrace()
+	d.stopWithin(d.cfg.shutdownGrace())
+	return nil
+}
+
+// stopWithin stops accepting, drains live connections for grace (none with
+// a grace of 0, as when the TUN is gone and nothing could drain), resets
+// the rest and removes the TUN.
+func (d *daemon) stopWithin(grace time.Duration) {
 	// /readyz answers 503 from here on, while the listener stays up
 	// through the drain, so that a load balancer sends new clients
 	// elsewhere while these finish; before the log line says so.
@@ -290,21 +297,13 @@ func (d *daemon) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	reset, err := d.st.Shutdown(ctx)
-	if err != nil {
-		d.log.Error("close TUN", zap.Error(err))
+	select {
+	case <-d.st.TUNLost(): // closing a TUN that is gone may fail: nothing to add
+	default:
+		if err != nil {
+			d.log.Error("close TUN", zap.Error(err))
+		}
 	}
-	d.stopEndpoints()
-	d.log.Info("stopped", zap.Int("reset_connections", reset))
-	return nil
-}
-
-// shutdownNow stops at once, resetting every connection: what shutdown does
-// when nothing could drain (the TUN is gone).
-func (d *daemon) shutdownNow() {
-	d.health.setPhase(phaseDraining)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	reset, _ := d.st.Shutdown(ctx) // closing a TUN that is gone may fail: nothing to add
 	d.stopEndpoints()
 	d.log.Info("stopped", zap.Int("reset_connections", reset))
 }
