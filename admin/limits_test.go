@@ -164,12 +164,15 @@ func TestListingsCapped(t *testing.T) {
 // the listing slots only until the write timeout: then a listing is served
 // again.
 func TestStalledReaderFreesItsListing(t *testing.T) {
-	const timeout = time.Second
+	// Long enough for the listing to be encoded before it is written,
+	// also under the race detector.
+	const timeout = 3 * time.Second
 	_, cfg, client := start(t, func(c *admin.Config) {
-		// A table whose listing (several MB) overflows the socket's buffers.
+		// A table whose listing (2 MB) is ten times what a unix socket's
+		// buffers hold.
 		src := c.Source.(*fakeSource)
 		rows := src.conns
-		for i := range 20000 {
+		for i := range 5000 {
 			r := rows[i%len(rows)]
 			r.ID = conntrack.ID(1000 + i)
 			src.conns = append(src.conns, r)
@@ -186,7 +189,7 @@ func TestStalledReaderFreesItsListing(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Read the status line, so that its listing is known to be under
-		// way, and then nothing more.
+		// way (encoded whole, then written), and then nothing more.
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
