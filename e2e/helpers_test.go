@@ -67,6 +67,10 @@ type gwConfig struct {
 	MaxProcs int
 	// SourceAddresses is upstream.source_addresses.
 	SourceAddresses []string
+	// Stderr, when set, is where tcpd's log goes instead of to the
+	// harness (netlab.TCPDOptions.Stderr), for a test of what becomes of
+	// it.
+	Stderr *os.File
 }
 
 // env is the environment tcpd gets on top of the test's.
@@ -210,7 +214,7 @@ func startGatewayOn(t *testing.T, lab *netlab.Lab, cfg gwConfig) *gateway {
 	t.Helper()
 	bin := netlab.BuildTCPD(t)
 	// The context bounds tcpd's whole life, which the cleanup below ends.
-	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{OpenFiles: cfg.OpenFiles, Env: cfg.env()})
+	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{OpenFiles: cfg.OpenFiles, Env: cfg.env(), Stderr: cfg.Stderr, TUN: "tcpd0"})
 	if err != nil {
 		t.Fatalf("start tcpd: %v", err)
 	}

@@ -31,25 +31,6 @@ const (
 	lostStalled = `tcpd_log_lines_lost_total{reason="output_stalled"}`
 )
 
-// startGatewayLogTo starts tcpd with its standard error on stderr, so that
-// the test, not the harness, decides what becomes of its log.
-func startGatewayLogTo(t *testing.T, cfg gwConfig, stderr *os.File) *gateway {
-	t.Helper()
-	lab := netlab.NewT(t, netlab.Options{})
-	bin := netlab.BuildTCPD(t)
-	p, err := lab.StartTCPDWith(context.Background(), bin, cfg.yaml(), netlab.TCPDOptions{Stderr: stderr, TUN: "tcpd0"})
-	if err != nil {
-		t.Fatalf("start tcpd: %v", err)
-	}
-	g := &gateway{Lab: lab, tcpd: p}
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Errorf("tcpd did not stop cleanly: %v", err)
-		}
-	})
-	return g
-}
-
 // echoConns makes n connections to addr from workers clients at once, each
 // sending size bytes and reading them back, and fails the test on any that
 // does not complete within perConn (the workers stop at the first).
@@ -150,7 +131,7 @@ func TestLogOnFullDisk(t *testing.T) {
 	filler := filepath.Join(dir, "filler")
 	fillDisk(t, filler)
 
-	g := startGatewayLogTo(t, gwConfig{Metrics: true, LogLevel: "debug"}, logFile)
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, LogLevel: "debug", Stderr: logFile})
 	port := serve(t, g.Server, func(c net.Conn) { io.Copy(c, c) })
 	addr := net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port))
 
@@ -228,7 +209,7 @@ func TestLogOutputStalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	g := startGatewayLogTo(t, gwConfig{Metrics: true, LogLevel: "debug"}, w)
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, LogLevel: "debug", Stderr: w})
 	w.Close() // tcpd holds its own copy
 	port := serve(t, g.Server, func(c net.Conn) { io.Copy(c, c) })
 	addr := net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port))
