@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,9 +129,9 @@ var logLevels = []string{"debug", "info", "warn", "error"}
 const maxBody = 4 << 10
 
 // MaxListings bounds the GET /v1/conns requests served at once; more are
-// answered 503 with Retry-After. Each copies the rows it returns and
-// encodes them: with tens of thousands of connections that is tens of MiB,
-// and twenty at once doubled tcpd's memory.
+// answered 503 with Retry-After. Each copies the rows it returns (a few
+// hundred bytes a row) while it writes them: with tens of thousands of
+// connections that is several MiB each, and twenty at once added up.
 const MaxListings = 2
 
 type api struct {
@@ -177,12 +178,36 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 	now := a.now()
 	// The table filters while it copies, so a narrow query on a large
 	// table copies only what it returns.
-	cs := a.src.Conns(f.Match)
-	rows := make([]Conn, len(cs))
+	writeConns(w, now, a.src.Conns(f.Match))
+}
+
+// writeConns answers a listing as a Conns object, one row at a time: a
+// table of tens of thousands of rows is tens of MiB of JSON, which
+// encoded whole would be held in memory on top of the copy of the rows
+// (twice over while its buffer grows). A write error means the client
+// went away, or stopped reading for the write timeout: the rest is not
+// encoded.
+func writeConns(w http.ResponseWriter, now time.Time, cs []stack.ConnInfo) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	ts, _ := json.Marshal(now.Format(time.RFC3339Nano))
+	bw.WriteString(`{"time":`)
+	bw.Write(ts)
+	bw.WriteString(`,"conns":[`)
+	enc := json.NewEncoder(bw)
+	var row Conn
 	for i, c := range cs {
-		rows[i] = connRow(c, now)
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		row = connRow(c, now)
+		if enc.Encode(&row) != nil {
+			return
+		}
 	}
-	writeJSON(w, http.StatusOK, Conns{Time: now.Format(time.RFC3339Nano), Conns: rows})
+	bw.WriteString("]}\n")
+	bw.Flush()
 }
 
 func connRow(c stack.ConnInfo, now time.Time) Conn {

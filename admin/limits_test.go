@@ -2,11 +2,13 @@ package admin_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,8 +166,8 @@ func TestListingsCapped(t *testing.T) {
 // the listing slots only until the write timeout: then a listing is served
 // again.
 func TestStalledReaderFreesItsListing(t *testing.T) {
-	// Long enough for the listing to be encoded before it is written,
-	// also under the race detector.
+	// Long enough for the first rows to be encoded and written, also
+	// under the race detector.
 	const timeout = 3 * time.Second
 	_, cfg, client := start(t, func(c *admin.Config) {
 		// A table whose listing (2 MB) is ten times what a unix socket's
@@ -189,7 +191,7 @@ func TestStalledReaderFreesItsListing(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Read the status line, so that its listing is known to be under
-		// way (encoded whole, then written), and then nothing more.
+		// way, and then nothing more.
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
@@ -232,5 +234,79 @@ func TestREADMEStatesTheWriteTimeout(t *testing.T) {
 	want := fmt.Sprintf("A client that stops reading an answer loses its connection after %d s", int(admin.DefaultWriteTimeout.Seconds()))
 	if !strings.Contains(text, want) {
 		t.Errorf("README does not say %q", want)
+	}
+}
+
+// TestListingStreamed: a listing is written as it is encoded, so what it
+// allocates is the copy of the rows, not the JSON of the whole table on
+// top of it. 20,000 rows are about 11 MB of JSON; encoded whole, a
+// listing allocated more than twice that.
+func TestListingStreamed(t *testing.T) {
+	const n = 20000
+	src, _, client := start(t, func(c *admin.Config) {
+		src := c.Source.(*fakeSource)
+		rows := src.conns
+		for i := range n - len(rows) {
+			r := rows[i%len(rows)]
+			r.ID = conntrack.ID(1000 + i)
+			src.conns = append(src.conns, r)
+		}
+	})
+	get := func() *http.Response {
+		resp, err := client.Get("http://tcpd/v1/conns")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET /v1/conns: %s", resp.Status)
+		}
+		return resp
+	}
+	// The streamed answer is one Conns value with every row.
+	resp := get()
+	var out admin.Conns
+	err := json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Conns) != n || out.Time == "" {
+		t.Fatalf("%d rows and time %q, want %d rows and a time", len(out.Conns), out.Time, n)
+	}
+	for i, c := range out.Conns[1:] {
+		if c.ID <= out.Conns[i].ID {
+			t.Fatalf("row %d has id %d after %d, want ID order", i+1, c.ID, out.Conns[i].ID)
+		}
+	}
+	out = admin.Conns{}
+
+	// What the source's copy of the rows allocates, and then what the
+	// server allocates in all for one listing, the body discarded.
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	src.Conns(nil)
+	runtime.ReadMemStats(&after)
+	rowsCopy := after.TotalAlloc - before.TotalAlloc
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	resp = get()
+	size, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("listing of %d rows: %d bytes of JSON; %d bytes allocated, %d of them the source's copy of the rows", n, size, alloc, rowsCopy)
+	if size < n*100 {
+		t.Fatalf("a listing of %d rows is %d bytes, want at least 100 bytes a row", n, size)
+	}
+	if raceDetector {
+		t.Log("not comparing allocations under the race detector")
+		return
+	}
+	if alloc > rowsCopy+uint64(size)/2 {
+		t.Errorf("a listing allocated %d bytes beyond the rows' copy, more than half its %d bytes of JSON: it is not streamed", alloc-rowsCopy, size)
 	}
 }
