@@ -61,6 +61,18 @@ func upstreamSocket(src netip.Addr, dst netip.AddrPort, t *Tunables) (int, error
 	return fd, nil
 }
 
+// CheckKeepalive sets ka's options, as every dial does, on a socket that
+// is then closed: an error wrapping unix.EINVAL says this kernel refuses
+// them, and with them every upstream connection.
+func CheckKeepalive(ka Keepalive) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	return setUpstreamOptions(fd, &Tunables{Keepalive: ka})
+}
+
 // setUpstreamOptions applies what both legs share (keepalive, and the user
 // timeout that gives up on a peer silent under load as keepalive would on
 // an idle one), no Nagle delay (the relay forwards what it gets as it

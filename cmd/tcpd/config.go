@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 
 	"tcpd/configs"
 	"tcpd/policy"
@@ -81,6 +82,15 @@ const (
 	maxInFlight = 1 << 16
 	// maxKeepaliveCount is Linux's limit on TCP_KEEPCNT (MAX_TCP_KEEPCNT).
 	maxKeepaliveCount = 127
+	// maxKeepaliveTime bounds tcp.keepalive.idle and .interval: Linux
+	// refuses TCP_KEEPIDLE and TCP_KEEPINTVL above 32767 s
+	// (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL), and an upstream socket whose
+	// option is refused is not dialled. 9h is the round value under it.
+	maxKeepaliveTime = 9 * time.Hour
+	// maxUserTimeout bounds what tcpd derives from the keepalive keys for
+	// TCP_USER_TIMEOUT (idle + interval × count): Linux takes it as an int
+	// of milliseconds.
+	maxUserTimeout = math.MaxInt32 * time.Millisecond
 	// minMSS and maxMSS bound a fixed tcp.mss_clamp: 536 bytes is the MSS
 	// every IPv4 host must accept (RFC 9293 3.7.1); 65495 fills the largest
 	// IPv4 packet.
@@ -165,11 +175,13 @@ var keys = []key{
 			"A family with no address listed keeps the kernel's choice; see README, Upstream source ports."},
 
 	{path: "tcp.keepalive.idle", apply: newConns,
-		spec: field(func(c *config) *time.Duration { return &c.stack.Keepalive.Idle }, 120*time.Second, duration(time.Second, day, false)),
+		spec: field(func(c *config) *time.Duration { return &c.stack.Keepalive.Idle }, 120*time.Second, duration(time.Second, maxKeepaliveTime, false)),
 		doc:  "Idle time before the first keepalive probe, on both legs."},
 	{path: "tcp.keepalive.interval", apply: newConns,
-		spec: field(func(c *config) *time.Duration { return &c.stack.Keepalive.Interval }, 30*time.Second, duration(time.Second, day, false)),
-		doc:  "Time between unanswered keepalive probes."},
+		spec: field(func(c *config) *time.Duration { return &c.stack.Keepalive.Interval }, 30*time.Second, duration(time.Second, maxKeepaliveTime, false)),
+		doc:  "Time between unanswered keepalive probes.",
+		more: "idle + interval × count, the time keepalive takes to give up, is also each leg's TCP user timeout: " +
+			"at most 596h31m23s, Linux's limit for TCP_USER_TIMEOUT."},
 	{path: "tcp.keepalive.count", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.Keepalive.Count }, 4, integer[int](1, maxKeepaliveCount)),
 		doc:  "Unanswered keepalive probes before the connection is reset."},
@@ -387,6 +399,29 @@ func (d *decoder) crossCheck(c *config) {
 						key, a, j, p, p.Bits(), netip.PrefixFrom(a.Addr(), a.Addr().BitLen()))})
 				}
 			}
+		}
+	}
+
+	if ka := c.stack.Keepalive; !d.bad["tcp.keepalive.idle"] && !d.bad["tcp.keepalive.interval"] && !d.bad["tcp.keepalive.count"] {
+		if ut := ka.Idle + ka.Interval*time.Duration(ka.Count); ut > maxUserTimeout {
+			// Reported at the first of interval, count and idle the file sets.
+			key := "tcp.keepalive.idle"
+			for _, k := range []string{"tcp.keepalive.count", "tcp.keepalive.interval"} {
+				if _, ok := d.lines[k]; ok {
+					key = k
+				}
+			}
+			d.errs = append(d.errs, &configError{line: d.lines[key], msg: fmt.Sprintf(
+				"%s: idle %s + interval %s × count %d is %s, more than the user timeout Linux allows (TCP_USER_TIMEOUT, at most %s), "+
+					"which tcpd sets to the time keepalive takes to give up (allowed: values whose sum is at most that)",
+				key, fmtDuration(ka.Idle), fmtDuration(ka.Interval), ka.Count, fmtDuration(ut), fmtDuration(maxUserTimeout.Truncate(time.Second)))})
+		} else if err := stack.CheckKeepalive(ka); errors.Is(err, unix.EINVAL) {
+			// The ranges are Linux's; a kernel that still refuses them
+			// would fail every dial. Other errors (no descriptor left)
+			// say nothing of the values.
+			d.errs = append(d.errs, &configError{line: d.lines["tcp.keepalive.idle"], msg: fmt.Sprintf(
+				"tcp.keepalive: this kernel refuses idle %s, interval %s, count %d on a socket (%v), so every upstream connect would fail",
+				fmtDuration(ka.Idle), fmtDuration(ka.Interval), ka.Count, err)})
 		}
 	}
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 
 	"tcpd/configs"
 	"tcpd/conntrack"
@@ -374,7 +376,14 @@ func TestParseConfigErrors(t *testing.T) {
 		{"duration out of range", "upstream:\n  dial_timeout: 10m\n",
 			[]string{"line 2: upstream.dial_timeout: 10m is out of range (allowed 100ms..5m)"}},
 		{"duration below range", "tcp:\n  keepalive:\n    interval: 500ms\n",
-			[]string{"line 3: tcp.keepalive.interval: 500ms is out of range (allowed 1s..24h)"}},
+			[]string{"line 3: tcp.keepalive.interval: 500ms is out of range (allowed 1s..9h)"}},
+		{"keepalive idle past Linux's TCP_KEEPIDLE", "tcp:\n  keepalive: {idle: 32768s}\n",
+			[]string{"line 2: tcp.keepalive.idle: 32768s is out of range (allowed 1s..9h)"}},
+		{"keepalive interval past Linux's TCP_KEEPINTVL", "tcp:\n  keepalive:\n    interval: 10h\n",
+			[]string{"line 3: tcp.keepalive.interval: 10h is out of range (allowed 1s..9h)"}},
+		{"keepalive past Linux's TCP_USER_TIMEOUT", "tcp:\n  keepalive:\n    idle: 9h\n    interval: 9h\n    count: 127\n",
+			[]string{"line 4: tcp.keepalive.interval: idle 9h + interval 9h × count 127 is 1152h, more than the user timeout Linux allows " +
+				"(TCP_USER_TIMEOUT, at most 596h31m23s), which tcpd sets to the time keepalive takes to give up (allowed: values whose sum is at most that)"}},
 		{"duration off or range", "tcp:\n  idle_timeout: 500ms\n",
 			[]string{"line 2: tcp.idle_timeout: 500ms is out of range (allowed 0s (off) or 1s..168h)"}},
 		{"duration without unit", "upstream:\n  dial_timeout: 10\n",
@@ -717,6 +726,36 @@ func TestTimeWaitLimitZeroKeepsNone(t *testing.T) {
 	tab := conntrack.New(conntrack.Config{TimeWaitLimit: sc.TimeWaitLimit})
 	if got := tab.Snapshot().TimeWaitLimit; got != 0 {
 		t.Fatalf("conntrack's cap %d, want 0", got)
+	}
+}
+
+// TestKeepaliveBoundsAreTheKernels: the largest keepalive the
+// configuration accepts is one this kernel takes on an upstream socket,
+// as every dial sets it, and just past each bound it refuses them (before
+// the bounds were Linux's, 24h passed the check and every dial failed).
+func TestKeepaliveBoundsAreTheKernels(t *testing.T) {
+	largest := mustParse(t, "tcp:\n  keepalive: {idle: 9h, interval: 9h, count: 65}\n")
+	if err := stack.CheckKeepalive(largest.stack.Keepalive); err != nil {
+		t.Errorf("the largest keepalive accepted (%+v): %v", largest.stack.Keepalive, err)
+	}
+	if _, err := parseConfig([]byte("tcp:\n  keepalive: {idle: 9h, interval: 9h, count: 66}\n")); err == nil {
+		t.Error("idle 9h + interval 9h × count 66 accepted, past TCP_USER_TIMEOUT's int of milliseconds")
+	}
+	const (
+		linuxMaxKeepTime = 32767 * time.Second // MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL
+		hour             = time.Hour
+	)
+	for _, ka := range []stack.Keepalive{
+		{Idle: linuxMaxKeepTime + time.Second, Interval: hour, Count: 1},
+		{Idle: hour, Interval: linuxMaxKeepTime + time.Second, Count: 1},
+		{Idle: 9 * hour, Interval: 9 * hour, Count: 127},
+	} {
+		if err := stack.CheckKeepalive(ka); !errors.Is(err, unix.EINVAL) {
+			t.Errorf("keepalive %+v: %v, want EINVAL", ka, err)
+		}
+	}
+	if maxKeepaliveTime > linuxMaxKeepTime {
+		t.Errorf("tcp.keepalive allows up to %v, past Linux's %v", maxKeepaliveTime, linuxMaxKeepTime)
 	}
 }
 
