@@ -216,6 +216,10 @@ func New(cfg Config) *Table {
 	t := &Table{cfg: cfg.WithDefaults(), seed: maphash.MakeSeed()}
 	t.set.Store(settingsOf(t.cfg))
 	t.epoch = t.cfg.Now().Add(-time.Nanosecond)
+	for i := range t.hist {
+		t.hist[i].twDwell.SetBounds(TimeWaitBounds)
+		t.hist[i].lifetime.SetBounds(LifetimeBounds)
+	}
 	for i := range t.shards {
 		t.shards[i].init(i, &t.stripes[i%numStripes], &t.hist[i%histStripes])
 	}

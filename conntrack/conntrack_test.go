@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -344,6 +345,50 @@ func TestTimeWaitExpiry(t *testing.T) {
 	}
 	if snap.TimeWaitDwell.Count != 1 || snap.TimeWaitDwell.Sum != 50 {
 		t.Fatalf("dwell histogram count %d sum %v, want 1 and 50s", snap.TimeWaitDwell.Count, snap.TimeWaitDwell.Sum)
+	}
+}
+
+// TestLongHistograms: the lifetime and TIME_WAIT dwell histograms have
+// buckets of their own range. With the latency buckets (100 µs..10 s) and
+// native ones up to 128 s, a 30 s dwell fell in +Inf and a three-hour
+// connection was exported as two minutes.
+func TestLongHistograms(t *testing.T) {
+	tab, clk := newTable(ct.Config{TimeWait: 30 * time.Second})
+	run(t, tab, handshake)
+	clk.advance(3 * time.Hour)
+	run(t, tab, tcpdTimeWait)
+	clk.advance(30 * time.Second)
+	if n := tab.Tick(); n != 1 {
+		t.Fatalf("Tick removed %d entries at expiry, want 1", n)
+	}
+	snap := tab.Snapshot()
+	// bucket is the cumulative count at the classic bound le.
+	bucket := func(h ct.HistogramSnapshot, le float64) uint64 {
+		i := slices.Index(h.Bounds, le)
+		if i < 0 {
+			t.Fatalf("no classic bound %v in %v", le, h.Bounds)
+		}
+		return h.Buckets[i]
+	}
+	lt, tw := snap.Lifetime, snap.TimeWaitDwell
+	if !slices.Equal(lt.Bounds, ct.LifetimeBounds) || !slices.Equal(tw.Bounds, ct.TimeWaitBounds) {
+		t.Fatalf("bounds %v and %v, want LifetimeBounds and TimeWaitBounds", lt.Bounds, tw.Bounds)
+	}
+	if lt.Count != 1 || bucket(lt, 7200) != 0 || bucket(lt, 14400) != 1 {
+		t.Errorf("a 3h lifetime: count %d, le=7200 %d, le=14400 %d; want 1, 0, 1", lt.Count, bucket(lt, 7200), bucket(lt, 14400))
+	}
+	if q := lt.Quantile(0.5); q < 3*3600*0.9 || q > 3*3600*1.1 {
+		t.Errorf("a 3h lifetime's median from the native buckets is %.0f s, want within 10%% of 10800", q)
+	}
+	if tw.Count != 1 || bucket(tw, 20) != 0 || bucket(tw, 30) != 1 {
+		t.Errorf("a 30s dwell: count %d, le=20 %d, le=30 %d; want 1, 0, 1", tw.Count, bucket(tw, 20), bucket(tw, 30))
+	}
+	if q := tw.Quantile(0.5); q < 27 || q > 33 {
+		t.Errorf("a 30s dwell's median from the native buckets is %.1f s, want within 10%% of 30", q)
+	}
+	// The latency histograms keep theirs.
+	if !slices.Equal(snap.Handshake.Bounds, ct.ClassicBounds) {
+		t.Errorf("handshake bounds %v, want ClassicBounds", snap.Handshake.Bounds)
 	}
 }
 

@@ -2,29 +2,50 @@ package conntrack
 
 import (
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 )
 
 // ClassicBounds are the upper bounds, in seconds, of the classic buckets of
 // every latency histogram: 100 µs to 10 s in 1-2.5-5 steps, the range a
-// handshake can take between a LAN and a lossy mobile link.
+// handshake can take between a LAN and a lossy mobile link. A Histogram
+// whose bounds are not set has these.
 var ClassicBounds = []float64{
 	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 }
+
+// TimeWaitBounds are the classic buckets of the TIME_WAIT dwell: 100 ms to
+// 5 min, tcp.time_wait's range, with the round values it is set to as
+// bounds, so that entries held for the whole of it (the dwell is then
+// exactly tcp.time_wait) fall in the bucket it closes.
+var TimeWaitBounds = []float64{
+	0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300,
+}
+
+// LifetimeBounds are the classic buckets of connection lifetimes: 10 ms (a
+// request and its answer) to a day (a tunnel kept open).
+var LifetimeBounds = []float64{
+	0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400,
+}
+
+// maxClassic is the most classic bounds a Histogram can have.
+const maxClassic = 17
 
 // NativeSchema is the Prometheus native-histogram schema of the sparse
 // buckets: schema 3 grows each bucket by 2^(1/8) ≈ 1.09, the closest schema
 // to the conventional factor 1.1.
 const NativeSchema = 3
 
-// Native buckets cover 2^nativeMinExp s (≈ 7.6 µs) to 2^nativeMaxExp s (128 s);
-// observations below go to the zero bucket, above to the last bucket. That
-// bounds the bucket count at (nativeMaxExp-nativeMinExp)·8 = 192.
+// Native buckets cover 2^nativeMinExp s (≈ 7.6 µs) to 2^nativeMaxExp s
+// (≈ 36 h, past the longest classic bound); observations below go to the
+// zero bucket, above to the last bucket. That bounds the bucket count at
+// (nativeMaxExp-nativeMinExp)·8 = 272, of which a scrape carries only the
+// ones not empty.
 const (
 	nativeMinExp        = -17
-	nativeMaxExp        = 7
+	nativeMaxExp        = 17
 	nativePerOctave     = 1 << NativeSchema
 	numNativeBuckets    = (nativeMaxExp - nativeMinExp) * nativePerOctave
 	nativeFirstIndex    = nativeMinExp*nativePerOctave + 1
@@ -33,12 +54,31 @@ const (
 
 // Histogram counts durations in fixed classic buckets and in native
 // (exponential) buckets at once. Observe is lock-free and allocation-free.
+// The zero value has ClassicBounds; SetBounds gives it others.
 type Histogram struct {
+	bounds  []float64 // nil: ClassicBounds
 	count   atomic.Uint64
 	sumNano atomic.Int64
-	classic [17]atomic.Uint64 // len(ClassicBounds) + the +Inf bucket
+	classic [maxClassic + 1]atomic.Uint64 // the bounds' buckets, then +Inf
 	zero    atomic.Uint64
 	native  [numNativeBuckets]atomic.Uint64
+}
+
+// SetBounds gives h classic bounds other than ClassicBounds: increasing,
+// at most 17. It must be called before the first Observe.
+func (h *Histogram) SetBounds(bounds []float64) {
+	if len(bounds) > maxClassic || !slices.IsSorted(bounds) {
+		panic("conntrack: histogram bounds not increasing or more than 17")
+	}
+	h.bounds = bounds
+}
+
+// Bounds are h's classic bounds.
+func (h *Histogram) Bounds() []float64 {
+	if h.bounds == nil {
+		return ClassicBounds
+	}
+	return h.bounds
 }
 
 // Observe records one duration. Negative durations count as zero.
@@ -49,8 +89,9 @@ func (h *Histogram) Observe(d time.Duration) {
 	s := d.Seconds()
 	h.count.Add(1)
 	h.sumNano.Add(int64(d))
+	bounds := h.Bounds()
 	i := 0
-	for i < len(ClassicBounds) && s > ClassicBounds[i] {
+	for i < len(bounds) && s > bounds[i] {
 		i++
 	}
 	h.classic[i].Add(1)
@@ -84,7 +125,9 @@ func nativeSlot(s float64) int {
 type HistogramSnapshot struct {
 	Count uint64
 	Sum   float64 // seconds
-	// Cumulative counts for ClassicBounds, as Prometheus wants them.
+	// Bounds are the classic buckets' upper bounds, in seconds.
+	Bounds []float64
+	// Cumulative counts for Bounds, as Prometheus wants them.
 	Buckets []uint64
 	// ZeroCount counts observations at or below NativeZeroThreshold.
 	ZeroCount uint64
@@ -98,8 +141,9 @@ func (h *Histogram) Snapshot() HistogramSnapshot { return snapshotOf([]*Histogra
 
 // snapshotOf copies the sum of hs, the stripes of one histogram.
 func snapshotOf(hs []*Histogram) HistogramSnapshot {
-	s := HistogramSnapshot{Buckets: make([]uint64, len(ClassicBounds)), Native: map[int]uint64{}}
-	classic := make([]uint64, len(ClassicBounds)+1)
+	bounds := hs[0].Bounds()
+	s := HistogramSnapshot{Bounds: bounds, Buckets: make([]uint64, len(bounds)), Native: map[int]uint64{}}
+	classic := make([]uint64, len(bounds)+1)
 	var count uint64
 	var sum int64
 	for _, h := range hs {
@@ -116,11 +160,11 @@ func snapshotOf(hs []*Histogram) HistogramSnapshot {
 		count += h.count.Load()
 	}
 	var cum uint64
-	for i := range ClassicBounds {
+	for i := range bounds {
 		cum += classic[i]
 		s.Buckets[i] = cum
 	}
-	cum += classic[len(ClassicBounds)]
+	cum += classic[len(bounds)]
 	s.Sum = time.Duration(sum).Seconds()
 	s.Count = max(count, cum)
 	return s

@@ -11,7 +11,7 @@ import (
 )
 
 // histogram is a prometheus.Metric for one conntrack.HistogramSnapshot. It
-// carries the classic buckets (conntrack.ClassicBounds) and the native ones
+// carries the classic buckets (the snapshot's Bounds) and the native ones
 // (schema conntrack.NativeSchema) in the same dto.Histogram, so a scraper
 // that negotiates protobuf can keep either or both, and the text formats show
 // the classic ones.
@@ -44,9 +44,13 @@ func (h *histogram) Write(m *dto.Metric) error {
 	for _, n := range s.Native {
 		count += n
 	}
-	classic := make([]*dto.Bucket, len(conntrack.ClassicBounds))
+	bounds := s.Bounds
+	if bounds == nil { // a zero snapshot
+		bounds = conntrack.ClassicBounds
+	}
+	classic := make([]*dto.Bucket, len(bounds))
 	var cum uint64
-	for i, le := range conntrack.ClassicBounds {
+	for i, le := range bounds {
 		if i < len(s.Buckets) {
 			cum = max(cum, s.Buckets[i]) // a zero snapshot has no Buckets
 		}

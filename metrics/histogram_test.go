@@ -29,14 +29,15 @@ import (
 //	30 ms        → ⌈8·log2(0.03)⌉   = ⌈-40.5⌉ = -40
 //	2 s          → 8·log2(2) = 8, an upper bound, so k = 8
 //	20 s         → ⌈8·log2(20)⌉ = ⌈34.6⌉ = 35
-//	500 s        → past conntrack's last bucket (128 s, k = 56): k = 56
+//	500 s        → ⌈8·log2(500)⌉ = ⌈71.7⌉ = 72
+//	48 h         → past conntrack's last bucket (2^17 s ≈ 36 h, k = 136): k = 136
 var (
 	observed = []time.Duration{
 		0, 3 * time.Microsecond, 200 * time.Microsecond, time.Millisecond, time.Millisecond,
-		30 * time.Millisecond, 2 * time.Second, 20 * time.Second, 500 * time.Second,
+		30 * time.Millisecond, 2 * time.Second, 20 * time.Second, 500 * time.Second, 48 * time.Hour,
 	}
 	wantZero   uint64 = 2
-	wantNative        = map[int]uint64{-98: 1, -79: 2, -40: 1, 8: 1, 35: 1, 56: 1}
+	wantNative        = map[int]uint64{-98: 1, -79: 2, -40: 1, 8: 1, 35: 1, 72: 1, 136: 1}
 )
 
 const handshakeHelp = "Client leg of the TCP handshake: tcpd's SYN-ACK sent to the client's ACK received."
@@ -75,9 +76,9 @@ func TestHistogramExport(t *testing.T) {
 %[1]s_bucket{le="2.5"} 7
 %[1]s_bucket{le="5"} 7
 %[1]s_bucket{le="10"} 7
-%[1]s_bucket{le="+Inf"} 9
+%[1]s_bucket{le="+Inf"} 10
 %[1]s_sum %[3]v
-%[1]s_count 9
+%[1]s_count 10
 `, name, handshakeHelp, total.Seconds())
 
 	t.Run("classic buckets in text", func(t *testing.T) {
@@ -90,8 +91,8 @@ func TestHistogramExport(t *testing.T) {
 		body, _ := scrape(t, srv.URL, string(expfmt.NewFormat(expfmt.TypeOpenMetrics)))
 		for _, want := range []string{
 			name + `_bucket{le="0.001"} 5`,
-			name + `_bucket{le="+Inf"} 9`,
-			name + `_count 9`,
+			name + `_bucket{le="+Inf"} 10`,
+			name + `_count 10`,
 		} {
 			if !strings.Contains(body, want) {
 				t.Errorf("OpenMetrics scrape lacks %q", want)
