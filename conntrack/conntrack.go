@@ -63,7 +63,7 @@ type Config struct {
 	// zero keeps none, as tcp_max_tw_buckets=0 does.
 	TimeWaitLimit *int
 	// MaxEntries bounds the table; SYNs beyond it are not tracked and are
-	// counted. Zero means 1<<20.
+	// counted. Zero means DefaultMaxEntries.
 	MaxEntries int
 	// Unclaimed is how long an entry whose SYN no handler took (the
 	// netstack dropped it) is kept after its last segment. Zero means 5s.
@@ -77,6 +77,13 @@ type Config struct {
 	Now func() time.Time
 }
 
+// DefaultMaxEntries is room for the largest caps tcpd's configuration
+// allows at once: a million relayed connections, a million in TIME_WAIT
+// and 65,536 handshakes. Entries are allocated as they come, so the bound
+// costs nothing until it is used; it is there so that nothing the caps do
+// not count (an entry of a connection still closing) grows without end.
+const DefaultMaxEntries = 2<<20 + 1<<16
+
 // WithDefaults returns c with each unset field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.TimeWait == 0 {
@@ -86,7 +93,7 @@ func (c Config) WithDefaults() Config {
 		c.TimeWaitLimit = new(16384)
 	}
 	if c.MaxEntries == 0 {
-		c.MaxEntries = 1 << 20
+		c.MaxEntries = DefaultMaxEntries
 	}
 	if c.Unclaimed == 0 {
 		c.Unclaimed = 5 * time.Second

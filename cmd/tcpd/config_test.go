@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -756,6 +757,19 @@ func TestKeepaliveBoundsAreTheKernels(t *testing.T) {
 	}
 	if maxKeepaliveTime > linuxMaxKeepTime {
 		t.Errorf("tcp.keepalive allows up to %v, past Linux's %v", maxKeepaliveTime, linuxMaxKeepTime)
+	}
+}
+
+// TestTableHoldsTheLargestCaps: conntrack's table has room for every
+// connection the largest caps admit at once (relays, TIME_WAIT and
+// handshakes), so no SYN is refused as untracked before a cap is reached.
+func TestTableHoldsTheLargestCaps(t *testing.T) {
+	c := mustParse(t, fmt.Sprintf("limits:\n  max_connections: %d\n  max_in_flight: %d\ntcp:\n  time_wait_limit: %d\n",
+		maxConnections, maxInFlight, maxConnections))
+	sc := c.stackConfig(nil, nil)
+	need := sc.MaxConnections + sc.MaxInFlight + *sc.TimeWaitLimit
+	if got := (conntrack.Config{}).WithDefaults().MaxEntries; got < need {
+		t.Errorf("conntrack holds %d entries, fewer than the %d the largest caps admit", got, need)
 	}
 }
 
