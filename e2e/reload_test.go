@@ -4,13 +4,19 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"tcpd/internal/netlab"
 )
 
 // TestReloadTellsTheTruth sends tcpd SIGHUP with a file that changes a key
@@ -130,4 +136,67 @@ func logLines(g *gateway, msg string) []map[string]any {
 		}
 	}
 	return out
+}
+
+// TestReloadKeepsAnAdminLogLevel: a log level set through the admin socket
+// stays across a reload that leaves log.level as it was (a reload once
+// reset it to the file's, so turning on debug for an investigation ended
+// at the next reload of any key), and a reload that changes log.level
+// applies it.
+func TestReloadKeepsAnAdminLogLevel(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "tcpd.sock")
+	cfg := gwConfig{LogLevel: "info", AdminSocket: sock}
+	g := startGateway(t, netlab.Options{}, cfg)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	level := func(method, body string) string {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://tcpd/v1/log/level", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s /v1/log/level: %v", method, err)
+		}
+		defer resp.Body.Close()
+		var v struct{ Level string }
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s /v1/log/level: %s, %v", method, resp.Status, err)
+		}
+		return v.Level
+	}
+	write := func() {
+		t.Helper()
+		if err := os.WriteFile(g.tcpd.ConfigPath(), []byte(cfg.yaml()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if got := level("PUT", `{"level": "debug"}`); got != "debug" {
+		t.Fatalf("PUT debug answered %q", got)
+	}
+	cfg.CongestionControl = "cubic" // another key changes, log.level does not
+	write()
+	reload(t, g, 1)
+	if got := level("GET", ""); got != "debug" {
+		t.Errorf("after a reload that changed tcp.congestion_control only, the level is %q, want the admin's debug", got)
+	}
+	if got := fmt.Sprint(logLines(g, "reloaded")[0]["log_level"]); got != "debug" {
+		t.Errorf("the reload logged log_level %q, want the level in force, debug", got)
+	}
+
+	if got := level("PUT", `{"level": "info"}`); got != "info" {
+		t.Fatalf("PUT info answered %q", got)
+	}
+	cfg.LogLevel = "debug"
+	write()
+	reload(t, g, 2)
+	if got := level("GET", ""); got != "debug" {
+		t.Errorf("after a reload that changed log.level from info to debug, the level is %q, want debug", got)
+	}
 }

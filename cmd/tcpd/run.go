@@ -343,7 +343,12 @@ func (d *daemon) reload() {
 		return
 	}
 	d.st.SetPolicy(pol)
-	d.level.SetLevel(next.logLevel())
+	// The level follows the file when the file (or --log-level) changes
+	// it: a level set through the admin socket stays across reloads that
+	// leave log.level as it was, as every other key's running value does.
+	if next.logLevel() != d.cfg.logLevel() {
+		d.level.SetLevel(next.logLevel())
+	}
 	before := debug.SetMemoryLimit(-1)
 	if limit, source := applyMemoryLimit(next, d.fd.conns); limit != before {
 		d.log.Info("memory limit changed", zap.String("memory_limit", fmtMemLimit(limit)),
@@ -360,7 +365,7 @@ func (d *daemon) reload() {
 			d.log.Warn(warning, zap.Int("open_file_limit", d.fd.limit), zap.Int("needed", fdNeed(next)))
 		}
 	}
-	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", next.logLevel()),
+	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", d.level.Level()),
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
 }
 
