@@ -275,11 +275,70 @@ func TestFleetUnderOnePrometheus(t *testing.T) {
 		} {
 			waitQuery(t, hc, global, fmt.Sprintf(`count(%s) == %d`, expr, len(gws)), 10*time.Second)
 		}
+		// Every series the dashboard's Fleet row reads, as the global
+		// Prometheus holds it (it once lacked tcpd_ready and the
+		// handshake histogram, so two panels were empty there).
+		names := fleetSeries(t)
+		if !slices.Contains(names, "tcpd_ready") || !slices.Contains(names, "tcpd_tcp_handshake_duration_seconds_bucket") {
+			t.Fatalf("the Fleet row reads %v; the test expects tcpd_ready and the handshake buckets among them", names)
+		}
+		for _, name := range names {
+			expr := fmt.Sprintf(`count(%s{job="tcpd"})`, name)
+			site, err := promVector(hc, base, expr, at)
+			if err != nil {
+				t.Fatalf("%s at the site: %v", expr, err)
+			}
+			if len(site) == 0 {
+				continue // a native histogram's series, where this Prometheus keeps classic buckets only
+			}
+			waitQuery(t, hc, global, fmt.Sprintf(`%s == %v`, expr, site["{}"]), 10*time.Second)
+		}
 		got, err := promVector(hc, global, `job:tcpd_tcp_connection_states:sum{job="tcpd", state="time_wait"}`, time.Now())
 		if want := sum(`tcpd_tcp_connection_states{state="time_wait"}`); err != nil || len(got) != 1 || got[`{job="tcpd",state="time_wait"}`] != want {
 			t.Errorf("federated fleet time_wait: %v (%v), want %v", got, err, want)
 		}
 	})
+}
+
+// fleetPanels are the panels of the dashboard's Fleet row.
+func fleetPanels(t *testing.T) []panel {
+	t.Helper()
+	var fleet []panel
+	in := false
+	for _, p := range loadDashboard(t).allPanels() {
+		if p.Type == "row" {
+			in = p.Title == "Fleet"
+			continue
+		}
+		if in {
+			fleet = append(fleet, p)
+		}
+	}
+	if len(fleet) == 0 {
+		t.Fatal(`the dashboard has no "Fleet" row`)
+	}
+	return fleet
+}
+
+// seriesName finds the metric names in a query: a name followed by its
+// label matchers.
+var seriesName = regexp.MustCompile(`([a-zA-Z_:][a-zA-Z0-9_:]*)\{`)
+
+// fleetSeries are the metric names the Fleet row's queries read.
+func fleetSeries(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	for _, p := range fleetPanels(t) {
+		for _, tg := range p.Targets {
+			for _, m := range seriesName.FindAllStringSubmatch(tg.Expr, -1) {
+				if !slices.Contains(names, m[1]) {
+					names = append(names, m[1])
+				}
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // holdFleetConnections makes g hold g.established open relays and
@@ -437,20 +496,7 @@ func promVector(c *http.Client, base, expr string, at time.Time) (map[string]flo
 // panels one series per gateway, and the fleet total the gateways' sum.
 func checkFleetPanels(t *testing.T, c *http.Client, base string, at time.Time, gws []*fleetGateway, sum func(string) float64) {
 	t.Helper()
-	var fleet []panel
-	in := false
-	for _, p := range loadDashboard(t).allPanels() {
-		if p.Type == "row" {
-			in = p.Title == "Fleet"
-			continue
-		}
-		if in {
-			fleet = append(fleet, p)
-		}
-	}
-	if len(fleet) == 0 {
-		t.Fatal(`the dashboard has no "Fleet" row`)
-	}
+	fleet := fleetPanels(t)
 	perGateway := map[string]bool{
 		"Connections per gateway":           true,
 		"Connections per gateway and state": false, // one series per gateway and state

@@ -245,7 +245,7 @@ func NewCollector(cfg Config) *Collector {
 	}
 	if cfg.Health != nil {
 		c.ready = prometheus.NewDesc("tcpd_ready",
-			"1 while tcpd takes new clients (/readyz answers 200); 0 while it starts, drains on SIGTERM or its data path is wedged.",
+			"1 while tcpd takes new clients (/readyz answers 200); 0 while it drains on SIGTERM, its data path is wedged, or its last start steps run (before them /metrics answers 503).",
 			nil, nil)
 	}
 	if cfg.Log != nil {

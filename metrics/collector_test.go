@@ -503,7 +503,7 @@ func TestCollectorReady(t *testing.T) {
 	for _, ready := range []bool{false, true, false} {
 		h.set(true, "", ready, "draining: shutting down, 3 connections left")
 		want := fmt.Sprintf(`
-# HELP tcpd_ready 1 while tcpd takes new clients (/readyz answers 200); 0 while it starts, drains on SIGTERM or its data path is wedged.
+# HELP tcpd_ready 1 while tcpd takes new clients (/readyz answers 200); 0 while it drains on SIGTERM, its data path is wedged, or its last start steps run (before them /metrics answers 503).
 # TYPE tcpd_ready gauge
 tcpd_ready %d
 `, map[bool]int{false: 0, true: 1}[ready])
