@@ -21,7 +21,7 @@ demo: build
 # network namespaces and a TUN device): throughput, connection rate and
 # tcpd's cost per connection, connect latency, memory per idle connection,
 # CPU per GB, and tun.queues 1 against auto (8 streams each way, connections
-# from 64 client addresses). About 7 minutes; prints a table and writes
+# from 64 client addresses). About 6 minutes; prints a table and writes
 # bench/out/results.json. See bench/README.md.
 BENCHFLAGS ?=
 bench:
