@@ -408,6 +408,8 @@ func TestAlertRuleFields(t *testing.T) {
 		"configuration reload failed":      {"tcpd_config_last_reload_successful"},
 		"restarts (watchdog kills, crash)": {"process_start_time_seconds"},
 		"not ready for long":               {"tcpd_ready"},
+		"TIME_WAIT overflow":               {"tcpd_tcp_time_wait_overflow_total"},
+		"handler panics":                   {"tcpd_handler_panics_total"},
 	}
 	for what, metrics := range covered {
 		for _, m := range metrics {
