@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"tcpd/conntrack"
@@ -431,6 +432,75 @@ func TestPerClientCap(t *testing.T) {
 	}
 	if got := h.s.Stats().Dropped[DropMaxConnectionsPerClient].Load(); got != 1 {
 		t.Fatalf("max_connections_per_client drops = %d, want 1", got)
+	}
+}
+
+// TestGlobalCapCountsHandshakes: limits.max_connections bounds the
+// connections relayed and those in their handshake together, so that
+// relays never exceed it once the handshakes complete, and every one of
+// them, holding an upstream socket, fits the descriptor budget built on it.
+func TestGlobalCapCountsHandshakes(t *testing.T) {
+	h := newHarness(t, Config{Tunables: Tunables{MaxConnections: 2, DialTimeout: time.Second}}, clientAddr)
+	hold := make(chan struct{})
+	defer close(hold)
+	h.listen(t, func(c net.Conn) { <-hold })
+	if _, err := h.dial(t, 80); err != nil {
+		t.Fatalf("the first connection: %v", err)
+	}
+	waitFor(t, "one active relay", func() bool { return h.s.Stats().Active.Load() == 1 })
+
+	// A destination that takes no SYN: a listener whose accept queue (one
+	// connection, for a backlog of 0) is full, so the kernel drops the
+	// SYNs of tcpd's connect and the handshake stays in progress.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}
+	filler, err := net.Dial("tcp", full.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+	h.mu.Lock()
+	h.upstream = full
+	h.mu.Unlock()
+
+	slow := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, 81))
+		if err == nil {
+			c.Close()
+		}
+		slow <- err
+	}()
+	waitFor(t, "one handshake in progress", func() bool { return h.s.Stats().InFlight.Load() == 1 })
+
+	// One relay and one handshake: the cap of 2 is reached.
+	if _, err := h.dial(t, 82); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("a connection with one relay and one handshake under a cap of 2 = %v, want refused", err)
+	}
+	if got := h.s.Stats().Dropped[DropMaxConnections].Load(); got != 1 {
+		t.Errorf("max_connections drops = %d, want 1", got)
+	}
+	if d := h.dialedAddrs(); len(d) != 2 {
+		t.Errorf("destinations dialled: %v, want 2 (the refused connection dials none)", d)
+	}
+	if err := <-slow; err == nil {
+		t.Error("the connection whose destination took no SYN was established")
 	}
 }
 

@@ -38,9 +38,12 @@ func newFDBudget(limit int) fdBudget {
 	return fdBudget{limit: limit, conns: limit - fdReserve}
 }
 
-// fdNeed is the open-file limit the caps of c need.
+// fdNeed is the open-file limit the caps of c need: limits.max_connections
+// counts handshakes in progress with the relayed connections (the
+// admission compares both together against it), so it bounds every
+// upstream socket.
 func fdNeed(c *config) int {
-	return c.stack.MaxConnections + c.stack.MaxInFlight + fdReserve
+	return c.stack.MaxConnections + fdReserve
 }
 
 // check says whether the caps of c fit in the limit. It returns an error
@@ -56,10 +59,10 @@ func (b fdBudget) check(c *config) (warning string, err error) {
 	if need <= b.limit {
 		return "", nil
 	}
-	return fmt.Sprintf("the open-file limit (RLIMIT_NOFILE) is %d, and limits.max_connections (%d) plus limits.max_in_flight (%d) "+
+	return fmt.Sprintf("the open-file limit (RLIMIT_NOFILE) is %d, and limits.max_connections (%d) "+
 		"upstream sockets plus %d of tcpd's own need %d: at most %d connections and handshakes at once, more are refused "+
 		"(tcpd_dropped_total{reason=\"fd_limit\"}); raise the limit (LimitNOFILE=) to %d, or lower limits.max_connections to %d",
-		b.limit, c.stack.MaxConnections, c.stack.MaxInFlight, fdReserve, need, b.conns, need, max(b.conns-c.stack.MaxInFlight, 1)), nil
+		b.limit, c.stack.MaxConnections, fdReserve, need, b.conns, need, b.conns), nil
 }
 
 // checkFDCaps is check-config's view: an error when the caps of c cannot
@@ -69,14 +72,14 @@ func (b fdBudget) check(c *config) (warning string, err error) {
 func checkFDCaps(c *config, nrOpen, own int) (warning string, err error) {
 	need := fdNeed(c)
 	if nrOpen > 0 && need > nrOpen {
-		return "", fmt.Errorf("limits.max_connections: %d connections plus limits.max_in_flight (%d) and %d descriptors of tcpd's own need "+
+		return "", fmt.Errorf("limits.max_connections: %d connections and %d descriptors of tcpd's own need "+
 			"%d open files, more than this host allows any process (fs.nr_open %d) (allowed: at most %d)",
-			c.stack.MaxConnections, c.stack.MaxInFlight, fdReserve, need, nrOpen, max(nrOpen-c.stack.MaxInFlight-fdReserve, 1))
+			c.stack.MaxConnections, fdReserve, need, nrOpen, max(nrOpen-fdReserve, 1))
 	}
 	if own > 0 && need > own {
-		return fmt.Sprintf("warning: limits.max_connections (%d) plus limits.max_in_flight (%d) and %d of tcpd's own need %d open files; "+
+		return fmt.Sprintf("warning: limits.max_connections (%d) and %d of tcpd's own need %d open files; "+
 			"this shell's limit is %d: run tcpd with a higher one (the unit's LimitNOFILE=), or it refuses connections beyond %d",
-			c.stack.MaxConnections, c.stack.MaxInFlight, fdReserve, need, own, max(own-fdReserve, 0)), nil
+			c.stack.MaxConnections, fdReserve, need, own, max(own-fdReserve, 0)), nil
 	}
 	return "", nil
 }

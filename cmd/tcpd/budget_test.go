@@ -1,14 +1,16 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 )
 
 func TestFDBudget(t *testing.T) {
-	c := defaultConfig() // 65536 connections, 4096 handshakes
-	need := 65536 + 4096 + fdReserve
+	c := defaultConfig() // 65536 connections and handshakes together
+	need := 65536 + fdReserve
 	if got := fdNeed(c); got != need {
 		t.Fatalf("fdNeed = %d, want %d", got, need)
 	}
@@ -22,9 +24,9 @@ func TestFDBudget(t *testing.T) {
 		{limit: 131072, budget: 131072 - fdReserve, comment: "the unit's LimitNOFILE: everything fits"},
 		{limit: need, budget: need - fdReserve, comment: "exactly enough"},
 		{limit: 20000, budget: 20000 - fdReserve, warn: []string{
-			"is 20000", "limits.max_connections (65536)", "limits.max_in_flight (4096)",
+			"is 20000", "limits.max_connections (65536)",
 			"at most " + itoa(20000-fdReserve) + " connections", `reason="fd_limit"`, "LimitNOFILE=) to " + itoa(need),
-			"lower limits.max_connections to " + itoa(20000-fdReserve-4096),
+			"lower limits.max_connections to " + itoa(20000-fdReserve),
 		}, comment: "a low limit: a warning with the numbers and what to change"},
 		{limit: fdReserve, err: true, comment: "nothing left for connections"},
 	} {
@@ -74,3 +76,17 @@ func TestCheckConfigFDCaps(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestREADMEStatesTheFDNeed: README's figure for the default caps is
+// fdNeed's.
+func TestREADMEStatesTheFDNeed(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := fdNeed(defaultConfig())
+	want := fmt.Sprintf("needs an open-file limit of %d,%03d", n/1000, n%1000)
+	if text := strings.Join(strings.Fields(string(b)), " "); !strings.Contains(text, want) {
+		t.Errorf("README does not say %q", want)
+	}
+}

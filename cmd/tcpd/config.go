@@ -224,10 +224,11 @@ var keys = []key{
 
 	{path: "limits.max_connections", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.MaxConnections }, 65536, integer[int](1, maxConnections)),
-		doc:  "Relayed connections, all clients together."},
+		doc:  "Connections relayed or in their handshake, all clients together.",
+		more: "Each holds one descriptor, its upstream socket: the open-file limit must leave room for them (README, Descriptors)."},
 	{path: "limits.max_connections_per_client", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.MaxConnectionsPerClient }, 4096, integer[int](1, maxConnections)),
-		doc:  "Relayed connections of one client address; at most limits.max_connections."},
+		doc:  "Connections relayed or in their handshake of one client address; at most limits.max_connections."},
 	{path: "limits.max_in_flight", apply: restart,
 		spec: field(func(c *config) *int { return &c.stack.MaxInFlight }, 4096, integer[int](1, maxInFlight)),
 		doc:  "Handshakes in progress (SYN received, not yet established), all clients together.",
