@@ -265,6 +265,12 @@ func TestConnsFilter(t *testing.T) {
 		{"dport=443", []uint64{3, 12}},
 		{"dport=443&src=100.64.0.0/10", []uint64{3}},
 		{"dport=22", nil},
+		{"sport=51000", []uint64{3}},
+		{"sport=51000&dport=80", nil},
+		{"client_state=fin_wait2", []uint64{9}},
+		{"client_state=SYN-SENT,established", []uint64{3, 12}},
+		{"client_state=established&state=established", []uint64{3}},
+		{"client_state=established&state=time_wait", nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.query, func(t *testing.T) {
@@ -306,7 +312,9 @@ func TestConnsFilterErrors(t *testing.T) {
 		{"dport=70000", `dport: "70000" is not a port (allowed: 1..65535)`},
 		{"dport=https", `dport: "https" is not a port (allowed: 1..65535)`},
 		{"dport=80&dport=443", `dport: given 2 times (allowed: once)`},
-		{"sport=80", `unknown parameter "sport" (allowed: state, src, dst, dport)`},
+		{"sport=0", `sport: "0" is not a port (allowed: 1..65535)`},
+		{"client_state=estab,bogus", `client_state: "bogus" is not a TCP state (allowed: close, `},
+		{"port=80", `unknown parameter "port" (allowed: state, client_state, src, dst, sport, dport)`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.query, func(t *testing.T) {
@@ -380,6 +388,39 @@ func TestKill(t *testing.T) {
 	}
 }
 
+// TestResetMatching: DELETE /v1/conns with a filter resets every
+// connection it keeps and says how many, as `ss -K` does; without a
+// filter it resets nothing.
+func TestResetMatching(t *testing.T) {
+	src, _, c := start(t, nil)
+	code, _, b := do(t, c, "DELETE", "/v1/conns", "")
+	if code != http.StatusBadRequest || !strings.HasPrefix(decode[admin.Error](t, b).Error, "a filter is required to reset connections") {
+		t.Errorf("DELETE with no filter: status %d body %s, want 400", code, b)
+	}
+	code, _, b = do(t, c, "DELETE", "/v1/conns?dport=x", "")
+	if code != http.StatusBadRequest || !strings.HasPrefix(decode[admin.Error](t, b).Error, `dport: "x" is not a port`) {
+		t.Errorf("DELETE with a bad filter: status %d body %s, want 400", code, b)
+	}
+	if n := len(src.Conns(nil)); n != 3 {
+		t.Fatalf("%d connections left after refused resets, want 3", n)
+	}
+	code, _, b = do(t, c, "DELETE", "/v1/conns?dport=443", "")
+	if code != http.StatusOK || decode[admin.Reset](t, b).Reset != 2 {
+		t.Errorf("DELETE ?dport=443: status %d body %s, want 200 and 2 reset", code, b)
+	}
+	var left []uint64
+	for _, r := range src.Conns(nil) {
+		left = append(left, uint64(r.ID))
+	}
+	if !slices.Equal(left, []uint64{9}) {
+		t.Errorf("connections left %v, want [9] (the one to port 80)", left)
+	}
+	code, _, b = do(t, c, "DELETE", "/v1/conns?dport=443", "")
+	if code != http.StatusOK || decode[admin.Reset](t, b).Reset != 0 {
+		t.Errorf("DELETE ?dport=443 again: status %d body %s, want 200 and 0 reset", code, b)
+	}
+}
+
 func TestLogLevel(t *testing.T) {
 	_, cfg, c := start(t, nil)
 	if code, _, b := do(t, c, "GET", "/v1/log/level", ""); code != http.StatusOK || strings.TrimSpace(string(b)) != `{"level":"info"}` {
@@ -421,7 +462,7 @@ func TestRouting(t *testing.T) {
 		code         int
 		allow, msg   string
 	}{
-		{"POST", "/v1/conns", 405, "GET", "method POST not allowed on /v1/conns (allowed: GET)"},
+		{"POST", "/v1/conns", 405, "GET, DELETE", "method POST not allowed on /v1/conns (allowed: GET, DELETE)"},
 		{"GET", "/v1/conns/3", 405, "DELETE", "method GET not allowed on /v1/conns/3 (allowed: DELETE)"},
 		{"DELETE", "/v1/summary", 405, "GET", "method DELETE not allowed on /v1/summary (allowed: GET)"},
 		{"POST", "/v1/log/level", 405, "GET, PUT", "method POST not allowed on /v1/log/level (allowed: GET, PUT)"},

@@ -112,6 +112,12 @@ type Latency struct {
 	P99Seconds float64 `json:"p99_seconds"`
 }
 
+// Reset is the body of a DELETE /v1/conns answer.
+type Reset struct {
+	// Reset is how many connections were reset.
+	Reset int `json:"reset"`
+}
+
 // LogLevel is the body of GET and PUT /v1/log/level.
 type LogLevel struct {
 	Level string `json:"level"`
@@ -156,14 +162,18 @@ func newAPI(cfg Config) http.Handler {
 	return mux
 }
 
-// GET /v1/conns
+// GET and DELETE /v1/conns
 func (a *api) conns(w http.ResponseWriter, r *http.Request) {
-	if !allow(w, r, http.MethodGet) {
+	if !allow(w, r, http.MethodGet, http.MethodDelete) {
 		return
 	}
 	f, err := ParseFilter(r.URL.Query())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if r.Method == http.MethodDelete {
+		a.resetMatching(w, f)
 		return
 	}
 	select {
@@ -246,6 +256,25 @@ func since(now, t time.Time) float64 {
 		return 0
 	}
 	return now.Sub(t).Seconds()
+}
+
+// resetMatching answers DELETE /v1/conns: every connection f keeps is
+// reset on both legs, as `ss -K` kills the sockets its filter selects. A
+// filter is required: an empty one would reset the whole gateway.
+func (a *api) resetMatching(w http.ResponseWriter, f Filter) {
+	if f.IsZero() {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf(
+			"a filter is required to reset connections (allowed: %s; DELETE /v1/conns/ID resets one)", strings.Join(filterParams, ", ")))
+		return
+	}
+	n := 0
+	for _, c := range a.src.Conns(f.Match) {
+		if a.src.Kill(c.ID) {
+			n++
+		}
+	}
+	a.log.Info("connections reset by admin request", zap.Int("reset", n), zap.String("filter", f.String()))
+	writeJSON(w, http.StatusOK, Reset{Reset: n})
 }
 
 // DELETE /v1/conns/{id}

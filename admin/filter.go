@@ -14,22 +14,25 @@ import (
 
 // Filter selects rows of GET /v1/conns. The zero Filter selects every row.
 type Filter struct {
-	// States lists tcpd-side states to keep; empty keeps all.
-	States []conntrack.State
+	// States lists tcpd-side states to keep, ClientStates the client's;
+	// empty keeps all.
+	States, ClientStates []conntrack.State
 	// Src and Dst keep connections whose client or destination address is
 	// inside them; an invalid (zero) prefix keeps all.
 	Src, Dst netip.Prefix
-	// DstPort keeps connections to that port; zero keeps all.
-	DstPort uint16
+	// SrcPort and DstPort keep connections from that client port or to
+	// that destination port; zero keeps all.
+	SrcPort, DstPort uint16
 }
 
 // filterParams are the query parameters ParseFilter understands.
-var filterParams = []string{"state", "src", "dst", "dport"}
+var filterParams = []string{"state", "client_state", "src", "dst", "sport", "dport"}
 
-// ParseFilter reads a Filter from the query parameters state (repeated or
-// comma-separated, either spelling of conntrack.ParseState), src, dst (an
-// address or a prefix) and dport. Every error names the parameter and what
-// it allows; `tcpd conns` uses it to check its flags with the same words.
+// ParseFilter reads a Filter from the query parameters state and
+// client_state (repeated or comma-separated, either spelling of
+// conntrack.ParseState), src, dst (an address or a prefix), sport and
+// dport. Every error names the parameter and what it allows; `tcpd conns`
+// uses it to check its flags with the same words.
 func ParseFilter(q url.Values) (Filter, error) {
 	var f Filter
 	for name := range q {
@@ -37,38 +40,90 @@ func ParseFilter(q url.Values) (Filter, error) {
 			return Filter{}, fmt.Errorf("unknown parameter %q (allowed: %s)", clip(name), strings.Join(filterParams, ", "))
 		}
 	}
-	for _, v := range q["state"] {
-		for name := range strings.SplitSeq(v, ",") {
-			name = strings.TrimSpace(name)
-			if name == "" {
-				continue
-			}
-			s, ok := conntrack.ParseState(name)
-			if !ok {
-				return Filter{}, fmt.Errorf("state: %q is not a TCP state (allowed: %s)", clip(name), stateLabels())
-			}
-			if !slices.Contains(f.States, s) {
-				f.States = append(f.States, s)
-			}
-		}
-	}
 	var err error
+	if f.States, err = statesParam(q, "state"); err != nil {
+		return Filter{}, err
+	}
+	if f.ClientStates, err = statesParam(q, "client_state"); err != nil {
+		return Filter{}, err
+	}
 	if f.Src, err = prefixParam(q, "src"); err != nil {
 		return Filter{}, err
 	}
 	if f.Dst, err = prefixParam(q, "dst"); err != nil {
 		return Filter{}, err
 	}
-	if v, ok, err := single(q, "dport"); err != nil {
+	if f.SrcPort, err = portParam(q, "sport"); err != nil {
 		return Filter{}, err
-	} else if ok {
-		p, err := strconv.ParseUint(v, 10, 16)
-		if err != nil || p == 0 {
-			return Filter{}, fmt.Errorf("dport: %q is not a port (allowed: 1..65535)", clip(v))
-		}
-		f.DstPort = uint16(p)
+	}
+	if f.DstPort, err = portParam(q, "dport"); err != nil {
+		return Filter{}, err
 	}
 	return f, nil
+}
+
+// String gives f as the query it is parsed from, for the log.
+func (f Filter) String() string {
+	q := url.Values{}
+	for _, st := range f.States {
+		q.Add("state", st.String())
+	}
+	for _, st := range f.ClientStates {
+		q.Add("client_state", st.String())
+	}
+	if f.Src.IsValid() {
+		q.Set("src", f.Src.String())
+	}
+	if f.Dst.IsValid() {
+		q.Set("dst", f.Dst.String())
+	}
+	if f.SrcPort != 0 {
+		q.Set("sport", strconv.Itoa(int(f.SrcPort)))
+	}
+	if f.DstPort != 0 {
+		q.Set("dport", strconv.Itoa(int(f.DstPort)))
+	}
+	return q.Encode()
+}
+
+// IsZero reports whether f keeps every row.
+func (f Filter) IsZero() bool {
+	return len(f.States) == 0 && len(f.ClientStates) == 0 && !f.Src.IsValid() && !f.Dst.IsValid() && f.SrcPort == 0 && f.DstPort == 0
+}
+
+// statesParam reads the states of parameter name, repeated or
+// comma-separated.
+func statesParam(q url.Values, name string) ([]conntrack.State, error) {
+	var states []conntrack.State
+	for _, v := range q[name] {
+		for label := range strings.SplitSeq(v, ",") {
+			label = strings.TrimSpace(label)
+			if label == "" {
+				continue
+			}
+			s, ok := conntrack.ParseState(label)
+			if !ok {
+				return nil, fmt.Errorf("%s: %q is not a TCP state (allowed: %s)", name, clip(label), stateLabels())
+			}
+			if !slices.Contains(states, s) {
+				states = append(states, s)
+			}
+		}
+	}
+	return states, nil
+}
+
+// portParam reads the port of parameter name; 0 when absent.
+func portParam(q url.Values, name string) (uint16, error) {
+	v, ok, err := single(q, name)
+	if err != nil || !ok {
+		return 0, err
+	}
+	p, err := strconv.ParseUint(v, 10, 16)
+	if err != nil || p == 0 {
+		return 0, fmt.Errorf("%s: %q is not a port (allowed: 1..65535)", name, clip(v))
+	}
+	return uint16(p), nil
 }
 
 // single returns the one value of parameter name, if present.
@@ -137,10 +192,16 @@ func (f Filter) Match(c *conntrack.Conn) bool {
 	if len(f.States) > 0 && !slices.Contains(f.States, c.State) {
 		return false
 	}
+	if len(f.ClientStates) > 0 && !slices.Contains(f.ClientStates, c.ClientState) {
+		return false
+	}
 	if f.Src.IsValid() && !f.Src.Contains(c.Tuple.Client.Addr().Unmap()) {
 		return false
 	}
 	if f.Dst.IsValid() && !f.Dst.Contains(c.Tuple.Dst.Addr().Unmap()) {
+		return false
+	}
+	if f.SrcPort != 0 && c.Tuple.Client.Port() != f.SrcPort {
 		return false
 	}
 	if f.DstPort != 0 && c.Tuple.Dst.Port() != f.DstPort {

@@ -25,7 +25,7 @@ func FuzzParseFilter(f *testing.F) {
 		"", "state=established", "state=ESTABLISHED,time-wait&state=close_wait", "src=100.64.0.7",
 		"dst=10.1.2.3/8&dport=443", "src=::ffff:100.64.0.7", "dst=::ffff:10.0.0.0/104", "dport=0",
 		"dport=65536", "state=bogus", "src=fe80::1%25eth0", "x=1", "dport=1&dport=2", "state=%ff%fe",
-		"src=" + strings.Repeat("9", 500),
+		"src=" + strings.Repeat("9", 500), "client_state=fin_wait2&sport=40000", "sport=0", "client_state=x",
 	} {
 		f.Add(s)
 	}
@@ -52,8 +52,14 @@ func FuzzParseFilter(f *testing.F) {
 		if len(flt.States) > 0 {
 			c.State = flt.States[0]
 		}
+		if len(flt.ClientStates) > 0 {
+			c.ClientState = flt.ClientStates[0]
+		}
 		if flt.Src.IsValid() {
 			c.Tuple.Client = netip.AddrPortFrom(flt.Src.Addr(), 40000)
+		}
+		if flt.SrcPort != 0 {
+			c.Tuple.Client = netip.AddrPortFrom(c.Tuple.Client.Addr(), flt.SrcPort)
 		}
 		if flt.Dst.IsValid() {
 			c.Tuple.Dst = netip.AddrPortFrom(flt.Dst.Addr(), c.Tuple.Dst.Port())
@@ -75,6 +81,25 @@ func FuzzParseFilter(f *testing.F) {
 			}
 			if flt.Match(&d) {
 				t.Fatalf("filter %+v from %q keeps state %v", flt, raw, d.State)
+			}
+		}
+		if len(flt.ClientStates) > 0 && len(flt.ClientStates) < int(conntrack.NumStates) {
+			d := c
+			for s := range conntrack.NumStates {
+				if !slices.Contains(flt.ClientStates, s) {
+					d.ClientState = s
+					break
+				}
+			}
+			if flt.Match(&d) {
+				t.Fatalf("filter %+v from %q keeps client state %v", flt, raw, d.ClientState)
+			}
+		}
+		if flt.SrcPort != 0 {
+			d := c
+			d.Tuple.Client = netip.AddrPortFrom(c.Tuple.Client.Addr(), flt.SrcPort^1)
+			if flt.Match(&d) {
+				t.Fatalf("filter %+v from %q keeps client port %d", flt, raw, flt.SrcPort^1)
 			}
 		}
 		if flt.Src.IsValid() && flt.Src.Bits() > 0 {

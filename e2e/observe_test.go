@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,5 +101,55 @@ func TestMetricsAndConnsSeeEstablished(t *testing.T) {
 	}
 	if got := m[`tcpd_conntrack_corrections_total`]; got != 0 {
 		t.Fatalf("%v conntrack corrections", got)
+	}
+}
+
+// TestConnsKillByFilter: `tcpd conns kill --dport P` resets every
+// connection to port P on both legs, as `ss -K` does, and leaves the
+// others: the clients and the destination of the killed ones see a reset,
+// the rest still carry bytes.
+func TestConnsKillByFilter(t *testing.T) {
+	t.Parallel()
+	g, sock, port, accepted := stateLab(t, gwConfig{})
+	killedClients, killedServers := dialN(t, g, port, 3, accepted)
+	echo := serve(t, g.Server, func(c net.Conn) { io.Copy(c, c) })
+	var kept []net.Conn
+	for i := range 2 {
+		c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(echo)), 5*time.Second)
+		if err != nil {
+			t.Fatalf("echo connection %d: %v", i, err)
+		}
+		defer c.Close()
+		kept = append(kept, c)
+	}
+	if got := len(connsJSON(t, sock)); got != 5 {
+		t.Fatalf("%d connections listed before the kill, want 5", got)
+	}
+
+	if out := tcpdConns(t, sock, "kill", "--dport", fmt.Sprint(port)); out != "reset 3 connections\n" {
+		t.Fatalf("tcpd conns kill --dport %d: %q, want \"reset 3 connections\"", port, out)
+	}
+	for i, c := range append(killedClients, killedServers...) {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("killed connection %d (client then server side): read %v, want a reset", i, err)
+		}
+	}
+	for i, c := range kept {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		msg := []byte("still here")
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("kept connection %d: write: %v", i, err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Errorf("kept connection %d: echo %q, %v", i, got, err)
+		}
+	}
+	for _, r := range connsJSON(t, sock, "--dport", fmt.Sprint(port), "--state", "established") {
+		t.Errorf("killed connection still established: %+v", r)
+	}
+	if rows := connsJSON(t, sock, "--dport", fmt.Sprint(echo)); len(rows) != 2 {
+		t.Errorf("%d connections to the echo port listed after the kill, want 2", len(rows))
 	}
 }

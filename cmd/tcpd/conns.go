@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -34,15 +35,19 @@ const adminSocketEnv = "TCPD_ADMIN_SOCKET"
 const adminTimeout = 10 * time.Second
 
 const connsSynopsis = `Usage:
-  tcpd conns [--socket PATH] [--state S[,S...]] [--src PREFIX] [--dst PREFIX] [--dport N] [-o table|json] [-s]
+  tcpd conns [--socket PATH] [FILTER] [-o table|json] [-s]
   tcpd conns kill ID [--socket PATH]
+  tcpd conns kill FILTER [--socket PATH]
+
+FILTER: [--state S[,S...]] [--client-state S[,S...]] [--src PREFIX] [--dst PREFIX] [--sport N] [--dport N]
 
 Lists the TCP connections tcpd terminates, like "ss -tan" but with both
 ends: tcpd's state and the client's (as seen on the TUN), age, time in the
 current state, bytes each way, RTT to the client, retransmissions, the MSS
 tcpd sends with ("*": lowered to the path back to the client), handshake
 time and the TIME-WAIT time left. -s prints totals like "ss -s" instead.
-"kill ID" resets that connection on both legs (ID from the list).
+"kill ID" resets that connection on both legs (ID from the list); "kill"
+with a filter resets every connection it selects, as "ss -K" does.
 
 It asks the running daemon over its admin socket (admin.socket in the
 configuration); $` + adminSocketEnv + ` overrides the default path.`
@@ -54,10 +59,12 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 		socket = p
 	}
 	fs.StringVar(&socket, "socket", socket, "the daemon's admin socket `path`")
-	var states stringList
+	var states, clientStates stringList
 	fs.Var(&states, "state", "only connections whose tcpd state is one of `S[,S...]` (ESTAB, TIME-WAIT, … or established, time_wait, …); repeatable")
+	fs.Var(&clientStates, "client-state", "only connections whose client's state is one of `S[,S...]`; repeatable")
 	src := fs.String("src", "", "only clients inside `PREFIX` (or that address)")
 	dst := fs.String("dst", "", "only destinations inside `PREFIX` (or that address)")
+	sport := fs.String("sport", "", "only client port `N`")
 	dport := fs.String("dport", "", "only destination port `N`")
 	var output string
 	fs.StringVar(&output, "o", "table", "output `format`: table or json (the API's JSON, indented)")
@@ -81,17 +88,51 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
 	c := newAdminClient(socket)
+	q := url.Values{}
+	var filterFlags []string
+	for _, f := range []struct {
+		flag, param string
+		vs          []string
+	}{
+		{"state", "state", states}, {"client-state", "client_state", clientStates},
+		{"src", "src", []string{*src}}, {"dst", "dst", []string{*dst}},
+		{"sport", "sport", []string{*sport}}, {"dport", "dport", []string{*dport}},
+	} {
+		if set[f.flag] {
+			q[f.param] = f.vs
+			filterFlags = append(filterFlags, f.flag)
+		}
+	}
+	// The daemon checks the filter too; checking here with the same code
+	// makes a typo a usage error (exit 2) with the daemon's words, named
+	// as the flag.
+	if _, err := admin.ParseFilter(q); err != nil {
+		return usageError("--%s", strings.Replace(err.Error(), "client_state:", "client-state:", 1))
+	}
+
 	if len(pos) > 0 {
 		if pos[0] != "kill" {
 			return usageError("unexpected argument %q", pos[0])
 		}
-		if len(pos) != 2 {
-			return usageError("kill takes one connection ID")
-		}
 		for name := range set {
-			if name != "socket" {
-				return usageError("kill takes no flag but --socket (got -%s)", name)
+			if name != "socket" && !slices.Contains(filterFlags, name) {
+				return usageError("kill takes an ID or a filter, and --socket (got -%s)", name)
 			}
+		}
+		switch {
+		case len(pos) == 1 && len(q) > 0:
+			body, err := c.do(http.MethodDelete, "/v1/conns?"+q.Encode())
+			if err != nil {
+				return err
+			}
+			var r admin.Reset
+			if err := json.Unmarshal(body, &r); err != nil {
+				return fmt.Errorf("reply from %s: %w", socket, err)
+			}
+			fmt.Fprintf(stdout, "reset %d connections\n", r.Reset)
+			return nil
+		case len(pos) != 2 || len(q) > 0:
+			return usageError("kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both")
 		}
 		id, err := strconv.ParseUint(pos[1], 10, 64)
 		if err != nil {
@@ -107,22 +148,8 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	if output != "table" && output != "json" {
 		return usageError("-o: %q is not allowed (allowed: table, json)", output)
 	}
-	q := url.Values{}
-	for _, f := range []struct {
-		name string
-		vs   []string
-	}{{"state", states}, {"src", []string{*src}}, {"dst", []string{*dst}}, {"dport", []string{*dport}}} {
-		if set[f.name] {
-			if summary {
-				return usageError("-s summarises every connection; --%s filters the list only", f.name)
-			}
-			q[f.name] = f.vs
-		}
-	}
-	// The daemon checks the filter too; checking here with the same code
-	// makes a typo a usage error (exit 2) with the daemon's words.
-	if _, err := admin.ParseFilter(q); err != nil {
-		return usageError("--%s", err)
+	if summary && len(filterFlags) > 0 {
+		return usageError("-s summarises every connection; --%s filters the list only", filterFlags[0])
 	}
 
 	path := "/v1/conns"

@@ -170,6 +170,9 @@ func TestConnsFilterFlags(t *testing.T) {
 		{[]string{"--dst", "203.0.113.0/24", "--dport", "22"}, []string{"20"}},
 		{[]string{"--dport", "443"}, []string{"3", "12"}},
 		{[]string{"--dport", "8080"}, nil},
+		{[]string{"--sport", "40000"}, []string{"9"}},
+		{[]string{"--client-state", "FIN-WAIT-2"}, []string{"9", "20"}},
+		{[]string{"--client-state", "fin_wait2", "--state", "CLOSE-WAIT"}, []string{"20"}},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -275,6 +278,27 @@ func TestConnsKill(t *testing.T) {
 	}
 }
 
+// TestConnsKillFilter: "kill" with a filter resets every connection it
+// selects and says how many, like "ss -K".
+func TestConnsKillFilter(t *testing.T) {
+	src, p := startAdmin(t)
+	code, out, errs := runConns(t, "kill", "--socket", p, "--dst", "203.0.113.10")
+	if code != 0 || out != "reset 2 connections\n" || errs != "" {
+		t.Errorf("kill --dst 203.0.113.10: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	var left []conntrack.ID
+	for _, c := range src.Conns(nil) {
+		left = append(left, c.ID)
+	}
+	if !slices.Equal(left, []conntrack.ID{9, 12}) {
+		t.Errorf("connections left %v, want 9 and 12", left)
+	}
+	code, out, errs = runConns(t, "kill", "--socket", p, "--client-state", "fin-wait-2", "--sport", "1")
+	if code != 0 || out != "reset 0 connections\n" || errs != "" {
+		t.Errorf("kill matching nothing: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}
+
 func TestConnsUnreachable(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "tcpd.sock")
 	want := "tcpd conns: cannot reach tcpd at " + p + ": connect: no such file or directory (is tcpd running? see admin.socket)\n"
@@ -320,7 +344,10 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"kill"}, 2, "tcpd conns: kill takes one connection ID"},
 		{[]string{"kill", "1", "2"}, 2, "tcpd conns: kill takes one connection ID"},
 		{[]string{"kill", "x1"}, 2, `tcpd conns: kill: "x1" is not a connection ID`},
-		{[]string{"kill", "1", "--state", "ESTAB"}, 2, "tcpd conns: kill takes no flag but --socket (got -state)"},
+		{[]string{"kill", "1", "--state", "ESTAB"}, 2, "tcpd conns: kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both"},
+		{[]string{"kill", "-o", "json", "--dport", "80"}, 2, "tcpd conns: kill takes an ID or a filter, and --socket (got -o)"},
+		{[]string{"--client-state", "nope"}, 2, `tcpd conns: --client-state: "nope" is not a TCP state`},
+		{[]string{"--sport", "http"}, 2, `tcpd conns: --sport: "http" is not a port (allowed: 1..65535)`},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
