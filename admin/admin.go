@@ -38,6 +38,9 @@ type Source interface {
 	Snapshot() conntrack.Snapshot
 	// Kill resets that connection on both legs; false if the ID is unknown.
 	Kill(id conntrack.ID) bool
+	// UpstreamTCP reads the kernel's view of that connection's upstream
+	// socket; false if tcpd holds none for it.
+	UpstreamTCP(id conntrack.ID) (stack.UpstreamTCP, bool)
 }
 
 // Config configures a Server.

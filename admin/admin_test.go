@@ -58,6 +58,14 @@ func (f *fakeSource) Snapshot() conntrack.Snapshot {
 	return f.snap
 }
 
+// UpstreamTCP gives connection 3 an upstream socket; the others have none.
+func (f *fakeSource) UpstreamTCP(id conntrack.ID) (stack.UpstreamTCP, bool) {
+	if id != 3 {
+		return stack.UpstreamTCP{}, false
+	}
+	return stack.UpstreamTCP{RTT: 1200 * time.Microsecond, RTTVar: 300 * time.Microsecond, Retransmits: 1, Cwnd: 10, RecvQ: 0, SendQ: 4096}, true
+}
+
 func (f *fakeSource) Kill(id conntrack.ID) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -94,6 +102,7 @@ func fixture() []stack.ConnInfo {
 	est.CongestionControl = "cubic"
 	est.Upstream = "192.0.2.1:33000"
 	est.MSS, est.ClampedFrom, est.AdvMSS, est.SendMSS = 1380, 1460, 1460, 1380
+	est.RTO, est.Cwnd, est.Ssthresh, est.RecvQ = 230*time.Millisecond, 12, 8, 100
 
 	syn := conn(12, "[fd00::7]:50000", "[2001:db8::1]:443", conntrack.StateSynRecv, conntrack.StateSynSent)
 	syn.Opened = now.Add(-time.Second)
@@ -211,7 +220,8 @@ func TestConns(t *testing.T) {
 			{ID: 3, State: "established", ClientState: "established", Client: "100.64.0.7:51000", Dst: "203.0.113.10:443",
 				Upstream: "192.0.2.1:33000", AgeSeconds: 250, InStateSeconds: 249.5, BytesIn: 1234, BytesOut: 5678,
 				RTTSeconds: 0.025, RTTVarSeconds: 0.005, Retransmits: 2, CongestionControl: "cubic", HandshakeSeconds: 0.012, DialSeconds: 0.03,
-				MSS: 1380, ClientMSS: 1460, MSSClamped: true, AdvMSS: 1460},
+				MSS: 1380, ClientMSS: 1460, MSSClamped: true, AdvMSS: 1460,
+				RTOSeconds: 0.23, Cwnd: 12, Ssthresh: 8, RecvQ: 100},
 			{ID: 9, State: "time_wait", ClientState: "fin_wait2", Client: "100.64.0.8:40000", Dst: "198.51.100.7:80",
 				AgeSeconds: 95, InStateSeconds: 4, BytesIn: 300, BytesOut: 1 << 20,
 				HandshakeSeconds: 0.002, DialSeconds: 0.008, TimeWaitLeftSeconds: 26,
@@ -236,10 +246,46 @@ func TestConns(t *testing.T) {
 	}
 	slices.Sort(keys)
 	wantKeys := []string{"adv_mss", "age_seconds", "bytes_in", "bytes_out", "client", "client_mss", "client_state",
-		"congestion_control", "dial_seconds", "dst", "handshake_seconds", "id", "in_state_seconds", "mss", "mss_clamped",
-		"retransmits", "rtt_seconds", "rttvar_seconds", "state", "time_wait_left_seconds", "upstream"}
+		"congestion_control", "cwnd", "dial_seconds", "dst", "handshake_seconds", "id", "in_state_seconds", "mss", "mss_clamped",
+		"recv_q", "retransmits", "rto_seconds", "rtt_seconds", "rttvar_seconds", "ssthresh", "state", "time_wait_left_seconds", "upstream"}
 	if !slices.Equal(keys, wantKeys) {
 		t.Errorf("keys %q, want %q", keys, wantKeys)
+	}
+}
+
+// TestConnsInfo: info=1 adds the kernel's view of each upstream socket
+// tcpd holds, as ss -i adds its details; without it no row has one.
+func TestConnsInfo(t *testing.T) {
+	_, _, c := start(t, nil)
+	upstreams := func(query string) map[uint64]*admin.UpstreamTCP {
+		t.Helper()
+		code, _, b := do(t, c, "GET", "/v1/conns"+query, "")
+		if code != http.StatusOK {
+			t.Fatalf("GET /v1/conns%s: status %d: %s", query, code, b)
+		}
+		m := map[uint64]*admin.UpstreamTCP{}
+		for _, r := range decode[admin.Conns](t, b).Conns {
+			m[r.ID] = r.UpstreamTCP
+		}
+		return m
+	}
+	for id, u := range upstreams("") {
+		if u != nil {
+			t.Errorf("connection %d has upstream_tcp without info=1: %+v", id, u)
+		}
+	}
+	got := upstreams("?info=1&dport=443")
+	want := &admin.UpstreamTCP{RTTSeconds: 0.0012, RTTVarSeconds: 0.0003, Retransmits: 1, Cwnd: 10, RecvQ: 0, SendQ: 4096}
+	if len(got) != 2 || !reflect.DeepEqual(got[3], want) || got[12] != nil {
+		t.Errorf("info=1&dport=443: %v (3: %+v), want 3 with %+v and 12 without", got, got[3], want)
+	}
+	for _, tc := range []struct{ method, query string }{
+		{"GET", "?info=2"}, {"GET", "?info=1&info=1"}, {"DELETE", "?info=1&dport=443"},
+	} {
+		code, _, b := do(t, c, tc.method, "/v1/conns"+tc.query, "")
+		if code != http.StatusBadRequest || !strings.HasPrefix(decode[admin.Error](t, b).Error, "info: ") {
+			t.Errorf("%s %s: status %d body %s, want 400 about info", tc.method, tc.query, code, b)
+		}
 	}
 }
 

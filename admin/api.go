@@ -64,6 +64,31 @@ type Conn struct {
 	ClientMSS  int  `json:"client_mss"`
 	MSSClamped bool `json:"mss_clamped"`
 	AdvMSS     int  `json:"adv_mss"`
+
+	// RTOSeconds is the netstack's retransmission timeout toward the
+	// client; Cwnd its congestion window and Ssthresh its slow-start
+	// threshold, in segments (0: still in slow start); RecvQ the bytes the
+	// client sent that tcpd has not read yet (ss's Recv-Q).
+	RTOSeconds float64 `json:"rto_seconds"`
+	Cwnd       uint32  `json:"cwnd"`
+	Ssthresh   uint32  `json:"ssthresh"`
+	RecvQ      int     `json:"recv_q"`
+	// UpstreamTCP is the kernel's view of the upstream socket, present
+	// when the listing asks for it (info=1) and tcpd holds the socket.
+	UpstreamTCP *UpstreamTCP `json:"upstream_tcp,omitempty"`
+}
+
+// UpstreamTCP is the kernel's TCP_INFO and queues of an upstream socket,
+// as `ss -ti` shows them.
+type UpstreamTCP struct {
+	RTTSeconds    float64 `json:"rtt_seconds"`
+	RTTVarSeconds float64 `json:"rttvar_seconds"`
+	Retransmits   uint64  `json:"retransmits"`
+	Cwnd          uint32  `json:"cwnd"`
+	// RecvQ is what the destination sent that tcpd has not read yet, SendQ
+	// what tcpd wrote that the destination has not acknowledged, in bytes.
+	RecvQ int `json:"recv_q"`
+	SendQ int `json:"send_q"`
 }
 
 // Summary is the body of GET /v1/summary: conntrack.Snapshot without the
@@ -167,7 +192,18 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 	if !allow(w, r, http.MethodGet, http.MethodDelete) {
 		return
 	}
-	f, err := ParseFilter(r.URL.Query())
+	q := r.URL.Query()
+	// info=1 adds the kernel's view of each upstream socket, as ss -i.
+	var info bool
+	if vs, ok := q["info"]; ok {
+		if r.Method != http.MethodGet || len(vs) != 1 || (vs[0] != "1" && vs[0] != "true") {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("info: %q is not allowed (allowed: 1 or true, once, on GET)", clip(strings.Join(vs, ","))))
+			return
+		}
+		info = true
+		q.Del("info")
+	}
+	f, err := ParseFilter(q)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -188,7 +224,11 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 	now := a.now()
 	// The table filters while it copies, so a narrow query on a large
 	// table copies only what it returns.
-	writeConns(w, now, a.src.Conns(f.Match))
+	var upstream func(conntrack.ID) (stack.UpstreamTCP, bool)
+	if info {
+		upstream = a.src.UpstreamTCP
+	}
+	writeConns(w, now, a.src.Conns(f.Match), upstream)
 }
 
 // writeConns answers a listing as a Conns object, one row at a time: a
@@ -196,8 +236,8 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 // encoded whole would be held in memory on top of the copy of the rows
 // (twice over while its buffer grows). A write error means the client
 // went away, or stopped reading for the write timeout: the rest is not
-// encoded.
-func writeConns(w http.ResponseWriter, now time.Time, cs []stack.ConnInfo) {
+// encoded. upstream, if not nil, adds each row's upstream socket.
+func writeConns(w http.ResponseWriter, now time.Time, cs []stack.ConnInfo, upstream func(conntrack.ID) (stack.UpstreamTCP, bool)) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 64<<10)
@@ -212,6 +252,14 @@ func writeConns(w http.ResponseWriter, now time.Time, cs []stack.ConnInfo) {
 			bw.WriteByte(',')
 		}
 		row = connRow(c, now)
+		if upstream != nil {
+			if u, ok := upstream(c.ID); ok {
+				row.UpstreamTCP = &UpstreamTCP{
+					RTTSeconds: u.RTT.Seconds(), RTTVarSeconds: u.RTTVar.Seconds(),
+					Retransmits: u.Retransmits, Cwnd: u.Cwnd, RecvQ: u.RecvQ, SendQ: u.SendQ,
+				}
+			}
+		}
 		if enc.Encode(&row) != nil {
 			return
 		}
@@ -243,6 +291,10 @@ func connRow(c stack.ConnInfo, now time.Time) Conn {
 		ClientMSS:           int(c.MSS),
 		MSSClamped:          c.ClampedFrom != 0,
 		AdvMSS:              int(c.AdvMSS),
+		RTOSeconds:          c.RTO.Seconds(),
+		Cwnd:                c.Cwnd,
+		Ssthresh:            c.Ssthresh,
+		RecvQ:               c.RecvQ,
 	}
 	if c.ClampedFrom != 0 {
 		row.ClientMSS = int(c.ClampedFrom)

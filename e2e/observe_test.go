@@ -153,3 +153,59 @@ func TestConnsKillByFilter(t *testing.T) {
 		t.Errorf("%d connections to the echo port listed after the kill, want 2", len(rows))
 	}
 }
+
+// TestConnsInfoShowsQueues: with a destination that reads nothing, the
+// bytes a client sends pile up in the upstream socket's send queue and then
+// in tcpd's receive queue from the client; `tcpd conns -i` shows both, the
+// upstream one equal to what the gateway's own `ss` says of that socket.
+func TestConnsInfoShowsQueues(t *testing.T) {
+	t.Parallel()
+	g, sock, port, accepted := stateLab(t, gwConfig{})
+	clients, _ := dialN(t, g, port, 1, accepted)
+	go io.Copy(clients[0], bytes.NewReader(make([]byte, 64<<20))) // blocks once every queue is full
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rows := connsJSON(t, sock, "-i")
+		if len(rows) != 1 {
+			t.Fatalf("%d rows, want 1", len(rows))
+		}
+		r := rows[0]
+		u := r.UpstreamTCP
+		if u == nil {
+			t.Fatalf("no upstream_tcp with -i: %+v", r)
+		}
+		ssQ := upstreamSendQ(t, g, r.Upstream)
+		if u.SendQ > 0 && r.RecvQ > 0 && u.SendQ == ssQ && u.RTT > 0 && u.Cwnd > 0 {
+			t.Logf("upstream send-q %d (ss: %d), rtt %.0fµs, cwnd %d; client leg recv-q %d; tcpd conns -i:\n%s",
+				u.SendQ, ssQ, u.RTT*1e6, u.Cwnd, r.RecvQ, tcpdConns(t, sock, "-i"))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s of a destination that reads nothing: upstream %+v (ss's Send-Q %d), client leg recv-q %d; "+
+				"want both queues above 0, the upstream one equal to ss's, a round-trip time and a window", *u, ssQ, r.RecvQ)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// upstreamSendQ is the Send-Q the gateway's `ss -tn` gives the socket whose
+// local address is local.
+func upstreamSendQ(t *testing.T, g *gateway, local string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := g.Gateway.Command(ctx, "ss", "-Htn", "src", local).Output()
+	if err != nil {
+		t.Fatalf("ss -Htn src %s in the gateway namespace: %v", local, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 5 || f[3] != local {
+		t.Fatalf("ss -Htn src %s: %q", local, out)
+	}
+	n, err := strconv.Atoi(f[2])
+	if err != nil {
+		t.Fatalf("ss -Htn src %s: Send-Q %q", local, f[2])
+	}
+	return n
+}

@@ -53,6 +53,15 @@ type connRow struct {
 	ClientMSS  int  `json:"client_mss"`
 	MSSClamped bool `json:"mss_clamped"`
 	AdvMSS     int  `json:"adv_mss"`
+	// RecvQ is what the client sent that tcpd has not read yet.
+	RecvQ int `json:"recv_q"`
+	// UpstreamTCP is the kernel's view of the upstream socket (-i).
+	UpstreamTCP *struct {
+		RTT   float64 `json:"rtt_seconds"`
+		Cwnd  uint32  `json:"cwnd"`
+		RecvQ int     `json:"recv_q"`
+		SendQ int     `json:"send_q"`
+	} `json:"upstream_tcp"`
 }
 
 // connsJSON runs `tcpd conns -o json args...` and decodes the rows.

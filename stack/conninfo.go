@@ -27,4 +27,27 @@ type ConnInfo struct {
 	// netstack's segments carry up to that much payload less the space of
 	// their TCP options.
 	SendMSS int
+	// RTO is the netstack's retransmission timeout toward the client;
+	// Cwnd its congestion window and Ssthresh its slow-start threshold,
+	// in segments (0: not set yet, still slow start). RecvQ is what the
+	// client sent that tcpd has not read yet, in bytes, as ss's Recv-Q.
+	RTO            time.Duration
+	Cwnd, Ssthresh uint32
+	RecvQ          int
+}
+
+// UpstreamTCP is what the kernel says of a connection's upstream socket,
+// as `ss -ti` shows it.
+type UpstreamTCP struct {
+	// RTT is the kernel's smoothed round-trip time to the destination, and
+	// RTTVar its variation.
+	RTT, RTTVar time.Duration
+	// Retransmits counts the segments the kernel retransmitted.
+	Retransmits uint64
+	// Cwnd is the congestion window, in segments.
+	Cwnd uint32
+	// RecvQ is what the destination sent that tcpd has not read yet, and
+	// SendQ what tcpd wrote that the destination has not acknowledged, in
+	// bytes (ss's Recv-Q and Send-Q).
+	RecvQ, SendQ int
 }

@@ -657,6 +657,18 @@ func (r *relay) recoverPanic() {
 
 // localAddr is the upstream socket's local address, for tcpd conns: looked
 // up on the first call, "" once the socket is closed.
+// upstreamTCP reads the upstream socket's TCP_INFO and queues, under
+// localMu so that the shard cannot close the descriptor (and the number be
+// reused) meanwhile; false once it is closed.
+func (r *relay) upstreamTCP() (UpstreamTCP, bool) {
+	r.localMu.Lock()
+	defer r.localMu.Unlock()
+	if r.fd < 0 {
+		return UpstreamTCP{}, false
+	}
+	return upstreamTCPInfo(r.fd)
+}
+
 func (r *relay) localAddr() string {
 	r.localMu.Lock()
 	defer r.localMu.Unlock()

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"math"
 	"time"
 
 	"go.uber.org/zap"
@@ -95,7 +96,14 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 		out[i].Upstream = e.relay.localAddr()
 		var info tcpip.TCPInfoOption
 		if err := e.ep.GetSockOpt(&info); err == nil {
-			out[i].RTT, out[i].RTTVar = info.RTT, info.RTTVar
+			out[i].RTT, out[i].RTTVar, out[i].RTO = info.RTT, info.RTTVar, info.RTO
+			out[i].Cwnd = info.SndCwnd
+			if info.SndSsthresh < math.MaxInt32 { // the netstack's "infinite" until a loss
+				out[i].Ssthresh = info.SndSsthresh
+			}
+		}
+		if n, err := e.ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption); err == nil {
+			out[i].RecvQ = n
 		}
 		if st, ok := e.ep.Stats().(*tcp.Stats); ok {
 			out[i].Retransmits = st.SendErrors.Retransmits.Value()
@@ -106,6 +114,18 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 		}
 	}
 	return out
+}
+
+// UpstreamTCP reads what the kernel says of connection id's upstream
+// socket; false when tcpd holds none for it (not dialled yet, or closed).
+// Each call costs three system calls, so listings ask for it only when
+// told to (`tcpd conns -i`).
+func (s *Stack) UpstreamTCP(id conntrack.ID) (UpstreamTCP, bool) {
+	e := s.reg.lookup(id)
+	if e == nil {
+		return UpstreamTCP{}, false
+	}
+	return e.relay.upstreamTCP()
 }
 
 // sendMSS is the MSS the netstack sends with, given the MSS option of the

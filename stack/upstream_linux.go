@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -181,6 +182,28 @@ func closeFD(fd int, rst bool) {
 }
 
 // sockName is the socket's local address, "" if it cannot be read.
+// upstreamTCPInfo reads TCP_INFO and the queue lengths of an upstream
+// socket.
+func upstreamTCPInfo(fd int) (UpstreamTCP, bool) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return UpstreamTCP{}, false
+	}
+	u := UpstreamTCP{
+		RTT:         time.Duration(ti.Rtt) * time.Microsecond,
+		RTTVar:      time.Duration(ti.Rttvar) * time.Microsecond,
+		Retransmits: uint64(ti.Total_retrans),
+		Cwnd:        ti.Snd_cwnd,
+	}
+	if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil {
+		u.RecvQ = n
+	}
+	if n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err == nil {
+		u.SendQ = n
+	}
+	return u, true
+}
+
 func sockName(fd int) string {
 	sa, err := unix.Getsockname(fd)
 	if err != nil {

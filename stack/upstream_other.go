@@ -30,6 +30,8 @@ func shutdownWrite(int) error          { return errors.ErrUnsupported }
 func closeFD(int, bool)                {}
 func sockName(int) string              { return "" }
 
+func upstreamTCPInfo(int) (UpstreamTCP, bool) { return UpstreamTCP{}, false }
+
 type poller struct{}
 
 type pollEvent struct {

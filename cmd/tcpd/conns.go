@@ -35,7 +35,7 @@ const adminSocketEnv = "TCPD_ADMIN_SOCKET"
 const adminTimeout = 10 * time.Second
 
 const connsSynopsis = `Usage:
-  tcpd conns [--socket PATH] [FILTER] [-o table|json] [-s]
+  tcpd conns [--socket PATH] [FILTER] [-o table|json] [-i] [-s]
   tcpd conns kill ID [--socket PATH]
   tcpd conns kill FILTER [--socket PATH]
 
@@ -45,7 +45,11 @@ Lists the TCP connections tcpd terminates, like "ss -tan" but with both
 ends: tcpd's state and the client's (as seen on the TUN), age, time in the
 current state, bytes each way, RTT to the client, retransmissions, the MSS
 tcpd sends with ("*": lowered to the path back to the client), handshake
-time and the TIME-WAIT time left. -s prints totals like "ss -s" instead.
+time and the TIME-WAIT time left. -i adds a line of TCP details under
+each row, like "ss -i": the client leg's RTO, congestion window, slow-start
+threshold and receive queue, and the upstream socket's RTT, window,
+retransmissions and queues as the kernel has them. -s prints totals like
+"ss -s" instead.
 "kill ID" resets that connection on both legs (ID from the list); "kill"
 with a filter resets every connection it selects, as "ss -K" does.
 
@@ -69,6 +73,9 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	var output string
 	fs.StringVar(&output, "o", "table", "output `format`: table or json (the API's JSON, indented)")
 	fs.StringVar(&output, "output", "table", "same as -o `format`")
+	var info bool
+	fs.BoolVar(&info, "i", false, "add each connection's TCP details on both legs, like ss -i")
+	fs.BoolVar(&info, "info", false, "same as -i")
 	var summary bool
 	fs.BoolVar(&summary, "s", false, "print a summary: counts per state on both ends, TIME-WAIT use, latencies, counters")
 	fs.BoolVar(&summary, "summary", false, "same as -s")
@@ -151,8 +158,14 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	if summary && len(filterFlags) > 0 {
 		return usageError("-s summarises every connection; --%s filters the list only", filterFlags[0])
 	}
+	if summary && info {
+		return usageError("-s summarises every connection; -i details the list only")
+	}
 
 	path := "/v1/conns"
+	if info {
+		q.Set("info", "1")
+	}
 	if summary {
 		path = "/v1/summary"
 	} else if len(q) > 0 {
@@ -182,7 +195,7 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	if err := json.Unmarshal(body, &cs); err != nil {
 		return fmt.Errorf("reply from %s: %w", socket, err)
 	}
-	return printConns(stdout, cs.Conns)
+	return printConns(stdout, cs.Conns, info)
 }
 
 // stringList is a flag that may be given more than once.
@@ -304,8 +317,26 @@ func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
 	return nil, busy, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)
 }
 
-// printConns writes the table, like `ss -tan` with both ends' states.
-func printConns(w io.Writer, rows []admin.Conn) error {
+// printConns writes the table, like `ss -tan` with both ends' states;
+// with info, each row is followed by its TCP details, like `ss -tani`.
+func printConns(w io.Writer, rows []admin.Conn, info bool) error {
+	if info {
+		// The detail lines go between the rows once tabwriter has aligned
+		// them: a line without cells would end its column block.
+		var table bytes.Buffer
+		if err := printConns(&table, rows, false); err != nil {
+			return err
+		}
+		lines := strings.SplitAfter(table.String(), "\n")
+		var b strings.Builder
+		b.WriteString(lines[0])
+		for i, r := range rows {
+			b.WriteString(lines[i+1])
+			b.WriteString("\t" + detailLine(r) + "\n")
+		}
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tState\tClient-State\tClient\tDestination\tAge\tIn-State\tBytes-In\tBytes-Out\tRTT\tRetrans\tMSS\tHandshake\tTW-Left")
 	for _, r := range rows {
@@ -317,6 +348,32 @@ func printConns(w io.Writer, rows []admin.Conn) error {
 			knownDuration(r.TimeWaitLeftSeconds))
 	}
 	return tw.Flush()
+}
+
+// detailLine is a row's TCP details in ss -i's style: the client leg, as
+// the netstack has it, then the upstream socket, as the kernel has it.
+func detailLine(r admin.Conn) string {
+	ssthresh := "-"
+	if r.Ssthresh > 0 {
+		ssthresh = strconv.FormatUint(uint64(r.Ssthresh), 10)
+	}
+	cc := r.CongestionControl
+	if cc == "" {
+		cc = "-"
+	}
+	client := fmt.Sprintf("client: %s rtt:%s/%s rto:%s cwnd:%d ssthresh:%s retrans:%d recv-q:%d",
+		cc, knownDuration(r.RTTSeconds), knownDuration(r.RTTVarSeconds), knownDuration(r.RTOSeconds),
+		r.Cwnd, ssthresh, r.Retransmits, r.RecvQ)
+	u := r.UpstreamTCP
+	if u == nil {
+		return client + " | upstream: none"
+	}
+	local := r.Upstream
+	if local == "" {
+		local = "-"
+	}
+	return fmt.Sprintf("%s | upstream %s: rtt:%s/%s cwnd:%d retrans:%d recv-q:%d send-q:%d",
+		client, local, knownDuration(u.RTTSeconds), knownDuration(u.RTTVarSeconds), u.Cwnd, u.Retransmits, u.RecvQ, u.SendQ)
 }
 
 // mssColumn is the MSS tcpd sends with, marked "*" when tcpd lowered the

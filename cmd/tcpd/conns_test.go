@@ -50,6 +50,14 @@ func (f *fakeSource) Snapshot() conntrack.Snapshot {
 	return f.snap
 }
 
+// UpstreamTCP gives connection 3 an upstream socket; the others have none.
+func (f *fakeSource) UpstreamTCP(id conntrack.ID) (stack.UpstreamTCP, bool) {
+	if id != 3 {
+		return stack.UpstreamTCP{}, false
+	}
+	return stack.UpstreamTCP{RTT: 1200 * time.Microsecond, RTTVar: 300 * time.Microsecond, Retransmits: 1, Cwnd: 10, RecvQ: 0, SendQ: 4096}, true
+}
+
 func (f *fakeSource) Kill(id conntrack.ID) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -76,6 +84,7 @@ func connsFixture() []stack.ConnInfo {
 	est.RTT, est.RTTVar, est.Retransmits = 3200*time.Microsecond, time.Millisecond, 2
 	est.Upstream = "192.0.2.1:33000"
 	est.MSS, est.ClampedFrom, est.AdvMSS, est.SendMSS = 1380, 1460, 1460, 1380
+	est.CongestionControl, est.RTO, est.Cwnd, est.RecvQ = "cubic", 204*time.Millisecond, 10, 512
 
 	tw := testConn(9, "100.64.0.8:40000", "198.51.100.7:80", conntrack.StateTimeWait, conntrack.StateFinWait2, 95*time.Second, 4*time.Second)
 	tw.BytesIn, tw.BytesOut = 300, 1<<20
@@ -263,6 +272,41 @@ func TestConnsJSON(t *testing.T) {
 	}
 }
 
+// TestConnsInfo: -i puts each row's TCP details on the line under it,
+// the table's columns still aligned; -o json with -i carries them too.
+func TestConnsInfo(t *testing.T) {
+	_, p := startAdmin(t)
+	code, out, errs := runConns(t, "--socket", p, "-i", "--dport", "443")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("%d lines, want a header and two rows each with its details:\n%s", len(lines), out)
+	}
+	want := []string{
+		"\tclient: cubic rtt:3.2ms/1ms rto:204ms cwnd:10 ssthresh:- retrans:2 recv-q:512 | upstream 192.0.2.1:33000: rtt:1.2ms/300µs cwnd:10 retrans:1 recv-q:0 send-q:4096",
+		"\tclient: - rtt:-/- rto:- cwnd:0 ssthresh:- retrans:0 recv-q:0 | upstream: none",
+	}
+	if lines[2] != want[0] || lines[4] != want[1] {
+		t.Errorf("details\n%q\n%q\nwant\n%q\n%q", lines[2], lines[4], want[0], want[1])
+	}
+	// The rows line up with the header as without -i.
+	_, plain, _ := runConns(t, "--socket", p, "--dport", "443")
+	if pl := strings.Split(strings.TrimSuffix(plain, "\n"), "\n"); len(pl) != 3 || pl[0] != lines[0] || pl[1] != lines[1] || pl[2] != lines[3] {
+		t.Errorf("rows with -i differ from the table without it:\n%s\n%s", out, plain)
+	}
+
+	code, out, errs = runConns(t, "--socket", p, "-i", "-o", "json", "--dport", "443")
+	var cs admin.Conns
+	if err := json.Unmarshal([]byte(out), &cs); code != 0 || err != nil {
+		t.Fatalf("-i -o json: exit %d, %v, stderr %q", code, err, errs)
+	}
+	if len(cs.Conns) != 2 || cs.Conns[0].UpstreamTCP == nil || cs.Conns[0].UpstreamTCP.SendQ != 4096 || cs.Conns[1].UpstreamTCP != nil {
+		t.Errorf("-i -o json rows: %+v", cs.Conns)
+	}
+}
+
 func TestConnsKill(t *testing.T) {
 	src, p := startAdmin(t)
 	code, out, errs := runConns(t, "kill", "9", "--socket", p)
@@ -348,6 +392,7 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"kill", "-o", "json", "--dport", "80"}, 2, "tcpd conns: kill takes an ID or a filter, and --socket (got -o)"},
 		{[]string{"--client-state", "nope"}, 2, `tcpd conns: --client-state: "nope" is not a TCP state`},
 		{[]string{"--sport", "http"}, 2, `tcpd conns: --sport: "http" is not a port (allowed: 1..65535)`},
+		{[]string{"-s", "-i"}, 2, `tcpd conns: -s summarises every connection; -i details the list only`},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
