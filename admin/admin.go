@@ -50,6 +50,10 @@ type Config struct {
 	Path string
 	// Mode is the socket file's mode. Zero means 0660.
 	Mode os.FileMode
+	// Reload, if set, serves POST /v1/reload: it reloads the
+	// configuration as SIGHUP does and returns the outcome once the reload
+	// is done; an error means it did not run (tcpd stopping, or ctx done).
+	Reload func(ctx context.Context) (ReloadResult, error)
 	// Source answers the API. Required.
 	Source Source
 	// Level is the daemon's log level, read and set by /v1/log/level. The

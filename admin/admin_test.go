@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -464,6 +465,47 @@ func TestResetMatching(t *testing.T) {
 	code, _, b = do(t, c, "DELETE", "/v1/conns?dport=443", "")
 	if code != http.StatusOK || decode[admin.Reset](t, b).Reset != 0 {
 		t.Errorf("DELETE ?dport=443 again: status %d body %s, want 200 and 0 reset", code, b)
+	}
+}
+
+// TestReload: POST /v1/reload answers once the daemon's reload is done:
+// 200 with what it did, 422 with why the file was rejected, 503 when no
+// reload ran; without a Reload the endpoint does not exist.
+func TestReload(t *testing.T) {
+	var next struct {
+		res admin.ReloadResult
+		err error
+	}
+	calls := 0
+	_, _, c := start(t, func(cfg *admin.Config) {
+		cfg.Reload = func(context.Context) (admin.ReloadResult, error) {
+			calls++
+			return next.res, next.err
+		}
+	})
+	next.res = admin.ReloadResult{OK: true, Config: "/etc/tcpd/tcpd.yaml", RestartPending: []string{"tun.mtu: 1500 → 1400"}}
+	code, _, b := do(t, c, "POST", "/v1/reload", "")
+	if got := decode[admin.ReloadResult](t, b); code != http.StatusOK || !reflect.DeepEqual(got, next.res) {
+		t.Errorf("a reload that worked: status %d body %s, want 200 and %+v", code, b, next.res)
+	}
+	next.res = admin.ReloadResult{Config: "/etc/tcpd/tcpd.yaml", Error: "reload rejected; the running configuration stays in force: line 3: tcp.time_wait: 0s is out of range"}
+	code, _, b = do(t, c, "POST", "/v1/reload", "")
+	if code != http.StatusUnprocessableEntity || decode[admin.Error](t, b).Error != next.res.Error {
+		t.Errorf("a rejected reload: status %d body %s, want 422 and the reason", code, b)
+	}
+	next.err = errors.New("tcpd is stopping")
+	code, _, b = do(t, c, "POST", "/v1/reload", "")
+	if code != http.StatusServiceUnavailable || decode[admin.Error](t, b).Error != "reload not run: tcpd is stopping" {
+		t.Errorf("no reload run: status %d body %s, want 503", code, b)
+	}
+	code, h, _ := do(t, c, "GET", "/v1/reload", "")
+	if code != http.StatusMethodNotAllowed || h.Get("Allow") != "POST" || calls != 3 {
+		t.Errorf("GET /v1/reload: status %d Allow %q after %d reloads, want 405, POST and 3", code, h.Get("Allow"), calls)
+	}
+
+	_, _, plain := start(t, nil)
+	if code, _, b := do(t, plain, "POST", "/v1/reload", ""); code != http.StatusNotFound {
+		t.Errorf("POST /v1/reload without a Reload: status %d body %s, want 404", code, b)
 	}
 }
 

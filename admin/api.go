@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -137,6 +138,19 @@ type Latency struct {
 	P99Seconds float64 `json:"p99_seconds"`
 }
 
+// ReloadResult is what a reload did: the body of a POST /v1/reload answer.
+type ReloadResult struct {
+	// OK says the configuration was reloaded; Error why it was not.
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// Config is the file read ("embedded default" without one).
+	Config string `json:"config"`
+	// RestartPending lists the settings whose value in the file differs
+	// from the one in force, which takes effect only at restart, as
+	// "key: running → file".
+	RestartPending []string `json:"restart_pending"`
+}
+
 // Reset is the body of a DELETE /v1/conns answer.
 type Reset struct {
 	// Reset is how many connections were reset.
@@ -166,23 +180,29 @@ const maxBody = 4 << 10
 const MaxListings = 2
 
 type api struct {
-	src   Source
-	level zap.AtomicLevel
-	log   *zap.Logger
-	now   func() time.Time
+	src    Source
+	reload func(context.Context) (ReloadResult, error)
+	level  zap.AtomicLevel
+	log    *zap.Logger
+	now    func() time.Time
 	// listings holds a token per GET /v1/conns in progress.
 	listings chan struct{}
 }
 
 func newAPI(cfg Config) http.Handler {
-	a := &api{src: cfg.Source, level: cfg.Level, log: cfg.Logger, now: cfg.Now, listings: make(chan struct{}, MaxListings)}
+	a := &api{src: cfg.Source, reload: cfg.Reload, level: cfg.Level, log: cfg.Logger, now: cfg.Now, listings: make(chan struct{}, MaxListings)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/conns", a.conns)
 	mux.HandleFunc("/v1/conns/{id}", a.conn)
 	mux.HandleFunc("/v1/summary", a.summary)
 	mux.HandleFunc("/v1/log/level", a.logLevel)
+	endpoints := "/v1/conns, /v1/summary, /v1/log/level"
+	if a.reload != nil {
+		mux.HandleFunc("/v1/reload", a.reloadConfig)
+		endpoints += ", /v1/reload"
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s (see /v1/conns, /v1/summary, /v1/log/level)", clip(r.URL.Path)))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s (see %s)", clip(r.URL.Path), endpoints))
 	})
 	return mux
 }
@@ -392,6 +412,24 @@ func (a *api) summary(w http.ResponseWriter, r *http.Request) {
 
 func latency(h conntrack.HistogramSnapshot) Latency {
 	return Latency{Count: h.Count, P50Seconds: h.Quantile(0.5), P99Seconds: h.Quantile(0.99)}
+}
+
+// POST /v1/reload: 200 with the outcome once the configuration is
+// reloaded; 422 with the reason when the file was rejected (nothing
+// changed); 503 when no reload ran.
+func (a *api) reloadConfig(w http.ResponseWriter, r *http.Request) {
+	if !allow(w, r, http.MethodPost) {
+		return
+	}
+	res, err := a.reload(r.Context())
+	switch {
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, "reload not run: "+err.Error())
+	case !res.OK:
+		writeError(w, http.StatusUnprocessableEntity, res.Error)
+	default:
+		writeJSON(w, http.StatusOK, res)
+	}
 }
 
 // GET and PUT /v1/log/level

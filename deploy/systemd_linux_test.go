@@ -433,8 +433,9 @@ func (s *systemdTest) traffic(t *testing.T) {
 }
 
 // reload: `systemctl reload` after a limit changed succeeds (this one
-// needs a restart, and tcpd says so), a file with an error is rejected while
-// tcpd keeps running, and a good file is accepted again.
+// needs a restart, and tcpd says so) and returns once the reload is done; a
+// file with an error makes it fail while tcpd keeps running; a good file
+// is accepted again.
 func (s *systemdTest) reload(t *testing.T) {
 	pid := s.show(t)["MainPID"]
 	m0, err := s.metrics()
@@ -453,19 +454,33 @@ func (s *systemdTest) reload(t *testing.T) {
 	}
 	s.writeConfig(t, changed)
 	s.systemctl(t, "reload", "tcpd")
-	// ExecReload's kill returns before tcpd has re-read the file.
-	m1 := s.waitMetrics(t, 10*time.Second, "a successful reload with a later timestamp", func(m map[string]float64) bool {
-		return m[key] == 1 && m[stamp] > ts0
-	})
+	// ExecReload (tcpd reload) returns once tcpd has re-read the file:
+	// the metrics say so at once.
+	m1, err := s.metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1[key] != 1 || !(m1[stamp] > ts0) {
+		t.Errorf("right after systemctl reload returned: %s %v, %s %v (was %v); want 1 and a later time", key, m1[key], stamp, m1[stamp], ts0)
+	}
 	s.journalHas(t, `Got notification message from PID `+pid+` \(RELOADING=1`)
 	s.journalHas(t, `"msg":"reload: these settings need a restart[^\n]*limits\.max_in_flight`)
 
 	s.writeConfig(t, strings.Replace(s.config, "mtu: 1500", "mtu: 70000", 1))
-	s.systemctl(t, "reload", "tcpd")
-	m2 := s.waitMetrics(t, 10*time.Second, "a failed reload", func(m map[string]float64) bool { return m[key] == 0 })
+	if out, err := s.c.Systemctl(s.ctx, "reload", "tcpd"); err == nil {
+		t.Errorf("systemctl reload of a file with an error succeeded: %s", out)
+	}
+	m2, err := s.metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2[key] != 0 {
+		t.Errorf("right after the failed systemctl reload: %s %v, want 0", key, m2[key])
+	}
 	if m2[stamp] != m1[stamp] {
 		t.Errorf("a rejected reload moved %s from %v to %v", stamp, m1[stamp], m2[stamp])
 	}
+	s.journalHas(t, `tcpd reload: reload rejected[^\n]*tun\.mtu`)
 	s.journalHas(t, `"msg":"reload rejected[^\n]*tun\.mtu`)
 	if st := s.show(t); st["ActiveState"] != "active" || st["SubState"] != "running" || st["MainPID"] != pid {
 		t.Errorf("after a rejected reload: %v, want active/running with main PID %s", st, pid)

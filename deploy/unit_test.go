@@ -42,7 +42,7 @@ func TestUnitSettings(t *testing.T) {
 	want := map[string]string{
 		"Type":                  "notify",
 		"ExecStart":             "/usr/bin/tcpd run --config /etc/tcpd/tcpd.yaml",
-		"ExecReload":            "/bin/kill -HUP $MAINPID",
+		"ExecReload":            "/usr/bin/tcpd reload --config /etc/tcpd/tcpd.yaml --pid $MAINPID",
 		"Restart":               "on-failure",
 		"WatchdogSec":           "10s",
 		"User":                  "tcpd",
@@ -153,19 +153,22 @@ func TestSysusers(t *testing.T) {
 }
 
 // TestUnitVerify runs `systemd-analyze verify` on the unit, with ExecStart
-// pointing at a freshly built tcpd (verify checks that the binary exists).
-// Unknown keys and bad values only warn, so any output is a failure.
+// and ExecReload pointing at a freshly built tcpd (verify checks that the
+// binary exists). Unknown keys and bad values only warn, so any output is a
+// failure.
 func TestUnitVerify(t *testing.T) {
 	analyze := needTool(t, "systemd-analyze", "systemd")
 	unit := string(readFile(t, unitPath))
 	bin := buildTCPD(t)
-	const exec0 = "ExecStart=/usr/bin/tcpd "
-	if strings.Count(unit, exec0) != 1 {
-		t.Fatalf("the unit has no single %q line", exec0)
+	for _, exec := range []string{"ExecStart=/usr/bin/tcpd ", "ExecReload=/usr/bin/tcpd "} {
+		if strings.Count(unit, exec) != 1 {
+			t.Fatalf("the unit has no single %q line", exec)
+		}
+		unit = strings.Replace(unit, exec, strings.Replace(exec, "/usr/bin/tcpd", bin, 1), 1)
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tcpd.service")
-	if err := os.WriteFile(path, []byte(strings.Replace(unit, exec0, "ExecStart="+bin+" ", 1)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(unit), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer

@@ -5,10 +5,12 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -198,5 +200,54 @@ func TestReloadKeepsAnAdminLogLevel(t *testing.T) {
 	reload(t, g, 2)
 	if got := level("GET", ""); got != "debug" {
 		t.Errorf("after a reload that changed log.level from info to debug, the level is %q, want debug", got)
+	}
+}
+
+// TestReloadCommandWaits: `tcpd reload` returns once the reload is done,
+// so that what it changed is in force when it exits (the metrics say so
+// at once, a new connection runs the new congestion control), and a file
+// with errors makes it fail with the reasons while tcpd keeps its running
+// configuration. It is what the unit's ExecReload runs.
+func TestReloadCommandWaits(t *testing.T) {
+	t.Parallel()
+	cfg := gwConfig{LogLevel: "info"}
+	g, sock, port, accepted := stateLab(t, cfg)
+	cfg.Metrics, cfg.AdminSocket = true, sock
+	bin := netlab.BuildTCPD(t)
+	reloadCmd := func() (string, error) {
+		out, err := exec.Command(bin, "reload", "--socket", sock).CombinedOutput()
+		return string(out), err
+	}
+
+	if err := os.WriteFile(g.tcpd.ConfigPath(), []byte(cfg.yaml()+"tunn: {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := reloadCmd()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "tunn: unknown key") {
+		t.Fatalf("tcpd reload of a file with an error: %v\n%s\nwant exit 1 naming the unknown key", err, out)
+	}
+	if m := sample(t, g); m["tcpd_config_last_reload_successful"] != 0 {
+		t.Errorf("right after the rejected reload returned: tcpd_config_last_reload_successful %v, want 0", m["tcpd_config_last_reload_successful"])
+	}
+
+	cfg.CongestionControl = "cubic"
+	if err := os.WriteFile(g.tcpd.ConfigPath(), []byte(cfg.yaml()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	out, err = reloadCmd()
+	if err != nil || out != "reloaded "+g.tcpd.ConfigPath()+"\n" {
+		t.Fatalf("tcpd reload: %v\n%q", err, out)
+	}
+	// No waiting: it is in force when the command has returned.
+	m := sample(t, g)
+	if m["tcpd_config_last_reload_successful"] != 1 || m["tcpd_config_last_reload_success_timestamp_seconds"] < float64(before.Unix()) {
+		t.Errorf("right after tcpd reload returned: last reload successful %v at %v, want 1 at or after %d",
+			m["tcpd_config_last_reload_successful"], m["tcpd_config_last_reload_success_timestamp_seconds"], before.Unix())
+	}
+	dialN(t, g, port, 1, accepted)
+	if rows := connsJSON(t, sock); len(rows) != 1 || rows[0].CongestionControl != "cubic" {
+		t.Errorf("a connection opened right after tcpd reload: %+v, want cubic", rows)
 	}
 }

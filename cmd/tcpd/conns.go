@@ -299,7 +299,7 @@ func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
 		if errors.Is(cause, os.ErrPermission) {
 			hint = "run as root or as a member of the socket's group"
 		}
-		return nil, false, fmt.Errorf("cannot reach tcpd at %s: %v (%s)", c.path, cause, hint)
+		return nil, false, &unreachableError{fmt.Errorf("cannot reach tcpd at %s: %v (%s)", c.path, cause, hint)}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -37,9 +37,12 @@ Usage:
   tcpd check-config FILE
         validate a configuration file; exit 0 if it is valid, 1 with every
         problem listed if not
-  tcpd conns [--state S] [--src PREFIX] [--dst PREFIX] [--dport N] [-o json] [-s]
+  tcpd conns [FILTER] [-o json] [-i] [-s]
         list the running daemon's connections with both ends' states, like
-        ss -tan; "tcpd conns kill ID" resets one
+        ss -tan; "tcpd conns kill ID" resets one, "kill FILTER" all it selects
+  tcpd reload [--socket PATH | --config FILE] [--pid PID]
+        reload the running daemon's configuration and wait for the outcome;
+        exit 1 with the reasons if the file was rejected
   tcpd version
         print the version
 
@@ -67,6 +70,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheckConfig(args[1:], stdout, stderr)
 	case "conns":
 		err = cmdConns(args[1:], stdout, stderr)
+	case "reload":
+		err = cmdReload(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "tcpd %s\n", buildVersion())
 	case "help", "-h", "-help", "--help":

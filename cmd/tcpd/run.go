@@ -55,7 +55,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 			f.Close()
 		}()
 	}
-	d := &daemon{path: *path, levelFlag: *level, formatFlag: *format}
+	d := &daemon{path: *path, levelFlag: *level, formatFlag: *format,
+		reloads: make(chan chan admin.ReloadResult), stopping: make(chan struct{})}
 	return errors.Join(d.run(), checkLeaks())
 }
 
@@ -76,6 +77,12 @@ type daemon struct {
 	// fd is how the open-file limit read at start divides; zero if the
 	// limit is unknown.
 	fd fdBudget
+
+	// reloads carries the admin socket's reload requests to the loop that
+	// also takes SIGHUP, so that reloads never overlap; stopping is closed
+	// when that loop has ended.
+	reloads  chan chan admin.ReloadResult
+	stopping chan struct{}
 
 	reloadMu sync.Mutex
 	reloadOK bool
@@ -253,10 +260,16 @@ func (d *daemon) run() error {
 			d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
 			d.reload()
 			d.notify(sd.SdNotifyReady)
+		case reply := <-d.reloads:
+			d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
+			reply <- d.reload()
+			d.notify(sd.SdNotifyReady)
 		case <-ctx.Done():
+			close(d.stopping)
 			d.notify(sd.SdNotifyStopping)
 			return d.shutdown()
 		case <-d.st.TUNLost():
+			close(d.stopping)
 			// Every connection is cut from its client, and the routes
 			// into the TUN went with it: exit non-zero, so that the
 			// supervisor restarts tcpd, which creates the TUN anew.
@@ -315,32 +328,32 @@ func (d *daemon) stopWithin(grace time.Duration) {
 // half-close timeouts). The other keys keep their running values, and every
 // reload names those that differ in the file until tcpd restarts. A bad file
 // changes nothing.
-func (d *daemon) reload() {
+//
+// It returns what the reload did, for `tcpd reload` (the admin socket's
+// POST /v1/reload); the log and the metrics say the same.
+func (d *daemon) reload() admin.ReloadResult {
 	start := time.Now()
+	res := admin.ReloadResult{Config: d.source()}
+	reject := func(msg string, err error) admin.ReloadResult {
+		d.setReload(false, 0)
+		res.Error = msg + ": " + strings.ReplaceAll(err.Error(), "\n", "; ")
+		d.log.Error(msg, zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
+		return res
+	}
 	file, err := d.load()
 	if err != nil {
-		d.setReload(false, 0)
-		d.log.Error("reload rejected; the running configuration stays in force",
-			zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
-		return
+		return reject("reload rejected; the running configuration stays in force", err)
 	}
 	next, changed, err := reloaded(d.cfg, file)
 	if err != nil {
-		d.setReload(false, 0)
-		d.log.Error("reload rejected; the running configuration stays in force",
-			zap.String("config", d.source()), zap.String("error", err.Error()))
-		return
+		return reject("reload rejected; the running configuration stays in force", err)
 	}
 	pol, err := policy.New(next.policyConfig())
 	if err != nil {
-		d.setReload(false, 0)
-		d.log.Error("reload rejected: destination policy", zap.Error(err))
-		return
+		return reject("reload rejected: destination policy", err)
 	}
 	if err := d.st.SetTunables(next.stack.Tunables); err != nil {
-		d.setReload(false, 0)
-		d.log.Error("reload rejected: apply settings", zap.Error(err))
-		return
+		return reject("reload rejected: apply settings", err)
 	}
 	d.st.SetPolicy(pol)
 	// The level follows the file when the file (or --log-level) changes
@@ -367,6 +380,29 @@ func (d *daemon) reload() {
 	}
 	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", d.level.Level()),
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
+	res.OK, res.RestartPending = true, append([]string{}, changed...)
+	return res
+}
+
+// requestReload runs a reload on the daemon's loop, as SIGHUP does, and
+// waits for its outcome: the admin socket's POST /v1/reload, which `tcpd
+// reload` (the unit's ExecReload) sends so that `systemctl reload` returns
+// once the reload is done and fails when it was rejected.
+func (d *daemon) requestReload(ctx context.Context) (admin.ReloadResult, error) {
+	reply := make(chan admin.ReloadResult, 1)
+	select {
+	case d.reloads <- reply:
+	case <-d.stopping:
+		return admin.ReloadResult{}, errors.New("tcpd is stopping")
+	case <-ctx.Done():
+		return admin.ReloadResult{}, ctx.Err()
+	}
+	select {
+	case r := <-reply:
+		return r, nil
+	case <-ctx.Done():
+		return admin.ReloadResult{}, ctx.Err()
+	}
 }
 
 // listenMetrics binds the metrics listener, which serves /healthz and
@@ -391,7 +427,7 @@ func (d *daemon) listenAdmin(cfg *config) error {
 	if path == "" {
 		return nil
 	}
-	srv, err := admin.Listen(admin.Config{Path: path, Source: d.st, Level: d.level, Logger: d.log})
+	srv, err := admin.Listen(admin.Config{Path: path, Source: d.st, Level: d.level, Logger: d.log, Reload: d.requestReload})
 	if err != nil {
 		return fmt.Errorf("admin.socket %s: %w", path, err)
 	}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+)
+
+const reloadSynopsis = `Usage: tcpd reload [--socket PATH | --config FILE] [--pid PID]
+
+Asks the running daemon to re-read its configuration file, as SIGHUP does,
+and waits until it has: exit status 0 once the new values are in force
+(naming the settings that keep their running values until a restart), 1
+with the reasons when the file was rejected, which changes nothing. The
+systemd unit's ExecReload runs it, so that "systemctl reload tcpd" returns
+once the reload is done, and fails when it was rejected.
+
+The daemon is asked on its admin socket: --socket, else $` + adminSocketEnv + `,
+else admin.socket of --config FILE, else ` + defaultAdminSocket + `. When the
+socket cannot be reached and --pid is given, that process is sent SIGHUP
+instead, without waiting for the outcome (the journal and the metric
+tcpd_config_last_reload_successful have it).`
+
+func cmdReload(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("reload", reloadSynopsis, stderr)
+	socket := fs.String("socket", "", "the daemon's admin socket `path`")
+	configPath := fs.String("config", "", "read admin.socket from this configuration `file`")
+	pid := fs.Int("pid", 0, "the daemon's process `id`, sent SIGHUP when its admin socket cannot be reached")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "tcpd reload: unexpected argument %q\nRun \"tcpd reload --help\" for usage.\n", fs.Arg(0))
+		return errUsage
+	}
+	if *socket != "" && *configPath != "" {
+		fmt.Fprint(stderr, "tcpd reload: --socket and --config both name the socket; give one\nRun \"tcpd reload --help\" for usage.\n")
+		return errUsage
+	}
+	path := *socket
+	if path == "" {
+		path = os.Getenv(adminSocketEnv)
+	}
+	if path == "" && *configPath != "" {
+		// The file is the one about to be reloaded: when it has errors,
+		// the daemon says which, on the socket it runs with, which a
+		// rejected file does not change.
+		if c, err := loadConfig(*configPath); err == nil {
+			path = c.adminSocket()
+		}
+	}
+	if path == "" {
+		path = defaultAdminSocket
+	}
+
+	body, _, err := newAdminClient(path).once(http.MethodPost, "/v1/reload")
+	var ue *unreachableError
+	if err != nil && *pid > 0 && errors.As(err, &ue) {
+		if kerr := syscall.Kill(*pid, syscall.SIGHUP); kerr != nil {
+			return fmt.Errorf("%v; and SIGHUP to process %d: %w", err, *pid, kerr)
+		}
+		fmt.Fprintf(stderr, "tcpd reload: %v; sent SIGHUP to process %d instead, without waiting for the outcome\n", err, *pid)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var res struct {
+		Config         string   `json:"config"`
+		RestartPending []string `json:"restart_pending"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		return fmt.Errorf("reply from %s: %w", path, err)
+	}
+	fmt.Fprintf(stdout, "reloaded %s\n", res.Config)
+	if len(res.RestartPending) > 0 {
+		fmt.Fprintf(stdout, "these settings keep their running values until a restart: %s\n", strings.Join(res.RestartPending, "; "))
+	}
+	return nil
+}
