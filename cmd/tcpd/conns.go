@@ -35,9 +35,9 @@ const adminSocketEnv = "TCPD_ADMIN_SOCKET"
 const adminTimeout = 10 * time.Second
 
 const connsSynopsis = `Usage:
-  tcpd conns [--socket PATH] [FILTER] [-o table|json] [-i] [-s]
-  tcpd conns kill ID [--socket PATH]
-  tcpd conns kill FILTER [--socket PATH]
+  tcpd conns [--socket PATH | --config FILE] [FILTER] [-o table|json] [-i] [-s]
+  tcpd conns kill ID [--socket PATH | --config FILE]
+  tcpd conns kill FILTER [--socket PATH | --config FILE]
 
 FILTER: [--state S[,S...]] [--client-state S[,S...]] [--src PREFIX] [--dst PREFIX] [--sport N] [--dport N]
 
@@ -53,16 +53,33 @@ retransmissions and queues as the kernel has them. -s prints totals like
 "kill ID" resets that connection on both legs (ID from the list); "kill"
 with a filter resets every connection it selects, as "ss -K" does.
 
-It asks the running daemon over its admin socket (admin.socket in the
-configuration); $` + adminSocketEnv + ` overrides the default path.`
+It asks the running daemon over its admin socket: --socket, else
+$` + adminSocketEnv + `, else admin.socket of --config FILE, else ` + defaultAdminSocket + `.`
+
+// adminSocketPath is the admin socket a command asks: flagPath, else
+// $TCPD_ADMIN_SOCKET, else admin.socket of the configuration file
+// configPath, else the default. A configuration file that does not load
+// leaves the default: the daemon runs on the one it loaded at start.
+func adminSocketPath(flagPath, configPath string) string {
+	if flagPath != "" {
+		return flagPath
+	}
+	if p := os.Getenv(adminSocketEnv); p != "" {
+		return p
+	}
+	if configPath != "" {
+		if c, err := loadConfig(configPath); err == nil && c.adminSocket() != "" {
+			return c.adminSocket()
+		}
+	}
+	return defaultAdminSocket
+}
 
 func cmdConns(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("conns", connsSynopsis, stderr)
-	socket := defaultAdminSocket
-	if p := os.Getenv(adminSocketEnv); p != "" {
-		socket = p
-	}
-	fs.StringVar(&socket, "socket", socket, "the daemon's admin socket `path`")
+	var socket, configPath string
+	fs.StringVar(&socket, "socket", "", "the daemon's admin socket `path`")
+	fs.StringVar(&configPath, "config", "", "read admin.socket from this configuration `file`")
 	var states, clientStates stringList
 	fs.Var(&states, "state", "only connections whose tcpd state is one of `S[,S...]` (ESTAB, TIME-WAIT, … or established, time_wait, …); repeatable")
 	fs.Var(&clientStates, "client-state", "only connections whose client's state is one of `S[,S...]`; repeatable")
@@ -94,6 +111,10 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
+	if socket != "" && configPath != "" {
+		return usageError("--socket and --config both name the socket; give one")
+	}
+	socket = adminSocketPath(socket, configPath)
 	c := newAdminClient(socket)
 	q := url.Values{}
 	var filterFlags []string
@@ -122,8 +143,8 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 			return usageError("unexpected argument %q", pos[0])
 		}
 		for name := range set {
-			if name != "socket" && !slices.Contains(filterFlags, name) {
-				return usageError("kill takes an ID or a filter, and --socket (got -%s)", name)
+			if name != "socket" && name != "config" && !slices.Contains(filterFlags, name) {
+				return usageError("kill takes an ID or a filter, and --socket or --config (got -%s)", name)
 			}
 		}
 		switch {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -368,6 +369,30 @@ func TestConnsSocketEnv(t *testing.T) {
 	}
 }
 
+// TestConnsSocketFromConfig: --config reads admin.socket from the
+// daemon's configuration file, so that a gateway configured with another
+// socket is asked without repeating its path.
+func TestConnsSocketFromConfig(t *testing.T) {
+	_, p := startAdmin(t)
+	t.Setenv(adminSocketEnv, "")
+	cfg := filepath.Join(t.TempDir(), "tcpd.yaml")
+	if err := os.WriteFile(cfg, []byte("admin:\n  socket: "+p+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runConns(t, "--config", cfg, "--dport", "22")
+	if code != 0 || !strings.Contains(out, "\n20  ") {
+		t.Errorf("--config: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	// A file that does not load leaves the default.
+	if err := os.WriteFile(cfg, []byte("admin: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = runConns(t, "--config", cfg)
+	if code != 1 || !strings.Contains(errs, "cannot reach tcpd at "+defaultAdminSocket+": ") {
+		t.Errorf("--config of a broken file: exit %d, stderr %q, want the default path", code, errs)
+	}
+}
+
 func TestConnsUsage(t *testing.T) {
 	// Nothing listens here: a usage error must be found before dialling.
 	p := filepath.Join(t.TempDir(), "tcpd.sock")
@@ -389,7 +414,8 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"kill", "1", "2"}, 2, "tcpd conns: kill takes one connection ID"},
 		{[]string{"kill", "x1"}, 2, `tcpd conns: kill: "x1" is not a connection ID`},
 		{[]string{"kill", "1", "--state", "ESTAB"}, 2, "tcpd conns: kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both"},
-		{[]string{"kill", "-o", "json", "--dport", "80"}, 2, "tcpd conns: kill takes an ID or a filter, and --socket (got -o)"},
+		{[]string{"kill", "-o", "json", "--dport", "80"}, 2, "tcpd conns: kill takes an ID or a filter, and --socket or --config (got -o)"},
+		{[]string{"--config", "/etc/tcpd/tcpd.yaml"}, 2, "tcpd conns: --socket and --config both name the socket; give one"},
 		{[]string{"--client-state", "nope"}, 2, `tcpd conns: --client-state: "nope" is not a TCP state`},
 		{[]string{"--sport", "http"}, 2, `tcpd conns: --sport: "http" is not a port (allowed: 1..65535)`},
 		{[]string{"-s", "-i"}, 2, `tcpd conns: -s summarises every connection; -i details the list only`},

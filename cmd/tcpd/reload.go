@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"syscall"
 )
@@ -46,21 +45,10 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, "tcpd reload: --socket and --config both name the socket; give one\nRun \"tcpd reload --help\" for usage.\n")
 		return errUsage
 	}
-	path := *socket
-	if path == "" {
-		path = os.Getenv(adminSocketEnv)
-	}
-	if path == "" && *configPath != "" {
-		// The file is the one about to be reloaded: when it has errors,
-		// the daemon says which, on the socket it runs with, which a
-		// rejected file does not change.
-		if c, err := loadConfig(*configPath); err == nil {
-			path = c.adminSocket()
-		}
-	}
-	if path == "" {
-		path = defaultAdminSocket
-	}
+	// The file is the one about to be reloaded: when it has errors, the
+	// daemon says which, on the socket it runs with (the default, unless
+	// the file that loaded named another).
+	path := adminSocketPath(*socket, *configPath)
 
 	body, _, err := newAdminClient(path).once(http.MethodPost, "/v1/reload")
 	var ue *unreachableError
