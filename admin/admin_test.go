@@ -318,6 +318,11 @@ func TestConnsFilter(t *testing.T) {
 		{"client_state=SYN-SENT,established", []uint64{3, 12}},
 		{"client_state=established&state=established", []uint64{3}},
 		{"client_state=established&state=time_wait", nil},
+		{"state=bucket", []uint64{9, 12}},             // ss's groups: syn_recv and time_wait
+		{"state=big", []uint64{3}},                    // all but those
+		{"state=synchronized", []uint64{3, 9, 12}},    // connected, past syn_sent
+		{"client_state=synchronized", []uint64{3, 9}}, // the client of 12 is in syn_sent
+		{"state=connected&client_state=all", []uint64{3, 9, 12}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.query, func(t *testing.T) {
@@ -350,7 +355,7 @@ func TestConnsFilter(t *testing.T) {
 func TestConnsFilterErrors(t *testing.T) {
 	_, _, c := start(t, nil)
 	cases := []struct{ query, msg string }{
-		{"state=bogus", `state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack)`},
+		{"state=bogus", `state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack, or the groups all, connected, synchronized, bucket, big)`},
 		{"state=established,nope", `state: "nope" is not a TCP state (allowed: close, `},
 		{"src=nonsense", `src: "nonsense" is not an address or prefix (allowed: e.g. `},
 		{"dst=10.0.0.0/40", `dst: "10.0.0.0/40" is not an address or prefix`},

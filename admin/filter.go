@@ -91,26 +91,64 @@ func (f Filter) IsZero() bool {
 	return len(f.States) == 0 && len(f.ClientStates) == 0 && !f.Src.IsValid() && !f.Dst.IsValid() && f.SrcPort == 0 && f.DstPort == 0
 }
 
+// stateGroups are ss's state filters that name several states (ss(8),
+// STATE-FILTER).
+var stateGroups = []struct {
+	name   string
+	states func(conntrack.State) bool
+}{
+	{"all", func(conntrack.State) bool { return true }},
+	{"connected", func(s conntrack.State) bool { return s != conntrack.StateListen && s != conntrack.StateClosed }},
+	{"synchronized", func(s conntrack.State) bool {
+		return s != conntrack.StateListen && s != conntrack.StateClosed && s != conntrack.StateSynSent
+	}},
+	{"bucket", func(s conntrack.State) bool { return s == conntrack.StateSynRecv || s == conntrack.StateTimeWait }},
+	{"big", func(s conntrack.State) bool { return s != conntrack.StateSynRecv && s != conntrack.StateTimeWait }},
+}
+
 // statesParam reads the states of parameter name, repeated or
-// comma-separated.
+// comma-separated: state names, or ss's groups of them.
 func statesParam(q url.Values, name string) ([]conntrack.State, error) {
 	var states []conntrack.State
+	add := func(s conntrack.State) {
+		if !slices.Contains(states, s) {
+			states = append(states, s)
+		}
+	}
 	for _, v := range q[name] {
+	labels:
 		for label := range strings.SplitSeq(v, ",") {
 			label = strings.TrimSpace(label)
 			if label == "" {
 				continue
 			}
-			s, ok := conntrack.ParseState(label)
-			if !ok {
-				return nil, fmt.Errorf("%s: %q is not a TCP state (allowed: %s)", name, clip(label), stateLabels())
+			if s, ok := conntrack.ParseState(label); ok {
+				add(s)
+				continue
 			}
-			if !slices.Contains(states, s) {
-				states = append(states, s)
+			for _, g := range stateGroups {
+				if strings.EqualFold(label, g.name) {
+					for s := range conntrack.NumStates {
+						if g.states(s) {
+							add(s)
+						}
+					}
+					continue labels
+				}
 			}
+			return nil, fmt.Errorf("%s: %q is not a TCP state (allowed: %s, or the groups %s)", name, clip(label), stateLabels(), groupNames())
 		}
 	}
 	return states, nil
+}
+
+// groupNames lists stateGroups, comma-separated.
+func groupNames() string {
+	names := make([]string, len(stateGroups))
+	for i, g := range stateGroups {
+		names[i] = g.name
+	}
+	return strings.Join(names, ", ")
 }
 
 // portParam reads the port of parameter name; 0 when absent.

@@ -13,7 +13,7 @@ import (
 // maxFilterError bounds an error of ParseFilter: fixed words, the list of
 // what is allowed, and at most maxEcho bytes of the request (clip), quoted
 // (%q writes a byte as at most four: \xbc).
-var maxFilterError = 200 + len(stateLabels()) + 4*maxEcho + len(`""… (4294967296 bytes)`)
+var maxFilterError = 200 + len(stateLabels()) + len(groupNames()) + 4*maxEcho + len(`""… (4294967296 bytes)`)
 
 // FuzzParseFilter feeds GET /v1/conns's query string, as a client of the
 // admin socket sends it, to ParseFilter: it never panics, an error repeats

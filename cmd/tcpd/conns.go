@@ -81,7 +81,7 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&socket, "socket", "", "the daemon's admin socket `path`")
 	fs.StringVar(&configPath, "config", "", "read admin.socket from this configuration `file`")
 	var states, clientStates stringList
-	fs.Var(&states, "state", "only connections whose tcpd state is one of `S[,S...]` (ESTAB, TIME-WAIT, … or established, time_wait, …); repeatable")
+	fs.Var(&states, "state", "only connections whose tcpd state is one of `S[,S...]` (ESTAB, TIME-WAIT, … or established, time_wait, …, or ss's groups connected, synchronized, bucket, big, all); repeatable")
 	fs.Var(&clientStates, "client-state", "only connections whose client's state is one of `S[,S...]`; repeatable")
 	src := fs.String("src", "", "only clients inside `PREFIX` (or that address)")
 	dst := fs.String("dst", "", "only destinations inside `PREFIX` (or that address)")

@@ -402,7 +402,7 @@ func TestConnsUsage(t *testing.T) {
 		stderr string
 	}{
 		{[]string{"--help"}, 0, `like "ss -tan" but with both`},
-		{[]string{"--state", "bogus"}, 2, `tcpd conns: --state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack)`},
+		{[]string{"--state", "bogus"}, 2, `tcpd conns: --state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack, or the groups all, connected, synchronized, bucket, big)`},
 		{[]string{"--src", "100.64/10"}, 2, `tcpd conns: --src: "100.64/10" is not an address or prefix`},
 		{[]string{"--dst", "example.com"}, 2, `tcpd conns: --dst: "example.com" is not an address or prefix`},
 		{[]string{"--dport", "0"}, 2, `tcpd conns: --dport: "0" is not a port (allowed: 1..65535)`},
