@@ -228,10 +228,6 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if r.Method == http.MethodDelete {
-		a.resetMatching(w, f)
-		return
-	}
 	select {
 	case a.listings <- struct{}{}:
 		defer func() { <-a.listings }()
@@ -239,6 +235,11 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"busy: %d listings of the connection table in progress, the most at once; try again in a second", MaxListings))
+		return
+	}
+	if r.Method == http.MethodDelete {
+		// Under a listing's slot: it copies the rows it selects too.
+		a.resetMatching(w, f)
 		return
 	}
 	now := a.now()

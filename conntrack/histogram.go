@@ -16,10 +16,11 @@ var ClassicBounds = []float64{
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 }
 
-// TimeWaitBounds are the classic buckets of the TIME_WAIT dwell: 100 ms to
-// 5 min, tcp.time_wait's range, with the round values it is set to as
-// bounds, so that entries held for the whole of it (the dwell is then
-// exactly tcp.time_wait) fall in the bucket it closes.
+// TimeWaitBounds are the classic buckets of the TIME_WAIT dwell, to 5 min
+// (tcp.time_wait is 1s..5m) with the round values it is set to as bounds,
+// so that entries held for the whole of it (the dwell is then exactly
+// tcp.time_wait) fall in the bucket it closes; the buckets under a second
+// count entries a new SYN reused (RFC 6191).
 var TimeWaitBounds = []float64{
 	0.1, 0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300,
 }

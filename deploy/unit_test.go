@@ -35,6 +35,18 @@ func defaultConfig(t *testing.T) map[string]any {
 	return cfg
 }
 
+// defaultAdminSocket is admin.socket in configs/tcpd.yaml, which the
+// unit's ExecReload names.
+func defaultAdminSocket(t *testing.T) string {
+	t.Helper()
+	a, _ := defaultConfig(t)["admin"].(map[string]any)
+	p, _ := a["socket"].(string)
+	if p == "" {
+		t.Fatal("configs/tcpd.yaml sets no admin.socket")
+	}
+	return p
+}
+
 // TestUnitSettings checks the settings tcpd's behaviour relies on, and that
 // they agree with the default configuration.
 func TestUnitSettings(t *testing.T) {
@@ -42,7 +54,7 @@ func TestUnitSettings(t *testing.T) {
 	want := map[string]string{
 		"Type":                  "notify",
 		"ExecStart":             "/usr/bin/tcpd run --config /etc/tcpd/tcpd.yaml",
-		"ExecReload":            "/usr/bin/tcpd reload --config /etc/tcpd/tcpd.yaml --pid $MAINPID",
+		"ExecReload":            "/usr/bin/tcpd reload --socket " + defaultAdminSocket(t) + " --pid $MAINPID",
 		"Restart":               "on-failure",
 		"WatchdogSec":           "10s",
 		"User":                  "tcpd",

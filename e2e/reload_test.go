@@ -242,9 +242,9 @@ func TestReloadCommandWaits(t *testing.T) {
 	}
 	// No waiting: it is in force when the command has returned.
 	m := sample(t, g)
-	if m["tcpd_config_last_reload_successful"] != 1 || m["tcpd_config_last_reload_success_timestamp_seconds"] < float64(before.Unix()) {
-		t.Errorf("right after tcpd reload returned: last reload successful %v at %v, want 1 at or after %d",
-			m["tcpd_config_last_reload_successful"], m["tcpd_config_last_reload_success_timestamp_seconds"], before.Unix())
+	if at := float64(before.UnixNano()) / 1e9; m["tcpd_config_last_reload_successful"] != 1 || !(m["tcpd_config_last_reload_success_timestamp_seconds"] >= at-1e-6) {
+		t.Errorf("right after tcpd reload returned: last reload successful %v at %.6f, want 1 at or after %.6f",
+			m["tcpd_config_last_reload_successful"], m["tcpd_config_last_reload_success_timestamp_seconds"], at)
 	}
 	dialN(t, g, port, 1, accepted)
 	if rows := connsJSON(t, sock); len(rows) != 1 || rows[0].CongestionControl != "cubic" {

@@ -655,8 +655,6 @@ func (r *relay) recoverPanic() {
 	}
 }
 
-// localAddr is the upstream socket's local address, for tcpd conns: looked
-// up on the first call, "" once the socket is closed.
 // upstreamTCP reads the upstream socket's TCP_INFO and queues, under
 // localMu so that the shard cannot close the descriptor (and the number be
 // reused) meanwhile; false once it is closed.
@@ -669,6 +667,8 @@ func (r *relay) upstreamTCP() (UpstreamTCP, bool) {
 	return upstreamTCPInfo(r.fd)
 }
 
+// localAddr is the upstream socket's local address, for tcpd conns: looked
+// up on the first call, "" once the socket is closed.
 func (r *relay) localAddr() string {
 	r.localMu.Lock()
 	defer r.localMu.Unlock()

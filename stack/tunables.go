@@ -62,10 +62,11 @@ type Tunables struct {
 	// NoRACK turns RACK-TLP loss detection (RFC 8985) off, leaving the
 	// classic three-duplicate-ACK rule.
 	NoRACK bool
-	// MaxConnections caps relayed connections. Zero means 65536.
+	// MaxConnections caps connections relayed and in their handshake,
+	// together. Zero means 65536.
 	MaxConnections int
-	// MaxConnectionsPerClient caps relayed connections per client address.
-	// Zero means 4096.
+	// MaxConnectionsPerClient caps them per client address. Zero means
+	// 4096.
 	MaxConnectionsPerClient int
 	// MaxInFlightPerClient caps handshakes in progress per client address.
 	// Zero means 256.

@@ -181,7 +181,6 @@ func closeFD(fd int, rst bool) {
 	unix.Close(fd)
 }
 
-// sockName is the socket's local address, "" if it cannot be read.
 // upstreamTCPInfo reads TCP_INFO and the queue lengths of an upstream
 // socket.
 func upstreamTCPInfo(fd int) (UpstreamTCP, bool) {
@@ -204,6 +203,7 @@ func upstreamTCPInfo(fd int) (UpstreamTCP, bool) {
 	return u, true
 }
 
+// sockName is the socket's local address, "" if it cannot be read.
 func sockName(fd int) string {
 	sa, err := unix.Getsockname(fd)
 	if err != nil {

@@ -54,23 +54,25 @@ retransmissions and queues as the kernel has them. -s prints totals like
 with a filter resets every connection it selects, as "ss -K" does.
 
 It asks the running daemon over its admin socket: --socket, else
-$` + adminSocketEnv + `, else admin.socket of --config FILE, else ` + defaultAdminSocket + `.`
+admin.socket of --config FILE, else $` + adminSocketEnv + `, else ` + defaultAdminSocket + `.`
 
 // adminSocketPath is the admin socket a command asks: flagPath, else
-// $TCPD_ADMIN_SOCKET, else admin.socket of the configuration file
-// configPath, else the default. A configuration file that does not load
-// leaves the default: the daemon runs on the one it loaded at start.
+// admin.socket of the configuration file configPath, else
+// $TCPD_ADMIN_SOCKET, else the default. admin.socket takes effect at
+// start: the file names the daemon's socket when it is the file the daemon
+// started with and its admin.socket has not changed since. A file that
+// does not load names none.
 func adminSocketPath(flagPath, configPath string) string {
 	if flagPath != "" {
 		return flagPath
-	}
-	if p := os.Getenv(adminSocketEnv); p != "" {
-		return p
 	}
 	if configPath != "" {
 		if c, err := loadConfig(configPath); err == nil && c.adminSocket() != "" {
 			return c.adminSocket()
 		}
+	}
+	if p := os.Getenv(adminSocketEnv); p != "" {
+		return p
 	}
 	return defaultAdminSocket
 }
@@ -333,10 +335,20 @@ func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
 	busy = resp.StatusCode == http.StatusServiceUnavailable
 	var e admin.Error
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return nil, busy, errors.New(e.Error)
+		return nil, busy, &statusError{resp.StatusCode, errors.New(e.Error)}
 	}
-	return nil, busy, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)
+	return nil, busy, &statusError{resp.StatusCode, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)}
 }
+
+// statusError is an answer of the daemon other than 2xx; its message is
+// the daemon's.
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
 
 // printConns writes the table, like `ss -tan` with both ends' states;
 // with info, each row is followed by its TCP details, like `ss -tani`.

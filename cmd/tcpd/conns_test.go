@@ -383,6 +383,12 @@ func TestConnsSocketFromConfig(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "\n20  ") {
 		t.Errorf("--config: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
+	// The flag wins over the environment.
+	t.Setenv(adminSocketEnv, filepath.Join(t.TempDir(), "elsewhere.sock"))
+	if code, out, errs := runConns(t, "--config", cfg, "--dport", "22"); code != 0 || !strings.Contains(out, "\n20  ") {
+		t.Errorf("--config with %s set: exit %d, stdout %q, stderr %q", adminSocketEnv, code, out, errs)
+	}
+	t.Setenv(adminSocketEnv, "")
 	// A file that does not load leaves the default.
 	if err := os.WriteFile(cfg, []byte("admin: [\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -20,9 +20,10 @@ with the reasons when the file was rejected, which changes nothing. The
 systemd unit's ExecReload runs it, so that "systemctl reload tcpd" returns
 once the reload is done, and fails when it was rejected.
 
-The daemon is asked on its admin socket: --socket, else $` + adminSocketEnv + `,
-else admin.socket of --config FILE, else ` + defaultAdminSocket + `. When the
-socket cannot be reached and --pid is given, that process is sent SIGHUP
+The daemon is asked on its admin socket: --socket, else admin.socket of
+--config FILE (a file with errors names none), else $` + adminSocketEnv + `, else
+` + defaultAdminSocket + `. When that socket cannot be reached, or its daemon
+predates POST /v1/reload, and --pid is given, that process is sent SIGHUP
 instead, without waiting for the outcome (the journal and the metric
 tcpd_config_last_reload_successful have it).`
 
@@ -45,14 +46,12 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, "tcpd reload: --socket and --config both name the socket; give one\nRun \"tcpd reload --help\" for usage.\n")
 		return errUsage
 	}
-	// The file is the one about to be reloaded: when it has errors, the
-	// daemon says which, on the socket it runs with (the default, unless
-	// the file that loaded named another).
 	path := adminSocketPath(*socket, *configPath)
 
 	body, _, err := newAdminClient(path).once(http.MethodPost, "/v1/reload")
 	var ue *unreachableError
-	if err != nil && *pid > 0 && errors.As(err, &ue) {
+	var old *statusError
+	if err != nil && *pid > 0 && (errors.As(err, &ue) || errors.As(err, &old) && old.code == http.StatusNotFound) {
 		if kerr := syscall.Kill(*pid, syscall.SIGHUP); kerr != nil {
 			return fmt.Errorf("%v; and SIGHUP to process %d: %w", err, *pid, kerr)
 		}

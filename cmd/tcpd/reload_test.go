@@ -84,4 +84,26 @@ func TestReloadFallsBackToSIGHUP(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("no SIGHUP arrived")
 	}
+
+	// A daemon from before POST /v1/reload (a new binary, the daemon not
+	// restarted yet) answers 404: the same fallback.
+	path := filepath.Join(t.TempDir(), "old.sock")
+	s, err := admin.Listen(admin.Config{Path: path, Source: &fakeSource{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	code, _, errs = runReload(t, "--socket", path)
+	if code != 1 || !strings.Contains(errs, "no endpoint /v1/reload") {
+		t.Errorf("an old daemon, no --pid: exit %d, stderr %q; want 1 and the 404", code, errs)
+	}
+	code, _, errs = runReload(t, "--socket", path, "--pid", itoa(os.Getpid()))
+	if code != 0 || !strings.Contains(errs, "sent SIGHUP to process") {
+		t.Errorf("an old daemon, --pid: exit %d, stderr %q; want 0 and a SIGHUP", code, errs)
+	}
+	select {
+	case <-hup:
+	case <-time.After(5 * time.Second):
+		t.Error("no SIGHUP arrived for the old daemon")
+	}
 }

@@ -261,9 +261,12 @@ func (d *daemon) run() error {
 			d.reload()
 			d.notify(sd.SdNotifyReady)
 		case reply := <-d.reloads:
+			// READY=1 before the answer: systemd has the unit running
+			// again by the time systemctl reload returns.
 			d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
-			reply <- d.reload()
+			res := d.reload()
 			d.notify(sd.SdNotifyReady)
+			reply <- res
 		case <-ctx.Done():
 			close(d.stopping)
 			d.notify(sd.SdNotifyStopping)
