@@ -63,7 +63,13 @@ type counting struct {
 	probes map[string]string
 	// group is this process's uprobe group, removed at the end.
 	group string
+	// mounted is the tracefs this process mounted, unmounted at the end;
+	// "" if it found one mounted.
+	mounted string
 }
+
+// tracefsDir is where tracefs is mounted on current kernels.
+const tracefsDir = "/sys/kernel/tracing"
 
 // tracefsEvents is where the kernel lists its trace events.
 func tracefsEvents() string {
@@ -83,12 +89,24 @@ func (b *bencher) newCounting(paths []*path) *counting {
 		b.notef("count: skipped, no perf (%v); Debian's package is linux-perf", err)
 		return nil
 	}
+	// A machine that booted without tracefs mounted (a fresh container
+	// host) has the tracepoints all the same: mount it for the run.
+	var mounted string
 	events := tracefsEvents()
 	if events == "" {
-		b.notef("count: skipped, no syscall tracepoints under /sys/kernel/tracing or /sys/kernel/debug/tracing")
-		return nil
+		if err := unix.Mount("nodev", tracefsDir, "tracefs", 0, ""); err != nil {
+			b.notef("count: skipped, no syscall tracepoints under /sys/kernel/tracing or /sys/kernel/debug/tracing, and mounting tracefs failed: %v", err)
+			return nil
+		}
+		mounted = tracefsDir
+		if events = tracefsEvents(); events == "" {
+			unix.Unmount(mounted, 0)
+			b.notef("count: skipped, no syscall tracepoints in the tracefs mounted at %s", tracefsDir)
+			return nil
+		}
+		b.notef("count: mounted tracefs at %s for the run", tracefsDir)
 	}
-	c := &counting{perf: perf, probes: map[string]string{}, group: fmt.Sprintf("tcpdbench%d", os.Getpid())}
+	c := &counting{perf: perf, probes: map[string]string{}, group: fmt.Sprintf("tcpdbench%d", os.Getpid()), mounted: mounted}
 	for _, k := range syscallKinds {
 		if _, err := os.Stat(filepath.Join(events, "syscalls", "sys_enter_"+k)); err == nil {
 			c.kinds = append(c.kinds, k)
@@ -115,10 +133,13 @@ func (b *bencher) newCounting(paths []*path) *counting {
 	return c
 }
 
-// close removes the uprobes.
+// close removes the uprobes, and the tracefs mount newCounting made.
 func (c *counting) close() {
 	if len(c.probes) > 0 {
 		exec.Command(c.perf, "probe", "-q", "-d", c.group+":*").Run()
+	}
+	if c.mounted != "" {
+		unix.Unmount(c.mounted, 0)
 	}
 }
 
