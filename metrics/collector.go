@@ -204,7 +204,7 @@ func NewCollector(cfg Config) *Collector {
 			"Payload bytes relayed, client to destination (in) and destination to client (out).",
 			[]string{"direction"}, nil),
 		dropped: prometheus.NewDesc("tcpd_dropped_total",
-			"Packets and connection attempts tcpd dropped or refused, by reason.",
+			"Packets, connection attempts and TIME_WAIT entries tcpd dropped or refused, by reason.",
 			[]string{"reason"}, nil),
 		connections: prometheus.NewDesc("tcpd_connections_total",
 			"Connection attempts by how they ended: relayed, denied by policy or a cap, upstream connect failed, or client handshake not completed.",
@@ -340,6 +340,10 @@ func (c *Collector) collectConntrack(ch chan<- prometheus.Metric, s *conntrack.S
 	for i, v := range snapshotValues {
 		send(ch, c.values[i], v.typ, v.value(s))
 	}
+	// Among the drops, as DESIGN.md lists them: a connection that skipped
+	// TIME_WAIT because tcp.time_wait_limit entries were held
+	// (tcpd_tcp_time_wait_overflow_total counts the same).
+	send(ch, c.dropped, prometheus.CounterValue, float64(s.TimeWaitOverflow), "time_wait_overflow")
 	for i, h := range snapshotHistograms {
 		ch <- newHistogram(c.histograms[i], h.get(s))
 	}

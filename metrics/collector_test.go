@@ -235,7 +235,7 @@ tcpd_handshake_timeouts_total 3
 tcpd_tcp_mss_clamped_total 7
 `},
 		{"drops", `
-# HELP tcpd_dropped_total Packets and connection attempts tcpd dropped or refused, by reason.
+# HELP tcpd_dropped_total Packets, connection attempts and TIME_WAIT entries tcpd dropped or refused, by reason.
 # TYPE tcpd_dropped_total counter
 tcpd_dropped_total{reason="bad_checksum"} 0
 tcpd_dropped_total{reason="denied_destination"} 8
@@ -243,6 +243,7 @@ tcpd_dropped_total{reason="fd_limit"} 0
 tcpd_dropped_total{reason="malformed"} 0
 tcpd_dropped_total{reason="max_connections"} 0
 tcpd_dropped_total{reason="max_connections_per_client"} 0
+tcpd_dropped_total{reason="max_in_flight"} 0
 tcpd_dropped_total{reason="max_in_flight_per_client"} 0
 tcpd_dropped_total{reason="not_tcp"} 2
 tcpd_dropped_total{reason="reuse_wait"} 0
@@ -250,6 +251,7 @@ tcpd_dropped_total{reason="shutting_down"} 0
 tcpd_dropped_total{reason="spoofed_source"} 3
 tcpd_dropped_total{reason="stale_syn"} 0
 tcpd_dropped_total{reason="syn_in_flight"} 0
+tcpd_dropped_total{reason="time_wait_overflow"} 5
 tcpd_dropped_total{reason="tun_read_error"} 0
 tcpd_dropped_total{reason="tun_write_error"} 1
 tcpd_dropped_total{reason="unverifiable"} 0

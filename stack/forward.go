@@ -59,6 +59,7 @@ func (s *Stack) forwardSYN(fwd *tcp.Forwarder) func(gvstack.TransportEndpointID,
 			return true
 		case synFull:
 			s.ns.Stats().TCP.ForwardMaxInFlightDrop.Increment()
+			s.stats.Dropped[DropMaxInFlight].Add(1)
 			return true
 		}
 		if !fwd.HandlePacket(id, pkt) {

@@ -449,30 +449,7 @@ func TestGlobalCapCountsHandshakes(t *testing.T) {
 	}
 	waitFor(t, "one active relay", func() bool { return h.s.Stats().Active.Load() == 1 })
 
-	// A destination that takes no SYN: a listener whose accept queue (one
-	// connection, for a backlog of 0) is full, so the kernel drops the
-	// SYNs of tcpd's connect and the handshake stays in progress.
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}
-	filler, err := net.Dial("tcp", full.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer filler.Close()
+	full := blackhole(t)
 	h.mu.Lock()
 	h.upstream = full
 	h.mu.Unlock()
@@ -501,6 +478,73 @@ func TestGlobalCapCountsHandshakes(t *testing.T) {
 	}
 	if err := <-slow; err == nil {
 		t.Error("the connection whose destination took no SYN was established")
+	}
+}
+
+// blackhole returns a destination that takes no SYN: a listener whose
+// accept queue (one connection, for a backlog of 0) is full, so the kernel
+// drops the SYNs of tcpd's connect and the handshake stays in progress.
+func blackhole(t *testing.T) *net.TCPAddr {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}
+	filler, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr
+}
+
+// TestInFlightCapDrops: a SYN that finds limits.max_in_flight handshakes in
+// progress is dropped (the client retransmits) and counted, in
+// tcpd_dropped_total{reason="max_in_flight"} as in the netstack's own
+// counter.
+func TestInFlightCapDrops(t *testing.T) {
+	h := newHarness(t, Config{MaxInFlight: 2, Tunables: Tunables{DialTimeout: 2 * time.Second}}, clientAddr)
+	full := blackhole(t)
+	h.mu.Lock()
+	h.upstream = full
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for port := range uint16(2) {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if c, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, 80+port)); err == nil {
+				c.Close()
+			}
+		})
+	}
+	waitFor(t, "two handshakes in progress", func() bool { return h.s.Stats().InFlight.Load() == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if c, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, 90)); err == nil {
+		c.Close()
+		t.Fatal("a third connection got through two handshakes held at a cap of 2")
+	}
+	drops := h.s.Stats().Drops(DropMaxInFlight)
+	netstack := h.s.NetstackStats().TCPForwardMaxInFlightDrops
+	if drops == 0 || drops != netstack {
+		t.Errorf("max_in_flight drops %d, the netstack's forwarder counted %d; want the same, at least 1", drops, netstack)
+	}
+	if d := h.dialedAddrs(); len(d) != 2 {
+		t.Errorf("destinations dialled %v, want 2 (the dropped SYN dials none)", d)
 	}
 }
 

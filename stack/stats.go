@@ -71,6 +71,10 @@ const (
 	// reuseSYN waits): ignored, as the forwarder ignores it; the client
 	// retransmits.
 	DropSYNInFlight
+	// DropMaxInFlight: a SYN that found limits.max_in_flight handshakes
+	// in progress, ignored as the netstack's forwarder ignores it (its
+	// own counter has it too); the client retransmits.
+	DropMaxInFlight
 	NumDropReasons
 )
 
@@ -92,6 +96,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropStaleSYN:                "stale_syn",
 	DropReuseWait:               "reuse_wait",
 	DropSYNInFlight:             "syn_in_flight",
+	DropMaxInFlight:             "max_in_flight",
 }
 
 // String gives the label value.
