@@ -365,6 +365,8 @@ func TestConnsFilterErrors(t *testing.T) {
 		{"dport=https", `dport: "https" is not a port (allowed: 1..65535)`},
 		{"dport=80&dport=443", `dport: given 2 times (allowed: once)`},
 		{"sport=0", `sport: "0" is not a port (allowed: 1..65535)`},
+		{"state=", `state: empty (allowed: close, `},
+		{"client_state=,", `client_state: empty (allowed: close, `},
 		{"client_state=estab,bogus", `client_state: "bogus" is not a TCP state (allowed: close, `},
 		{"port=80", `unknown parameter "port" (allowed: state, client_state, src, dst, sport, dport)`},
 	}

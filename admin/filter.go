@@ -139,6 +139,11 @@ func statesParam(q url.Values, name string) ([]conntrack.State, error) {
 			return nil, fmt.Errorf("%s: %q is not a TCP state (allowed: %s, or the groups %s)", name, clip(label), stateLabels(), groupNames())
 		}
 	}
+	if _, given := q[name]; given && len(states) == 0 {
+		// An empty value ("state=", a shell variable that was not set)
+		// would otherwise select every connection.
+		return nil, fmt.Errorf("%s: empty (allowed: %s, or the groups %s)", name, stateLabels(), groupNames())
+	}
 	return states, nil
 }
 

@@ -61,24 +61,31 @@ admin.socket of --config FILE, else $` + adminSocketEnv + `, else ` + defaultAdm
 // $TCPD_ADMIN_SOCKET, else the default. admin.socket takes effect at
 // start: the file names the daemon's socket when it is the file the daemon
 // started with and its admin.socket has not changed since. A file that
-// does not load names none.
-func adminSocketPath(flagPath, configPath string) string {
+// does not load, or turns the socket off, is an error rather than a
+// silent fall back to the default: on a host with two daemons that would
+// ask the other one.
+func adminSocketPath(flagPath, configPath string) (string, error) {
 	if flagPath != "" {
-		return flagPath
+		return flagPath, nil
 	}
 	if configPath != "" {
-		if c, err := loadConfig(configPath); err == nil && c.adminSocket() != "" {
-			return c.adminSocket()
+		c, err := loadConfig(configPath)
+		if err != nil {
+			return "", fmt.Errorf("--config: cannot read admin.socket from it (give --socket): %w", err)
 		}
+		if c.adminSocket() == "" {
+			return "", fmt.Errorf("--config %s: admin.socket is \"\": that daemon has no admin socket", configPath)
+		}
+		return c.adminSocket(), nil
 	}
 	if p := os.Getenv(adminSocketEnv); p != "" {
-		return p
+		return p, nil
 	}
-	return defaultAdminSocket
+	return defaultAdminSocket, nil
 }
 
 func cmdConns(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("conns", connsSynopsis, stderr)
+	fs := newFlagSet("conns", connsSynopsis, args, stdout, stderr)
 	var socket, configPath string
 	fs.StringVar(&socket, "socket", "", "the daemon's admin socket `path`")
 	fs.StringVar(&configPath, "config", "", "read admin.socket from this configuration `file`")
@@ -116,7 +123,10 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	if socket != "" && configPath != "" {
 		return usageError("--socket and --config both name the socket; give one")
 	}
-	socket = adminSocketPath(socket, configPath)
+	socket, err = adminSocketPath(socket, configPath)
+	if err != nil {
+		return err
+	}
 	c := newAdminClient(socket)
 	q := url.Values{}
 	var filterFlags []string
@@ -161,6 +171,8 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 			}
 			fmt.Fprintf(stdout, "reset %d connections\n", r.Reset)
 			return nil
+		case len(pos) == 1:
+			return usageError("kill needs a connection ID or a filter (--state, --client-state, --src, --dst, --sport, --dport; --state all for every connection)")
 		case len(pos) != 2 || len(q) > 0:
 			return usageError("kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both")
 		}

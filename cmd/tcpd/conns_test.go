@@ -389,13 +389,44 @@ func TestConnsSocketFromConfig(t *testing.T) {
 		t.Errorf("--config with %s set: exit %d, stdout %q, stderr %q", adminSocketEnv, code, out, errs)
 	}
 	t.Setenv(adminSocketEnv, "")
-	// A file that does not load leaves the default.
+	// A file that does not load names no socket: an error, not the default.
 	if err := os.WriteFile(cfg, []byte("admin: [\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	code, _, errs = runConns(t, "--config", cfg)
-	if code != 1 || !strings.Contains(errs, "cannot reach tcpd at "+defaultAdminSocket+": ") {
-		t.Errorf("--config of a broken file: exit %d, stderr %q, want the default path", code, errs)
+	if code != 1 || !strings.Contains(errs, "--config: cannot read admin.socket from it") {
+		t.Errorf("--config of a broken file: exit %d, stderr %q, want an error naming --config", code, errs)
+	}
+}
+
+// TestConnsHelp: help asked for goes to stdout, so that
+// "tcpd conns --help | less" shows it.
+func TestConnsHelp(t *testing.T) {
+	for _, h := range []string{"--help", "-h"} {
+		code, out, errs := runConns(t, h)
+		if code != 0 || !strings.Contains(out, `like "ss -tan" but with both`) || errs != "" {
+			t.Errorf("conns %s: exit %d, stdout %.60q…, stderr %q; want 0 and the help on stdout", h, code, out, errs)
+		}
+	}
+}
+
+// TestConnsConfigMustName: --config naming no usable socket is an error,
+// not a silent fall back to the default (which on a host with two daemons
+// is the other one).
+func TestConnsConfigMustName(t *testing.T) {
+	dir := t.TempDir()
+	off := filepath.Join(dir, "off.yaml")
+	if err := os.WriteFile(off, []byte("admin:\n  socket: \"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ file, want string }{
+		{filepath.Join(dir, "missing.yaml"), "tcpd conns: --config: cannot read admin.socket from it (give --socket): "},
+		{off, `admin.socket is "": that daemon has no admin socket`},
+	} {
+		code, out, errs := runConns(t, "--config", tc.file)
+		if code != 1 || out != "" || !strings.Contains(errs, tc.want) || strings.Contains(errs, defaultAdminSocket) {
+			t.Errorf("--config %s: exit %d, stdout %q, stderr %q; want 1 and %q, no default socket", tc.file, code, out, errs, tc.want)
+		}
 	}
 }
 
@@ -407,7 +438,6 @@ func TestConnsUsage(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{[]string{"--help"}, 0, `like "ss -tan" but with both`},
 		{[]string{"--state", "bogus"}, 2, `tcpd conns: --state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack, or the groups all, connected, synchronized, bucket, big)`},
 		{[]string{"--src", "100.64/10"}, 2, `tcpd conns: --src: "100.64/10" is not an address or prefix`},
 		{[]string{"--dst", "example.com"}, 2, `tcpd conns: --dst: "example.com" is not an address or prefix`},
@@ -416,7 +446,7 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"-s", "--state", "ESTAB"}, 2, `tcpd conns: -s summarises every connection; --state filters the list only`},
 		{[]string{"--frobnicate"}, 2, "flag provided but not defined: -frobnicate"},
 		{[]string{"list"}, 2, `tcpd conns: unexpected argument "list"`},
-		{[]string{"kill"}, 2, "tcpd conns: kill takes one connection ID"},
+		{[]string{"kill"}, 2, "tcpd conns: kill needs a connection ID or a filter (--state, --client-state, --src, --dst, --sport, --dport; --state all for every connection)"},
 		{[]string{"kill", "1", "2"}, 2, "tcpd conns: kill takes one connection ID"},
 		{[]string{"kill", "x1"}, 2, `tcpd conns: kill: "x1" is not a connection ID`},
 		{[]string{"kill", "1", "--state", "ESTAB"}, 2, "tcpd conns: kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both"},
@@ -425,6 +455,7 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"--client-state", "nope"}, 2, `tcpd conns: --client-state: "nope" is not a TCP state`},
 		{[]string{"--sport", "http"}, 2, `tcpd conns: --sport: "http" is not a port (allowed: 1..65535)`},
 		{[]string{"-s", "-i"}, 2, `tcpd conns: -s summarises every connection; -i details the list only`},
+		{[]string{"kill", "--state", ""}, 2, `tcpd conns: --state: empty (allowed: close, `},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -65,7 +65,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "run":
-		err = cmdRun(args[1:], stderr)
+		err = cmdRun(args[1:], stdout, stderr)
 	case "check-config":
 		err = cmdCheckConfig(args[1:], stdout, stderr)
 	case "conns":
@@ -93,26 +93,52 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// newFlagSet is a subcommand's flags. Help asked for (-h, --help) goes to
+// stdout, so that "tcpd conns --help | less" shows it; help that follows
+// a usage error goes to stderr with it.
+func newFlagSet(name, synopsis string, args []string, stdout, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("tcpd "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	if helpAsked(args) {
+		fs.SetOutput(stdout)
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "%s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "%s\n", synopsis)
+		var flags int
+		fs.VisitAll(func(*flag.Flag) { flags++ })
+		if flags > 0 {
+			fmt.Fprint(fs.Output(), "\nFlags:\n")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }
 
+// helpAsked reports whether args ask for help before any "--".
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("check-config", "Usage: tcpd check-config FILE\n\nValidates FILE as a tcpd configuration: unknown keys, types, ranges, and\nthe connection caps against the open-file limits: a cap no limit on this\nhost can meet is an error; one above this process's own limit, a warning.\nExit status 0 when valid; 1 with every problem listed when not.", stderr)
+	fs := newFlagSet("check-config", "Usage: tcpd check-config FILE\n\nValidates FILE as a tcpd configuration: unknown keys, types, ranges, and\nthe connection caps against the open-file limits: a cap no limit on this\nhost can meet is an error; one above this process's own limit, a warning.\nExit status 0 when valid; 1 with every problem listed when not.", args, stdout, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return errUsage
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
+	if fs.NArg() != 1 || fs.Arg(0) == "" {
+		// loadConfig reads "" as the embedded default, which is not what
+		// an empty $VAR on the command line meant.
+		fmt.Fprint(stderr, "tcpd check-config: give one configuration file\nRun \"tcpd check-config --help\" for usage.\n")
 		return errUsage
 	}
 	c, err := loadConfig(fs.Arg(0))

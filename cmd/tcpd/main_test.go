@@ -25,10 +25,14 @@ func TestCLI(t *testing.T) {
 		{[]string{"help"}, 0, "tcpd check-config FILE", ""},
 		{[]string{"version"}, 0, "tcpd ", ""},
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
-		{[]string{"run", "--help"}, 0, "", "Runs the daemon"},
+		// Help asked for goes to stdout, so that it pages.
+		{[]string{"run", "--help"}, 0, "Runs the daemon", ""},
 		{[]string{"run", "extra"}, 2, "", "Usage: tcpd run"},
-		{[]string{"check-config", "--help"}, 0, "", "Validates FILE"},
-		{[]string{"check-config"}, 2, "", "Usage: tcpd check-config FILE"},
+		{[]string{"check-config", "--help"}, 0, "Validates FILE", ""},
+		{[]string{"check-config", "-h"}, 0, "Validates FILE", ""},
+		{[]string{"check-config"}, 2, "", "tcpd check-config: give one configuration file"},
+		// An empty $VAR is not the embedded default.
+		{[]string{"check-config", ""}, 2, "", "tcpd check-config: give one configuration file"},
 		{[]string{"check-config", "../../configs/tcpd.yaml"}, 0, "valid", ""},
 		{[]string{"check-config", bad}, 1, "", "line 2: tun.mtu: 70000 is out of range"},
 		{[]string{"check-config", filepath.Join(dir, "missing.yaml")}, 1, "", "no such file"},

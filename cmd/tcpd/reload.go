@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 )
@@ -21,14 +22,14 @@ systemd unit's ExecReload runs it, so that "systemctl reload tcpd" returns
 once the reload is done, and fails when it was rejected.
 
 The daemon is asked on its admin socket: --socket, else admin.socket of
---config FILE (a file with errors names none), else $` + adminSocketEnv + `, else
-` + defaultAdminSocket + `. When that socket cannot be reached, or its daemon
-predates POST /v1/reload, and --pid is given, that process is sent SIGHUP
-instead, without waiting for the outcome (the journal and the metric
-tcpd_config_last_reload_successful have it).`
+--config FILE (an error if the file does not load), else $` + adminSocketEnv + `,
+else ` + defaultAdminSocket + `. When that socket cannot be reached, or its
+daemon predates POST /v1/reload, and --pid names a tcpd process, that process
+is sent SIGHUP instead, without waiting for the outcome (the journal and the
+metric tcpd_config_last_reload_successful have it).`
 
 func cmdReload(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("reload", reloadSynopsis, stderr)
+	fs := newFlagSet("reload", reloadSynopsis, args, stdout, stderr)
 	socket := fs.String("socket", "", "the daemon's admin socket `path`")
 	configPath := fs.String("config", "", "read admin.socket from this configuration `file`")
 	pid := fs.Int("pid", 0, "the daemon's process `id`, sent SIGHUP when its admin socket cannot be reached")
@@ -46,12 +47,26 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, "tcpd reload: --socket and --config both name the socket; give one\nRun \"tcpd reload --help\" for usage.\n")
 		return errUsage
 	}
-	path := adminSocketPath(*socket, *configPath)
+	pidSet := false
+	fs.Visit(func(f *flag.Flag) { pidSet = pidSet || f.Name == "pid" })
+	if *pid < 0 || (*pid == 0 && pidSet) {
+		fmt.Fprintf(stderr, "tcpd reload: --pid: %d is not a process id\nRun \"tcpd reload --help\" for usage.\n", *pid)
+		return errUsage
+	}
+	path, err := adminSocketPath(*socket, *configPath)
+	if err != nil {
+		return err
+	}
 
 	body, _, err := newAdminClient(path).once(http.MethodPost, "/v1/reload")
 	var ue *unreachableError
 	var old *statusError
 	if err != nil && *pid > 0 && (errors.As(err, &ue) || errors.As(err, &old) && old.code == http.StatusNotFound) {
+		// Only a tcpd gets the signal: a wrong --pid must not reload, or
+		// kill, something else.
+		if comm, cerr := os.ReadFile(fmt.Sprintf("/proc/%d/comm", *pid)); cerr == nil && !strings.HasPrefix(strings.TrimSpace(string(comm)), "tcpd") {
+			return fmt.Errorf("%v; and process %d is %s, not tcpd: not sending it SIGHUP", err, *pid, strings.TrimSpace(string(comm)))
+		}
 		if kerr := syscall.Kill(*pid, syscall.SIGHUP); kerr != nil {
 			return fmt.Errorf("%v; and SIGHUP to process %d: %w", err, *pid, kerr)
 		}

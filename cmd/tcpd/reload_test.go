@@ -75,6 +75,15 @@ func TestReloadFallsBackToSIGHUP(t *testing.T) {
 	if code != 1 || out != "" || !strings.Contains(errs, "cannot reach tcpd at "+gone) {
 		t.Errorf("no socket, no --pid: exit %d, stdout %q, stderr %q; want 1 and cannot reach", code, out, errs)
 	}
+	// Only a tcpd gets the signal, and only a process id is one.
+	if code, _, errs := runReload(t, "--socket", gone, "--pid", "1"); code != 1 || !strings.Contains(errs, "not tcpd: not sending it SIGHUP") {
+		t.Errorf("--pid 1: exit %d, stderr %q; want 1 and a refusal", code, errs)
+	}
+	for _, bad := range []string{"-5", "0"} {
+		if code, _, errs := runReload(t, "--socket", gone, "--pid", bad); code != 2 || !strings.Contains(errs, "is not a process id") {
+			t.Errorf("--pid %s: exit %d, stderr %q; want a usage error", bad, code, errs)
+		}
+	}
 	code, out, errs = runReload(t, "--socket", gone, "--pid", itoa(os.Getpid()))
 	if code != 0 || out != "" || !strings.Contains(errs, "sent SIGHUP to process") {
 		t.Errorf("no socket, --pid: exit %d, stdout %q, stderr %q; want 0 and a SIGHUP", code, out, errs)

@@ -25,8 +25,8 @@ import (
 	"tcpd/stack"
 )
 
-func cmdRun(args []string, stderr io.Writer) error {
-	fs := newFlagSet("run", "Usage: tcpd run [--config FILE] [--log-level LEVEL] [--log-format FORMAT]\n\nRuns the daemon: creates the TUN, terminates client TCP connections in the\nnetstack and relays them. With no --config, the embedded default\nconfiguration (configs/tcpd.yaml) is used. SIGTERM or SIGINT drains live\nconnections for shutdown_grace, then resets the rest, removes the TUN and\nexits 0. SIGHUP re-reads the configuration.", stderr)
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", "Usage: tcpd run [--config FILE] [--log-level LEVEL] [--log-format FORMAT]\n\nRuns the daemon: creates the TUN, terminates client TCP connections in the\nnetstack and relays them. With no --config, the embedded default\nconfiguration (configs/tcpd.yaml) is used. SIGTERM or SIGINT drains live\nconnections for shutdown_grace, then resets the rest, removes the TUN and\nexits 0. SIGHUP re-reads the configuration.", args, stdout, stderr)
 	path := fs.String("config", "", "configuration `file` (default: the embedded default)")
 	level := fs.String("log-level", "", "override log.level: debug, info, warn or error")
 	format := fs.String("log-format", "", "override log.format: auto, json or console")
