@@ -346,18 +346,30 @@ func prefixErrors(prefix string, err error) error {
 // parseConfig decodes and validates a YAML configuration. An empty document
 // means every default. All problems are reported together, in line order,
 // each naming its line and dotted key.
+// yamlError is the YAML parser's error, with a hint where a tab indents a
+// line: YAML forbids tabs there, and the parser's words ("found character
+// that cannot start any token") do not say so.
+func yamlError(err error, data []byte) error {
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		if t := bytes.TrimLeft(line, " "); len(t) > 0 && t[0] == '\t' {
+			return fmt.Errorf("%w (a line is indented with a tab; YAML allows only spaces)", err)
+		}
+	}
+	return err
+}
+
 func parseConfig(data []byte) (*config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && err != io.EOF {
-		return nil, err
+		return nil, yamlError(err, data)
 	}
 	d := newDecoder()
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case err == io.EOF:
 	case err != nil:
-		return nil, err
+		return nil, yamlError(err, data)
 	default:
 		d.errs = append(d.errs, &configError{line: extra.Line, msg: "a second YAML document is not allowed (one per file)"})
 	}

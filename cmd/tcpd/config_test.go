@@ -388,9 +388,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"duration off or range", "tcp:\n  idle_timeout: 500ms\n",
 			[]string{"line 2: tcp.idle_timeout: 500ms is out of range (allowed 0s (off) or 1s..168h)"}},
 		{"duration without unit", "upstream:\n  dial_timeout: 10\n",
-			[]string{`line 2: upstream.dial_timeout: "10" is not a duration (e.g. 10s, 1m30s)`}},
+			[]string{`line 2: upstream.dial_timeout: "10" is not a duration (allowed 100ms..5m, with a unit: e.g. 10s, 1m30s)`}},
 		{"duration in days", "tcp:\n  idle_timeout: 7d\n",
-			[]string{`line 2: tcp.idle_timeout: "7d" is not a duration (e.g. 10s, 1m30s)`}},
+			[]string{`line 2: tcp.idle_timeout: "7d" is not a duration (allowed 0s (off) or 1s..168h, with a unit: e.g. 10s, 1m30s)`}},
 		{"negative duration", "shutdown_grace: -1s\n",
 			[]string{"line 1: shutdown_grace: -1s is out of range (allowed 0s..10m)"}},
 		{"bad congestion control", "tcp:\n  congestion_control: bbr\n",
@@ -461,8 +461,8 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`line 2: admin.socket: "tcpd.sock" is not an absolute path (allowed: an absolute path of at most 107 bytes, or "" to disable)`}},
 		{"second document", "log:\n  level: info\n---\nlog:\n  level: debug\n",
 			[]string{"line 3: a second YAML document is not allowed (one per file)"}},
-		{"yaml syntax error", "tun:\n\tmtu: 1500\n",
-			[]string{"yaml: line 2: found character that cannot start any token"}},
+		{"yaml syntax error: a tab indents a line", "tun:\n\tmtu: 1500\n",
+			[]string{"yaml: line 2: found character that cannot start any token (a line is indented with a tab; YAML allows only spaces)"}},
 		{"several errors, in line order", `log:
   format: text
 tun:
@@ -480,7 +480,7 @@ shutdown_grace: forever
 			"line 6: tun.bogus: unknown key (allowed: name, mtu, addresses, offload, queues)",
 			`line 7: clients[1]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)`,
 			"line 10: limits.max_in_flight_per_client: 20 is out of range (allowed 1..10, at most limits.max_in_flight)",
-			`line 11: shutdown_grace: "forever" is not a duration (e.g. 10s, 1m30s)`,
+			`line 11: shutdown_grace: "forever" is not a duration (allowed 0s..10m, with a unit: e.g. 10s, 1m30s)`,
 		}},
 	}
 	if len(tests) < 20 {

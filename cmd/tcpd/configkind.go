@@ -183,7 +183,7 @@ func duration(lo, hi time.Duration, zeroOK bool) kind[time.Duration] {
 			}
 			x, err := time.ParseDuration(v.Value)
 			if err != nil {
-				d.errorf(n, key, "%q is not a duration (e.g. 10s, 1m30s)", v.Value)
+				d.errorf(n, key, "%q is not a duration (allowed %s, with a unit: e.g. 10s, 1m30s)", v.Value, allowed)
 				return 0, false
 			}
 			if (x < lo || x > hi) && !(zeroOK && x == 0) {

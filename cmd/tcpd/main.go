@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 )
 
@@ -75,6 +76,10 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "tcpd %s\n", buildVersion())
 	case "help", "-h", "-help", "--help":
+		// "tcpd help conns" is "tcpd conns --help".
+		if len(args) == 2 && args[0] == "help" && slices.Contains([]string{"run", "check-config", "conns", "reload"}, args[1]) {
+			return runMain([]string{args[1], "--help"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "tcpd: unknown command %q\n\n%s", args[0], usage)

@@ -27,7 +27,9 @@ func TestCLI(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		// Help asked for goes to stdout, so that it pages.
 		{[]string{"run", "--help"}, 0, "Runs the daemon", ""},
-		{[]string{"run", "extra"}, 2, "", "Usage: tcpd run"},
+		{[]string{"run", "extra"}, 2, "", `tcpd run: unexpected argument "extra"`},
+		{[]string{"run", "--log-level", "bogus"}, 2, "", `tcpd run: --log-level: log.level: "bogus" is not allowed (allowed: debug, info, warn, error)`},
+		{[]string{"help", "conns"}, 0, `like "ss -tan" but with both`, ""},
 		{[]string{"check-config", "--help"}, 0, "Validates FILE", ""},
 		{[]string{"check-config", "-h"}, 0, "Validates FILE", ""},
 		{[]string{"check-config"}, 2, "", "tcpd check-config: give one configuration file"},

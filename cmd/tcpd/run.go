@@ -28,8 +28,8 @@ import (
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run", "Usage: tcpd run [--config FILE] [--log-level LEVEL] [--log-format FORMAT]\n\nRuns the daemon: creates the TUN, terminates client TCP connections in the\nnetstack and relays them. With no --config, the embedded default\nconfiguration (configs/tcpd.yaml) is used. SIGTERM or SIGINT drains live\nconnections for shutdown_grace, then resets the rest, removes the TUN and\nexits 0. SIGHUP re-reads the configuration.", args, stdout, stderr)
 	path := fs.String("config", "", "configuration `file` (default: the embedded default)")
-	level := fs.String("log-level", "", "override log.level: debug, info, warn or error")
-	format := fs.String("log-format", "", "override log.format: auto, json or console")
+	level := fs.String("log-level", "", "override log.level: `level` debug, info, warn or error")
+	format := fs.String("log-format", "", "override log.format: `format` auto, json or console")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file` (for go tool pprof)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -38,8 +38,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	if fs.NArg() != 0 {
-		fs.Usage()
+		fmt.Fprintf(stderr, "tcpd run: unexpected argument %q\nRun \"tcpd run --help\" for usage.\n", fs.Arg(0))
 		return errUsage
+	}
+	// A bad flag value is a usage error, found before anything starts.
+	for _, f := range []struct{ flag, key, value string }{{"log-level", "log.level", *level}, {"log-format", "log.format", *format}} {
+		if f.value == "" {
+			continue
+		}
+		if err := defaultConfig().set(f.key, f.value); err != nil {
+			fmt.Fprintf(stderr, "tcpd run: --%s: %v\nRun \"tcpd run --help\" for usage.\n", f.flag, err)
+			return errUsage
+		}
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
