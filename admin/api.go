@@ -238,7 +238,7 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodDelete {
-		// Under a listing's slot: it copies the rows it selects too.
+		// Under a listing's slot: it walks the table as a listing does.
 		a.resetMatching(w, f)
 		return
 	}
@@ -340,9 +340,18 @@ func (a *api) resetMatching(w http.ResponseWriter, f Filter) {
 			"a filter is required to reset connections (allowed: %s; DELETE /v1/conns/ID resets one)", strings.Join(filterParams, ", ")))
 		return
 	}
+	// The IDs alone: keep collects them and keeps no row, so nothing is
+	// copied or joined with the netstack's view.
+	var ids []conntrack.ID
+	a.src.Conns(func(c *conntrack.Conn) bool {
+		if f.Match(c) {
+			ids = append(ids, c.ID)
+		}
+		return false
+	})
 	n := 0
-	for _, c := range a.src.Conns(f.Match) {
-		if a.src.Kill(c.ID) {
+	for _, id := range ids {
+		if a.src.Kill(id) {
 			n++
 		}
 	}

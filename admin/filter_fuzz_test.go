@@ -71,26 +71,16 @@ func FuzzParseFilter(f *testing.F) {
 			t.Fatalf("filter %+v from %q drops %+v, which has all it asks for", flt, raw, c)
 		}
 		// Each property it asks for, changed alone, drops the connection.
-		if len(flt.States) > 0 && len(flt.States) < int(conntrack.NumStates) {
+		if s, ok := stateOutside(flt.States); ok {
 			d := c
-			for s := range conntrack.NumStates {
-				if !slices.Contains(flt.States, s) {
-					d.State = s
-					break
-				}
-			}
+			d.State = s
 			if flt.Match(&d) {
 				t.Fatalf("filter %+v from %q keeps state %v", flt, raw, d.State)
 			}
 		}
-		if len(flt.ClientStates) > 0 && len(flt.ClientStates) < int(conntrack.NumStates) {
+		if s, ok := stateOutside(flt.ClientStates); ok {
 			d := c
-			for s := range conntrack.NumStates {
-				if !slices.Contains(flt.ClientStates, s) {
-					d.ClientState = s
-					break
-				}
-			}
+			d.ClientState = s
 			if flt.Match(&d) {
 				t.Fatalf("filter %+v from %q keeps client state %v", flt, raw, d.ClientState)
 			}
@@ -124,6 +114,20 @@ func FuzzParseFilter(f *testing.F) {
 			}
 		}
 	})
+}
+
+// stateOutside returns a state not in states, if states selects some
+// but not all.
+func stateOutside(states []conntrack.State) (conntrack.State, bool) {
+	if len(states) == 0 {
+		return 0, false
+	}
+	for s := range conntrack.NumStates {
+		if !slices.Contains(states, s) {
+			return s, true
+		}
+	}
+	return 0, false
 }
 
 // outside returns an address of p's family just outside p (its first

@@ -113,15 +113,12 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 		}
 		return errUsage
 	}
-	usageError := func(format string, a ...any) error {
-		fmt.Fprintf(stderr, "tcpd conns: "+format+"\nRun \"tcpd conns --help\" for usage.\n", a...)
-		return errUsage
-	}
+	usage := func(format string, a ...any) error { return usageError(stderr, "conns", format, a...) }
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
 	if socket != "" && configPath != "" {
-		return usageError("--socket and --config both name the socket; give one")
+		return usage("--socket and --config both name the socket; give one")
 	}
 	socket, err = adminSocketPath(socket, configPath)
 	if err != nil {
@@ -147,16 +144,16 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	// makes a typo a usage error (exit 2) with the daemon's words, named
 	// as the flag.
 	if _, err := admin.ParseFilter(q); err != nil {
-		return usageError("--%s", strings.Replace(err.Error(), "client_state:", "client-state:", 1))
+		return usage("--%s", strings.Replace(err.Error(), "client_state:", "client-state:", 1))
 	}
 
 	if len(pos) > 0 {
 		if pos[0] != "kill" {
-			return usageError("unexpected argument %q", pos[0])
+			return usage("unexpected argument %q", pos[0])
 		}
 		for name := range set {
 			if name != "socket" && name != "config" && !slices.Contains(filterFlags, name) {
-				return usageError("kill takes an ID or a filter, and --socket or --config (got -%s)", name)
+				return usage("kill takes an ID or a filter, and --socket or --config (got -%s)", name)
 			}
 		}
 		switch {
@@ -172,13 +169,13 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "reset %d connections\n", r.Reset)
 			return nil
 		case len(pos) == 1:
-			return usageError("kill needs a connection ID or a filter (--state, --client-state, --src, --dst, --sport, --dport; --state all for every connection)")
+			return usage("kill needs a connection ID or a filter (--state, --client-state, --src, --dst, --sport, --dport; --state all for every connection)")
 		case len(pos) != 2 || len(q) > 0:
-			return usageError("kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both")
+			return usage("kill takes one connection ID, or a filter (--state, --client-state, --src, --dst, --sport, --dport), not both")
 		}
 		id, err := strconv.ParseUint(pos[1], 10, 64)
 		if err != nil {
-			return usageError("kill: %q is not a connection ID (the ID column of \"tcpd conns\")", pos[1])
+			return usage("kill: %q is not a connection ID (the ID column of \"tcpd conns\")", pos[1])
 		}
 		if _, err := c.do(http.MethodDelete, "/v1/conns/"+strconv.FormatUint(id, 10)); err != nil {
 			return err
@@ -188,13 +185,13 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	}
 
 	if output != "table" && output != "json" {
-		return usageError("-o: %q is not allowed (allowed: table, json)", output)
+		return usage("-o: %q is not allowed (allowed: table, json)", output)
 	}
 	if summary && len(filterFlags) > 0 {
-		return usageError("-s summarises every connection; --%s filters the list only", filterFlags[0])
+		return usage("-s summarises every connection; --%s filters the list only", filterFlags[0])
 	}
 	if summary && info {
-		return usageError("-s summarises every connection; -i details the list only")
+		return usage("-s summarises every connection; -i details the list only")
 	}
 
 	path := "/v1/conns"

@@ -119,6 +119,13 @@ func newFlagSet(name, synopsis string, args []string, stdout, stderr io.Writer) 
 	return fs
 }
 
+// usageError writes a usage problem of subcommand cmd to stderr, with where
+// to find the usage, and returns errUsage (exit status 2).
+func usageError(stderr io.Writer, cmd, format string, a ...any) error {
+	fmt.Fprintf(stderr, "tcpd %s: %s\nRun \"tcpd %s --help\" for usage.\n", cmd, fmt.Sprintf(format, a...), cmd)
+	return errUsage
+}
+
 // helpAsked reports whether args ask for help before any "--".
 func helpAsked(args []string) bool {
 	for _, a := range args {
@@ -143,8 +150,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
 		// loadConfig reads "" as the embedded default, which is not what
 		// an empty $VAR on the command line meant.
-		fmt.Fprint(stderr, "tcpd check-config: give one configuration file\nRun \"tcpd check-config --help\" for usage.\n")
-		return errUsage
+		return usageError(stderr, "check-config", "give one configuration file")
 	}
 	c, err := loadConfig(fs.Arg(0))
 	if err != nil {

@@ -40,18 +40,15 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "tcpd reload: unexpected argument %q\nRun \"tcpd reload --help\" for usage.\n", fs.Arg(0))
-		return errUsage
+		return usageError(stderr, "reload", "unexpected argument %q", fs.Arg(0))
 	}
 	if *socket != "" && *configPath != "" {
-		fmt.Fprint(stderr, "tcpd reload: --socket and --config both name the socket; give one\nRun \"tcpd reload --help\" for usage.\n")
-		return errUsage
+		return usageError(stderr, "reload", "--socket and --config both name the socket; give one")
 	}
 	pidSet := false
 	fs.Visit(func(f *flag.Flag) { pidSet = pidSet || f.Name == "pid" })
 	if *pid < 0 || (*pid == 0 && pidSet) {
-		fmt.Fprintf(stderr, "tcpd reload: --pid: %d is not a process id\nRun \"tcpd reload --help\" for usage.\n", *pid)
-		return errUsage
+		return usageError(stderr, "reload", "--pid: %d is not a process id", *pid)
 	}
 	path, err := adminSocketPath(*socket, *configPath)
 	if err != nil {

@@ -38,8 +38,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	if fs.NArg() != 0 {
-		fmt.Fprintf(stderr, "tcpd run: unexpected argument %q\nRun \"tcpd run --help\" for usage.\n", fs.Arg(0))
-		return errUsage
+		return usageError(stderr, "run", "unexpected argument %q", fs.Arg(0))
 	}
 	// A bad flag value is a usage error, found before anything starts.
 	for _, f := range []struct{ flag, key, value string }{{"log-level", "log.level", *level}, {"log-format", "log.format", *format}} {
@@ -47,8 +46,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			continue
 		}
 		if err := defaultConfig().set(f.key, f.value); err != nil {
-			fmt.Fprintf(stderr, "tcpd run: --%s: %v\nRun \"tcpd run --help\" for usage.\n", f.flag, err)
-			return errUsage
+			return usageError(stderr, "run", "--%s: %v", f.flag, err)
 		}
 	}
 	if *cpuProfile != "" {
@@ -267,16 +265,11 @@ func (d *daemon) run() error {
 	for {
 		select {
 		case <-hup:
-			d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
-			d.reload()
-			d.notify(sd.SdNotifyReady)
+			d.reloadNotifying()
 		case reply := <-d.reloads:
-			// READY=1 before the answer: systemd has the unit running
-			// again by the time systemctl reload returns.
-			d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
-			res := d.reload()
-			d.notify(sd.SdNotifyReady)
-			reply <- res
+			// Answered after READY=1: systemd has the unit running again
+			// by the time systemctl reload returns.
+			reply <- d.reloadNotifying()
 		case <-ctx.Done():
 			close(d.stopping)
 			d.notify(sd.SdNotifyStopping)
@@ -349,8 +342,9 @@ func (d *daemon) reload() admin.ReloadResult {
 	res := admin.ReloadResult{Config: d.source()}
 	reject := func(msg string, err error) admin.ReloadResult {
 		d.setReload(false, 0)
-		res.Error = msg + ": " + strings.ReplaceAll(err.Error(), "\n", "; ")
-		d.log.Error(msg, zap.String("config", d.source()), zap.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")))
+		why := strings.ReplaceAll(err.Error(), "\n", "; ")
+		res.Error = msg + ": " + why
+		d.log.Error(msg, zap.String("config", d.source()), zap.String("error", why))
 		return res
 	}
 	file, err := d.load()
@@ -394,6 +388,14 @@ func (d *daemon) reload() admin.ReloadResult {
 	d.log.Info("reloaded", zap.String("config", d.source()), zap.Stringer("log_level", d.level.Level()),
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
 	res.OK, res.RestartPending = true, append([]string{}, changed...)
+	return res
+}
+
+// reloadNotifying is a reload, with systemd told it is under way.
+func (d *daemon) reloadNotifying() admin.ReloadResult {
+	d.notify("RELOADING=1\n" + sd.SdNotifyMonotonicUsec())
+	res := d.reload()
+	d.notify(sd.SdNotifyReady)
 	return res
 }
 
