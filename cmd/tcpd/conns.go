@@ -108,10 +108,7 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+		return flagError(stderr, "conns", err)
 	}
 	usage := func(format string, a ...any) error { return usageError(stderr, "conns", format, a...) }
 	set := map[string]bool{}

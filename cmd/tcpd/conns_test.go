@@ -444,7 +444,7 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"--dport", "0"}, 2, `tcpd conns: --dport: "0" is not a port (allowed: 1..65535)`},
 		{[]string{"-o", "yaml"}, 2, `tcpd conns: -o: "yaml" is not allowed (allowed: table, json)`},
 		{[]string{"-s", "--state", "ESTAB"}, 2, `tcpd conns: -s summarises every connection; --state filters the list only`},
-		{[]string{"--frobnicate"}, 2, "flag provided but not defined: -frobnicate"},
+		{[]string{"--frobnicate"}, 2, "tcpd conns: flag provided but not defined: -frobnicate\nRun \"tcpd conns --help\" for usage.\n"},
 		{[]string{"list"}, 2, `tcpd conns: unexpected argument "list"`},
 		{[]string{"kill"}, 2, "tcpd conns: kill needs a connection ID or a filter (--state, --client-state, --src, --dst, --sport, --dport; --state all for every connection)"},
 		{[]string{"kill", "1", "2"}, 2, "tcpd conns: kill takes one connection ID"},

@@ -82,7 +82,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(stderr, "tcpd: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "tcpd: unknown command %q\nRun \"tcpd help\" for usage.\n", args[0])
 		return 2
 	}
 	switch {
@@ -103,7 +103,9 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 // a usage error goes to stderr with it.
 func newFlagSet(name, synopsis string, args []string, stdout, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("tcpd "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// A parse error is reported by flagError in two lines, as every other
+	// usage error is, not followed by the whole usage.
+	fs.SetOutput(io.Discard)
 	if helpAsked(args) {
 		fs.SetOutput(stdout)
 	}
@@ -126,6 +128,15 @@ func usageError(stderr io.Writer, cmd, format string, a ...any) error {
 	return errUsage
 }
 
+// flagError is what a subcommand returns when its flags do not parse: the
+// help asked for as it is, anything else a usage error naming the flag.
+func flagError(stderr io.Writer, cmd string, err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usageError(stderr, cmd, "%s", err)
+}
+
 // helpAsked reports whether args ask for help before any "--".
 func helpAsked(args []string) bool {
 	for _, a := range args {
@@ -142,10 +153,7 @@ func helpAsked(args []string) bool {
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check-config", "Usage: tcpd check-config FILE\n\nValidates FILE as a tcpd configuration: unknown keys, types, ranges, and\nthe connection caps against the open-file limits: a cap no limit on this\nhost can meet is an error; one above this process's own limit, a warning.\nExit status 0 when valid; 1 with every problem listed when not.", args, stdout, stderr)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+		return flagError(stderr, "check-config", err)
 	}
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
 		// loadConfig reads "" as the embedded default, which is not what

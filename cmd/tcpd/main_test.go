@@ -24,7 +24,12 @@ func TestCLI(t *testing.T) {
 		{[]string{"--help"}, 0, "tcpd run [--config FILE]", ""},
 		{[]string{"help"}, 0, "tcpd check-config FILE", ""},
 		{[]string{"version"}, 0, "tcpd ", ""},
-		{[]string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{[]string{"frobnicate"}, 2, "", "tcpd: unknown command \"frobnicate\"\nRun \"tcpd help\" for usage.\n"},
+		// A flag that does not parse is named in two lines, like every
+		// other usage error, not followed by the whole usage.
+		{[]string{"run", "--frobnicate"}, 2, "", "tcpd run: flag provided but not defined: -frobnicate\nRun \"tcpd run --help\" for usage.\n"},
+		{[]string{"reload", "--pid", "x"}, 2, "", `tcpd reload: invalid value "x" for flag -pid`},
+		{[]string{"check-config", "--frobnicate"}, 2, "", "tcpd check-config: flag provided but not defined: -frobnicate"},
 		// Help asked for goes to stdout, so that it pages.
 		{[]string{"run", "--help"}, 0, "Runs the daemon", ""},
 		{[]string{"run", "extra"}, 2, "", `tcpd run: unexpected argument "extra"`},
@@ -51,6 +56,10 @@ func TestCLI(t *testing.T) {
 			}
 			if !strings.Contains(errb.String(), c.stderr) {
 				t.Errorf("stderr %q does not contain %q", errb.String(), c.stderr)
+			}
+			// Only a bare "tcpd" answers a usage error with the usage.
+			if c.code == 2 && c.args != nil && strings.Count(errb.String(), "\n") != 2 {
+				t.Errorf("usage error of %d lines, want 2: %q", strings.Count(errb.String(), "\n"), errb.String())
 			}
 		})
 	}

@@ -34,10 +34,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 	configPath := fs.String("config", "", "read admin.socket from this configuration `file`")
 	pid := fs.Int("pid", 0, "the daemon's process `id`, sent SIGHUP when its admin socket cannot be reached")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+		return flagError(stderr, "reload", err)
 	}
 	if fs.NArg() > 0 {
 		return usageError(stderr, "reload", "unexpected argument %q", fs.Arg(0))

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -32,10 +31,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	format := fs.String("log-format", "", "override log.format: `format` auto, json or console")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file` (for go tool pprof)")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+		return flagError(stderr, "run", err)
 	}
 	if fs.NArg() != 0 {
 		return usageError(stderr, "run", "unexpected argument %q", fs.Arg(0))
