@@ -334,6 +334,16 @@ func TestParseConfigErrors(t *testing.T) {
 		name, yaml string
 		want       []string
 	}{
+		// A value from the file is quoted up to 64 bytes: a stray megabyte
+		// does not become a megabyte of error.
+		{"long value", "tun:\n  name: " + strings.Repeat("é", 40) + "\n",
+			[]string{`line 2: tun.name: "` + strings.Repeat("é", 24) + `"… (80 bytes) is 80 bytes long (allowed: 1..15 characters, no '/', ':' or whitespace)`}},
+		{"long unknown key", "log:\n  " + strings.Repeat("k", 100) + ": 1\n",
+			[]string{`line 2: "log.` + strings.Repeat("k", 44) + `"… (104 bytes): unknown key (allowed: level, format)`}},
+		{"long scalar for a section", "tun: " + strings.Repeat("t", 65) + "\n",
+			[]string{`line 1: tun: expected a mapping, got "` + strings.Repeat("t", 48) + `"… (65 bytes) (allowed keys: name, mtu, addresses, offload, queues)`}},
+		{"value of 64 bytes is whole", "tun:\n  name: " + strings.Repeat("n", 64) + "\n",
+			[]string{`line 2: tun.name: "` + strings.Repeat("n", 64) + `" is 64 characters long (allowed: 1..15 characters, no '/', ':' or whitespace)`}},
 		{"unknown top-level key", "tun:\n  mtu: 1500\ntunn: {}\n",
 			[]string{"line 3: tunn: unknown key (allowed: " + topKeys + ")"}},
 		{"unknown nested key", "tun:\n  name: tcpd0\n  offlaod: on\n",

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
@@ -161,7 +162,7 @@ func intOrWords(lo, hi int64, allowed, want string, words ...word) kind[int] {
 					return w.value, true
 				}
 			}
-			d.errorf(n, key, "%q is not allowed (allowed: %s)", v.Value, allowed)
+			d.errorf(n, key, "%s is not allowed (allowed: %s)", shown(v.Value), allowed)
 			return 0, false
 		},
 	}
@@ -183,7 +184,7 @@ func duration(lo, hi time.Duration, zeroOK bool) kind[time.Duration] {
 			}
 			x, err := time.ParseDuration(v.Value)
 			if err != nil {
-				d.errorf(n, key, "%q is not a duration (allowed %s, with a unit: e.g. 10s, 1m30s)", v.Value, allowed)
+				d.errorf(n, key, "%s is not a duration (allowed %s, with a unit: e.g. 10s, 1m30s)", shown(v.Value), allowed)
 				return 0, false
 			}
 			if (x < lo || x > hi) && !(zeroOK && x == 0) {
@@ -251,7 +252,7 @@ func enum[T comparable](choices ...choice[T]) kind[T] {
 					return c.value, true
 				}
 			}
-			d.errorf(n, key, "%q is not allowed (allowed: %s)", v.Value, allowed)
+			d.errorf(n, key, "%s is not allowed (allowed: %s)", shown(v.Value), allowed)
 			return zero, false
 		},
 	}
@@ -287,6 +288,9 @@ func ifName(emptyOK bool) kind[string] {
 				why = "is empty"
 			case len(s) > maxIfNameLen:
 				why = fmt.Sprintf("is %d characters long", len(s))
+				if utf8.RuneCountInString(s) != len(s) {
+					why = fmt.Sprintf("is %d bytes long", len(s)) // the kernel's limit is in bytes
+				}
 			case s == "." || s == "..":
 				why = "is not a name"
 			default:
@@ -301,7 +305,7 @@ func ifName(emptyOK bool) kind[string] {
 				}
 			}
 			if why != "" {
-				d.errorf(n, key, "%q %s (allowed: %s)", s, why, allowed)
+				d.errorf(n, key, "%s %s (allowed: %s)", shown(s), why, allowed)
 				return "", false
 			}
 			return s, true
@@ -323,11 +327,11 @@ func listenAddr() kind[string] {
 			if s != "" {
 				_, port, err := net.SplitHostPort(s)
 				if err != nil {
-					d.errorf(n, key, "%q is not host:port (allowed: %s)", s, allowed)
+					d.errorf(n, key, "%s is not host:port (allowed: %s)", shown(s), allowed)
 					return "", false
 				}
 				if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-					d.errorf(n, key, "%q has port %q (allowed: 1..65535)", s, port)
+					d.errorf(n, key, "%s has port %s (allowed: 1..65535)", shown(s), shown(port))
 					return "", false
 				}
 			}
@@ -358,7 +362,7 @@ func socketPath() kind[string] {
 				why = fmt.Sprintf("is %d bytes long", len(s))
 			}
 			if why != "" {
-				d.errorf(n, key, "%q %s (allowed: %s)", s, why, allowed)
+				d.errorf(n, key, "%s %s (allowed: %s)", shown(s), why, allowed)
 				return "", false
 			}
 			return s, true
@@ -433,13 +437,13 @@ func addresses() kind[[]netip.Addr] {
 				a, err := netip.ParseAddr(s)
 				switch {
 				case err != nil:
-					return a, fmt.Sprintf("%q is not an IP address (e.g. %s)", s, example)
+					return a, fmt.Sprintf("%s is not an IP address (e.g. %s)", shown(s), example)
 				case a.Zone() != "":
-					return a, fmt.Sprintf("%q has a zone (allowed: an address without one)", s)
+					return a, fmt.Sprintf("%s has a zone (allowed: an address without one)", shown(s))
 				case a.Is4In6():
-					return a, fmt.Sprintf("%q is an IPv4-mapped IPv6 address (did you mean %s?)", s, a.Unmap())
+					return a, fmt.Sprintf("%s is an IPv4-mapped IPv6 address (did you mean %s?)", shown(s), a.Unmap())
 				case a.IsUnspecified(), a.IsMulticast():
-					return a, fmt.Sprintf("%q cannot be a source address (allowed: a unicast address of this host)", s)
+					return a, fmt.Sprintf("%s cannot be a source address (allowed: a unicast address of this host)", shown(s))
 				}
 				return a, ""
 			})
@@ -455,6 +459,23 @@ func yamlString(s string) string {
 		return strconv.Quote(s)
 	}
 	return strings.TrimSuffix(string(b), "\n")
+}
+
+// maxShown is how much of a value from the file an error message quotes.
+const maxShown = 64
+
+// shown quotes a value from the configuration file for an error message:
+// whole up to maxShown bytes, else its start and its length, so that a
+// stray megabyte on one line does not become a megabyte of error.
+func shown(s string) string {
+	if len(s) <= maxShown {
+		return strconv.Quote(s)
+	}
+	cut := maxShown - 16
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:cut]), len(s))
 }
 
 // configError is one problem in a configuration file.
@@ -481,6 +502,9 @@ func newDecoder() *decoder { return &decoder{lines: map[string]int{}, bad: map[s
 func (d *decoder) errorf(n *yaml.Node, key, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if key != "" {
+		if len(key) > maxShown {
+			key = shown(key) // an unknown key can be as long as the file
+		}
 		msg = key + ": " + msg
 		d.bad[key] = true
 	}
@@ -519,7 +543,7 @@ func describe(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	default:
-		return strconv.Quote(n.Value)
+		return shown(n.Value)
 	}
 }
 
@@ -614,7 +638,7 @@ func (d *decoder) integer(n *yaml.Node, key string, lo, hi int64, allowed string
 		}
 		fallthrough
 	default:
-		d.errorf(n, key, "%q is not an integer (%s)", v.Value, allowed)
+		d.errorf(n, key, "%s is not an integer (%s)", shown(v.Value), allowed)
 		return 0, false
 	}
 	if x < lo || x > hi {
@@ -643,9 +667,9 @@ func (d *decoder) prefixes(n *yaml.Node, key string, hostBits bool, atLeast int,
 		p, err := netip.ParsePrefix(s)
 		switch {
 		case err != nil:
-			return p, fmt.Sprintf("%q is not a prefix (want address/length, e.g. %s)", s, example)
+			return p, fmt.Sprintf("%s is not a prefix (want address/length, e.g. %s)", shown(s), example)
 		case !hostBits && p != p.Masked():
-			return p, fmt.Sprintf("%q has host bits set (did you mean %s?)", s, p.Masked())
+			return p, fmt.Sprintf("%s has host bits set (did you mean %s?)", shown(s), p.Masked())
 		}
 		return p, ""
 	})
@@ -669,7 +693,7 @@ func listItems[T comparable](d *decoder, v *yaml.Node, key, what, example string
 		}
 		x, msg := parse(iv.Value)
 		if j := slices.Index(out, x); msg == "" && j >= 0 {
-			msg = fmt.Sprintf("%q is listed twice (also %s[%d])", iv.Value, key, j)
+			msg = fmt.Sprintf("%s is listed twice (also %s[%d])", shown(iv.Value), key, j)
 		}
 		if msg != "" {
 			d.errorf(item, ikey, "%s", msg)
@@ -713,7 +737,7 @@ func memorySize(lo, hi int64) kind[memLimit] {
 			}
 			x, err := parseBytes(v.Value)
 			if err != nil {
-				d.errorf(n, key, "%q is not a size (allowed: %s)", v.Value, allowed)
+				d.errorf(n, key, "%s is not a size (allowed: %s)", shown(v.Value), allowed)
 				return 0, false
 			}
 			if x < lo || x > hi {
