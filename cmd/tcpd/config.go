@@ -416,14 +416,14 @@ func (d *decoder) crossCheck(c *config) {
 	}
 
 	if ka := c.stack.Keepalive; !d.bad["tcp.keepalive.idle"] && !d.bad["tcp.keepalive.interval"] && !d.bad["tcp.keepalive.count"] {
-		if ut := ka.Idle + ka.Interval*time.Duration(ka.Count); ut > maxUserTimeout {
-			// Reported at the first of interval, count and idle the file sets.
-			key := "tcp.keepalive.idle"
-			for _, k := range []string{"tcp.keepalive.count", "tcp.keepalive.interval"} {
-				if _, ok := d.lines[k]; ok {
-					key = k
-				}
+		// Reported at the first of interval, count and idle the file sets.
+		key := "tcp.keepalive.idle"
+		for _, k := range []string{"tcp.keepalive.count", "tcp.keepalive.interval"} {
+			if _, ok := d.lines[k]; ok {
+				key = k
 			}
+		}
+		if ut := ka.Idle + ka.Interval*time.Duration(ka.Count); ut > maxUserTimeout {
 			d.errs = append(d.errs, &configError{line: d.lines[key], msg: fmt.Sprintf(
 				"%s: idle %s + interval %s × count %d is %s, more than the user timeout Linux allows (TCP_USER_TIMEOUT, at most %s), "+
 					"which tcpd sets to the time keepalive takes to give up (allowed: values whose sum is at most that)",
@@ -432,7 +432,7 @@ func (d *decoder) crossCheck(c *config) {
 			// The ranges are Linux's; a kernel that still refuses them
 			// would fail every dial. Other errors (no descriptor left)
 			// say nothing of the values.
-			d.errs = append(d.errs, &configError{line: d.lines["tcp.keepalive.idle"], msg: fmt.Sprintf(
+			d.errs = append(d.errs, &configError{line: d.lines[key], msg: fmt.Sprintf(
 				"tcp.keepalive: this kernel refuses idle %s, interval %s, count %d on a socket (%v), so every upstream connect would fail",
 				fmtDuration(ka.Idle), fmtDuration(ka.Interval), ka.Count, err)})
 		}
