@@ -73,7 +73,7 @@ func checkFDCaps(c *config, nrOpen, own int) (warning string, err error) {
 	need := fdNeed(c)
 	if nrOpen > 0 && need > nrOpen {
 		return "", fmt.Errorf("limits.max_connections: %d connections and %d descriptors of tcpd's own need "+
-			"%d open files, more than this host allows any process (fs.nr_open %d) (allowed: at most %d)",
+			"%d open files, more than this host allows any process (fs.nr_open %d) (allowed: at most %d, or raise the sysctl fs.nr_open)",
 			c.stack.MaxConnections, fdReserve, need, nrOpen, max(nrOpen-fdReserve, 1))
 	}
 	if own > 0 && need > own {

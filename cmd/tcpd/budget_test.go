@@ -67,7 +67,7 @@ func TestCheckConfigFDCaps(t *testing.T) {
 		t.Errorf("caps above this process's limit: %q, %v; want a warning", w, err)
 	}
 	_, err = checkFDCaps(c, need-1, 1<<20)
-	if err == nil || !strings.HasPrefix(err.Error(), "limits.max_connections: 65536") || !strings.Contains(err.Error(), "fs.nr_open") {
+	if err == nil || !strings.HasPrefix(err.Error(), "limits.max_connections: 65536") || !strings.Contains(err.Error(), "(allowed: at most "+itoa(need-1-fdReserve)+", or raise the sysctl fs.nr_open)") {
 		t.Errorf("caps above fs.nr_open: %v; want an error naming the key", err)
 	}
 	if w, err := checkFDCaps(c, 0, 0); w != "" || err != nil {
