@@ -225,6 +225,41 @@ func TestTransitions(t *testing.T) {
 			s("A", tISS+1, cISS+101, 0, Est, Est),
 			c("R", cISS+50, 0, 0, Est, Closed),
 		},
+		"RST past out-of-order data is not at RCV.NXT": {
+			// The netstack queues the data beyond the hole and keeps
+			// RCV.NXT at the hole: a RST between the two gets a
+			// challenge ACK, one at the hole ends the connection.
+			c("PA", cISS+1001, tISS+1, 10, Est, Est),
+			c("R", cISS+501, 0, 0, Est, Closed),
+			c("R", cISS+1011, 0, 0, Est, Closed),
+			gone(c("R", cISS+1, 0, 0, 0, 0)),
+		},
+		"RST at the end of data acknowledged after the hole filled": {
+			c("PA", cISS+101, tISS+1, 50, Est, Est), // out of order
+			c("PA", cISS+1, tISS+1, 100, Est, Est),  // fills the hole
+			s("A", tISS+1, cISS+151, 0, Est, Est),   // both acknowledged
+			gone(c("R", cISS+151, 0, 0, 0, 0)),
+		},
+		"an ACK beyond SND.NXT acknowledges nothing (LAST_ACK)": {
+			// The netstack drops it and answers with an ACK (RFC 9293
+			// 3.10.7.4); only FIN.SEQ+1 itself closes.
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+2, 0, CW, FW2),
+			s("FA", tISS+1, cISS+2, 0, LA, FW2),
+			c("A", cISS+2, tISS+2+100000, 0, LA, FW2),
+			gone(c("A", cISS+2, tISS+2, 0, 0, 0)),
+		},
+		"an ACK beyond SND.NXT acknowledges nothing (CLOSING)": {
+			s("FA", tISS+1, cISS+1, 0, FW1, Est),
+			c("FA", cISS+1, tISS+1, 0, FW1, FW1),
+			s("A", tISS+2, cISS+2, 0, Clsg, FW2),
+			c("A", cISS+2, tISS+2+5001, 0, Clsg, FW2),
+			c("A", cISS+2, tISS+2, 0, TW, TW),
+		},
+		"an ACK beyond SND.NXT carries no FIN either": {
+			c("FA", cISS+1, tISS+1+7, 0, Est, Est),
+			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+		},
 		"RST out of window is ignored, and is not the client's (blind or stale)": {
 			c("R", cISS+1_000_000, 0, 0, Est, Est),
 		},
@@ -654,6 +689,46 @@ func TestBytesBySequenceSpace(t *testing.T) {
 	conns := tab.Conns(nil)
 	if conns[0].BytesIn != 250 || conns[0].BytesOut != 1460 {
 		t.Fatalf("bytes in %d out %d, want 250 and 1460", conns[0].BytesIn, conns[0].BytesOut)
+	}
+}
+
+// TestBytesOutOfWindow: a client's segment far beyond what the netstack
+// has in sequence (out of its window, which the netstack drops, or a SYN
+// on an established connection) counts no bytes and moves nothing; data
+// queued out of order counts once tcpd acknowledges it.
+func TestBytesOutOfWindow(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	run(t, tab, append(append([]step{}, handshake...),
+		c("PA", cISS+1+0x7ffe0000, tISS+1, 1, Est, Est),
+		c("PA", cISS+1, tISS+1, 10, Est, Est),
+		c("PA", cISS+2011, tISS+1, 10, Est, Est), // out of order
+		s("A", tISS+1, cISS+11, 0, Est, Est),
+	))
+	id, _ := lookup(tab, tuple)
+	bytesIn := func() uint64 {
+		for _, cn := range tab.Conns(nil) {
+			if cn.ID == id {
+				return cn.BytesIn
+			}
+		}
+		t.Fatal("entry gone")
+		return 0
+	}
+	if got := bytesIn(); got != 10 {
+		t.Fatalf("bytes in %d after out-of-window and out-of-order data, want 10", got)
+	}
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: flags("S"), Seq: cISS + 0x40000000})
+	if got := bytesIn(); got != 10 {
+		t.Fatalf("bytes in %d after a SYN in the window's far side, want 10", got)
+	}
+	// The hole fills; tcpd acknowledges everything, FIN included.
+	run(t, tab, []step{
+		c("PA", cISS+11, tISS+1, 2000, Est, Est),
+		c("FA", cISS+2021, tISS+1, 0, Est, FW1),
+		s("A", tISS+1, cISS+2022, 0, CW, FW2),
+	})
+	if got := bytesIn(); got != 2020 {
+		t.Fatalf("bytes in %d once acknowledged, want 2020", got)
 	}
 }
 

@@ -21,24 +21,28 @@ func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
 // end is one end's view of the connection, built from the segments it sent
 // and those it acknowledged.
 type end struct {
-	state State
 	since mono
+	bytes uint64
 	// iss is the end's initial sequence number; synSent says it is known.
-	iss     uint32
-	synSent bool
-	// nxt is the highest sequence number the end has sent plus one
-	// (SND.NXT as seen on the wire); dataNxt the same without SYN and FIN.
-	nxt, dataNxt uint32
+	iss uint32
+	// nxt is one past the end's sequence space that its receiver has in
+	// order (for tcpd's end, SND.NXT as seen on the wire; for the client's,
+	// tcpd's RCV.NXT: segments count from where the last one in order
+	// ended, and tcpd's ACKs add what came out of order before the hole
+	// filled); dataNxt the same without SYN and FIN. sent is one past the
+	// highest sequence number the end has sent, in order or not.
+	nxt, dataNxt, sent uint32
 	// ack is the highest acknowledgment the end has sent: its RCV.NXT as
 	// last advertised.
-	ack     uint32
-	ackSent bool
+	ack uint32
 	// finSeq is the sequence number of the end's FIN.
 	finSeq   uint32
+	state    State
+	synSent  bool
+	ackSent  bool
 	finSent  bool
 	finAcked bool // the peer acknowledged finSeq+1
 	finRcvd  bool // the end acknowledged the peer's FIN
-	bytes    uint64
 }
 
 // machine is one connection's state machine: both ends, and what tcpd's
@@ -84,7 +88,7 @@ func opened(s Segment, now mono) machine {
 // synSent is the client's end once it has sent its SYN with sequence
 // number iss, since since.
 func synSent(iss uint32, since mono) end {
-	return end{state: StateSynSent, since: since, iss: iss, synSent: true, nxt: iss + 1, dataNxt: iss + 1}
+	return end{state: StateSynSent, since: since, iss: iss, synSent: true, nxt: iss + 1, dataNxt: iss + 1, sent: iss + 1}
 }
 
 // restartClientSYN makes the client's SYN with sequence number seq the one
@@ -128,12 +132,20 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if s.Flags&FlagRST != 0 {
 		return m.rst(xs, ys, s, now)
 	}
+	// A client's segment that acknowledges what tcpd never sent is
+	// dropped by the netstack, which answers it with an ACK (RFC 9293
+	// 3.10.7.4: SEG.ACK > SND.NXT): it moves neither end. tcpd's own
+	// segments are seen before they are written, so its end's nxt is
+	// never behind what the client can have received.
+	if xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt) {
+		return outNone
+	}
 
 	syn := s.Flags&FlagSYN != 0
 	if syn {
 		if !x.synSent {
 			x.iss, x.synSent = s.Seq, true
-			x.nxt, x.dataNxt = s.Seq+1, s.Seq+1
+			x.nxt, x.dataNxt, x.sent = s.Seq+1, s.Seq+1, s.Seq+1
 		}
 		switch {
 		case s.Flags&FlagACK == 0:
@@ -166,6 +178,9 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if s.Flags&FlagACK != 0 {
 		if !x.ackSent || seqGT(s.Ack, x.ack) {
 			x.ack, x.ackSent = s.Ack, true
+		}
+		if xs == sideTCPD {
+			y.acknowledged(s.Ack)
 		}
 		// An end in SYN-SENT that acknowledges the peer's SYN has
 		// received the SYN-ACK (RFC 9293 3.10.7.3); a SYN-ACK that was
@@ -216,14 +231,22 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if syn {
 		dataStart++
 	}
-	if x.synSent {
+	// A client's segment counts only in order: one that starts beyond
+	// what the netstack has in sequence is out of order (queued until the
+	// hole fills, whereupon tcpd's ACK says so) or out of its window
+	// (dropped), and must not move what conntrack takes for the netstack's
+	// RCV.NXT, nor the bytes. tcpd's own segments all count.
+	segEnd := dataStart + s.Len
+	if s.Flags&FlagFIN != 0 {
+		segEnd++
+	}
+	if x.synSent && seqGT(segEnd, x.sent) {
+		x.sent = segEnd
+	}
+	if x.synSent && (xs == sideTCPD || seqLEQ(s.Seq, x.nxt)) {
 		if dataEnd := dataStart + s.Len; s.Len > 0 && seqGT(dataEnd, x.dataNxt) {
 			x.bytes += uint64(dataEnd - x.dataNxt)
 			x.dataNxt = dataEnd
-		}
-		segEnd := dataStart + s.Len
-		if s.Flags&FlagFIN != 0 {
-			segEnd++
 		}
 		if seqGT(segEnd, x.nxt) {
 			x.nxt = segEnd
@@ -242,31 +265,60 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	return outNone
 }
 
+// acknowledged records tcpd's acknowledgment ack of the client's end e:
+// the netstack acknowledges only what it received in sequence, so
+// everything below ack was sent, including what came out of order before
+// the hole was filled, which the segments alone left uncounted.
+func (e *end) acknowledged(ack uint32) {
+	if !e.synSent || !seqGT(ack, e.nxt) {
+		return
+	}
+	e.nxt = ack
+	if seqGT(ack, e.sent) {
+		e.sent = ack
+	}
+	dataEnd := ack
+	if e.finSent && ack == e.finSeq+1 {
+		dataEnd = e.finSeq
+	}
+	if seqGT(dataEnd, e.dataNxt) {
+		e.bytes += uint64(dataEnd - e.dataNxt)
+		e.dataNxt = dataEnd
+	}
+}
+
 // rst handles a RST from side xs. RFC 5961 3.2: the receiver accepts it only
-// if its sequence number is exactly RCV.NXT; on the wire RCV.NXT lies between
-// the last ACK the receiver sent and what the sender has sent, so a RST in
-// that range is taken, and anything else (out of window, or in window but
-// not at RCV.NXT, which earns a challenge ACK) is ignored. In SYN-SENT it is
-// acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
+// if its sequence number is exactly RCV.NXT, and anything else (out of
+// window, or in window but not at RCV.NXT, which earns a challenge ACK) is
+// ignored. The netstack's RCV.NXT is where the client's data in order ends
+// (its end's nxt); a client's lies between the last ACK it sent and what
+// tcpd has sent, so a RST from tcpd in that range is taken. In SYN-SENT a
+// RST is acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
 func (m *machine) rst(xs, ys int, s Segment, now mono) outcome {
 	x, y := &m.ends[xs], &m.ends[ys]
 	// A RST that acknowledges nothing of the receiver's current connection
 	// comes from an older incarnation of the 4-tuple (a TIME_WAIT endpoint
 	// retired for reuse): it belongs to no end here.
-	if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.nxt)) {
+	if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.sent)) {
 		return outRSTIgnored
 	}
 	// Likewise a RST whose sequence number lies outside everything the
 	// sender has sent on this connection, or from an end that has sent
 	// nothing yet and acknowledges nothing (tcpd before its SYN-ACK: its
 	// only legitimate RST is the refusal, which acknowledges the SYN).
-	if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.nxt))) {
+	if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.sent))) {
 		return outRSTIgnored
 	}
 	var acceptable bool
 	switch {
 	case y.state == StateSynSent:
 		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
+	case xs == sideClient && y.state != StateSynRecv:
+		// The netstack, synchronized, takes a RST only at exactly
+		// RCV.NXT (and answers one elsewhere in its window with a
+		// challenge ACK): the client's data in sequence, as x.nxt
+		// counts it. In SYN-RECEIVED it takes any in its window.
+		acceptable = s.Seq == x.nxt
 	case y.ackSent:
 		hi := x.nxt
 		if seqLT(hi, y.ack) {
