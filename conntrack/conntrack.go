@@ -715,3 +715,28 @@ func (t *Table) Len() int {
 	}
 	return n
 }
+
+// Unacknowledged reports whether seq lies in what tcpd has sent on tu's
+// connection and the client has not acknowledged (SND.UNA to SND.NXT, as
+// Linux checks the segment an ICMP error quotes: RFC 5927 4.1). An error
+// about anything else is forged or stale: no connection, the sequence
+// number of another, or a connection tcpd keeps in TIME_WAIT, whose
+// endpoint is gone and which has nothing in flight.
+func (t *Table) Unacknowledged(tu Tuple, seq uint32) bool {
+	k := keyOf(tu)
+	h := t.hash(k)
+	e := t.shardOf(h).lookupKey(k, h)
+	if e == nil {
+		return false
+	}
+	defer e.mu.Unlock()
+	d, c := &e.ends[sideTCPD], &e.ends[sideClient]
+	if e.held || e.list == onTimeWait || !d.synSent {
+		return false
+	}
+	una := d.iss
+	if c.ackSent && seqGT(c.ack, una) && seqLEQ(c.ack, d.nxt) {
+		una = c.ack
+	}
+	return seqGEQ(seq, una) && seqLEQ(seq, d.nxt)
+}

@@ -240,6 +240,8 @@ tcpd_tcp_mss_clamped_total 7
 tcpd_dropped_total{reason="bad_checksum"} 0
 tcpd_dropped_total{reason="denied_destination"} 8
 tcpd_dropped_total{reason="fd_limit"} 0
+tcpd_dropped_total{reason="icmp_mtu_too_small"} 0
+tcpd_dropped_total{reason="icmp_out_of_window"} 0
 tcpd_dropped_total{reason="malformed"} 0
 tcpd_dropped_total{reason="max_connections"} 0
 tcpd_dropped_total{reason="max_connections_per_client"} 0

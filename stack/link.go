@@ -303,6 +303,26 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 			return
 		}
 	}
+	if (pkt[0]>>4 == 4 && pkt[9] == protoICMPv4) || (pkt[0]>>4 == 6 && pkt[6] != protoTCP) {
+		var inFlight func(conntrack.Tuple, uint32) bool
+		if !l.noTrack {
+			inFlight = l.table.Unacknowledged
+		}
+		switch checkICMP(pkt, inFlight) {
+		case icmpNotTCP:
+			q.stats.Dropped[DropNotTCP].Add(1)
+			return
+		case icmpFragment:
+			q.stats.Dropped[DropUnverifiable].Add(1)
+			return
+		case icmpOutOfWindow:
+			q.stats.Dropped[DropICMPOutOfWindow].Add(1)
+			return
+		case icmpMTUTooSmall:
+			q.stats.Dropped[DropICMPMTUTooSmall].Add(1)
+			return
+		}
+	}
 	from, to, seg, ok := parseTCP(pkt)
 	if ok && seg.Flags&(conntrack.FlagSYN|conntrack.FlagACK|conntrack.FlagRST) == conntrack.FlagSYN && l.clampSYN != nil {
 		seg.MSS, seg.ClampedFrom = l.clampSYN(pkt, from, to, seg.MSS, csum)

@@ -45,8 +45,9 @@ const noDrop = NumDropReasons
 // TestDropReasons feeds the link what a TUN may carry besides clients' TCP
 // and checks where each packet lands: the kernel's own link-scoped chatter
 // is ignored, not counted as a drop (and certainly not as a spoofed source),
-// a client's UDP is not_tcp, and an ICMP error from a client reaches the
-// netstack, dropped by no one.
+// a client's UDP is not_tcp, and an ICMP error from a client is judged by
+// what it quotes (TestCheckICMP has the rest, TestForgedICMPLeavesConnectionsAlone
+// one that reaches the netstack).
 func TestDropReasons(t *testing.T) {
 	var (
 		ll      = netip.MustParseAddr("fe80::5c3a:f1a2")
@@ -75,7 +76,9 @@ func TestDropReasons(t *testing.T) {
 		{"UDP from a client", rawV4(clientAddr, dstAddr, 17, udp), DropNotTCP},
 		{"ICMP echo from a client", rawV4(clientAddr, dstAddr, 1, icmpv4(8)), DropNotTCP},
 		{"GRE from a client", rawV4(clientAddr, dstAddr, 47, make([]byte, 8)), DropNotTCP},
-		{"ICMP unreachable from a client", rawV4(clientAddr, dstAddr, 1, icmpv4(3)), noDrop},
+		{"ICMP unreachable from a client quoting no TCP segment", rawV4(clientAddr, dstAddr, 1, icmpv4(3)), DropNotTCP},
+		{"ICMP unreachable from a client quoting a segment of no connection", icmpError(clientAddr, 3, 1, 0,
+			netip.AddrPortFrom(dstAddr, 80), netip.AddrPortFrom(clientAddr, 40000), 1), DropICMPOutOfWindow},
 		{"TCP from outside the clients", buildV4(netip.AddrPortFrom(outside, 1234), netip.AddrPortFrom(dstAddr, 80), header.TCPFlagSyn, 1, 0, 0), DropSpoofedSource},
 		{"UDP from outside the clients", rawV4(outside, dstAddr, 17, udp), DropSpoofedSource},
 		{"IPv6 UDP from outside the clients", rawV6(client6, netip.MustParseAddr("2001:db8::1"), 17, udp), DropSpoofedSource},

@@ -75,6 +75,14 @@ const (
 	// in progress, ignored as the netstack's forwarder ignores it (its
 	// own counter has it too); the client retransmits.
 	DropMaxInFlight
+	// DropICMPOutOfWindow: an ICMP error quoting a TCP segment that no
+	// connection of tcpd has in flight (the quoted sequence number is not
+	// between SND.UNA and SND.NXT, or there is no such connection): forged
+	// or stale, as Linux's OutOfWindowIcmps (icmp.go).
+	DropICMPOutOfWindow
+	// DropICMPMTUTooSmall: an IPv6 "packet too big" naming an MTU below
+	// 1280, which IPv6 does not allow.
+	DropICMPMTUTooSmall
 	NumDropReasons
 )
 
@@ -97,6 +105,8 @@ var dropReasonNames = [NumDropReasons]string{
 	DropReuseWait:               "reuse_wait",
 	DropSYNInFlight:             "syn_in_flight",
 	DropMaxInFlight:             "max_in_flight",
+	DropICMPOutOfWindow:         "icmp_out_of_window",
+	DropICMPMTUTooSmall:         "icmp_mtu_too_small",
 }
 
 // String gives the label value.

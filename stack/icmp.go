@@ -1,0 +1,171 @@
+package stack
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"tcpd/conntrack"
+)
+
+// ICMP errors about tcpd's segments. The netstack acts on any it is given:
+// an unreachable aborts a handshake, and a "fragmentation needed" or
+// "packet too big" lowers the connection's MSS to whatever MTU it names,
+// down to one byte of payload per segment for an MTU under 68. It does not
+// check that the quoted segment is one of the connection's (RFC 5927 4.1),
+// nor bound the MTU. Any client, or anyone who can reach the TUN, could
+// then stall or cripple another client's connection with one packet that
+// guesses its ports. tcpd applies Linux's rules before the netstack sees
+// an error: the quoted sequence number must lie in what tcpd has sent and
+// the client has not acknowledged (tcp_v4_err, tcp_v6_err:
+// LINUX_MIB_OUTOFWINDOWICMPS), an IPv4 MTU below 552 is raised to 552 (the
+// default net.ipv4.route.min_pmtu), and an IPv6 "packet too big" below
+// 1280, the least MTU IPv6 allows, is ignored (RFC 8201 4).
+
+const (
+	icmpv4FragNeeded   = 4 // code of destination unreachable
+	icmpv4MinPMTU      = 552
+	icmpv6PacketTooBig = 2
+	ipv6MinMTU         = 1280
+	icmpHeader         = 8 // type, code, checksum and four bytes, both families
+)
+
+// icmpVerdict is what tcpd does with an ICMP error from a client.
+type icmpVerdict uint8
+
+const (
+	icmpDeliver icmpVerdict = iota
+	// icmpNotTCP: the error quotes no TCP segment tcpd could have sent.
+	icmpNotTCP
+	// icmpFragment: the error came in fragments, which an error never
+	// needs (RFC 792 and RFC 4443 bound it to 576 and 1280 bytes).
+	icmpFragment
+	// icmpOutOfWindow: no connection of tcpd has the quoted segment in
+	// flight.
+	icmpOutOfWindow
+	// icmpMTUTooSmall: an IPv6 "packet too big" below 1280.
+	icmpMTUTooSmall
+)
+
+// checkICMP judges pkt, a client's packet that forNetstack passed, and
+// raises an IPv4 "fragmentation needed" MTU below 552 in place. inFlight
+// says whether tcpd has the segment with sequence number seq in flight on
+// connection tu (nil: tcpd tracks nothing and cannot tell). A packet that
+// is not an ICMP error is delivered as it is.
+func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) icmpVerdict {
+	var icmp, quoted []byte
+	v4 := pkt[0]>>4 == 4
+	if v4 {
+		ihl := int(pkt[0]&0x0f) * 4
+		if pkt[9] != protoICMPv4 {
+			return icmpDeliver
+		}
+		if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
+			return icmpFragment
+		}
+		if len(pkt) < ihl+icmpHeader {
+			return icmpNotTCP
+		}
+		icmp = pkt[ihl:]
+	} else {
+		off, next, frag := ipv6Transport(pkt, ipv6Header, pkt[6])
+		if next != protoICMPv6 {
+			return icmpDeliver
+		}
+		if frag {
+			return icmpFragment
+		}
+		if len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError {
+			return icmpNotTCP
+		}
+		icmp = pkt[off:]
+	}
+	quoted = icmp[icmpHeader:]
+	tu, seq, ok := quotedTCP(quoted, v4)
+	if !ok {
+		return icmpNotTCP
+	}
+	if inFlight != nil && !inFlight(tu, seq) {
+		return icmpOutOfWindow
+	}
+	switch {
+	case v4 && icmp[0] == icmpv4DestUnreachable && icmp[1] == icmpv4FragNeeded:
+		if mtu := binary.BigEndian.Uint16(icmp[6:8]); mtu < icmpv4MinPMTU {
+			binary.BigEndian.PutUint16(icmp[6:8], icmpv4MinPMTU)
+			sum := binary.BigEndian.Uint16(icmp[2:4])
+			binary.BigEndian.PutUint16(icmp[2:4], checksumUpdate(sum, mtu, icmpv4MinPMTU))
+		}
+	case !v4 && icmp[0] == icmpv6PacketTooBig:
+		if binary.BigEndian.Uint32(icmp[4:8]) < ipv6MinMTU {
+			return icmpMTUTooSmall
+		}
+	}
+	return icmpDeliver
+}
+
+// quotedTCP reads the connection and sequence number of the TCP segment
+// that an ICMP error quotes: its IP header and at least the first eight
+// bytes of TCP (ports and sequence number), sent by tcpd (from the
+// destination's address) to a client.
+func quotedTCP(q []byte, v4 bool) (conntrack.Tuple, uint32, bool) {
+	var src, dst netip.Addr
+	var tcp []byte
+	if v4 {
+		if len(q) < ipv4MinHeader || q[0]>>4 != 4 || q[9] != protoTCP {
+			return conntrack.Tuple{}, 0, false
+		}
+		ihl := int(q[0]&0x0f) * 4
+		if ihl < ipv4MinHeader || len(q) < ihl+8 {
+			return conntrack.Tuple{}, 0, false
+		}
+		src, dst, tcp = netip.AddrFrom4([4]byte(q[12:16])), netip.AddrFrom4([4]byte(q[16:20])), q[ihl:]
+	} else {
+		if len(q) < ipv6Header || q[0]>>4 != 6 {
+			return conntrack.Tuple{}, 0, false
+		}
+		off, next, _ := ipv6Transport(q, ipv6Header, q[6])
+		if next != protoTCP || len(q) < off+8 {
+			return conntrack.Tuple{}, 0, false
+		}
+		src, dst, tcp = netip.AddrFrom16([16]byte(q[8:24])), netip.AddrFrom16([16]byte(q[24:40])), q[off:]
+	}
+	tu := conntrack.Tuple{
+		Client: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(tcp[2:4])),
+		Dst:    netip.AddrPortFrom(src, binary.BigEndian.Uint16(tcp[0:2])),
+	}
+	return tu, binary.BigEndian.Uint32(tcp[4:8]), true
+}
+
+// ipv6Transport walks the IPv6 extension headers of pkt from off, where a
+// header of kind next starts, to the first that is not hop-by-hop, routing
+// or destination options. It returns where that one starts and its kind,
+// and whether a fragment header came before it (frag; the walk stops
+// there, returning the fragment's payload kind). A header cut short ends
+// the walk with kind 255 (reserved).
+func ipv6Transport(pkt []byte, off int, next byte) (int, byte, bool) {
+	for {
+		switch next {
+		case 0, 43, 60: // hop-by-hop, routing, destination options
+			if len(pkt) < off+2 {
+				return off, 255, false
+			}
+			next, off = pkt[off], off+(int(pkt[off+1])+1)*8
+		case 44: // fragment
+			if len(pkt) < off+8 {
+				return off, 255, true
+			}
+			return off + 8, pkt[off], true
+		default:
+			return off, next, false
+		}
+	}
+}
+
+// checksumUpdate returns the Internet checksum sum of a message in which
+// one 16-bit word changed from old to new (RFC 1624 3: HC' = ~(~HC + ~m +
+// m')).
+func checksumUpdate(sum, old, new uint16) uint16 {
+	x := uint32(^sum) + uint32(^old) + uint32(new)
+	x = (x & 0xffff) + x>>16
+	x = (x & 0xffff) + x>>16
+	return ^uint16(x)
+}

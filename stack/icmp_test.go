@@ -1,0 +1,152 @@
+package stack
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"tcpd/conntrack"
+)
+
+// icmpError builds an ICMP error from src with type typ, code code and the
+// four bytes after the checksum info, quoting the IP header and first eight
+// bytes of a TCP segment from quotedSrc to quotedDst with sequence number
+// seq, with every checksum right.
+func icmpError(src netip.Addr, typ, code uint8, info uint32, quotedSrc, quotedDst netip.AddrPort, seq uint32) []byte {
+	var q []byte
+	proto := header.ICMPv4ProtocolNumber
+	if src.Is4() {
+		q = buildV4(quotedSrc, quotedDst, header.TCPFlagAck, seq, 1, 0)[:header.IPv4MinimumSize+8]
+	} else {
+		q = buildV6(quotedSrc, quotedDst, header.TCPFlagAck, seq, 1, 0)[:header.IPv6MinimumSize+8]
+		proto = header.ICMPv6ProtocolNumber
+	}
+	body := make([]byte, icmpHeader+len(q))
+	body[0], body[1] = typ, code
+	binary.BigEndian.PutUint32(body[4:8], info)
+	copy(body[icmpHeader:], q)
+	return ipPacket(src, quotedSrc.Addr(), proto, body, false)
+}
+
+// withHopByHop puts an empty hop-by-hop options header in front of an IPv6
+// packet's transport header.
+func withHopByHop(pkt []byte) []byte {
+	out := make([]byte, len(pkt)+8)
+	copy(out, pkt[:ipv6Header])
+	out[ipv6Header] = pkt[6] // next header
+	out[ipv6Header+2] = 1    // PadN filling the rest
+	out[ipv6Header+3] = 4
+	copy(out[ipv6Header+8:], pkt[ipv6Header:])
+	out[6] = 0
+	binary.BigEndian.PutUint16(out[4:6], uint16(len(out)-ipv6Header))
+	return out
+}
+
+func TestCheckICMP(t *testing.T) {
+	c4, d4 := netip.MustParseAddrPort("100.64.1.2:40000"), netip.MustParseAddrPort("198.18.1.2:80")
+	c6, d6 := netip.MustParseAddrPort("[fd64::2]:40000"), netip.MustParseAddrPort("[2001:db8::2]:443")
+	const seq = 5000
+	inFlight := func(tu conntrack.Tuple, s uint32) bool {
+		return (tu == conntrack.Tuple{Client: c4, Dst: d4} || tu == conntrack.Tuple{Client: c6, Dst: d6}) && s == seq
+	}
+	const (
+		unreach4, fragNeeded = 3, 4
+		unreach6, ptb6       = 1, 2
+	)
+	udpQuote := func() []byte {
+		p := icmpError(c4.Addr(), unreach4, 3, 0, d4, c4, seq)
+		p[header.IPv4MinimumSize+icmpHeader+9] = uint8(header.UDPProtocolNumber)
+		return p
+	}
+	fragmented := func() []byte {
+		p := icmpError(c4.Addr(), unreach4, 3, 0, d4, c4, seq)
+		p[6] |= 0x20 // more fragments
+		return p
+	}
+	echoBehindHopByHop := func() []byte {
+		p := withHopByHop(ipPacket(c6.Addr(), d6.Addr(), header.ICMPv6ProtocolNumber, make([]byte, 8), false))
+		p[ipv6Header+8] = 128 // echo request
+		return p
+	}
+	for _, tc := range []struct {
+		name     string
+		pkt      []byte
+		inFlight func(conntrack.Tuple, uint32) bool
+		want     icmpVerdict
+		mtu      uint16 // an IPv4 fragmentation needed's MTU after the check
+	}{
+		{"v4 unreachable in flight", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, seq), inFlight, icmpDeliver, 0},
+		{"v4 unreachable, sequence number not in flight", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, seq+1), inFlight, icmpOutOfWindow, 0},
+		{"v4 unreachable for another connection", icmpError(c4.Addr(), unreach4, 1, 0, d4, netip.AddrPortFrom(c4.Addr(), 40001), seq), inFlight, icmpOutOfWindow, 0},
+		{"v4 fragmentation needed, MTU 1400 kept", icmpError(c4.Addr(), unreach4, fragNeeded, 1400, d4, c4, seq), inFlight, icmpDeliver, 1400},
+		{"v4 fragmentation needed, MTU 0 raised to 552", icmpError(c4.Addr(), unreach4, fragNeeded, 0, d4, c4, seq), inFlight, icmpDeliver, 552},
+		{"v4 fragmentation needed, MTU 68 raised to 552", icmpError(c4.Addr(), unreach4, fragNeeded, 68, d4, c4, seq), inFlight, icmpDeliver, 552},
+		{"v4 fragmentation needed not in flight", icmpError(c4.Addr(), unreach4, fragNeeded, 0, d4, c4, 1), inFlight, icmpOutOfWindow, 0},
+		{"v4 error quoting UDP", udpQuote(), inFlight, icmpNotTCP, 0},
+		{"v4 error in fragments", fragmented(), inFlight, icmpFragment, 0},
+		{"v4 error, tcpd tracks nothing", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, 1), nil, icmpDeliver, 0},
+		{"v6 packet too big 1280", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq), inFlight, icmpDeliver, 0},
+		{"v6 packet too big 1000", icmpError(c6.Addr(), ptb6, 0, 1000, d6, c6, seq), inFlight, icmpMTUTooSmall, 0},
+		{"v6 packet too big not in flight", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq-1), inFlight, icmpOutOfWindow, 0},
+		{"v6 unreachable behind a hop-by-hop header", withHopByHop(icmpError(c6.Addr(), unreach6, 4, 0, d6, c6, 1)), inFlight, icmpOutOfWindow, 0},
+		{"v6 echo behind a hop-by-hop header", echoBehindHopByHop(), inFlight, icmpNotTCP, 0},
+		{"v4 TCP", buildV4(c4, d4, header.TCPFlagAck, 1, 1, 0), inFlight, icmpDeliver, 0},
+		{"v6 TCP behind a hop-by-hop header", withHopByHop(buildV6(c6, d6, header.TCPFlagAck, 1, 1, 0)), inFlight, icmpDeliver, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := checkICMP(tc.pkt, tc.inFlight); got != tc.want {
+				t.Fatalf("verdict %d, want %d", got, tc.want)
+			}
+			if tc.mtu != 0 {
+				icmp := tc.pkt[header.IPv4MinimumSize:]
+				if got := binary.BigEndian.Uint16(icmp[6:8]); got != tc.mtu {
+					t.Errorf("MTU %d after the check, want %d", got, tc.mtu)
+				}
+				if v := verifyChecksums(tc.pkt); v != csumValid {
+					t.Errorf("checksum verdict %d after the check, want valid", v)
+				}
+			}
+		})
+	}
+}
+
+// TestForgedICMPLeavesConnectionsAlone: a "fragmentation needed" with MTU
+// 0 from another client, quoting the connection with a sequence number
+// that is not in flight, is dropped and counted, and tcpd's segments keep
+// their size; one quoting the segment in flight lowers them, but not
+// below what an MTU of 552 allows, where the netstack alone would go down
+// to one byte per segment.
+func TestForgedICMPLeavesConnectionsAlone(t *testing.T) {
+	e := newEchoConn(t)
+	full, _ := e.segmentSizes(t, 20000)
+	if full < 1000 {
+		t.Fatalf("segments of at most %d bytes before any ICMP error", full)
+	}
+	other := netip.MustParseAddr("100.64.9.9")
+	sndNxt, _ := e.sequence()
+	st := e.h.s.Stats()
+	e.h.inject <- icmpError(other, 3, 4, 0, e.dst, e.client, sndNxt+100000)
+	waitFor(t, "the forged error to be dropped", func() bool { return st.Drops(DropICMPOutOfWindow) == 1 })
+	if largest, _ := e.segmentSizes(t, 20000); largest != full {
+		t.Fatalf("after a forged fragmentation needed, segments of at most %d bytes, want %d", largest, full)
+	}
+
+	sndNxt, _ = e.sequence()
+	e.h.inject <- icmpError(e.client.Addr(), 3, 4, 0, e.dst, e.client, sndNxt)
+	var largest, smallest uint32
+	waitFor(t, "the error in window to lower the MSS", func() bool {
+		largest, smallest = e.segmentSizes(t, 20000)
+		return largest < full
+	})
+	if largest > icmpv4MinPMTU-40 || largest < 400 {
+		t.Errorf("after fragmentation needed with MTU 0, segments of at most %d bytes, want 400..%d (MTU 552)", largest, icmpv4MinPMTU-40)
+	}
+	if smallest < 100 && smallest*10 < largest {
+		t.Errorf("segments as small as %d bytes", smallest)
+	}
+	if n := st.Drops(DropICMPOutOfWindow); n != 1 {
+		t.Errorf("icmp_out_of_window %d, want 1", n)
+	}
+}
