@@ -92,10 +92,13 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	var states, clientStates stringList
 	fs.Var(&states, "state", "only connections whose tcpd state is one of `S[,S...]` (ESTAB, TIME-WAIT, … or established, time_wait, …, or ss's groups connected, synchronized, bucket, big, all); repeatable")
 	fs.Var(&clientStates, "client-state", "only connections whose client's state is one of `S[,S...]`; repeatable")
-	src := fs.String("src", "", "only clients inside `PREFIX` (or that address)")
-	dst := fs.String("dst", "", "only destinations inside `PREFIX` (or that address)")
-	sport := fs.String("sport", "", "only client port `N`")
-	dport := fs.String("dport", "", "only destination port `N`")
+	// src, dst, sport and dport are lists only to see a repeat: each is
+	// allowed once.
+	var src, dst, sport, dport stringList
+	fs.Var(&src, "src", "only clients inside `PREFIX` (or that address)")
+	fs.Var(&dst, "dst", "only destinations inside `PREFIX` (or that address)")
+	fs.Var(&sport, "sport", "only client port `N`")
+	fs.Var(&dport, "dport", "only destination port `N`")
 	var output string
 	fs.StringVar(&output, "o", "table", "output `format`: table or json (the API's JSON, indented)")
 	fs.StringVar(&output, "output", "table", "same as -o `format`")
@@ -127,11 +130,18 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	for _, f := range []struct {
 		flag, param string
 		vs          []string
+		once        bool
 	}{
-		{"state", "state", states}, {"client-state", "client_state", clientStates},
-		{"src", "src", []string{*src}}, {"dst", "dst", []string{*dst}},
-		{"sport", "sport", []string{*sport}}, {"dport", "dport", []string{*dport}},
+		{"state", "state", states, false}, {"client-state", "client_state", clientStates, false},
+		{"src", "src", src, true}, {"dst", "dst", dst, true},
+		{"sport", "sport", sport, true}, {"dport", "dport", dport, true},
 	} {
+		if f.once && len(f.vs) > 1 {
+			// Keeping the last value, as a string flag does, would make
+			// "kill --dst 198.18.1.2 --dst 0.0.0.0/0" reset every IPv4
+			// connection.
+			return usage("%s", repeated(f.flag, f.vs))
+		}
 		if set[f.flag] {
 			q[f.param] = f.vs
 			filterFlags = append(filterFlags, f.flag)
@@ -225,6 +235,24 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("reply from %s: %w", socket, err)
 	}
 	return printConns(stdout, cs.Conns, info)
+}
+
+// repeated is the error for a flag allowed once given len(vs) times.
+func repeated(flag string, vs []string) error {
+	times := fmt.Sprintf("%d times", len(vs))
+	if len(vs) == 2 {
+		times = "twice"
+	}
+	quoted := make([]string, len(vs))
+	for i, v := range vs {
+		quoted[i] = strconv.Quote(v)
+	}
+	several := "prefixes"
+	if strings.HasSuffix(flag, "port") {
+		several = "ports"
+	}
+	return fmt.Errorf("--%s: given %s, %s (allowed: once; for several %s, run the command once for each)",
+		flag, times, strings.Join(quoted, " and "), several)
 }
 
 // stringList is a flag that may be given more than once.

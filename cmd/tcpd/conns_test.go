@@ -456,6 +456,12 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"--sport", "http"}, 2, `tcpd conns: --sport: "http" is not a port (allowed: 1..65535)`},
 		{[]string{"-s", "-i"}, 2, `tcpd conns: -s summarises every connection; -i details the list only`},
 		{[]string{"kill", "--state", ""}, 2, `tcpd conns: --state: empty (allowed: close, `},
+		// The flag package keeps a repeated flag's last value: this would
+		// reset every IPv4 connection.
+		{[]string{"kill", "--dst", "198.18.1.2", "--dst", "0.0.0.0/0"}, 2, "tcpd conns: --dst: given twice, \"198.18.1.2\" and \"0.0.0.0/0\" (allowed: once; for several prefixes, run the command once for each)\nRun \"tcpd conns --help\" for usage.\n"},
+		{[]string{"--src", "100.64.0.1", "--src=100.64.0.2", "--src", "100.64.0.3"}, 2, `tcpd conns: --src: given 3 times, "100.64.0.1" and "100.64.0.2" and "100.64.0.3" (allowed: once; for several prefixes`},
+		{[]string{"--sport", "1", "--sport", "1"}, 2, `tcpd conns: --sport: given twice, "1" and "1" (allowed: once; for several ports, run the command once for each)`},
+		{[]string{"kill", "--dport", "443", "--state", "ESTAB", "--dport", "80"}, 2, `tcpd conns: --dport: given twice, "443" and "80" (allowed: once; for several ports`},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
