@@ -108,6 +108,10 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	var summary bool
 	fs.BoolVar(&summary, "s", false, "print a summary: counts per state on both ends, TIME-WAIT use, latencies, counters")
 	fs.BoolVar(&summary, "summary", false, "same as -s")
+	// -n is accepted for the habit of "ss -tan": tcpd resolves no names.
+	var numeric bool
+	fs.BoolVar(&numeric, "n", false, "does nothing, for the habit of ss -n: addresses and ports are always numeric")
+	fs.BoolVar(&numeric, "numeric", false, "same as -n")
 
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -159,7 +163,7 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 			return usage("unexpected argument %q", pos[0])
 		}
 		for name := range set {
-			if name != "socket" && name != "config" && !slices.Contains(filterFlags, name) {
+			if !slices.Contains([]string{"socket", "config", "n", "numeric"}, name) && !slices.Contains(filterFlags, name) {
 				return usage("kill takes an ID or a filter, and --socket or --config (got -%s)", name)
 			}
 		}

@@ -164,6 +164,30 @@ func TestConnsTable(t *testing.T) {
 	}
 }
 
+// TestConnsNumeric: -n, the habit of "ss -tan", is accepted and changes
+// nothing: tcpd never resolves names.
+func TestConnsNumeric(t *testing.T) {
+	_, p := startAdmin(t)
+	_, want, _ := runConns(t, "--socket", p)
+	for _, args := range [][]string{{"-n"}, {"--numeric"}, {"-n", "--dport", "443"}, {"-n", "-o", "json"}} {
+		code, out, errs := runConns(t, append([]string{"--socket", p}, args...)...)
+		if code != 0 || errs != "" {
+			t.Errorf("%q: exit %d, stderr %q", args, code, errs)
+		}
+		if len(args) == 1 && out != want {
+			t.Errorf("%q: got\n%s\nwant the table without it\n%s", args, out, want)
+		}
+	}
+	code, out, errs := runConns(t, "--socket", p, "kill", "-n", "--dport", "22")
+	if code != 0 || out != "reset 1 connections\n" {
+		t.Errorf("kill -n --dport 22: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	_, help, _ := runConns(t, "--help")
+	if !strings.Contains(help, "-n\tdoes nothing, for the habit of ss -n: addresses and ports are always numeric") {
+		t.Errorf("help does not explain -n:\n%s", help)
+	}
+}
+
 func TestConnsFilterFlags(t *testing.T) {
 	_, p := startAdmin(t)
 	cases := []struct {
