@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -151,6 +152,16 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 			filterFlags = append(filterFlags, f.flag)
 		}
 	}
+	for _, f := range []struct {
+		flag, portFlag string
+		vs             []string
+	}{{"src", "sport", src}, {"dst", "dport", dst}} {
+		if len(f.vs) == 1 {
+			if hint := addressHint(f.flag, f.portFlag, f.vs[0]); hint != "" {
+				return usage("%s", hint)
+			}
+		}
+	}
 	// The daemon checks the filter too; checking here with the same code
 	// makes a typo a usage error (exit 2) with the daemon's words, named
 	// as the flag.
@@ -239,6 +250,24 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("reply from %s: %w", socket, err)
 	}
 	return printConns(stdout, cs.Conns, info)
+}
+
+// addressHint explains a value of --src or --dst (flag) copied from the
+// table's Client or Destination column, which --src and --dst refuse: an
+// address with a port, whose port belongs in portFlag, or an IPv6 address
+// in brackets. It is "" for any other value.
+func addressHint(flag, portFlag, v string) string {
+	if ap, err := netip.ParseAddrPort(v); err == nil {
+		return fmt.Sprintf("--%s: %q has a port (use --%s %s --%s %d)", flag, v, flag, ap.Addr(), portFlag, ap.Port())
+	}
+	if inner, ok := strings.CutPrefix(v, "["); ok {
+		if inner, ok := strings.CutSuffix(inner, "]"); ok {
+			if a, err := netip.ParseAddr(inner); err == nil && a.Is6() {
+				return fmt.Sprintf("--%s: %q is in brackets, which only an address with a port needs (use --%s %s)", flag, v, flag, a)
+			}
+		}
+	}
+	return ""
 }
 
 // repeated is the error for a flag allowed once given len(vs) times.

@@ -465,6 +465,12 @@ func TestConnsUsage(t *testing.T) {
 		{[]string{"--state", "bogus"}, 2, `tcpd conns: --state: "bogus" is not a TCP state (allowed: close, listen, syn_sent, syn_recv, established, fin_wait1, fin_wait2, closing, time_wait, close_wait, last_ack, or the groups all, connected, synchronized, bucket, big)`},
 		{[]string{"--src", "100.64/10"}, 2, `tcpd conns: --src: "100.64/10" is not an address or prefix`},
 		{[]string{"--dst", "example.com"}, 2, `tcpd conns: --dst: "example.com" is not an address or prefix`},
+		// Copied from the table's Client and Destination columns.
+		{[]string{"--dst", "198.18.1.2:443"}, 2, "tcpd conns: --dst: \"198.18.1.2:443\" has a port (use --dst 198.18.1.2 --dport 443)\nRun \"tcpd conns --help\" for usage.\n"},
+		{[]string{"kill", "--src", "[fd64::1]:5000"}, 2, `tcpd conns: --src: "[fd64::1]:5000" has a port (use --src fd64::1 --sport 5000)`},
+		{[]string{"--src", "[fd64::1]"}, 2, `tcpd conns: --src: "[fd64::1]" is in brackets, which only an address with a port needs (use --src fd64::1)`},
+		{[]string{"--dst", "[2001:db8::1]:443", "--dport", "443"}, 2, `tcpd conns: --dst: "[2001:db8::1]:443" has a port (use --dst 2001:db8::1 --dport 443)`},
+		{[]string{"--dst", "[198.18.1.2]"}, 2, `tcpd conns: --dst: "[198.18.1.2]" is not an address or prefix`},
 		{[]string{"--dport", "0"}, 2, `tcpd conns: --dport: "0" is not a port (allowed: 1..65535)`},
 		{[]string{"-o", "yaml"}, 2, `tcpd conns: -o: "yaml" is not allowed (allowed: table, json)`},
 		{[]string{"-s", "--state", "ESTAB"}, 2, `tcpd conns: -s summarises every connection; --state filters the list only`},
