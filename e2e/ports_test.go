@@ -261,7 +261,7 @@ func TestUpstreamSourceAddressNotLocal(t *testing.T) {
 		p.Stop()
 		t.Fatal("tcpd started with a source address the gateway does not have")
 	}
-	if msg := err.Error(); !strings.Contains(msg, "source address 1, 198.18.1.99: not an address of this host") {
+	if msg := err.Error(); !strings.Contains(msg, "upstream.source_addresses: 198.18.1.99 is not an address of this host") {
 		t.Fatalf("start failed with %v; want it to name the address and say it is not the host's", err)
 	}
 }

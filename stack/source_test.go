@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"errors"
 	"hash/maphash"
 	"net/netip"
 	"runtime"
@@ -55,8 +56,12 @@ func TestCheckSourceAddresses(t *testing.T) {
 	if err == nil {
 		t.Fatal("192.0.2.77 accepted as an address of this host")
 	}
-	if want := "source address 1, 192.0.2.77: not an address of this host"; err.Error()[:len(want)] != want {
-		t.Errorf("error %q, want it to start %q", err, want)
+	var se *SourceAddressError
+	if !errors.As(err, &se) || !se.NotLocal || se.Addr != netip.MustParseAddr("192.0.2.77") {
+		t.Errorf("error %#v, want a SourceAddressError for 192.0.2.77, not local", err)
+	}
+	if want := "source address 192.0.2.77 is not an address of this host"; err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
 	}
 }
 

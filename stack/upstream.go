@@ -2,9 +2,29 @@ package stack
 
 import (
 	"encoding/binary"
+	"fmt"
 	"hash/maphash"
 	"net/netip"
 )
+
+// SourceAddressError is an address of Tunables.SourceAddresses that an
+// upstream socket cannot bind to. New and SetTunables return it, so that
+// the caller can name the setting it came from.
+type SourceAddressError struct {
+	Addr netip.Addr
+	// NotLocal says that the host has no such address (EADDRNOTAVAIL).
+	NotLocal bool
+	Err      error
+}
+
+func (e *SourceAddressError) Error() string {
+	if e.NotLocal {
+		return fmt.Sprintf("source address %s is not an address of this host", e.Addr)
+	}
+	return fmt.Sprintf("source address %s: %v", e.Addr, e.Err)
+}
+
+func (e *SourceAddressError) Unwrap() error { return e.Err }
 
 // sourceFor picks the source address of the connection from client to
 // dst among addrs, by a hash of the 4-tuple, so that connections to one

@@ -221,9 +221,9 @@ func sockName(fd int) string {
 // checkSourceAddresses checks that each address is one of this host's: a
 // socket binds to it, its port left for connect to choose.
 func checkSourceAddresses(addrs []netip.Addr) error {
-	for i, a := range addrs {
+	for _, a := range addrs {
 		if err := bindable(a); err != nil {
-			return fmt.Errorf("source address %d, %s: %w", i, a, err)
+			return &SourceAddressError{Addr: a, NotLocal: errors.Is(err, unix.EADDRNOTAVAIL), Err: err}
 		}
 	}
 	return nil
@@ -243,10 +243,7 @@ func bindable(a netip.Addr) error {
 		return err
 	}
 	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(a, 0))); err != nil {
-		if err == unix.EADDRNOTAVAIL {
-			return fmt.Errorf("not an address of this host (%w)", err)
-		}
-		return err
+		return fmt.Errorf("bind: %w", err)
 	}
 	return nil
 }

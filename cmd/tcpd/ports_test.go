@@ -1,9 +1,13 @@
 package main
 
 import (
+	"errors"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
+
+	"tcpd/stack"
 )
 
 func TestPortWarnings(t *testing.T) {
@@ -51,5 +55,29 @@ func TestSourceAddressesParsed(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("2001:db8::7")}
 	if got := c.stack.SourceAddresses; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("source addresses %v, want %v", got, want)
+	}
+}
+
+// TestSourceAddressErrorNamesKey: a source address the host does not have,
+// which only the stack can find (at start and at every reload), is
+// reported against upstream.source_addresses.
+func TestSourceAddressErrorNamesKey(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("source addresses need Linux")
+	}
+	// stack.New checks the tunables before it creates anything.
+	_, err := stack.New(stack.Config{
+		Clients:  []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
+		Tunables: stack.Tunables{SourceAddresses: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("198.51.100.10")}},
+	})
+	if err == nil {
+		t.Fatal("stack.New accepted 198.51.100.10 (TEST-NET-2) as an address of this host")
+	}
+	if got, want := keyedStackError(err).Error(), "upstream.source_addresses: 198.51.100.10 is not an address of this host"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	other := errors.New("stack: no client prefixes configured")
+	if got := keyedStackError(other); got != other {
+		t.Errorf("an error without a key became %q", got)
 	}
 }

@@ -196,6 +196,7 @@ func (d *daemon) run() error {
 	sc.FDBudget = budget
 	d.st, err = stack.New(sc)
 	if err != nil {
+		err = keyedStackError(err)
 		d.log.Error("start failed", zap.Error(err))
 		d.stopEndpoints()
 		return err
@@ -356,6 +357,9 @@ func (d *daemon) reload() admin.ReloadResult {
 		return reject("reload rejected: destination policy", err)
 	}
 	if err := d.st.SetTunables(next.stack.Tunables); err != nil {
+		if keyed := keyedStackError(err); keyed != err {
+			return reject("reload rejected; the running configuration stays in force", keyed)
+		}
 		return reject("reload rejected: apply settings", err)
 	}
 	d.st.SetPolicy(pol)
@@ -385,6 +389,21 @@ func (d *daemon) reload() admin.ReloadResult {
 		zap.String("policy", pol.Summary()), zap.Duration("took", time.Since(start)))
 	res.OK, res.RestartPending = true, append([]string{}, changed...)
 	return res
+}
+
+// keyedStackError is err, from stack.New or SetTunables, said against the
+// configuration key it comes from when it has one: the stack checks the
+// source addresses against the host's at start and at every reload, which
+// check-config cannot.
+func keyedStackError(err error) error {
+	var se *stack.SourceAddressError
+	if !errors.As(err, &se) {
+		return err
+	}
+	if se.NotLocal {
+		return fmt.Errorf("upstream.source_addresses: %s is not an address of this host", se.Addr)
+	}
+	return fmt.Errorf("upstream.source_addresses: %s: %w", se.Addr, se.Err)
 }
 
 // reloadNotifying is a reload, with systemd told it is under way.
