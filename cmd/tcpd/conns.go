@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -31,8 +32,9 @@ const defaultAdminSocket = "/run/tcpd/tcpd.sock"
 // configured with another admin.socket.
 const adminSocketEnv = "TCPD_ADMIN_SOCKET"
 
-// adminTimeout bounds one request to the admin socket; the daemon answers
-// from memory, so anything slower means it is wedged.
+// adminTimeout bounds how long the admin socket may stay silent in one
+// request; the daemon answers from memory, so anything slower means it is
+// wedged.
 const adminTimeout = 10 * time.Second
 
 const connsSynopsis = `Usage:
@@ -225,31 +227,194 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	} else if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	body, err := c.do(http.MethodGet, path)
-	if err != nil {
-		return err
-	}
-	if output == "json" {
-		var buf bytes.Buffer
-		if err := json.Indent(&buf, body, "", "  "); err != nil {
-			return fmt.Errorf("reply from %s: %w", socket, err)
-		}
-		buf.WriteByte('\n')
-		_, err := stdout.Write(buf.Bytes())
-		return err
-	}
 	if summary {
+		body, err := c.do(http.MethodGet, path)
+		if err != nil {
+			return err
+		}
+		if output == "json" {
+			var buf bytes.Buffer
+			if err := json.Indent(&buf, body, "", "  "); err != nil {
+				return fmt.Errorf("reply from %s: %w", socket, err)
+			}
+			buf.WriteByte('\n')
+			_, err := stdout.Write(buf.Bytes())
+			return err
+		}
 		var s admin.Summary
 		if err := json.Unmarshal(body, &s); err != nil {
 			return fmt.Errorf("reply from %s: %w", socket, err)
 		}
 		return printSummary(stdout, s)
 	}
-	var cs admin.Conns
-	if err := json.Unmarshal(body, &cs); err != nil {
-		return fmt.Errorf("reply from %s: %w", socket, err)
+	body, err := c.stream(http.MethodGet, path)
+	if err != nil {
+		return err
 	}
-	return printConns(stdout, cs.Conns, info)
+	defer body.Close()
+	if output == "json" {
+		w := bufio.NewWriterSize(stdout, 64<<10)
+		err := copyConnsIndented(w, body)
+		if ferr := w.Flush(); err == nil {
+			err = ferr
+		}
+		if err != nil {
+			return fmt.Errorf("reply from %s %w", socket, err)
+		}
+		return nil
+	}
+	// The table's columns are as wide as their widest cell, so the rows
+	// are held, decoded; the reply is not.
+	var rows []admin.Conn
+	_, err = readConns(body, nil, func(dec *json.Decoder) error {
+		var r admin.Conn
+		if err := dec.Decode(&r); err != nil {
+			return err
+		}
+		rows = append(rows, r)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reply from %s %w", socket, err)
+	}
+	return printConns(stdout, rows, info)
+}
+
+// maxRowBytes bounds what the client reads for one row of a listing: a
+// row is under 1 KiB (about 700 bytes with -i), so a longer one is not a
+// listing of tcpd's and is not read on into memory.
+const maxRowBytes = 1 << 20
+
+// readConns reads a listing, the admin.Conns object, from r one row at a
+// time, so that a table of a million connections is never held whole as
+// JSON: begin, if not nil, gets the listing's time when the rows start;
+// row decodes each row from dec. It returns how many rows it read; its
+// error says after how many, and says the reply was cut off when it ended
+// early (the daemon stopped in the middle of the listing).
+func readConns(r io.Reader, begin func(time json.RawMessage) error, row func(dec *json.Decoder) error) (n int, err error) {
+	lim := &rowLimit{r: r, left: maxRowBytes}
+	dec := json.NewDecoder(lim)
+	defer func() {
+		switch {
+		case err == nil:
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+			err = fmt.Errorf("ended after %d connections, in the middle of the listing (did tcpd stop?): %w", n, io.ErrUnexpectedEOF)
+		default:
+			err = fmt.Errorf("after %d connections: %w", n, err)
+		}
+	}()
+	delim := func(want json.Delim) error {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if t != want {
+			return fmt.Errorf("%v where the listing has %v", t, want)
+		}
+		return nil
+	}
+	if err := delim('{'); err != nil {
+		return 0, err
+	}
+	var ts json.RawMessage
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return n, err
+		}
+		switch key {
+		case "time":
+			if err := dec.Decode(&ts); err != nil {
+				return n, err
+			}
+		case "conns":
+			if err := delim('['); err != nil {
+				return n, err
+			}
+			if begin != nil {
+				if err := begin(ts); err != nil {
+					return n, err
+				}
+			}
+			for dec.More() {
+				if err := row(dec); err != nil {
+					return n, err
+				}
+				n++
+				lim.left = maxRowBytes
+			}
+			if err := delim(']'); err != nil {
+				return n, err
+			}
+		default:
+			// A field a newer daemon added.
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, delim('}')
+}
+
+// rowLimit fails a read once more than left bytes have been read since
+// readConns last reset it, at the end of a row. The decoder reads ahead,
+// so a row may take up to twice the bound.
+type rowLimit struct {
+	r    io.Reader
+	left int
+}
+
+func (l *rowLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, fmt.Errorf("a row longer than %d bytes: not a listing of tcpd's", maxRowBytes)
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
+}
+
+// copyConnsIndented writes the listing in r to w as json.Indent with two
+// spaces would, one row at a time.
+func copyConnsIndented(w *bufio.Writer, r io.Reader) error {
+	var buf bytes.Buffer
+	first := true
+	n, err := readConns(r, func(ts json.RawMessage) error {
+		if ts == nil {
+			ts = json.RawMessage(`""`)
+		}
+		w.WriteString("{\n  \"time\": ")
+		w.Write(ts)
+		_, err := w.WriteString(",\n  \"conns\": [")
+		return err
+	}, func(dec *json.Decoder) error {
+		var row json.RawMessage
+		if err := dec.Decode(&row); err != nil {
+			return err
+		}
+		buf.Reset()
+		if err := json.Indent(&buf, row, "    ", "  "); err != nil {
+			return err
+		}
+		sep := ",\n    "
+		if first {
+			sep, first = sep[1:], false
+		}
+		w.WriteString(sep)
+		_, err := w.Write(buf.Bytes())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		w.WriteString("\n  ")
+	}
+	_, err = w.WriteString("]\n}\n")
+	return err
 }
 
 // addressHint explains a value of --src or --dst (flag) copied from the
@@ -336,23 +501,43 @@ func (e *unreachableError) Unwrap() error { return e.err }
 
 func newAdminClient(path string) *adminClient {
 	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
+		d := net.Dialer{Timeout: adminTimeout}
 		c, err := d.DialContext(ctx, "unix", path)
 		if err != nil {
 			return nil, &unreachableError{err}
 		}
-		return c, nil
+		return idleConn{c}, nil
 	}
 	return &adminClient{
 		path:     path,
-		http:     &http.Client{Timeout: adminTimeout, Transport: &http.Transport{DialContext: dial}},
+		http:     &http.Client{Transport: &http.Transport{DialContext: dial}},
 		busyWait: time.Second,
 	}
 }
 
-// busyRetries is how often do asks again when the daemon is busy (503,
-// too many listings at once), busyWait apart.
+// idleConn bounds each read and write on the admin socket by adminTimeout,
+// rather than the whole exchange: a listing of a million connections takes
+// longer than that to read, but a daemon that says nothing for that long
+// is wedged.
+type idleConn struct{ net.Conn }
+
+func (c idleConn) Read(p []byte) (int, error) {
+	c.SetReadDeadline(time.Now().Add(adminTimeout))
+	return c.Conn.Read(p)
+}
+
+func (c idleConn) Write(p []byte) (int, error) {
+	c.SetWriteDeadline(time.Now().Add(adminTimeout))
+	return c.Conn.Write(p)
+}
+
+// busyRetries is how often do and stream ask again when the daemon is
+// busy (503, too many listings at once), busyWait apart.
 const busyRetries = 5
+
+// maxReply bounds a reply read whole: a summary, a reset count, a reload's
+// outcome or an error, each a few KiB. A listing is read as a stream.
+const maxReply = 1 << 20
 
 // do sends one request and returns the body of a 2xx reply; any other
 // reply becomes an error carrying the daemon's message. A busy daemon is
@@ -367,8 +552,37 @@ func (c *adminClient) do(method, path string) ([]byte, error) {
 	}
 }
 
+// stream is do for a reply too large to read whole (a listing): it returns
+// the body, which the caller reads and closes.
+func (c *adminClient) stream(method, path string) (io.ReadCloser, error) {
+	for i := 0; ; i++ {
+		body, busy, err := c.send(method, path)
+		if !busy || i == busyRetries {
+			return body, err
+		}
+		time.Sleep(c.busyWait)
+	}
+}
+
 // once is one try of do; busy reports a 503.
 func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
+	body, busy, err := c.send(method, path)
+	if err != nil {
+		return nil, busy, err
+	}
+	defer body.Close()
+	b, err := io.ReadAll(io.LimitReader(body, maxReply+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+	}
+	if len(b) > maxReply {
+		return nil, false, fmt.Errorf("%s %s on %s: reply longer than %d bytes", method, path, c.path, maxReply)
+	}
+	return b, false, nil
+}
+
+// send is one try of stream; busy reports a 503.
+func (c *adminClient) send(method, path string) (_ io.ReadCloser, busy bool, _ error) {
 	// The host is a placeholder: the transport always dials the socket.
 	req, err := http.NewRequest(method, "http://tcpd"+path, nil)
 	if err != nil {
@@ -391,15 +605,12 @@ func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
 		}
 		return nil, false, &unreachableError{fmt.Errorf("cannot reach tcpd at %s: %v (%s)", c.path, cause, hint)}
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, false, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
-	}
 	if resp.StatusCode/100 == 2 {
-		return body, false, nil
+		return resp.Body, false, nil
 	}
+	defer resp.Body.Close()
 	busy = resp.StatusCode == http.StatusServiceUnavailable
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	var e admin.Error
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		return nil, busy, &statusError{resp.StatusCode, errors.New(e.Error)}

@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -591,5 +594,126 @@ func TestConnsRetriesWhenBusy(t *testing.T) {
 		if want := min(busyFor+1, busyRetries+1); int(calls.Load()) != want {
 			t.Errorf("busy for %d answers: %d requests, want %d", busyFor, calls.Load(), want)
 		}
+	}
+}
+
+// serveAdmin serves h on a unix socket in a fresh directory, as the
+// daemon's admin socket.
+func serveAdmin(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tcpd.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	done := make(chan struct{})
+	go func() { srv.Serve(ln); close(done) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return path
+}
+
+// writeListing writes a listing of n rows as the daemon does, one row at
+// a time, each with every field set as a busy connection has them; then,
+// if cut, half of one more row, and the connection drops as when the
+// daemon dies. It returns the bytes written.
+func writeListing(w http.ResponseWriter, n int, cut bool) int {
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	size, _ := bw.WriteString(`{"time":"2026-03-01T12:00:00Z","conns":[`)
+	row := admin.Conn{
+		State: "established", ClientState: "established", Dst: "203.0.113.10:443", Upstream: "192.0.2.1:33000",
+		AgeSeconds: 250.123456789, InStateSeconds: 249.987654321, BytesIn: 123456789, BytesOut: 987654321,
+		RTTSeconds: 0.0032, RTTVarSeconds: 0.001, RTOSeconds: 0.204, Retransmits: 2,
+		HandshakeSeconds: 0.012, DialSeconds: 0.03, MSS: 1380, MSSClamped: true,
+		CongestionControl: "cubic", Cwnd: 10, RecvQ: 512,
+	}
+	var b []byte
+	for i := range n {
+		row.ID = uint64(i + 1)
+		row.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 16), byte(i >> 8)}), uint16(i)).String()
+		b, _ = json.Marshal(row)
+		if i > 0 {
+			bw.WriteByte(',')
+			size++
+		}
+		k, _ := bw.Write(b)
+		size += k
+	}
+	if cut {
+		bw.WriteByte(',')
+		bw.Write(b[:len(b)/2])
+		bw.Flush()
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	k, _ := bw.WriteString("]}\n")
+	bw.Flush()
+	return size + k
+}
+
+// TestConnsLargeTable: a listing larger than any cap on the whole reply
+// (150,000 rows, over 64 MiB) arrives whole, in the table and with -o
+// json.
+func TestConnsLargeTable(t *testing.T) {
+	const rows = 150_000
+	var size atomic.Int64
+	p := serveAdmin(t, func(w http.ResponseWriter, r *http.Request) {
+		size.Store(int64(writeListing(w, rows, false)))
+	})
+	code, out, errs := runConns(t, "--socket", p)
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	if size.Load() <= 64<<20 {
+		t.Fatalf("the listing is %d bytes; the test needs more than 64 MiB", size.Load())
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != rows+1 || !strings.HasPrefix(lines[0], "ID  ") {
+		t.Fatalf("%d lines, want a header and %d rows", len(lines), rows)
+	}
+	for i, l := range lines[1:] {
+		if id, _, _ := strings.Cut(l, " "); id != strconv.Itoa(i+1) {
+			t.Fatalf("line %d is %q, want connection %d", i+1, l, i+1)
+		}
+	}
+
+	code, out, errs = runConns(t, "--socket", p, "-o", "json")
+	if code != 0 || errs != "" {
+		t.Fatalf("-o json: exit %d, stderr %q", code, errs)
+	}
+	var cs admin.Conns
+	if err := json.Unmarshal([]byte(out), &cs); err != nil {
+		t.Fatalf("-o json: %v", err)
+	}
+	if len(cs.Conns) != rows || cs.Conns[0].ID != 1 || cs.Conns[rows-1].ID != rows || cs.Conns[rows-1].BytesOut != 987654321 {
+		t.Errorf("-o json: %d rows, want %d", len(cs.Conns), rows)
+	}
+}
+
+// TestConnsCutOff: a listing that stops in the middle of a row (the
+// daemon died) is an error that says so, for the table and -o json.
+func TestConnsCutOff(t *testing.T) {
+	p := serveAdmin(t, func(w http.ResponseWriter, r *http.Request) { writeListing(w, 3, true) })
+	want := "tcpd conns: reply from " + p + " ended after 3 connections, in the middle of the listing (did tcpd stop?): unexpected EOF\n"
+	for _, args := range [][]string{nil, {"-o", "json"}} {
+		code, _, errs := runConns(t, append([]string{"--socket", p}, args...)...)
+		if code != 1 || errs != want {
+			t.Errorf("%q: exit %d, stderr %q; want 1 and %q", args, code, errs, want)
+		}
+	}
+}
+
+// TestConnsRowBound: a row far longer than any of tcpd's is not read on
+// into memory.
+func TestConnsRowBound(t *testing.T) {
+	p := serveAdmin(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"time":"2026-03-01T12:00:00Z","conns":[{"id":1,"client":"`)
+		io.WriteString(w, strings.Repeat("a", 3*maxRowBytes))
+		io.WriteString(w, `"}]}`)
+	})
+	code, _, errs := runConns(t, "--socket", p)
+	if want := " after 0 connections: a row longer than 1048576 bytes: not a listing of tcpd's\n"; code != 1 || !strings.HasSuffix(errs, want) {
+		t.Errorf("exit %d, stderr %q; want 1 and %q", code, errs, want)
 	}
 }
