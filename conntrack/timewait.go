@@ -154,3 +154,27 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 	}
 	return Action{Kind: ActionDrop}
 }
+
+// DropTimeWait removes id's entry if it is in TIME_WAIT, as `ss -K` destroys
+// a TIME_WAIT socket: the connection is over and nothing is sent; the
+// client's next segments for the 4-tuple reach the netstack, which answers
+// them as it answers any segment of no connection. No counter says so (no
+// TIME_WAIT counter is about a removal by hand); the state counts, the
+// TIME_WAIT count and the dwell histogram follow it as they follow the
+// end of TIME_WAIT. It reports whether it removed the entry.
+func (t *Table) DropTimeWait(id ID) bool {
+	now := t.now()
+	sh, e := t.lookup(id)
+	if e == nil {
+		return false
+	}
+	if e.list != onTimeWait {
+		e.mu.Unlock()
+		return false
+	}
+	dwell := now.sub(e.twSince)
+	sh.removeLocked(t, e, now)
+	e.mu.Unlock()
+	sh.hist.twDwell.Observe(dwell)
+	return true
+}

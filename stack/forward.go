@@ -19,6 +19,9 @@ import (
 	"tcpd/conntrack"
 )
 
+// errKilled ends a connect that `tcpd conns kill` ended (Kill).
+var errKilled = errors.New("connect: killed")
+
 // request wraps a ForwarderRequest so that it is completed exactly once on
 // every path: the handler completes it explicitly, and a deferred finish
 // answers RST if a panic or an early return left it open. Completing it
@@ -104,6 +107,9 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 	if seq, ok := s.adm.syns.seq(tid); ok {
 		id, stale = s.table.Claim(conntrack.Tuple{Client: client, Dst: dst}, seq)
 	}
+	// connect makes the relay known to Kill; it stays so until the
+	// endpoint is registered, or the handler gives up.
+	defer s.reg.connectEnded(id)
 	var (
 		ep tcpip.Endpoint
 		// r is the connection's relay once connected; handedOff says its
@@ -179,6 +185,17 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 
 	start := time.Now()
 	r, err := s.connect(tid, id, client, dst)
+	if errors.Is(err, errKilled) {
+		// As a failed dial: the client gets RST; the shard has closed the
+		// socket. Not the destination's failure: counted with the
+		// connections that ended before their relay started.
+		s.stats.Connections[ResultHandshakeFailed].Add(1)
+		req.complete(true)
+		if ce := log.Check(zap.DebugLevel, "killed while dialling"); ce != nil {
+			ce.Write(zap.Stringer("client", client), zap.Stringer("dst", dst))
+		}
+		return
+	}
 	if err != nil {
 		r = nil
 		s.stats.Connections[ResultUpstreamFailed].Add(1)
@@ -310,6 +327,7 @@ func (s *Stack) connect(tid gvstack.TransportEndpointID, id conntrack.ID, client
 		closeFD(fd, false)
 		return nil, err
 	}
+	s.reg.connectStarted(id, r)
 	if done {
 		return r, nil
 	}

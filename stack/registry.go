@@ -18,6 +18,12 @@ type registry struct {
 	eps map[conntrack.ID]*endpoint
 	// peak is the most entries eps has held since it was last built.
 	peak int
+	// connecting maps each tracked connection whose handler holds a relay
+	// but has not registered its endpoint yet (the upstream connect, then
+	// the client's handshake, are in progress) to that relay, so that
+	// kill can end it there too. connectingPeak is its peak.
+	connecting     map[conntrack.ID]*relay
+	connectingPeak int
 }
 
 // endpoint is the netstack side of a tracked connection.
@@ -31,7 +37,36 @@ type endpoint struct {
 	relayDone atomic.Bool
 }
 
-func newRegistry() *registry { return &registry{eps: make(map[conntrack.ID]*endpoint)} }
+func newRegistry() *registry {
+	return &registry{eps: make(map[conntrack.ID]*endpoint), connecting: make(map[conntrack.ID]*relay)}
+}
+
+// connectStarted remembers r as id's relay until connectEnded (id 0:
+// untracked, nothing to remember).
+func (g *registry) connectStarted(id conntrack.ID, r *relay) {
+	if id == 0 {
+		return
+	}
+	g.mu.Lock()
+	g.connecting[id] = r
+	g.connectingPeak = max(g.connectingPeak, len(g.connecting))
+	g.mu.Unlock()
+}
+
+// connectEnded forgets id's relay of connectStarted: the handler has
+// registered the endpoint, or given up.
+func (g *registry) connectEnded(id conntrack.ID) {
+	g.mu.Lock()
+	delete(g.connecting, id)
+	g.mu.Unlock()
+}
+
+// connectingRelay returns id's relay of connectStarted, nil if none.
+func (g *registry) connectingRelay(id conntrack.ID) *relay {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.connecting[id]
+}
 
 // register remembers ep and its relay r for id (0: untracked, nothing to
 // remember).
@@ -88,5 +123,8 @@ func (g *registry) compact() {
 	defer g.mu.Unlock()
 	if shrunk(len(g.eps), g.peak) {
 		g.eps, g.peak = compacted(g.eps), len(g.eps)
+	}
+	if shrunk(len(g.connecting), g.connectingPeak) {
+		g.connecting, g.connectingPeak = compacted(g.connecting), len(g.connecting)
 	}
 }

@@ -76,6 +76,10 @@ type relay struct {
 	// and counts it active (attach), before it posts reqStart: the end
 	// must detach it.
 	attached bool
+	// killed says a kill came while the client's handshake was being
+	// completed: the relay resets the connection instead of starting.
+	// The shard's alone.
+	killed bool
 
 	// queued says the relay is in its shard's queue; guarded by the
 	// shard's mu.
@@ -155,6 +159,9 @@ const (
 	// before the relay was attached): reset the upstream leg, and let the
 	// client's endpoint end on the client's RST (clientGone).
 	reqGone
+	// reqKill: tcpd conns kill, before the handler registered the
+	// endpoint: end the connection in whatever phase it is (kill).
+	reqKill
 )
 
 // pending is what one direction holds between a read and a write.
@@ -227,6 +234,9 @@ func (r *relay) step() {
 	if r.phase == phaseConnecting {
 		r.connecting(req)
 	}
+	if req&reqKill != 0 {
+		r.kill()
+	}
 	switch r.phase {
 	case phaseConnecting:
 		if req&reqDrop != 0 {
@@ -243,6 +253,8 @@ func (r *relay) step() {
 			r.phase = phaseGone
 			r.sh.wheel.set(&r.timer, time.Now().Add(goneGrace))
 			r.clientGone(false)
+		case req&reqStart != 0 && r.killed:
+			r.reset(EndAborted)
 		case req&reqStart != 0:
 			r.sh.wheel.stop(&r.timer)
 			r.phase = phaseRelaying
@@ -253,6 +265,30 @@ func (r *relay) step() {
 		r.pump()
 	case phaseGone:
 		r.clientGone(false)
+	}
+}
+
+// kill ends the connection for `tcpd conns kill` while its handler may
+// still hold it (Kill found no registered endpoint), as far as its phase
+// allows. A connect in progress ends as a failed one does: the socket is
+// closed and the handler, told errKilled, answers the client's SYN with
+// RST. During the client's handshake, the half-open endpoint is aborted
+// as the handshake timeout does (the handler then drops the relay), or,
+// if the handshake has just completed, the relay resets both legs when
+// the handler starts it. A relay that runs is reset.
+func (r *relay) kill() {
+	switch r.phase {
+	case phaseConnecting:
+		if r.dialed != nil {
+			r.closeUpstream(false)
+			r.done(EndAborted)
+			r.dialed <- errKilled
+		}
+	case phaseConnected:
+		r.killed = true
+		r.s.abortIfIn(r.tid, tcp.StateSynRecv)
+	case phaseRelaying:
+		r.reset(EndAborted)
 	}
 }
 

@@ -126,6 +126,7 @@ const (
 	// ResultHandshakeFailed: the upstream was dialled but the client's
 	// handshake did not complete, or the client reset the connection as
 	// it completed, before its relay started; the upstream leg is reset.
+	// A connection killed (Kill) before its relay started counts here too.
 	ResultHandshakeFailed
 	NumResults
 )

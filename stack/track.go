@@ -146,16 +146,29 @@ func sendMSS(opt uint16, v6 bool, mtu int) int {
 // 9293 3.7.1), and what the netstack assumes for IPv6 too.
 const defaultMSS = 536
 
-// Kill resets the connection id on both legs. It reports whether tcpd held
-// an endpoint for it.
+// Kill ends the connection id, as `ss -K` does, and reports whether tcpd
+// held anything of it: a registered endpoint, whose legs are both reset; a
+// connection whose upstream connect or client handshake is in progress,
+// which ends as a failed connect does, with RST to the client (relay.kill);
+// or conntrack's TIME_WAIT record, which is dropped: the connection is
+// over, nothing is sent.
 func (s *Stack) Kill(id conntrack.ID) bool {
-	e := s.reg.lookup(id)
-	if e == nil {
-		return false
+	killed := false
+	if e := s.reg.lookup(id); e != nil {
+		// Its shard resets both legs, or the client's alone once the
+		// relay has ended.
+		e.relay.abort(EndAborted)
+		s.reg.unregister(id)
+		killed = true
+	} else if r := s.reg.connectingRelay(id); r != nil {
+		r.post(reqKill)
+		killed = true
 	}
-	// Its shard resets both legs, or the client's alone once the relay
-	// has ended.
-	e.relay.abort(EndAborted)
-	s.reg.unregister(id)
-	return true
+	// An endpoint entering TIME_WAIT leaves the netstack at once but the
+	// registry only at the next reconcile: the record may be all there is
+	// even when an endpoint was found.
+	if s.table.DropTimeWait(id) {
+		killed = true
+	}
+	return killed
 }
