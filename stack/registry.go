@@ -56,6 +56,9 @@ func (g *registry) connectStarted(id conntrack.ID, r *relay) {
 // connectEnded forgets id's relay of connectStarted: the handler has
 // registered the endpoint, or given up.
 func (g *registry) connectEnded(id conntrack.ID) {
+	if id == 0 {
+		return
+	}
 	g.mu.Lock()
 	delete(g.connecting, id)
 	g.mu.Unlock()

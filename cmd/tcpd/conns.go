@@ -190,7 +190,11 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 			if err := json.Unmarshal(body, &r); err != nil {
 				return fmt.Errorf("reply from %s: %w", socket, err)
 			}
-			fmt.Fprintf(stdout, "reset %d connections\n", r.Reset)
+			noun := "connections"
+			if r.Reset == 1 {
+				noun = "connection"
+			}
+			fmt.Fprintf(stdout, "reset %d %s\n", r.Reset, noun)
 			return nil
 		case len(pos) == 1:
 			return usage("kill needs a connection ID or a filter (--state, --client-state, --src, --dst, --sport, --dport; --state all for every connection)")

@@ -182,7 +182,7 @@ func TestConnsNumeric(t *testing.T) {
 		}
 	}
 	code, out, errs := runConns(t, "--socket", p, "kill", "-n", "--dport", "22")
-	if code != 0 || out != "reset 1 connections\n" {
+	if code != 0 || out != "reset 1 connection\n" {
 		t.Errorf("kill -n --dport 22: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	_, help, _ := runConns(t, "--help")
