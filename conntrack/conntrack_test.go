@@ -832,6 +832,17 @@ func TestStateNames(t *testing.T) {
 	if ct.NumStates.String() != "unknown" || ct.NumStates.SSName() != "UNKNOWN" {
 		t.Fatalf("an out-of-range state is %q/%q", ct.NumStates.String(), ct.NumStates.SSName())
 	}
+	// Every name ss's state filter (ss -o state NAME) takes for a single
+	// state, as ss spells it.
+	for name, st := range map[string]ct.State{
+		"established": Est, "syn-sent": SynS, "syn-recv": SynR, "fin-wait-1": FW1, "fin-wait-2": FW2,
+		"time-wait": TW, "closed": Closed, "close-wait": CW, "last-ack": LA, "listening": ct.StateListen,
+		"closing": Clsg, "unconnected": Closed, "UNCONN": Closed,
+	} {
+		if p, ok := ct.ParseState(name); !ok || p != st {
+			t.Errorf("ParseState(%q) = %v, %v; want %v", name, p, ok, st)
+		}
+	}
 	if _, ok := ct.ParseState("established2"); ok {
 		t.Fatal("ParseState accepted a name that is no state")
 	}

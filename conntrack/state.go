@@ -23,7 +23,9 @@ const (
 )
 
 // stateNames is the one table of the states' spellings: node_exporter's
-// label value and the name `ss` prints.
+// label value and the name `ss` prints, but for the closed state, which ss
+// calls UNCONN (a socket not connected) and tcpd, whose closed ends were
+// connections, CLOSED.
 var stateNames = [NumStates]struct{ label, ss string }{
 	StateClosed:      {"close", "CLOSED"},
 	StateListen:      {"listen", "LISTEN"},
@@ -55,14 +57,31 @@ func (s State) SSName() string {
 }
 
 // ParseState accepts either spelling, case-insensitively, with '-' and '_'
-// alike.
+// alike, and the names ss's own state filter takes that differ from both
+// (listening; unconnected and unconn for ss's UNCONN).
 func ParseState(name string) (State, bool) {
 	for s := range NumStates {
 		if equalFold(name, stateNames[s].label) || equalFold(name, stateNames[s].ss) {
 			return s, true
 		}
 	}
+	for _, a := range ssAliases {
+		if equalFold(name, a.name) {
+			return a.state, true
+		}
+	}
 	return 0, false
+}
+
+// ssAliases are the spellings of ss's state filter and columns that are
+// neither a label nor tcpd's printed name.
+var ssAliases = [...]struct {
+	name  string
+	state State
+}{
+	{"listening", StateListen},
+	{"unconnected", StateClosed},
+	{"unconn", StateClosed},
 }
 
 func equalFold(a, b string) bool {
