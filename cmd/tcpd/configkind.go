@@ -162,10 +162,24 @@ func intOrWords(lo, hi int64, allowed, want string, words ...word) kind[int] {
 					return w.value, true
 				}
 			}
+			if quotedNumber(v) {
+				d.errorf(n, key, "%s is in quotes, which makes it a string (write the number without them; allowed: %s)", shown(v.Value), allowed)
+				return 0, false
+			}
 			d.errorf(n, key, "%s is not allowed (allowed: %s)", shown(v.Value), allowed)
 			return 0, false
 		},
 	}
+}
+
+// quotedNumber reports whether v is an integer in quotes: a string to
+// YAML, a number to whoever wrote it.
+func quotedNumber(v *yaml.Node) bool {
+	if v.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) == 0 {
+		return false
+	}
+	_, err := strconv.ParseInt(strings.TrimSpace(v.Value), 0, 64)
+	return err == nil
 }
 
 // duration is a Go duration string in lo..hi, or also 0 (off) when zeroOK.
@@ -478,6 +492,15 @@ func shown(s string) string {
 	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:cut]), len(s))
 }
 
+// shownNumber is shown for a number written in the file, which needs no
+// quotes unless it is long.
+func shownNumber(s string) string {
+	if len(s) <= maxShown {
+		return s
+	}
+	return shown(s)
+}
+
 // configError is one problem in a configuration file.
 type configError struct {
 	line int
@@ -627,17 +650,21 @@ func (d *decoder) integer(n *yaml.Node, key string, lo, hi int64, allowed string
 	switch v.ShortTag() {
 	case "!!int":
 		if err := v.Decode(&x); err != nil {
-			d.errorf(n, key, "%s is out of range (%s)", v.Value, allowed)
+			d.errorf(n, key, "%s is out of range (%s)", shownNumber(v.Value), allowed)
 			return 0, false
 		}
 	case "!!float":
 		// YAML resolves an integer too long for 64 bits as a float.
 		if _, ok := new(big.Int).SetString(strings.ReplaceAll(v.Value, "_", ""), 0); ok {
-			d.errorf(n, key, "%s is out of range (%s)", v.Value, allowed)
+			d.errorf(n, key, "%s is out of range (%s)", shownNumber(v.Value), allowed)
 			return 0, false
 		}
 		fallthrough
 	default:
+		if quotedNumber(v) {
+			d.errorf(n, key, "%s is in quotes, which makes it a string (write the number without them; %s)", shown(v.Value), allowed)
+			return 0, false
+		}
 		d.errorf(n, key, "%s is not an integer (%s)", shown(v.Value), allowed)
 		return 0, false
 	}
