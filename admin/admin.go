@@ -64,15 +64,17 @@ type Config struct {
 	// Now returns the current time, for ages. Nil means time.Now; tests pass
 	// a fixed clock.
 	Now func() time.Time
-	// WriteTimeout bounds the writing of one answer: a client that stops
-	// reading (a script piped into a pager left open) loses its connection,
-	// and the listing slot it held, rather than keeping them. Zero means
+	// WriteTimeout bounds the writing of one answer, and for a listing
+	// the wait for its reader to take more: a client that stops reading
+	// (a script piped into a pager left open) loses its connection, and
+	// the listing slot it held, rather than keeping them, while one that
+	// reads a table of millions of rows gets all of it. Zero means
 	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
 }
 
-// DefaultWriteTimeout is Config.WriteTimeout's default: the largest table's
-// listing (tens of MB) takes well under a second to a client that reads.
+// DefaultWriteTimeout is Config.WriteTimeout's default: far longer than a
+// client that reads ever makes a write wait.
 const DefaultWriteTimeout = 30 * time.Second
 
 // Server serves the API on a unix socket until Close.

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -185,12 +186,16 @@ type api struct {
 	level  zap.AtomicLevel
 	log    *zap.Logger
 	now    func() time.Time
+	// writeTimeout is how long a listing waits for its reader to take
+	// more (Config.WriteTimeout).
+	writeTimeout time.Duration
 	// listings holds a token per GET /v1/conns in progress.
 	listings chan struct{}
 }
 
 func newAPI(cfg Config) http.Handler {
-	a := &api{src: cfg.Source, reload: cfg.Reload, level: cfg.Level, log: cfg.Logger, now: cfg.Now, listings: make(chan struct{}, MaxListings)}
+	a := &api{src: cfg.Source, reload: cfg.Reload, level: cfg.Level, log: cfg.Logger, now: cfg.Now,
+		writeTimeout: cmp.Or(cfg.WriteTimeout, DefaultWriteTimeout), listings: make(chan struct{}, MaxListings)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/conns", a.conns)
 	mux.HandleFunc("/v1/conns/{id}", a.conn)
@@ -249,7 +254,7 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 	if info {
 		upstream = a.src.UpstreamTCP
 	}
-	writeConns(w, now, a.src.Conns(f.Match), upstream)
+	writeConns(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: a.writeTimeout}, now, a.src.Conns(f.Match), upstream)
 }
 
 // writeConns answers a listing as a Conns object, one row at a time: a
@@ -258,6 +263,22 @@ func (a *api) conns(w http.ResponseWriter, r *http.Request) {
 // (twice over while its buffer grows). A write error means the client
 // went away, or stopped reading for the write timeout: the rest is not
 // encoded. upstream, if not nil, adds each row's upstream socket.
+// deadlineWriter moves the connection's write deadline on before each
+// write of a listing: the server's WriteTimeout bounds a whole answer,
+// which a table of a million rows, read as fast as a client reads, can
+// outlast; a listing is cut only when its reader stops taking it for the
+// timeout.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.rc.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.ResponseWriter.Write(p)
+}
+
 func writeConns(w http.ResponseWriter, now time.Time, cs []stack.ConnInfo, upstream func(conntrack.ID) (stack.UpstreamTCP, bool)) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)

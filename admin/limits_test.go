@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -308,5 +309,64 @@ func TestListingStreamed(t *testing.T) {
 	}
 	if alloc > rowsCopy+uint64(size)/2 {
 		t.Errorf("a listing allocated %d bytes beyond the rows' copy, more than half its %d bytes of JSON: it is not streamed", alloc-rowsCopy, size)
+	}
+}
+
+// TestSlowReaderGetsTheWholeListing: the write timeout is how long a
+// listing waits for its reader, not how long it may take: a reader that
+// keeps taking a listing for longer than the timeout gets all of it.
+func TestSlowReaderGetsTheWholeListing(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	const rows = 5000
+	_, cfg, _ := start(t, func(c *admin.Config) {
+		src := c.Source.(*fakeSource)
+		first := src.conns
+		src.conns = nil
+		for i := range rows {
+			r := first[i%len(first)]
+			r.ID = conntrack.ID(1000 + i)
+			src.conns = append(src.conns, r)
+		}
+		c.WriteTimeout = timeout
+	})
+	c, err := net.Dial("unix", cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := fmt.Fprint(c, "GET /v1/conns HTTP/1.1\r\nHost: tcpd\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// 32 KiB every 20 ms: about 1.3 s for the listing's 2 MB, four times
+	// the timeout.
+	var got bytes.Buffer
+	buf := make([]byte, 32<<10)
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		n, err := c.Read(buf)
+		got.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	resp, err := http.ReadResponse(bufio.NewReader(&got), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list admin.Conns
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatalf("listing of %d bytes read over %v (write timeout %v): %v", got.Len(), took, timeout, err)
+	}
+	if len(list.Conns) != rows {
+		t.Fatalf("%d rows, want %d", len(list.Conns), rows)
+	}
+	if took < 2*timeout {
+		t.Fatalf("the listing took %v to read, not enough longer than the %v timeout to tell", took, timeout)
 	}
 }
