@@ -466,9 +466,7 @@ func (t *Table) lookup(id ID) (*shard, *entry) {
 // the SYN without a word and leave the entry alone: it is the client's
 // next connection, which answering the old ISN would refuse.
 func (t *Table) Claim(tu Tuple, seq uint32) (id ID, stale bool) {
-	k := keyOf(tu)
-	h := t.hash(k)
-	e := t.shardOf(h).lookupKey(k, h)
+	e := t.lookupTuple(tu)
 	if e == nil {
 		return 0, false
 	}
@@ -490,9 +488,7 @@ func (t *Table) Claim(tu Tuple, seq uint32) (id ID, stale bool) {
 // (the netstack's endpoint for the stale SYN answers the newer one with
 // RST).
 func (t *Table) AwaitsSYN(tu Tuple, seq uint32) bool {
-	k := keyOf(tu)
-	h := t.hash(k)
-	e := t.shardOf(h).lookupKey(k, h)
+	e := t.lookupTuple(tu)
 	if e == nil {
 		return false
 	}
@@ -716,6 +712,13 @@ func (t *Table) Len() int {
 	return n
 }
 
+// lookupTuple returns tu's entry, locked, or nil.
+func (t *Table) lookupTuple(tu Tuple) *entry {
+	k := keyOf(tu)
+	h := t.hash(k)
+	return t.shardOf(h).lookupKey(k, h)
+}
+
 // Unacknowledged reports whether seq lies in what tcpd has sent on tu's
 // connection and the client has not acknowledged (SND.UNA to SND.NXT, as
 // Linux checks the segment an ICMP error quotes: RFC 5927 4.1). An error
@@ -723,9 +726,7 @@ func (t *Table) Len() int {
 // number of another, or a connection tcpd keeps in TIME_WAIT, whose
 // endpoint is gone and which has nothing in flight.
 func (t *Table) Unacknowledged(tu Tuple, seq uint32) bool {
-	k := keyOf(tu)
-	h := t.hash(k)
-	e := t.shardOf(h).lookupKey(k, h)
+	e := t.lookupTuple(tu)
 	if e == nil {
 		return false
 	}

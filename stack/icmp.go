@@ -29,63 +29,50 @@ const (
 	icmpHeader         = 8 // type, code, checksum and four bytes, both families
 )
 
-// icmpVerdict is what tcpd does with an ICMP error from a client.
-type icmpVerdict uint8
-
-const (
-	icmpDeliver icmpVerdict = iota
-	// icmpNotTCP: the error quotes no TCP segment tcpd could have sent.
-	icmpNotTCP
-	// icmpFragment: the error came in fragments, which an error never
-	// needs (RFC 792 and RFC 4443 bound it to 576 and 1280 bytes).
-	icmpFragment
-	// icmpOutOfWindow: no connection of tcpd has the quoted segment in
-	// flight.
-	icmpOutOfWindow
-	// icmpMTUTooSmall: an IPv6 "packet too big" below 1280.
-	icmpMTUTooSmall
-)
-
 // checkICMP judges pkt, a client's packet that forNetstack passed, and
 // raises an IPv4 "fragmentation needed" MTU below 552 in place. inFlight
 // says whether tcpd has the segment with sequence number seq in flight on
-// connection tu (nil: tcpd tracks nothing and cannot tell). A packet that
-// is not an ICMP error is delivered as it is.
-func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) icmpVerdict {
+// connection tu (nil: tcpd tracks nothing and cannot tell). It returns
+// why the packet must be dropped, or ok: an ICMP error that quotes no TCP
+// segment tcpd could have sent is not_tcp; one that came in fragments,
+// which an error never needs (RFC 792 and RFC 4443 bound it to 576 and
+// 1280 bytes), unverifiable. A packet that is not an ICMP error passes as
+// it is.
+func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) (drop DropReason, ok bool) {
 	var icmp, quoted []byte
 	v4 := pkt[0]>>4 == 4
 	if v4 {
 		ihl := int(pkt[0]&0x0f) * 4
 		if pkt[9] != protoICMPv4 {
-			return icmpDeliver
+			return 0, true
 		}
 		if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
-			return icmpFragment
+			return DropUnverifiable, false
 		}
 		if len(pkt) < ihl+icmpHeader {
-			return icmpNotTCP
+			return DropNotTCP, false
 		}
 		icmp = pkt[ihl:]
 	} else {
 		off, next, frag := ipv6Transport(pkt, ipv6Header, pkt[6])
 		if next != protoICMPv6 {
-			return icmpDeliver
+			return 0, true
 		}
 		if frag {
-			return icmpFragment
+			return DropUnverifiable, false
 		}
 		if len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError {
-			return icmpNotTCP
+			return DropNotTCP, false
 		}
 		icmp = pkt[off:]
 	}
 	quoted = icmp[icmpHeader:]
 	tu, seq, ok := quotedTCP(quoted, v4)
 	if !ok {
-		return icmpNotTCP
+		return DropNotTCP, false
 	}
 	if inFlight != nil && !inFlight(tu, seq) {
-		return icmpOutOfWindow
+		return DropICMPOutOfWindow, false
 	}
 	switch {
 	case v4 && icmp[0] == icmpv4DestUnreachable && icmp[1] == icmpv4FragNeeded:
@@ -96,10 +83,10 @@ func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) i
 		}
 	case !v4 && icmp[0] == icmpv6PacketTooBig:
 		if binary.BigEndian.Uint32(icmp[4:8]) < ipv6MinMTU {
-			return icmpMTUTooSmall
+			return DropICMPMTUTooSmall, false
 		}
 	}
-	return icmpDeliver
+	return 0, true
 }
 
 // quotedTCP reads the connection and sequence number of the TCP segment

@@ -74,30 +74,34 @@ func TestCheckICMP(t *testing.T) {
 		name     string
 		pkt      []byte
 		inFlight func(conntrack.Tuple, uint32) bool
-		want     icmpVerdict
+		want     DropReason
 		mtu      uint16 // an IPv4 fragmentation needed's MTU after the check
 	}{
-		{"v4 unreachable in flight", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, seq), inFlight, icmpDeliver, 0},
-		{"v4 unreachable, sequence number not in flight", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, seq+1), inFlight, icmpOutOfWindow, 0},
-		{"v4 unreachable for another connection", icmpError(c4.Addr(), unreach4, 1, 0, d4, netip.AddrPortFrom(c4.Addr(), 40001), seq), inFlight, icmpOutOfWindow, 0},
-		{"v4 fragmentation needed, MTU 1400 kept", icmpError(c4.Addr(), unreach4, fragNeeded, 1400, d4, c4, seq), inFlight, icmpDeliver, 1400},
-		{"v4 fragmentation needed, MTU 0 raised to 552", icmpError(c4.Addr(), unreach4, fragNeeded, 0, d4, c4, seq), inFlight, icmpDeliver, 552},
-		{"v4 fragmentation needed, MTU 68 raised to 552", icmpError(c4.Addr(), unreach4, fragNeeded, 68, d4, c4, seq), inFlight, icmpDeliver, 552},
-		{"v4 fragmentation needed not in flight", icmpError(c4.Addr(), unreach4, fragNeeded, 0, d4, c4, 1), inFlight, icmpOutOfWindow, 0},
-		{"v4 error quoting UDP", udpQuote(), inFlight, icmpNotTCP, 0},
-		{"v4 error in fragments", fragmented(), inFlight, icmpFragment, 0},
-		{"v4 error, tcpd tracks nothing", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, 1), nil, icmpDeliver, 0},
-		{"v6 packet too big 1280", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq), inFlight, icmpDeliver, 0},
-		{"v6 packet too big 1000", icmpError(c6.Addr(), ptb6, 0, 1000, d6, c6, seq), inFlight, icmpMTUTooSmall, 0},
-		{"v6 packet too big not in flight", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq-1), inFlight, icmpOutOfWindow, 0},
-		{"v6 unreachable behind a hop-by-hop header", withHopByHop(icmpError(c6.Addr(), unreach6, 4, 0, d6, c6, 1)), inFlight, icmpOutOfWindow, 0},
-		{"v6 echo behind a hop-by-hop header", echoBehindHopByHop(), inFlight, icmpNotTCP, 0},
-		{"v4 TCP", buildV4(c4, d4, header.TCPFlagAck, 1, 1, 0), inFlight, icmpDeliver, 0},
-		{"v6 TCP behind a hop-by-hop header", withHopByHop(buildV6(c6, d6, header.TCPFlagAck, 1, 1, 0)), inFlight, icmpDeliver, 0},
+		{"v4 unreachable in flight", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, seq), inFlight, noDrop, 0},
+		{"v4 unreachable, sequence number not in flight", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, seq+1), inFlight, DropICMPOutOfWindow, 0},
+		{"v4 unreachable for another connection", icmpError(c4.Addr(), unreach4, 1, 0, d4, netip.AddrPortFrom(c4.Addr(), 40001), seq), inFlight, DropICMPOutOfWindow, 0},
+		{"v4 fragmentation needed, MTU 1400 kept", icmpError(c4.Addr(), unreach4, fragNeeded, 1400, d4, c4, seq), inFlight, noDrop, 1400},
+		{"v4 fragmentation needed, MTU 0 raised to 552", icmpError(c4.Addr(), unreach4, fragNeeded, 0, d4, c4, seq), inFlight, noDrop, 552},
+		{"v4 fragmentation needed, MTU 68 raised to 552", icmpError(c4.Addr(), unreach4, fragNeeded, 68, d4, c4, seq), inFlight, noDrop, 552},
+		{"v4 fragmentation needed not in flight", icmpError(c4.Addr(), unreach4, fragNeeded, 0, d4, c4, 1), inFlight, DropICMPOutOfWindow, 0},
+		{"v4 error quoting UDP", udpQuote(), inFlight, DropNotTCP, 0},
+		{"v4 error in fragments", fragmented(), inFlight, DropUnverifiable, 0},
+		{"v4 error, tcpd tracks nothing", icmpError(c4.Addr(), unreach4, 1, 0, d4, c4, 1), nil, noDrop, 0},
+		{"v6 packet too big 1280", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq), inFlight, noDrop, 0},
+		{"v6 packet too big 1000", icmpError(c6.Addr(), ptb6, 0, 1000, d6, c6, seq), inFlight, DropICMPMTUTooSmall, 0},
+		{"v6 packet too big not in flight", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq-1), inFlight, DropICMPOutOfWindow, 0},
+		{"v6 unreachable behind a hop-by-hop header", withHopByHop(icmpError(c6.Addr(), unreach6, 4, 0, d6, c6, 1)), inFlight, DropICMPOutOfWindow, 0},
+		{"v6 echo behind a hop-by-hop header", echoBehindHopByHop(), inFlight, DropNotTCP, 0},
+		{"v4 TCP", buildV4(c4, d4, header.TCPFlagAck, 1, 1, 0), inFlight, noDrop, 0},
+		{"v6 TCP behind a hop-by-hop header", withHopByHop(buildV6(c6, d6, header.TCPFlagAck, 1, 1, 0)), inFlight, noDrop, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := checkICMP(tc.pkt, tc.inFlight); got != tc.want {
-				t.Fatalf("verdict %d, want %d", got, tc.want)
+			got, ok := checkICMP(tc.pkt, tc.inFlight)
+			if ok {
+				got = noDrop
+			}
+			if got != tc.want {
+				t.Fatalf("verdict %v, want %v", got, tc.want)
 			}
 			if tc.mtu != 0 {
 				icmp := tc.pkt[header.IPv4MinimumSize:]

@@ -308,18 +308,8 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 		if !l.noTrack {
 			inFlight = l.table.Unacknowledged
 		}
-		switch checkICMP(pkt, inFlight) {
-		case icmpNotTCP:
-			q.stats.Dropped[DropNotTCP].Add(1)
-			return
-		case icmpFragment:
-			q.stats.Dropped[DropUnverifiable].Add(1)
-			return
-		case icmpOutOfWindow:
-			q.stats.Dropped[DropICMPOutOfWindow].Add(1)
-			return
-		case icmpMTUTooSmall:
-			q.stats.Dropped[DropICMPMTUTooSmall].Add(1)
+		if r, ok := checkICMP(pkt, inFlight); !ok {
+			q.stats.Dropped[r].Add(1)
 			return
 		}
 	}
