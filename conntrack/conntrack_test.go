@@ -53,6 +53,10 @@ func flags(s string) uint8 {
 	return f
 }
 
+// testWnd is the window field of every scripted segment: a real one,
+// which conntrack reads (a zero window takes no new data).
+const testWnd = 64000
+
 // Client and tcpd initial sequence numbers in every script.
 const (
 	cISS = 1000
@@ -68,6 +72,8 @@ type step struct {
 	tcpd, client ct.State
 	gone         bool
 	action       ct.ActionKind
+	// zeroWnd sends the segment with a window of zero.
+	zeroWnd bool
 }
 
 func c(fl string, seq, ack, n uint32, tcpd, client ct.State) step {
@@ -120,7 +126,11 @@ var handshake = []step{
 func run(t *testing.T, tab *ct.Table, steps []step) {
 	t.Helper()
 	for i, st := range steps {
-		a := tab.Segment(st.dir, tuple, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack, Len: st.n})
+		wnd := uint16(testWnd)
+		if st.zeroWnd {
+			wnd = 0
+		}
+		a := tab.Segment(st.dir, tuple, ct.Segment{Flags: flags(st.flags), Seq: st.seq, Ack: st.ack, Len: st.n, Wnd: wnd})
 		if a.Kind != st.action {
 			t.Fatalf("step %d (%s): action %v, want %v", i, st.flags, a.Kind, st.action)
 		}
@@ -260,6 +270,14 @@ func TestTransitions(t *testing.T) {
 			c("FA", cISS+1, tISS+1+7, 0, Est, Est),
 			c("FA", cISS+1, tISS+1, 0, Est, FW1),
 		},
+		"data into a zero window is not taken": {
+			// A BSD client probes a zero window with a new byte; the
+			// netstack drops it, and takes a RST at the old RCV.NXT.
+			c("PA", cISS+1, tISS+1, 100, Est, Est),
+			step{dir: ct.ToClient, flags: "A", seq: tISS + 1, ack: cISS + 101, tcpd: Est, client: Est, zeroWnd: true},
+			c("PA", cISS+101, tISS+1, 1, Est, Est),
+			gone(c("R", cISS+101, 0, 0, 0, 0)),
+		},
 		"RST out of window is ignored, and is not the client's (blind or stale)": {
 			c("R", cISS+1_000_000, 0, 0, Est, Est),
 		},
@@ -321,11 +339,21 @@ func TestHandshakeFailures(t *testing.T) {
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			c("A", cISS+1, tISS+1, 0, Est, Est),
 		},
-		"ACK that does not ack the SYN-ACK keeps SYN_RCVD": {
+		"any ACK in the window completes the handshake, as the netstack's forwarder does": {
+			// It has no listener to check the acknowledgment against
+			// (gVisor's synRcvdState); the client's end moves only on
+			// an ACK of the SYN-ACK.
 			synOpen(cISS),
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
-			c("A", cISS+1, tISS+9, 0, SynR, SynS),
+			c("A", cISS+1+testWnd, tISS+1, 0, SynR, SynS), // beyond the window
+			c("A", cISS+1, tISS+9, 0, Est, SynS),
 			c("A", cISS+1, tISS+1, 0, Est, Est),
+		},
+		"RST anywhere in the window ends SYN_RCVD": {
+			synOpen(cISS),
+			s("SA", tISS, cISS+1, 0, SynR, SynS),
+			c("R", cISS+1+testWnd, 0, 0, SynR, SynS), // beyond the window
+			gone(c("R", cISS+1+testWnd-1, 0, 0, 0, 0)),
 		},
 		"simultaneous open on the client's end": {
 			synOpen(cISS),
@@ -689,6 +717,57 @@ func TestBytesBySequenceSpace(t *testing.T) {
 	conns := tab.Conns(nil)
 	if conns[0].BytesIn != 250 || conns[0].BytesOut != 1460 {
 		t.Fatalf("bytes in %d out %d, want 250 and 1460", conns[0].BytesIn, conns[0].BytesOut)
+	}
+}
+
+// TestBytesStopAtFIN: data a client sends after its FIN is dropped by the
+// netstack, and neither counts nor moves RCV.NXT: a RST at the FIN's end
+// still resets.
+func TestBytesStopAtFIN(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	run(t, tab, append(append([]step{}, handshake...),
+		c("PA", cISS+1, tISS+1, 10, Est, Est),
+		c("FA", cISS+11, tISS+1, 0, Est, FW1),
+		s("A", tISS+1, cISS+12, 0, CW, FW2),
+		c("PA", cISS+12, tISS+1, 500, CW, FW2),
+	))
+	if got := tab.Conns(nil)[0].BytesIn; got != 10 {
+		t.Fatalf("bytes in %d, want 10", got)
+	}
+	run(t, tab, []step{gone(c("R", cISS+12, 0, 0, 0, 0))})
+}
+
+// TestTimeWaitTSRecentAfterClosing: the client's ACK that takes tcpd from
+// CLOSING to TIME_WAIT carries a newer TSval, which the netstack takes as
+// TS.Recent (RFC 7323 4.3); TIME_WAIT's ACKs must echo it, not the TSecr
+// of tcpd's last segment.
+func TestTimeWaitTSRecentAfterClosing(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	ts := func(fl string, seq, ack, val, ecr uint32) ct.Segment {
+		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
+	}
+	for _, st := range []struct {
+		dir ct.Dir
+		seg ct.Segment
+	}{
+		{ct.FromClient, ts("S", cISS, 0, 100, 0)},
+		{ct.ToClient, ts("SA", tISS, cISS+1, 9000, 100)},
+		{ct.FromClient, ts("A", cISS+1, tISS+1, 101, 9000)},
+		{ct.ToClient, ts("FA", tISS+1, cISS+1, 9001, 101)},   // tcpd's FIN
+		{ct.FromClient, ts("FA", cISS+1, tISS+1, 102, 9000)}, // the client's, crossing it
+		{ct.ToClient, ts("A", tISS+2, cISS+2, 9002, 102)},    // CLOSING
+		{ct.FromClient, ts("A", cISS+2, tISS+2, 150, 9001)},  // ACK of tcpd's FIN: TIME_WAIT
+	} {
+		tab.Segment(st.dir, tuple, st.seg)
+	}
+	if c := tab.Conns(nil)[0]; c.State != TW {
+		t.Fatalf("tcpd %v, want time_wait", c.State)
+	}
+	// An old copy of the client's FIN, from before its last ACK: the
+	// reply echoes TS.Recent, 150.
+	a := tab.Segment(ct.FromClient, tuple, ts("FA", cISS+1, tISS+2, 140, 9001))
+	if a.Kind != ct.ActionReply || a.Reply.TSEcr != 150 {
+		t.Fatalf("old FIN in TIME_WAIT: %v, TSecr %d; want a reply echoing 150", a.Kind, a.Reply.TSEcr)
 	}
 }
 

@@ -132,6 +132,22 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if s.Flags&FlagRST != 0 {
 		return m.rst(xs, ys, s, now)
 	}
+	if xs == sideClient && y.state == StateSynRecv && s.Flags&(FlagACK|FlagSYN) == FlagACK {
+		// Once timestamps were agreed, the netstack drops a segment
+		// without them (RFC 7323 3.2).
+		if m.ts && !s.TS {
+			return outNone
+		}
+		// The netstack's forwarder completes its handshake on any ACK
+		// whose sequence number is in its window, whatever it
+		// acknowledges: it has no listener to check that against
+		// (gVisor's synRcvdState checks the ACK only for a listener's
+		// SYN cookies).
+		if !y.ackSent || !seqGEQ(s.Seq, y.ack) || !seqLT(s.Seq, y.ack+max(uint32(m.wnd), 1)) {
+			return outNone // out of its window: dropped, answered with an ACK
+		}
+		m.setState(ys, StateEstablished, now)
+	}
 	// A client's segment that acknowledges what tcpd never sent is
 	// dropped by the netstack, which answers it with an ACK (RFC 9293
 	// 3.10.7.4: SEG.ACK > SND.NXT): it moves neither end. tcpd's own
@@ -139,6 +155,12 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	// never behind what the client can have received.
 	if xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt) {
 		return outNone
+	}
+	// RFC 7323 4.3: the netstack's TS.Recent follows the newest TSval of
+	// a client's segment that does not lie beyond what it acknowledged;
+	// tcpd's next segment echoes it, and TIME_WAIT keeps it.
+	if xs == sideClient && m.ts && s.TS && tsLT(m.tsEcr, s.TSVal) && y.ackSent && seqLEQ(s.Seq, y.ack) {
+		m.tsEcr = s.TSVal
 	}
 
 	syn := s.Flags&FlagSYN != 0
@@ -243,7 +265,7 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if x.synSent && seqGT(segEnd, x.sent) {
 		x.sent = segEnd
 	}
-	if x.synSent && (xs == sideTCPD || seqLEQ(s.Seq, x.nxt)) {
+	if x.synSent && (xs == sideTCPD || m.clientInWindow(s.Seq, segEnd)) {
 		if dataEnd := dataStart + s.Len; s.Len > 0 && seqGT(dataEnd, x.dataNxt) {
 			x.bytes += uint64(dataEnd - x.dataNxt)
 			x.dataNxt = dataEnd
@@ -263,6 +285,25 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		}
 	}
 	return outNone
+}
+
+// clientInWindow reports whether the netstack takes in the client's
+// segment from seq to end (one past its last sequence number) as far as
+// conntrack can tell: in order (it starts at or before the client end's
+// nxt, what tcpd has in sequence), not into a window tcpd advertised as
+// zero (where only a segment that occupies no new sequence number is
+// acceptable, RFC 9293 3.10.7.4: a BSD client probes a zero window with a
+// new byte), and not beyond the client's FIN (rcv.go drops data after the
+// FIN once it is received).
+func (m *machine) clientInWindow(seq, end uint32) bool {
+	c := &m.ends[sideClient]
+	if !seqLEQ(seq, c.nxt) {
+		return false
+	}
+	if m.ends[sideTCPD].synSent && m.wnd == 0 && seqGT(end, c.nxt) {
+		return false
+	}
+	return !c.finSent || seqLEQ(end, c.finSeq+1)
 }
 
 // acknowledged records tcpd's acknowledgment ack of the client's end e:
@@ -296,39 +337,22 @@ func (e *end) acknowledged(ack uint32) {
 // RST is acceptable only if it acknowledges the SYN (RFC 9293 3.10.7.3).
 func (m *machine) rst(xs, ys int, s Segment, now mono) outcome {
 	x, y := &m.ends[xs], &m.ends[ys]
-	// A RST that acknowledges nothing of the receiver's current connection
-	// comes from an older incarnation of the 4-tuple (a TIME_WAIT endpoint
-	// retired for reuse): it belongs to no end here.
-	if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.sent)) {
-		return outRSTIgnored
-	}
+	acceptable := m.rstAcceptable(xs, ys, s)
+	// The netstack's verdict on a client's RST is its own rules' alone.
+	// Otherwise: a RST that acknowledges nothing of the receiver's
+	// current connection comes from an older incarnation of the 4-tuple
+	// (a TIME_WAIT endpoint retired for reuse): it belongs to no end here.
 	// Likewise a RST whose sequence number lies outside everything the
 	// sender has sent on this connection, or from an end that has sent
 	// nothing yet and acknowledges nothing (tcpd before its SYN-ACK: its
 	// only legitimate RST is the refusal, which acknowledges the SYN).
-	if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.sent))) {
-		return outRSTIgnored
-	}
-	var acceptable bool
-	switch {
-	case y.state == StateSynSent:
-		acceptable = s.Flags&FlagACK != 0 && s.Ack == y.iss+1
-	case xs == sideClient && y.state != StateSynRecv:
-		// The netstack, synchronized, takes a RST only at exactly
-		// RCV.NXT (and answers one elsewhere in its window with a
-		// challenge ACK): the client's data in sequence, as x.nxt
-		// counts it. In SYN-RECEIVED it takes any in its window.
-		acceptable = s.Seq == x.nxt
-	case y.ackSent:
-		hi := x.nxt
-		if seqLT(hi, y.ack) {
-			hi = y.ack
+	if !(xs == sideClient && acceptable) {
+		if s.Flags&FlagACK != 0 && y.synSent && !(seqGEQ(s.Ack, y.iss) && seqLEQ(s.Ack, y.sent)) {
+			return outRSTIgnored
 		}
-		acceptable = seqGEQ(s.Seq, y.ack) && seqLEQ(s.Seq, hi)
-	default:
-		// The receiver has acknowledged nothing yet (tcpd before its
-		// SYN-ACK): RCV.NXT is the sender's ISS+1.
-		acceptable = x.synSent && (s.Seq == x.iss+1 || s.Seq == x.nxt)
+		if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.sent))) {
+			return outRSTIgnored
+		}
 	}
 	// The sender has aborted its end either way.
 	m.setState(xs, StateClosed, now)
@@ -337,4 +361,34 @@ func (m *machine) rst(xs, ys int, s Segment, now mono) outcome {
 	}
 	m.setState(ys, StateClosed, now)
 	return outReset
+}
+
+// rstAcceptable reports whether the receiver of s, a RST from side xs,
+// takes it.
+func (m *machine) rstAcceptable(xs, ys int, s Segment) bool {
+	x, y := &m.ends[xs], &m.ends[ys]
+	switch {
+	case y.state == StateSynSent:
+		return s.Flags&FlagACK != 0 && s.Ack == y.iss+1
+	case xs == sideClient && y.state != StateSynRecv:
+		// The netstack, synchronized, takes a RST only at exactly
+		// RCV.NXT (and answers one elsewhere in its window with a
+		// challenge ACK): the client's data in sequence, as x.nxt
+		// counts it.
+		return s.Seq == x.nxt
+	case xs == sideClient && y.ackSent:
+		// In SYN-RECEIVED it takes any RST in its window (gVisor's
+		// synRcvdState, RFC 9293 3.10.7.4).
+		return seqGEQ(s.Seq, y.ack) && seqLT(s.Seq, y.ack+max(uint32(m.wnd), 1))
+	case y.ackSent:
+		hi := x.nxt
+		if seqLT(hi, y.ack) {
+			hi = y.ack
+		}
+		return seqGEQ(s.Seq, y.ack) && seqLEQ(s.Seq, hi)
+	default:
+		// The receiver has acknowledged nothing yet (tcpd before its
+		// SYN-ACK): RCV.NXT is the sender's ISS+1.
+		return x.synSent && (s.Seq == x.iss+1 || s.Seq == x.nxt)
+	}
 }
