@@ -54,12 +54,19 @@ func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) (
 		}
 		icmp = pkt[ihl:]
 	} else {
+		// The netstack walks past more kinds of header than these (AH,
+		// experimental ones, an atomic fragment) to an ICMPv6 message
+		// behind them: whatever is not TCP behind the walk's headers is
+		// dropped, so that no error reaches it unchecked. TCP in
+		// fragments goes on for the netstack to reassemble.
 		off, next, frag := ipv6Transport(pkt, ipv6Header, pkt[6])
-		if next != protoICMPv6 {
+		switch {
+		case next == protoTCP:
 			return 0, true
-		}
-		if frag {
+		case frag:
 			return DropUnverifiable, false
+		case next != protoICMPv6:
+			return DropNotTCP, false
 		}
 		if len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError {
 			return DropNotTCP, false

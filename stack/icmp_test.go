@@ -30,6 +30,19 @@ func icmpError(src netip.Addr, typ, code uint8, info uint32, quotedSrc, quotedDs
 	return ipPacket(src, quotedSrc.Addr(), proto, body, false)
 }
 
+// behind puts an empty extension header of kind kind (8 bytes: a
+// fragment header says offset 0, no more fragments) in front of an IPv6
+// packet's next header.
+func behind(kind byte, pkt []byte) []byte {
+	out := make([]byte, len(pkt)+8)
+	copy(out, pkt[:ipv6Header])
+	out[ipv6Header] = pkt[6]
+	copy(out[ipv6Header+8:], pkt[ipv6Header:])
+	out[6] = kind
+	binary.BigEndian.PutUint16(out[4:6], uint16(len(out)-ipv6Header))
+	return out
+}
+
 // withHopByHop puts an empty hop-by-hop options header in front of an IPv6
 // packet's transport header.
 func withHopByHop(pkt []byte) []byte {
@@ -92,6 +105,10 @@ func TestCheckICMP(t *testing.T) {
 		{"v6 packet too big not in flight", icmpError(c6.Addr(), ptb6, 0, 1280, d6, c6, seq-1), inFlight, DropICMPOutOfWindow, 0},
 		{"v6 unreachable behind a hop-by-hop header", withHopByHop(icmpError(c6.Addr(), unreach6, 4, 0, d6, c6, 1)), inFlight, DropICMPOutOfWindow, 0},
 		{"v6 echo behind a hop-by-hop header", echoBehindHopByHop(), inFlight, DropNotTCP, 0},
+		{"v6 packet too big behind hop-by-hop and an experimental header", behind(0, behind(253, icmpError(c6.Addr(), ptb6, 0, 100, d6, c6, 1))), inFlight, DropNotTCP, 0},
+		{"v6 packet too big behind an atomic fragment", behind(44, icmpError(c6.Addr(), ptb6, 0, 100, d6, c6, 1)), inFlight, DropUnverifiable, 0},
+		{"v6 packet too big behind an atomic fragment and options", behind(44, behind(60, icmpError(c6.Addr(), ptb6, 0, 100, d6, c6, 1))), inFlight, DropUnverifiable, 0},
+		{"v6 TCP behind an atomic fragment", behind(44, buildV6(c6, d6, header.TCPFlagAck, 1, 1, 0)), inFlight, noDrop, 0},
 		{"v4 TCP", buildV4(c4, d4, header.TCPFlagAck, 1, 1, 0), inFlight, noDrop, 0},
 		{"v6 TCP behind a hop-by-hop header", withHopByHop(buildV6(c6, d6, header.TCPFlagAck, 1, 1, 0)), inFlight, noDrop, 0},
 	} {
