@@ -266,9 +266,15 @@ func TestTransitions(t *testing.T) {
 			c("A", cISS+2, tISS+2+5001, 0, Clsg, FW2),
 			c("A", cISS+2, tISS+2, 0, TW, TW),
 		},
-		"an ACK beyond SND.NXT carries no FIN either": {
-			c("FA", cISS+1, tISS+1+7, 0, Est, Est),
-			c("FA", cISS+1, tISS+1, 0, Est, FW1),
+		"in ESTABLISHED an ACK beyond SND.NXT is ignored and its FIN taken": {
+			// As the netstack does (and Linux): the acknowledgment
+			// alone is dropped there.
+			s("PA", tISS+1, cISS+1, 10, Est, Est),
+			c("FA", cISS+1, tISS+100, 0, Est, FW1),
+			s("A", tISS+11, cISS+2, 0, CW, FW2),
+			s("FA", tISS+11, cISS+2, 0, LA, FW2),
+			c("A", cISS+2, tISS+11, 0, LA, FW2), // acknowledges the data, not the FIN
+			gone(c("A", cISS+2, tISS+12, 0, 0, 0)),
 		},
 		"data into a zero window is not taken": {
 			// A BSD client probes a zero window with a new byte; the

@@ -148,12 +148,15 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		}
 		m.setState(ys, StateEstablished, now)
 	}
-	// A client's segment that acknowledges what tcpd never sent is
-	// dropped by the netstack, which answers it with an ACK (RFC 9293
-	// 3.10.7.4: SEG.ACK > SND.NXT): it moves neither end. tcpd's own
-	// segments are seen before they are written, so its end's nxt is
-	// never behind what the client can have received.
-	if xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt) {
+	// A client's segment that acknowledges what tcpd never sent (SEG.ACK >
+	// SND.NXT): outside ESTABLISHED the netstack drops it and answers with
+	// an ACK (RFC 9293 3.10.7.4), so it moves neither end; in ESTABLISHED
+	// it ignores the acknowledgment and takes the data and FIN, as Linux
+	// does (gVisor's handleRcvdSegment). tcpd's own segments are seen
+	// before they are written, so its end's nxt is never behind what the
+	// client can have received.
+	ackBeyond := xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt)
+	if ackBeyond && y.state != StateEstablished {
 		return outNone
 	}
 	// RFC 7323 4.3: the netstack's TS.Recent follows the newest TSval of
@@ -197,7 +200,7 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		}
 	}
 
-	if s.Flags&FlagACK != 0 {
+	if s.Flags&FlagACK != 0 && !ackBeyond {
 		if !x.ackSent || seqGT(s.Ack, x.ack) {
 			x.ack, x.ackSent = s.Ack, true
 		}
