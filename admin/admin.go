@@ -68,7 +68,8 @@ type Config struct {
 	// the wait for its reader to take more: a client that stops reading
 	// (a script piped into a pager left open) loses its connection, and
 	// the listing slot it held, rather than keeping them, while one that
-	// reads a table of millions of rows gets all of it. Zero means
+	// reads a table of millions of rows gets all of it; a listing ends ten
+	// timeouts after it began at the latest. Zero means
 	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
 }

@@ -370,3 +370,51 @@ func TestSlowReaderGetsTheWholeListing(t *testing.T) {
 		t.Fatalf("the listing took %v to read, not enough longer than the %v timeout to tell", took, timeout)
 	}
 }
+
+// TestTricklingReaderIsCut: a reader that takes a little of a listing now
+// and then, never stalling for the write timeout, is cut off ten timeouts
+// after the listing began, freeing its slot and the copy of the table.
+func TestTricklingReaderIsCut(t *testing.T) {
+	const timeout = time.Second
+	_, cfg, _ := start(t, func(c *admin.Config) {
+		src := c.Source.(*fakeSource)
+		first := src.conns
+		src.conns = nil
+		for i := range 100000 { // about 40 MB of JSON
+			r := first[i%len(first)]
+			r.ID = conntrack.ID(1000 + i)
+			src.conns = append(src.conns, r)
+		}
+		c.WriteTimeout = timeout
+	})
+	c, err := net.Dial("unix", cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := fmt.Fprint(c, "GET /v1/conns HTTP/1.1\r\nHost: tcpd\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// 64 KiB every 20 ms: no write waits near the timeout, and the whole
+	// listing would take about 13 s.
+	buf := make([]byte, 64<<10)
+	var got bytes.Buffer
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		n, err := c.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	// A whole answer ends with the last chunk of its chunked encoding.
+	whole := bytes.HasSuffix(got.Bytes(), []byte("]}\n\r\n0\r\n\r\n"))
+	if whole || took < 10*timeout-time.Second || took > 10*timeout+3*time.Second {
+		t.Fatalf("the listing ended after %v and %d bytes (whole: %v); want it cut about %v after it began",
+			took, got.Len(), whole, 10*timeout)
+	}
+	t.Logf("cut after %v and %d bytes", took, got.Len())
+}
