@@ -126,7 +126,9 @@ const (
 	// ResultHandshakeFailed: the upstream was dialled but the client's
 	// handshake did not complete, or the client reset the connection as
 	// it completed, before its relay started; the upstream leg is reset.
-	// A connection killed (Kill) before its relay started counts here too.
+	// A connection killed (Kill) before the client's handshake completed
+	// counts here too; one killed after it, before its relay started, was
+	// counted relayed already and ends aborted.
 	ResultHandshakeFailed
 	NumResults
 )
