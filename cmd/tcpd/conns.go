@@ -257,12 +257,17 @@ func cmdConns(args []string, stdout, stderr io.Writer) error {
 	}
 	defer body.Close()
 	if output == "json" {
-		w := bufio.NewWriterSize(stdout, 64<<10)
+		out := &outputErr{w: stdout}
+		w := bufio.NewWriterSize(out, 64<<10)
 		err := copyConnsIndented(w, body)
 		if ferr := w.Flush(); err == nil {
 			err = ferr
 		}
-		if err != nil {
+		switch {
+		case out.err != nil:
+			// The output, not the daemon, failed (a full disk).
+			return fmt.Errorf("writing the listing: %w", out.err)
+		case err != nil:
 			return fmt.Errorf("reply from %s %w", socket, err)
 		}
 		return nil
@@ -378,6 +383,21 @@ func (l *rowLimit) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.left -= n
+	return n, err
+}
+
+// outputErr remembers the first error of writing to w, so that a failed
+// output is not reported as a failed reply.
+type outputErr struct {
+	w   io.Writer
+	err error
+}
+
+func (o *outputErr) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	if err != nil && o.err == nil {
+		o.err = err
+	}
 	return n, err
 }
 

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -715,5 +716,21 @@ func TestConnsRowBound(t *testing.T) {
 	code, _, errs := runConns(t, "--socket", p)
 	if want := " after 0 connections: a row longer than 1048576 bytes: not a listing of tcpd's\n"; code != 1 || !strings.HasSuffix(errs, want) {
 		t.Errorf("exit %d, stderr %q; want 1 and %q", code, errs, want)
+	}
+}
+
+// failingWriter fails every write, as a full disk does.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
+
+// TestConnsOutputFails: an output that cannot be written is named as the
+// failure, not the daemon's reply.
+func TestConnsOutputFails(t *testing.T) {
+	p := serveAdmin(t, func(w http.ResponseWriter, r *http.Request) { writeListing(w, 3000, false) })
+	var errb bytes.Buffer
+	code := runMain([]string{"conns", "--socket", p, "-o", "json"}, failingWriter{}, &errb)
+	if want := "tcpd conns: writing the listing: no space left on device\n"; code != 1 || errb.String() != want {
+		t.Errorf("exit %d, stderr %q; want 1 and %q", code, errb.String(), want)
 	}
 }
