@@ -72,7 +72,7 @@ func (g *registry) connectingRelay(id conntrack.ID) *relay {
 }
 
 // register remembers ep and its relay r for id (0: untracked, nothing to
-// remember).
+// remember), in place of the relay connectStarted remembered.
 func (g *registry) register(id conntrack.ID, ep tcpip.Endpoint, r *relay) {
 	if id == 0 {
 		return
@@ -80,6 +80,10 @@ func (g *registry) register(id conntrack.ID, ep tcpip.Endpoint, r *relay) {
 	g.mu.Lock()
 	g.eps[id] = &endpoint{ep: ep, relay: r}
 	g.peak = max(g.peak, len(g.eps))
+	// Under the same lock: a Kill finds the connection in one place or
+	// the other, never in the connecting map after the endpoint was
+	// killed and unregistered while its handler had not returned yet.
+	delete(g.connecting, id)
 	g.mu.Unlock()
 }
 
