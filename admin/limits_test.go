@@ -318,25 +318,7 @@ func TestListingStreamed(t *testing.T) {
 func TestSlowReaderGetsTheWholeListing(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	const rows = 5000
-	_, cfg, _ := start(t, func(c *admin.Config) {
-		src := c.Source.(*fakeSource)
-		first := src.conns
-		src.conns = nil
-		for i := range rows {
-			r := first[i%len(first)]
-			r.ID = conntrack.ID(1000 + i)
-			src.conns = append(src.conns, r)
-		}
-		c.WriteTimeout = timeout
-	})
-	c, err := net.Dial("unix", cfg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := fmt.Fprint(c, "GET /v1/conns HTTP/1.1\r\nHost: tcpd\r\nConnection: close\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	c := askListing(t, rows, timeout)
 	// 32 KiB every 20 ms: about 1.3 s for the listing's 2 MB, four times
 	// the timeout.
 	var got bytes.Buffer
@@ -376,25 +358,7 @@ func TestSlowReaderGetsTheWholeListing(t *testing.T) {
 // after the listing began, freeing its slot and the copy of the table.
 func TestTricklingReaderIsCut(t *testing.T) {
 	const timeout = time.Second
-	_, cfg, _ := start(t, func(c *admin.Config) {
-		src := c.Source.(*fakeSource)
-		first := src.conns
-		src.conns = nil
-		for i := range 100000 { // about 40 MB of JSON
-			r := first[i%len(first)]
-			r.ID = conntrack.ID(1000 + i)
-			src.conns = append(src.conns, r)
-		}
-		c.WriteTimeout = timeout
-	})
-	c, err := net.Dial("unix", cfg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := fmt.Fprint(c, "GET /v1/conns HTTP/1.1\r\nHost: tcpd\r\nConnection: close\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	c := askListing(t, 100000, timeout) // about 40 MB of JSON
 	// 64 KiB every 20 ms: no write waits near the timeout, and the whole
 	// listing would take about 13 s.
 	buf := make([]byte, 64<<10)
@@ -417,4 +381,31 @@ func TestTricklingReaderIsCut(t *testing.T) {
 			took, got.Len(), whole, 10*timeout)
 	}
 	t.Logf("cut after %v and %d bytes", took, got.Len())
+}
+
+// askListing starts a daemon whose table holds rows connections and
+// whose write timeout is timeout, and asks it for the listing on a
+// connection of its own, which it returns.
+func askListing(t *testing.T, rows int, timeout time.Duration) net.Conn {
+	t.Helper()
+	_, cfg, _ := start(t, func(c *admin.Config) {
+		src := c.Source.(*fakeSource)
+		first := src.conns
+		src.conns = nil
+		for i := range rows {
+			r := first[i%len(first)]
+			r.ID = conntrack.ID(1000 + i)
+			src.conns = append(src.conns, r)
+		}
+		c.WriteTimeout = timeout
+	})
+	c, err := net.Dial("unix", cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := fmt.Fprint(c, "GET /v1/conns HTTP/1.1\r\nHost: tcpd\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
