@@ -74,10 +74,21 @@ test: vet
 # there, to be committed with the fix as a seed. `make fuzz FUZZTIME=10m` for longer.
 FUZZTIME ?= 20s
 FUZZ_TARGETS = ./conntrack:FuzzSegments ./stack:FuzzInbound ./stack:FuzzParseTCP ./stack:FuzzSetMSS ./policy:FuzzCheck ./cmd/tcpd:FuzzParseConfig ./admin:FuzzParseFilter
+#
+# Go 1.26's fuzzing engine may fail a target with a bare "context deadline
+# exceeded" as -fuzztime runs out, having found nothing (go.dev/issue/75804,
+# fixed in Go 1.27): a target that ends so, with no failing input written,
+# runs once more; any other failure fails.
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
-		echo "$(GO) test -run '^$$' -fuzz '^$$fn$$' -fuzztime $(FUZZTIME) $$pkg"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
+		for try in 1 2; do \
+			echo "$(GO) test -run '^$$' -fuzz '^$$fn$$' -fuzztime $(FUZZTIME) $$pkg"; \
+			out=$$($(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1); rc=$$?; echo "$$out"; \
+			[ $$rc -eq 0 ] && break; \
+			if [ $$try -eq 1 ] && echo "$$out" | grep -q 'context deadline exceeded' && ! echo "$$out" | grep -q 'Failing input written'; then \
+				echo "fuzz: $$fn ended on the engine's deadline race (go.dev/issue/75804) with no failing input: once more"; continue; fi; \
+			exit 1; \
+		done; done
 
 # The root tests on the real binary (e2e) once more with tcpd's TUN on one
 # queue (tun.queues: 1). `make test` runs them with tun.queues auto (a queue
