@@ -156,16 +156,13 @@ func TestForgedICMPLeavesConnectionsAlone(t *testing.T) {
 
 	sndNxt, _ = e.sequence()
 	e.h.inject <- icmpError(e.client.Addr(), 3, 4, 0, e.dst, e.client, sndNxt)
-	var largest, smallest uint32
+	var largest uint32
 	waitFor(t, "the error in window to lower the MSS", func() bool {
-		largest, smallest = e.segmentSizes(t, 20000)
+		largest, _ = e.segmentSizes(t, 20000)
 		return largest < full
 	})
 	if largest > icmpv4MinPMTU-40 || largest < 400 {
 		t.Errorf("after fragmentation needed with MTU 0, segments of at most %d bytes, want 400..%d (MTU 552)", largest, icmpv4MinPMTU-40)
-	}
-	if smallest < 100 && smallest*10 < largest {
-		t.Errorf("segments as small as %d bytes", smallest)
 	}
 	if n := st.Drops(DropICMPOutOfWindow); n != 1 {
 		t.Errorf("icmp_out_of_window %d, want 1", n)
