@@ -143,7 +143,7 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		// acknowledges: it has no listener to check that against
 		// (gVisor's synRcvdState checks the ACK only for a listener's
 		// SYN cookies).
-		if !y.ackSent || !seqGEQ(s.Seq, y.ack) || !seqLT(s.Seq, y.ack+max(uint32(m.wnd), 1)) {
+		if !y.ackSent || !m.inSynRecvWindow(s.Seq) {
 			return outNone // out of its window: dropped, answered with an ACK
 		}
 		m.setState(ys, StateEstablished, now)
@@ -162,8 +162,8 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	// RFC 7323 4.3: the netstack's TS.Recent follows the newest TSval of
 	// a client's segment that does not lie beyond what it acknowledged;
 	// tcpd's next segment echoes it, and TIME_WAIT keeps it.
-	if xs == sideClient && m.ts && s.TS && tsLT(m.tsEcr, s.TSVal) && y.ackSent && seqLEQ(s.Seq, y.ack) {
-		m.tsEcr = s.TSVal
+	if xs == sideClient && y.ackSent {
+		m.noteTSVal(s, y.ack)
 	}
 
 	syn := s.Flags&FlagSYN != 0
@@ -269,9 +269,8 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		x.sent = segEnd
 	}
 	if x.synSent && (xs == sideTCPD || m.clientInWindow(s.Seq, segEnd)) {
-		if dataEnd := dataStart + s.Len; s.Len > 0 && seqGT(dataEnd, x.dataNxt) {
-			x.bytes += uint64(dataEnd - x.dataNxt)
-			x.dataNxt = dataEnd
+		if s.Len > 0 {
+			x.dataTo(dataStart + s.Len)
 		}
 		if seqGT(segEnd, x.nxt) {
 			x.nxt = segEnd
@@ -325,10 +324,24 @@ func (e *end) acknowledged(ack uint32) {
 	if e.finSent && ack == e.finSeq+1 {
 		dataEnd = e.finSeq
 	}
+	e.dataTo(dataEnd)
+}
+
+// dataTo records that the end's data up to dataEnd was taken in, counting
+// what is new.
+func (e *end) dataTo(dataEnd uint32) {
 	if seqGT(dataEnd, e.dataNxt) {
 		e.bytes += uint64(dataEnd - e.dataNxt)
 		e.dataNxt = dataEnd
 	}
+}
+
+// inSynRecvWindow reports whether seq lies in the window tcpd's netstack
+// offered in its SYN-ACK (RCV.NXT, then the window field, unscaled in a
+// SYN), as gVisor's synRcvdState checks a segment in SYN-RECEIVED.
+func (m *machine) inSynRecvWindow(seq uint32) bool {
+	ack := m.ends[sideTCPD].ack
+	return seqGEQ(seq, ack) && seqLT(seq, ack+max(uint32(m.wnd), 1))
 }
 
 // rst handles a RST from side xs. RFC 5961 3.2: the receiver accepts it only
@@ -382,7 +395,7 @@ func (m *machine) rstAcceptable(xs, ys int, s Segment) bool {
 	case xs == sideClient && y.ackSent:
 		// In SYN-RECEIVED it takes any RST in its window (gVisor's
 		// synRcvdState, RFC 9293 3.10.7.4).
-		return seqGEQ(s.Seq, y.ack) && seqLT(s.Seq, y.ack+max(uint32(m.wnd), 1))
+		return m.inSynRecvWindow(s.Seq)
 	case y.ackSent:
 		hi := x.nxt
 		if seqLT(hi, y.ack) {

@@ -71,11 +71,7 @@ func (e *machine) timeWaitVerdict(s Segment) twVerdict {
 		return twDrop
 	}
 	rcvNxt := e.ends[sideTCPD].ack
-	// RFC 7323 4.3: TS.Recent follows the newest TSval of a segment that
-	// does not lie beyond what was acknowledged.
-	if e.ts && s.TS && tsLT(e.tsEcr, s.TSVal) && seqLEQ(s.Seq, rcvNxt) {
-		e.tsEcr = s.TSVal
-	}
+	e.noteTSVal(s, rcvNxt)
 	if s.Flags&FlagFIN != 0 && s.Seq+s.Len+1 == rcvNxt {
 		return twAckRestart
 	}
@@ -83,6 +79,15 @@ func (e *machine) timeWaitVerdict(s Segment) twVerdict {
 		return twAck
 	}
 	return twDrop
+}
+
+// noteTSVal keeps TS.Recent as the endpoint would (RFC 7323 4.3): the
+// newest TSval of a client's segment that does not lie beyond rcvNxt, what
+// tcpd acknowledged.
+func (e *machine) noteTSVal(s Segment, rcvNxt uint32) {
+	if e.ts && s.TS && tsLT(e.tsEcr, s.TSVal) && seqLEQ(s.Seq, rcvNxt) {
+		e.tsEcr = s.TSVal
+	}
 }
 
 // newIncarnation reports whether the SYN s may reopen the 4-tuple (RFC 6191
