@@ -467,8 +467,9 @@ func TestTimeWaitReuse(t *testing.T) {
 	old, _ := lookup(tab, tuple)
 
 	// A SYN at or below the old connection's sequence space is not a new
-	// incarnation: it is dropped and TIME_WAIT stays (RFC 6191).
-	run(t, tab, []step{act(c("S", cISS+1, 0, 0, TW, Closed), ct.ActionDrop)})
+	// incarnation: it gets a challenge ACK and TIME_WAIT stays (RFC 6191,
+	// RFC 9293 3.10.7.4).
+	run(t, tab, []step{act(c("S", cISS+1, 0, 0, TW, Closed), ct.ActionReply)})
 
 	// A SYN beyond it retires the old entry at once and opens a new one.
 	run(t, tab, []step{act(c("S", cISS+100000, 0, 0, SynR, SynS), ct.ActionReuse)})
@@ -557,9 +558,12 @@ func TestTimeWaitDuties(t *testing.T) {
 			{name: "segment without ACK: dropped",
 				seg:  withTS(ct.Segment{Flags: flags("P"), Seq: cISS + 2, Len: 10}, tsC+1500),
 				want: ct.ActionDrop},
-			{name: "SYN with an older sequence number and timestamp: dropped (RFC 6191)",
+			{name: "SYN with an older sequence number and timestamp: challenge ACK (RFC 6191, RFC 5961 4)",
 				seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS - 500}, tsC-1),
-				want: ct.ActionDrop},
+				want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC)},
+			{name: "SYN-ACK at RCV.NXT: challenge ACK",
+				seg:  withTS(ct.Segment{Flags: flags("SA"), Seq: cISS + 2, Ack: tISS + 2}, tsC+1500),
+				want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC+1500)},
 			{name: "SYN with a newer sequence number: reuse",
 				seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS + 100000}, tsC+1500),
 				want: ct.ActionReuse},
@@ -572,9 +576,15 @@ func TestTimeWaitDuties(t *testing.T) {
 				check{name: "SYN with the same timestamp and a newer sequence number: reuse",
 					seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS + 10}, tsC),
 					want: ct.ActionReuse},
-				check{name: "SYN with the same timestamp and an older sequence number: dropped",
+				check{name: "SYN with the same timestamp and an older sequence number: challenge ACK",
 					seg:  withTS(ct.Segment{Flags: flags("S"), Seq: cISS}, tsC),
-					want: ct.ActionDrop})
+					want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC)},
+				check{name: "bare ACK at RCV.NXT with a TSval older than TS.Recent: ACK (PAWS, RFC 7323 5.3)",
+					seg:  withTS(ct.Segment{Flags: flags("A"), Seq: cISS + 2, Ack: tISS + 2}, tsC-1),
+					want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC)},
+				check{name: "retransmitted FIN with a TSval older than TS.Recent: ACK, 2MSL runs on (PAWS)",
+					seg:  withTS(ct.Segment{Flags: flags("FA"), Seq: cISS + 1, Ack: tISS + 2}, tsC-1),
+					want: ct.ActionReply, reply: ack(ts, tsT+1500, tsC)})
 		}
 		for _, ck := range checks {
 			t.Run(fmt.Sprintf("timestamps=%v/%s", ts, ck.name), func(t *testing.T) {
@@ -623,6 +633,43 @@ func TestTimeWaitDuties(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestTimeWaitAckRateLimit checks that TIME_WAIT answers segments without
+// data or FIN, and SYNs, at most once per half second per connection, as
+// Linux does (tcp_invalid_ratelimit), and segments that carry data or FIN
+// every time.
+func TestTimeWaitAckRateLimit(t *testing.T) {
+	tab, clk := newTable(ct.Config{TimeWait: 30 * time.Second})
+	run(t, tab, append(append([]step{}, handshake...), tcpdTimeWait...))
+	steps := []struct {
+		after time.Duration // since the step before
+		name  string
+		seg   ct.Segment
+		want  ct.ActionKind
+	}{
+		{0, "ACK beyond RCV.NXT", ct.Segment{Flags: flags("A"), Seq: cISS + 50, Ack: tISS + 2}, ct.ActionReply},
+		{100 * time.Millisecond, "the same again", ct.Segment{Flags: flags("A"), Seq: cISS + 50, Ack: tISS + 2}, ct.ActionDrop},
+		{100 * time.Millisecond, "an old SYN", ct.Segment{Flags: flags("S"), Seq: cISS - 500}, ct.ActionDrop},
+		{0, "an old duplicate with data", ct.Segment{Flags: flags("PA"), Seq: cISS - 99, Ack: tISS + 1, Len: 100}, ct.ActionReply},
+		{0, "a retransmitted FIN", ct.Segment{Flags: flags("FA"), Seq: cISS + 1, Ack: tISS + 2}, ct.ActionReply},
+		{299 * time.Millisecond, "a SYN-ACK 499 ms after the first ACK", ct.Segment{Flags: flags("SA"), Seq: cISS + 2, Ack: tISS + 2}, ct.ActionDrop},
+		{time.Millisecond, "an old SYN 500 ms after it", ct.Segment{Flags: flags("S"), Seq: cISS - 500}, ct.ActionReply},
+		{400 * time.Millisecond, "an ACK beyond RCV.NXT 400 ms later", ct.Segment{Flags: flags("A"), Seq: cISS + 50, Ack: tISS + 2}, ct.ActionDrop},
+	}
+	for i, st := range steps {
+		clk.advance(st.after)
+		if a := tab.Segment(ct.FromClient, tuple, st.seg); a.Kind != st.want {
+			t.Fatalf("step %d, %s: action %v, want %v", i, st.name, a.Kind, st.want)
+		}
+	}
+	snap := tab.Snapshot()
+	if snap.TimeWaitAcks != 4 || snap.TimeWaitAcksSkipped != 4 {
+		t.Fatalf("TimeWaitAcks %d, TimeWaitAcksSkipped %d; want 4 and 4", snap.TimeWaitAcks, snap.TimeWaitAcksSkipped)
+	}
+	if cs := tab.Conns(nil); len(cs) != 1 || cs[0].State != TW {
+		t.Fatalf("after the segments: %+v, want the entry in TIME_WAIT", cs)
 	}
 }
 

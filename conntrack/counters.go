@@ -16,6 +16,7 @@ const (
 	cTimeWaitOverflow
 	cTimeWaitReused
 	cTimeWaitAcks
+	cTimeWaitAcksSkipped
 	cRSTIgnored
 	cUntracked
 	cTableFull
@@ -39,6 +40,7 @@ func (c *counterSet) addTo(s *Counters) {
 	s.TimeWaitOverflow += c[cTimeWaitOverflow].Load()
 	s.TimeWaitReused += c[cTimeWaitReused].Load()
 	s.TimeWaitAcks += c[cTimeWaitAcks].Load()
+	s.TimeWaitAcksSkipped += c[cTimeWaitAcksSkipped].Load()
 	s.RSTIgnored += c[cRSTIgnored].Load()
 	s.Untracked += c[cUntracked].Load()
 	s.TableFull += c[cTableFull].Load()

@@ -62,6 +62,9 @@ type machine struct {
 	ts           bool
 	tsVal, tsEcr uint32
 	tsAt         mono
+	// oowAckAt is when TIME_WAIT last sent a rate-limited ACK (see
+	// oowAckInterval).
+	oowAckAt mono
 }
 
 // outcome is what a segment did besides moving the ends' states.

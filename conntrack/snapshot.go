@@ -24,9 +24,13 @@ type Counters struct {
 	// the same 4-tuple (RFC 6191).
 	TimeWaitReused uint64
 	// TimeWaitAcks counts the ACKs tcpd sent for connections in TIME_WAIT:
-	// answers to a retransmitted FIN (the client lost tcpd's last ACK) or
-	// to an old duplicate segment.
+	// answers to a retransmitted FIN (the client lost tcpd's last ACK), to
+	// an old duplicate segment or to a SYN that may not reopen the 4-tuple.
 	TimeWaitAcks uint64
+	// TimeWaitAcksSkipped counts the ACKs TIME_WAIT did not send because
+	// it had sent one for the connection less than half a second before
+	// (Linux's TCPACKSkippedTimeWait).
+	TimeWaitAcksSkipped uint64
 	// RSTIgnored counts RSTs that the receiver would not accept
 	// (RFC 5961 3.2): out of window, or in window but not at RCV.NXT.
 	RSTIgnored uint64

@@ -1,25 +1,37 @@
 package conntrack
 
+import "time"
+
 // TIME_WAIT is tcpd's own, as Linux keeps an inet_timewait_sock instead of
 // a full socket: the netstack lets a connection's endpoint go as it enters
 // TIME_WAIT, and its entry here does TIME_WAIT's duties until the timer
 // expires. The link shows it every segment the client sends to the 4-tuple
 // and does what Segment answers: nothing reaches the netstack, save a SYN
-// that reopens the 4-tuple. The duties, as the netstack's own endpoint did
-// them (gVisor's receiver.handleTimeWaitSegment) and RFC 9293 3.10.7.4
-// prescribes:
+// that reopens the 4-tuple. The duties, as RFC 9293 3.10.7.4 prescribes
+// and Linux's tcp_timewait_state_process does them:
 //   - an RST is ignored (RFC 1337, fix 1: no TIME-WAIT assassination);
-//   - a SYN reopens the 4-tuple if it is a new incarnation (RFC 6191),
-//     and is dropped otherwise;
+//   - a SYN reopens the 4-tuple if it is a new incarnation (RFC 6191);
+//     any other SYN, and a SYN-ACK, gets a challenge ACK (RFC 9293
+//     3.10.7.4 with RFC 5961 4);
 //   - a segment without ACK is dropped;
+//   - a segment whose TSval is older than TS.Recent is acknowledged and
+//     dropped (PAWS, RFC 7323 5.3 R1);
 //   - a retransmitted FIN is acknowledged and restarts the 2MSL timer;
 //   - any other segment that is not exactly at RCV.NXT, or carries data
 //     (an old duplicate), is acknowledged;
 //   - a bare ACK at RCV.NXT is taken silently.
-// The ACK is the one the endpoint would have sent: <SEQ=SND.NXT>
-// <ACK=RCV.NXT><CTL=ACK>, the last window it advertised, and, if the
-// connection uses timestamps, TSval on the endpoint's clock and TSecr =
-// TS.Recent.
+// An ACK to a segment that carries neither data nor FIN, or to a SYN, goes
+// at most once per oowAckInterval, as Linux limits them
+// (tcp_invalid_ratelimit): two ends that each find the other's segments
+// out of window would otherwise trade ACKs for as long as they last, and
+// a flood of old SYNs would be answered one for one. The ACK is the one
+// the endpoint would have sent: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, the
+// last window it advertised, and, if the connection uses timestamps,
+// TSval on the endpoint's clock and TSecr = TS.Recent.
+
+// oowAckInterval is the least time between two rate-limited ACKs of one
+// connection in TIME_WAIT: Linux's net.ipv4.tcp_invalid_ratelimit default.
+const oowAckInterval = 500 * time.Millisecond
 
 // Reply is an ACK tcpd sends for a connection in TIME_WAIT. The link builds
 // the packet: addresses and ports from the entry's tuple, reversed.
@@ -39,6 +51,7 @@ const (
 	twDrop twVerdict = iota
 	twIgnoreRST
 	twAck
+	twAckLimited // an ACK at most once per oowAckInterval
 	twAckRestart // a retransmitted FIN
 	twReuse
 )
@@ -66,17 +79,28 @@ func (e *machine) timeWaitVerdict(s Segment) twVerdict {
 		if e.newIncarnation(s) {
 			return twReuse
 		}
-		return twDrop
+		return twAckLimited
 	case s.Flags&FlagACK == 0:
 		return twDrop
 	}
+	// Data and FIN occupy sequence space: their ACKs are not limited, as
+	// they cannot be part of an ACK loop.
+	ack := twAckLimited
+	if s.Len != 0 || s.Flags&FlagFIN != 0 {
+		ack = twAck
+	}
+	if e.ts && s.TS && tsLT(s.TSVal, e.tsEcr) {
+		return ack // PAWS
+	}
 	rcvNxt := e.ends[sideTCPD].ack
 	e.noteTSVal(s, rcvNxt)
-	if s.Flags&FlagFIN != 0 && s.Seq+s.Len+1 == rcvNxt {
+	switch {
+	case s.Flags&FlagSYN != 0:
+		return twAckLimited
+	case s.Flags&FlagFIN != 0 && s.Seq+s.Len+1 == rcvNxt:
 		return twAckRestart
-	}
-	if s.Seq != rcvNxt || s.Len != 0 {
-		return twAck
+	case s.Seq != rcvNxt || s.Len != 0:
+		return ack
 	}
 	return twDrop
 }
@@ -152,12 +176,18 @@ func (sh *shard) timeWaitLocked(t *Table, e *entry, s Segment, now mono) Action 
 		sh.tw.unlink(e)
 		sh.twPushLockedW(t, e, now, t.set.Load().timeWait)
 		sh.mu.Unlock()
-		fallthrough
+	case twAckLimited:
+		if e.oowAckAt != 0 && now.sub(e.oowAckAt) < oowAckInterval {
+			sh.counters.inc(cTimeWaitAcksSkipped)
+			return Action{Kind: ActionDrop}
+		}
+		e.oowAckAt = now
 	case twAck:
-		sh.counters.inc(cTimeWaitAcks)
-		return Action{Kind: ActionReply, Reply: e.timeWaitReply(now)}
+	default:
+		return Action{Kind: ActionDrop}
 	}
-	return Action{Kind: ActionDrop}
+	sh.counters.inc(cTimeWaitAcks)
+	return Action{Kind: ActionReply, Reply: e.timeWaitReply(now)}
 }
 
 // DropTimeWait removes id's entry if it is in TIME_WAIT, as `ss -K` destroys

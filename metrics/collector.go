@@ -50,8 +50,10 @@ var snapshotValues = []struct {
 		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitOverflow) }},
 	{"tcpd_tcp_time_wait_reused_total", "TIME_WAIT entries retired early by a new SYN on the same 4-tuple (RFC 6191).",
 		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitReused) }},
-	{"tcpd_tcp_time_wait_acks_total", "ACKs tcpd sent for connections in TIME_WAIT: to a retransmitted FIN (the client lost tcpd's last ACK) or to an old duplicate segment.",
+	{"tcpd_tcp_time_wait_acks_total", "ACKs tcpd sent for connections in TIME_WAIT: to a retransmitted FIN (the client lost tcpd's last ACK), an old duplicate segment or a SYN that may not reopen the 4-tuple.",
 		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitAcks) }},
+	{"tcpd_tcp_time_wait_acks_skipped_total", "ACKs to segments without data or FIN, or to SYNs, that tcpd did not send for a connection in TIME_WAIT because it had sent one less than 0.5 s before, as Linux counts TCPACKSkippedTimeWait.",
+		prometheus.CounterValue, func(s *conntrack.Snapshot) float64 { return float64(s.TimeWaitAcksSkipped) }},
 }
 
 // snapshotHistograms are the duration histograms of a conntrack.Snapshot.

@@ -31,19 +31,20 @@ func testSources() (*fakeConntrack, *fakeStack) {
 	s.TimeWaitLimit = 16384
 	s.TimeWaitTimeout = 30 * time.Second
 	s.Counters = conntrack.Counters{
-		Opened:           101,
-		Established:      88,
-		Closed:           90,
-		Resets:           11,
-		TimeWaitEntered:  40,
-		TimeWaitOverflow: 5,
-		TimeWaitReused:   6,
-		TimeWaitAcks:     7,
-		RSTIgnored:       4,
-		Untracked:        17,
-		TableFull:        2,
-		Expired:          9,
-		Corrections:      1,
+		Opened:              101,
+		Established:         88,
+		Closed:              90,
+		Resets:              11,
+		TimeWaitEntered:     40,
+		TimeWaitOverflow:    5,
+		TimeWaitReused:      6,
+		TimeWaitAcks:        7,
+		TimeWaitAcksSkipped: 3,
+		RSTIgnored:          4,
+		Untracked:           17,
+		TableFull:           2,
+		Expired:             9,
+		Corrections:         1,
 	}
 	st := &fakeStack{ns: netstackStats()}
 	// Two queues; the totals are their sums, and drops are counted by
@@ -186,9 +187,12 @@ tcpd_tcp_time_wait_overflow_total 5
 # HELP tcpd_tcp_time_wait_reused_total TIME_WAIT entries retired early by a new SYN on the same 4-tuple (RFC 6191).
 # TYPE tcpd_tcp_time_wait_reused_total counter
 tcpd_tcp_time_wait_reused_total 6
-# HELP tcpd_tcp_time_wait_acks_total ACKs tcpd sent for connections in TIME_WAIT: to a retransmitted FIN (the client lost tcpd's last ACK) or to an old duplicate segment.
+# HELP tcpd_tcp_time_wait_acks_total ACKs tcpd sent for connections in TIME_WAIT: to a retransmitted FIN (the client lost tcpd's last ACK), an old duplicate segment or a SYN that may not reopen the 4-tuple.
 # TYPE tcpd_tcp_time_wait_acks_total counter
 tcpd_tcp_time_wait_acks_total 7
+# HELP tcpd_tcp_time_wait_acks_skipped_total ACKs to segments without data or FIN, or to SYNs, that tcpd did not send for a connection in TIME_WAIT because it had sent one less than 0.5 s before, as Linux counts TCPACKSkippedTimeWait.
+# TYPE tcpd_tcp_time_wait_acks_skipped_total counter
+tcpd_tcp_time_wait_acks_skipped_total 3
 `},
 		{"tun and relay", `
 # HELP tcpd_tun_packets_total IP packets read from (in) and written to (out) the TUN device.
@@ -456,6 +460,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_tcp_connection_states",
 		"tcpd_tcp_handshake_duration_seconds",
 		"tcpd_tcp_mss_clamped_total",
+		"tcpd_tcp_time_wait_acks_skipped_total",
 		"tcpd_tcp_time_wait_acks_total",
 		"tcpd_tcp_time_wait_connections",
 		"tcpd_tcp_time_wait_duration_seconds",

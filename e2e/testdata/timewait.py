@@ -18,7 +18,9 @@ Connections, in order, each from its own source port:
      olddup    an old duplicate: its first data segment again
      rst       an RST at RCV.NXT (TIME-WAIT assassination, RFC 1337)
      fin2      its FIN again, to show the RST changed nothing
-     oldsyn    a SYN with an older sequence number and timestamp (RFC 6191)
+     oldsyn    a SYN with an older sequence number and timestamp (RFC 6191),
+               sent twice in a row: the first gets a challenge ACK, the
+               second nothing (at most one such ACK per half second)
      newsyn    a SYN with a newer sequence number and timestamp (RFC 6191),
                which must open a new connection at once; it is then reset
   B: finb      its FIN again, with no TIME_WAIT held for it
@@ -157,12 +159,17 @@ def main():
         return c
 
     def step(name, conn, p, wait=None, until=None):
-        """Sends p (None: nothing) and records what tcpd sends back to the
+        """Sends p (None: nothing; a list: each) and records what tcpd sends back to the
         connection's port within the window, or until a packet until
         accepts arrives."""
         time.sleep(0.05)
         sent_at = time.time()
-        sent = send(p) if p is not None else None
+        # p may be a list: its packets go back to back, and the first is
+        # the one reported as sent.
+        pkts = p if isinstance(p, list) else [] if p is None else [p]
+        for q in pkts:
+            send(q)
+        sent = pkts[0] if pkts else None
         deadline = time.monotonic() + (args.window if wait is None else wait)
         replies = []
         while time.monotonic() < deadline:
@@ -211,7 +218,8 @@ def main():
     step("olddup", a, ipl(bytes(first)))
     step("rst", a, ipl(src=args.src, dst=args.dst) / TCP(sport=a["sport"], dport=args.port, flags="R", seq=a["iss"] + 3))
     step("fin2", a, fa(a))
-    step("oldsyn", a, seg(a["sport"], "S", a["iss"] - 50000, 0, 0, tsv=a["fin_tsval"] - 1, syn=True))
+    oldsyn = seg(a["sport"], "S", a["iss"] - 50000, 0, 0, tsv=a["fin_tsval"] - 1, syn=True)
+    step("oldsyn", a, [oldsyn, oldsyn])
     # The new connection is reset as soon as its SYN-ACK is in, so that it
     # sends nothing more.
     newiss = a["iss"] + 5000000
