@@ -68,6 +68,9 @@ func TestKillWhileDialling(t *testing.T) {
 	if !h.s.Kill(id) {
 		t.Fatal("Kill did not find the connection whose connect is in progress")
 	}
+	if h.s.Kill(id) {
+		t.Error("a second Kill, the first under way, reported success")
+	}
 	select {
 	case err := <-dialed:
 		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) && !strings.Contains(err.Error(), "refused") {
@@ -116,6 +119,9 @@ func TestKillDuringClientHandshake(t *testing.T) {
 	id := h.s.Conns(nil)[0].ID
 	if !h.s.Kill(id) {
 		t.Fatal("Kill did not find the connection in its client's handshake")
+	}
+	if h.s.Kill(id) {
+		t.Error("a second Kill, the first under way, reported success")
 	}
 	waitFor(t, "the killed row to go", func() bool { return h.s.Snapshot().Live == 0 })
 	waitFor(t, "the in-flight slot to be freed", func() bool { return h.s.Stats().InFlight.Load() == 0 })

@@ -85,7 +85,8 @@ type relay struct {
 	// shard's mu.
 	queued bool
 	// req holds requests from other goroutines (req* bits); abortEnd is
-	// the End of a reqAbort.
+	// the End of a reqAbort plus one (0: none asked), set by the first
+	// abort or by a kill before the handler registered the endpoint.
 	req      atomic.Uint32
 	abortEnd atomic.Int32
 
@@ -193,10 +194,12 @@ func (r *relay) post(req uint32) {
 }
 
 // abort asks for a reset of both legs, ending the relay with e (the first
-// abort's End counts).
-func (r *relay) abort(e End) {
-	r.abortEnd.CompareAndSwap(0, int32(e)+1)
+// abort's End counts). It reports whether it was the first: a kill before
+// the endpoint was registered counts as one.
+func (r *relay) abort(e End) bool {
+	first := r.abortEnd.CompareAndSwap(0, int32(e)+1)
 	r.post(reqAbort)
+	return first
 }
 
 // clientEvent is the waiter callback on the client endpoint's queue. The

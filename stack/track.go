@@ -156,11 +156,17 @@ func (s *Stack) Kill(id conntrack.ID) bool {
 	killed := false
 	if e := s.reg.lookup(id); e != nil {
 		// Its shard resets both legs, or the client's alone once the
-		// relay has ended.
-		e.relay.abort(EndAborted)
+		// relay has ended. A relay that has ended with its endpoint
+		// closed is gone, though the reconcile tick has not forgotten it
+		// yet; one killed already is being reset.
+		gone := e.relayDone.Load() && conntrackState(tcp.EndpointState(e.ep.State())) == conntrack.StateClosed
+		if !gone && e.relay.abort(EndAborted) {
+			killed = true
+		}
 		s.reg.unregister(id)
-		killed = true
-	} else if r := s.reg.connectingRelay(id); r != nil {
+	} else if r := s.reg.connectingRelay(id); r != nil && r.abortEnd.CompareAndSwap(0, int32(EndAborted)+1) {
+		// The first kill of a connection its handler has not
+		// registered yet.
 		r.post(reqKill)
 		killed = true
 	}
