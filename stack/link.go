@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -353,12 +354,23 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 }
 
 // ipSource returns the network protocol and source address of an IP packet
-// long enough to hold its fixed header.
+// long enough to hold its fixed header and as long as its length field
+// says, or at most a link's padding longer.
 func ipSource(pkt []byte) (tcpip.NetworkProtocolNumber, netip.Addr, bool) {
 	switch {
 	case len(pkt) >= header.IPv4MinimumSize && pkt[0]>>4 == 4:
+		// A header length under the minimum, or a total length beyond
+		// what was read: a packet longer than the read buffer comes cut
+		// short, and its checksums would call it corrupt.
+		hl, tl := int(pkt[0]&0xf)*4, int(binary.BigEndian.Uint16(pkt[2:4]))
+		if hl < header.IPv4MinimumSize || tl < hl || tl > len(pkt) {
+			return 0, netip.Addr{}, false
+		}
 		return header.IPv4ProtocolNumber, netip.AddrFrom4([4]byte(pkt[12:16])), true
 	case len(pkt) >= header.IPv6MinimumSize && pkt[0]>>4 == 6:
+		if header.IPv6MinimumSize+int(binary.BigEndian.Uint16(pkt[4:6])) > len(pkt) {
+			return 0, netip.Addr{}, false
+		}
 		return header.IPv6ProtocolNumber, netip.AddrFrom16([16]byte(pkt[8:24])), true
 	}
 	return 0, netip.Addr{}, false

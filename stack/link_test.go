@@ -120,3 +120,36 @@ func TestDropReasons(t *testing.T) {
 		}
 	}
 }
+
+// TestTruncatedIsMalformed checks that a packet shorter than its IP length
+// field says, as a packet longer than the TUN's read buffer arrives, is
+// dropped as malformed, not as a bad checksum.
+func TestTruncatedIsMalformed(t *testing.T) {
+	from, to := netip.AddrPortFrom(clientAddr, 40000), netip.AddrPortFrom(dstAddr, 80)
+	badIHL := buildV4(from, to, header.TCPFlagSyn, 1, 0, 0)
+	badIHL[0] = 0x44 // a header of 16 bytes
+	cases := []struct {
+		name string
+		pkt  []byte
+	}{
+		{"IPv4 cut short of its total length", buildV4(from, to, header.TCPFlagAck, 1, 1, 100)[:80]},
+		{"IPv4 with a header length under 20 bytes", badIHL},
+		{"IPv6 cut short of its payload length", buildV6(netip.AddrPortFrom(netip.MustParseAddr("fd64::2"), 40000),
+			netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1"), 80), header.TCPFlagAck, 1, 1, 100)[:90]},
+	}
+	h := newHarness(t, Config{}, clientAddr)
+	st := h.s.Stats()
+	udp := rawV4(clientAddr, dstAddr, 17, []byte{0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0})
+	for _, c := range cases {
+		malformed, bad, notTCP := st.Drops(DropMalformed), st.Drops(DropBadChecksum), st.Drops(DropNotTCP)
+		h.inject <- c.pkt
+		// The packet loop takes one packet after the other: once the UDP
+		// packet's drop is counted, the case's has been dealt with.
+		h.inject <- udp
+		waitFor(t, c.name+" and the packet after it dealt with", func() bool { return st.Drops(DropNotTCP) > notTCP })
+		if st.Drops(DropMalformed) != malformed+1 || st.Drops(DropBadChecksum) != bad {
+			t.Errorf("%s: malformed %d -> %d, bad_checksum %d -> %d; want one more malformed",
+				c.name, malformed, st.Drops(DropMalformed), bad, st.Drops(DropBadChecksum))
+		}
+	}
+}

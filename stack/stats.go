@@ -25,7 +25,8 @@ const (
 	DropMaxInFlightPerClient
 	// DropShuttingDown: SYN during shutdown (answered RST).
 	DropShuttingDown
-	// DropMalformed: not an IPv4 or IPv6 packet, or shorter than its header.
+	// DropMalformed: not an IPv4 or IPv6 packet, or shorter than its
+	// header or its length field says (ipSource).
 	DropMalformed
 	// DropBadChecksum: a packet the kernel did not vouch for failed
 	// tcpd's own checksum check.
