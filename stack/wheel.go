@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"math"
 	"math/bits"
 	"time"
 )
@@ -15,6 +16,10 @@ type wheel struct {
 	slots [wheelSlots]*timer
 	// used has bit i set while slot i holds a timer, for next.
 	used [wheelSlots / 64]uint64
+	// soonest[i] is no later than the earliest deadline in slot i: set
+	// lowers it, advance sets it exactly as it passes the slot, stop
+	// leaves it (a timer stopped costs at most one early wake).
+	soonest [wheelSlots]int64
 	// now is a time within the slot the wheel is at, in ns since start.
 	now   int64
 	start time.Time
@@ -56,6 +61,9 @@ func (w *wheel) set(t *timer, when time.Time) {
 	t.prev, t.next = nil, w.slots[t.slot]
 	if t.next != nil {
 		t.next.prev = t
+		w.soonest[t.slot] = min(w.soonest[t.slot], t.when)
+	} else {
+		w.soonest[t.slot] = t.when
 	}
 	w.slots[t.slot] = t
 	w.used[t.slot/64] |= 1 << (t.slot % 64)
@@ -94,13 +102,20 @@ func (w *wheel) advance(now time.Time) {
 		return
 	}
 	for {
-		for t := w.slots[slotOf(w.now)]; t != nil; {
+		i := slotOf(w.now)
+		for t := w.slots[i]; t != nil; {
 			next := t.next
 			if t.when <= to {
 				w.stop(t)
 				t.fire()
 			}
 			t = next
+		}
+		// What is left (and what a fire armed here) is due in a later
+		// turn, or later in this slot.
+		w.soonest[i] = math.MaxInt64
+		for t := w.slots[i]; t != nil; t = t.next {
+			w.soonest[i] = min(w.soonest[i], t.when)
 		}
 		if w.now/tick >= to/tick {
 			return
@@ -109,16 +124,22 @@ func (w *wheel) advance(now time.Time) {
 	}
 }
 
-// next returns how long from now until the earliest slot holding a timer,
-// at most a turn; ok is false when no timer is armed.
+// next returns how long from now until the wheel must advance: the
+// deadline of the first slot, in the order the wheel passes them, that
+// holds a timer due as it passes (it may be a stopped timer's, an early
+// wake), or a turn, when every timer armed is due in a later one; ok is
+// false when no timer is armed. A slot whose timers are all due in later
+// turns is not a reason to wake: the shard would poll without sleeping
+// for as long as the wheel stayed on it.
 func (w *wheel) next(now time.Time) (d time.Duration, ok bool) {
 	if w.armed == 0 {
 		return 0, false
 	}
 	tick := int64(wheelTick)
 	from := slotOf(w.now)
-	// The first used slot at or after from, going round once.
-	i := 0
+	start := w.now / tick * tick // of the slot the wheel is at
+	at := start + wheelSlots*tick
+	// The used slots from from on, going round once.
 	for k := range len(w.used) + 1 {
 		word := (from/64 + k) % len(w.used)
 		m := w.used[word]
@@ -127,11 +148,14 @@ func (w *wheel) next(now time.Time) (d time.Duration, ok bool) {
 		} else if k == len(w.used) {
 			m &= 1<<(from%64) - 1
 		}
-		if m != 0 {
-			i = (word*64 + bits.TrailingZeros64(m) - from + wheelSlots) % wheelSlots
-			break
+		for ; m != 0; m &= m - 1 {
+			slot := word*64 + bits.TrailingZeros64(m)
+			i := int64((slot - from + wheelSlots) % wheelSlots)
+			if w.soonest[slot] < start+(i+1)*tick {
+				at = w.soonest[slot]
+				return max(time.Duration(at-w.since(now)), 0), true
+			}
 		}
 	}
-	at := (w.now/tick + int64(i)) * tick
 	return max(time.Duration(at-w.since(now)), 0), true
 }

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -39,14 +40,8 @@ func TestWheel(t *testing.T) {
 		}
 	}
 	for now = start; now.Before(start.Add(30 * time.Second)); now = now.Add(time.Duration(rng.Int64N(int64(700 * time.Millisecond)))) {
-		d, ok := w.next(now)
-		if ok && d > wheelTick*wheelSlots {
-			t.Fatalf("next %v: more than a turn", d)
-		}
-		if sd, sok := nextByScan(w, now); d != sd || ok != sok {
-			t.Fatalf("next at %v: %v, %v; a scan of every slot says %v, %v", now.Sub(start), d, ok, sd, sok)
-		}
 		w.advance(now)
+		checkNext(t, w, now, start)
 	}
 	w.advance(now)
 	for i, r := range recs {
@@ -82,15 +77,9 @@ func TestWheelNext(t *testing.T) {
 	}
 	now = start
 	for len(fired) < 3 && now.Before(start.Add(10*time.Second)) {
-		d, ok := w.next(now)
-		if !ok {
-			t.Fatal("armed wheel said no timer")
-		}
+		d := checkNext(t, w, now, start)
 		now = now.Add(d)
 		w.advance(now)
-		if d == 0 {
-			now = now.Add(wheelTick)
-		}
 	}
 	want := []time.Duration{35 * time.Millisecond, 2 * time.Second, 7 * time.Second}
 	if len(fired) != 3 {
@@ -106,17 +95,70 @@ func TestWheelNext(t *testing.T) {
 	}
 }
 
-// nextByScan is what wheel.next computes, by looking at every slot in turn.
-func nextByScan(w *wheel, now time.Time) (time.Duration, bool) {
-	if w.armed == 0 {
-		return 0, false
+// TestWheelNextFarTimer: a timer an hour away, alone or with others far
+// away in the same slot, wakes its shard about once a turn, not every
+// time the shard looks: a slot holding only timers of later turns is no
+// reason to wake (the shard would poll without sleeping for the whole of
+// each tick the wheel spent on it).
+func TestWheelNextFarTimer(t *testing.T) {
+	start := time.Unix(1000, 0)
+	w := newWheel(start)
+	var firedAt time.Time
+	var now time.Time
+	far := &timer{fire: func() { firedAt = now }}
+	w.set(far, start.Add(time.Hour))
+	// Others an exact number of turns later share its slot.
+	for k := range 3 {
+		w.set(&timer{fire: func() {}}, start.Add(time.Hour+time.Duration(k+1)*wheelSlots*wheelTick))
 	}
-	tick := int64(wheelTick)
-	for i := range int64(wheelSlots) {
-		at := (w.now/tick + i) * tick
-		if w.slots[slotOf(at)] != nil {
-			return max(time.Duration(at-w.since(now)), 0), true
+	wakes := 0
+	for now = start; firedAt.IsZero() && now.Before(start.Add(2*time.Hour)); {
+		now = now.Add(checkNext(t, w, now, start))
+		w.advance(now)
+		wakes++
+	}
+	if firedAt.IsZero() || firedAt.Before(start.Add(time.Hour)) || firedAt.After(start.Add(time.Hour+wheelTick)) {
+		t.Fatalf("the timer due in an hour fired at %v", firedAt.Sub(start))
+	}
+	// An hour is 704 turns.
+	if turns := int(time.Hour / (wheelSlots * wheelTick)); wakes > turns+2 {
+		t.Errorf("%d wakes to fire a timer an hour away, want about one a turn (%d)", wakes, turns)
+	}
+}
+
+// checkNext checks what w.next says at now, after w.advance(now): when
+// armed, a wait of more than zero (nothing is due: it has fired) that
+// ends no later than the earliest deadline armed and no more than a turn
+// away. It returns the wait.
+func checkNext(t *testing.T, w *wheel, now, start time.Time) time.Duration {
+	t.Helper()
+	d, ok := w.next(now)
+	earliest, armed := earliestByScan(w)
+	if ok != armed {
+		t.Fatalf("next at %v: ok %v with %d timers armed", now.Sub(start), ok, w.armed)
+	}
+	if !ok {
+		return wheelTick
+	}
+	switch {
+	case d <= 0:
+		t.Fatalf("next at %v: %v, with nothing due (the earliest deadline is %v)", now.Sub(start), d, time.Duration(earliest-w.since(now)))
+	case d > wheelTick*wheelSlots:
+		t.Fatalf("next at %v: %v, more than a turn", now.Sub(start), d)
+	case w.since(now)+int64(d) > earliest:
+		t.Fatalf("next at %v: %v, after the earliest deadline, %v away", now.Sub(start), d, time.Duration(earliest-w.since(now)))
+	}
+	return d
+}
+
+// earliestByScan is the earliest deadline armed in w, from every timer in
+// every slot.
+func earliestByScan(w *wheel) (int64, bool) {
+	earliest, armed := int64(math.MaxInt64), false
+	for _, head := range w.slots {
+		for tm := head; tm != nil; tm = tm.next {
+			earliest, armed = min(earliest, tm.when), true
 		}
 	}
-	return wheelTick * wheelSlots, true
+	return earliest, armed
 }
