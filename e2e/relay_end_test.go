@@ -730,3 +730,140 @@ func TestRelayFINWithLastBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayResetAfterFIN: a reset that follows a FIN is passed on as
+// promptly as any other. The destination half-closes and the client's
+// later bytes draw the destination's RST (its socket is closed): the
+// client's connection must end in a reset, as it would talking to the
+// destination directly, not linger until tcp.half_close_timeout. And the
+// mirror: a client that half-closed and then resets (SO_LINGER 0) must
+// reset the destination's connection.
+func TestRelayResetAfterFIN(t *testing.T) {
+	const halfClose = 30 * time.Second // far beyond resetWithin
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, HalfCloseTimeout: halfClose.String()})
+	dial := func(t *testing.T, port int) net.Conn {
+		c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
+	}
+
+	t.Run("destination", func(t *testing.T) {
+		before := sample(t, g)
+		port := serve(t, g.Server, func(c net.Conn) {
+			io.WriteString(c, "bye")
+			c.Close() // whatever comes after draws a RST
+		})
+		c := dial(t, port)
+		if got, err := readAllString(c); got != "bye" || err != nil {
+			t.Fatalf("the client read %q then %s, want %q then EOF", got, endName(err), "bye")
+		}
+		if _, err := io.WriteString(c, "more"); err != nil {
+			t.Fatalf("the client's write after the destination's FIN: %v", err)
+		}
+		st, took := waitState(t, c, tcpClose, resetWithin)
+		if st != tcpClose {
+			t.Errorf("%v after its write the client's connection is in TCP state %d (8 = close-wait), want closed by the destination's reset", took.Round(time.Millisecond), st)
+		}
+		assertEnds(t, g, before, map[string]float64{"upstream_reset": 1})
+	})
+
+	t.Run("client", func(t *testing.T) {
+		before := sample(t, g)
+		accepted := make(chan net.Conn, 1)
+		hold := make(chan struct{})
+		defer close(hold)
+		port := serve(t, g.Server, func(c net.Conn) {
+			accepted <- c
+			<-hold
+		})
+		c := dial(t, port)
+		io.WriteString(c, "req")
+		c.(*net.TCPConn).CloseWrite()
+		sc := <-accepted
+		sc.SetDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(sc); string(b) != "req" || err != nil {
+			t.Fatalf("the destination read %q then %s, want %q then EOF", b, endName(err), "req")
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		st, took := waitState(t, sc, tcpClose, resetWithin)
+		if st != tcpClose {
+			t.Errorf("%v after the client's reset the destination's connection is in TCP state %d (8 = close-wait), want closed by a reset", took.Round(time.Millisecond), st)
+		}
+		assertEnds(t, g, before, map[string]float64{"client_reset": 1})
+	})
+}
+
+// TestRelayStalledIsNotIdle: a transfer whose receiver's window stays
+// closed for longer than tcp.half_close_timeout (or tcp.idle_timeout) is
+// stalled, not idle: its TCP answers the window probes, and Linux would
+// keep it. When the receiver reads again, every byte arrives and the
+// connection ends cleanly.
+func TestRelayStalledIsNotIdle(t *testing.T) {
+	const (
+		timeout = 2 * time.Second
+		pause   = 3 * timeout
+		size    = 8 << 20 // beyond every buffer on the way
+	)
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, HalfCloseTimeout: timeout.String(), IdleTimeout: timeout.String()})
+	watchRelays(t, g)
+	before := sample(t, g)
+	dial := func(t *testing.T, port int) net.Conn {
+		c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(pause + 30*time.Second))
+		return c
+	}
+
+	t.Run("half-closed download, the client pauses", func(t *testing.T) {
+		port := serve(t, g.Server, func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(pause + 30*time.Second))
+			if _, err := io.ReadAll(c); err == nil {
+				c.Write(make([]byte, size))
+			}
+		})
+		c := dial(t, port)
+		io.WriteString(c, "get")
+		c.(*net.TCPConn).CloseWrite()
+		time.Sleep(pause)
+		n, err := io.Copy(io.Discard, c)
+		if n != size || err != nil {
+			t.Fatalf("after a pause of %v the client read %s then %s; want %s then EOF", pause, mibs(float64(n)), endName(err), mibs(size))
+		}
+	})
+
+	t.Run("upload, the destination pauses", func(t *testing.T) {
+		got := make(chan int64, 1)
+		port := serve(t, g.Server, func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(pause + 30*time.Second))
+			time.Sleep(pause)
+			n, _ := io.Copy(io.Discard, c)
+			got <- n
+		})
+		c := dial(t, port)
+		if _, err := c.Write(make([]byte, size)); err != nil {
+			t.Fatalf("the client's write: %v", err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		select {
+		case n := <-got:
+			if n != size {
+				t.Fatalf("after a pause of %v the destination read %s, want %s", pause, mibs(float64(n)), mibs(size))
+			}
+		case <-time.After(pause + 30*time.Second):
+			t.Fatal("the destination never finished reading")
+		}
+		if b, err := readAllString(c); b != "" || err != nil {
+			t.Fatalf("the client read %q then %s, want EOF", b, endName(err))
+		}
+	})
+
+	assertEnds(t, g, before, map[string]float64{"clean": 2})
+}

@@ -389,18 +389,20 @@ func (r *relay) handshakeTimedOut() {
 // pump moves bytes both ways until each direction would block, has ended
 // or has used its budget, then decides what comes next.
 func (r *relay) pump() {
-	if tcp.EndpointState(r.ep.State()) == tcp.StateError {
-		// Reset by the client, or given up by keepalive, the user
-		// timeout or retransmissions.
+	if r.clientReset() {
 		r.reset(EndClientReset)
 		return
 	}
-	if r.upError && r.down.held() {
-		// The upstream failed while the client's window was closed: what
-		// the client can take goes out, then the reset. Bytes still in
-		// the socket are lost with the connection, as they would be on a
-		// direct one.
-		r.writeClient()
+	if r.upError && (r.down.held() || r.downEOF) {
+		// The upstream failed while the client's window was closed, or
+		// after its FIN (the destination's RST to what the client sent
+		// after it, as a closed socket answers): what the client can
+		// take goes out, then the reset. Bytes still in the socket are
+		// lost with the connection, as they would be on a direct one.
+		// Else the socket is read to its error first.
+		if r.down.held() {
+			r.writeClient()
+		}
 		r.reset(EndUpstreamReset)
 		return
 	}
@@ -418,6 +420,21 @@ func (r *relay) pump() {
 		r.sh.queue(r)
 	}
 	r.armInactivity()
+}
+
+// clientReset reports whether the client's leg was reset, or given up by
+// keepalive, the user timeout or retransmissions. The netstack takes a RST
+// in CLOSE-WAIT (the client's, after its own FIN) to CLOSED rather than to
+// its error state, as Linux does: closed before tcpd sent its FIN, the leg
+// was reset.
+func (r *relay) clientReset() bool {
+	switch tcp.EndpointState(r.ep.State()) {
+	case tcp.StateError:
+		return true
+	case tcp.StateClose:
+		return !r.downFIN
+	}
+	return false
 }
 
 // moveUp moves bytes from the client to the upstream. It reports false if
@@ -475,7 +492,7 @@ func (r *relay) moveUp(more *bool) bool {
 			relayBufs.Put(bp)
 			// A leg whose error the other direction took first reads
 			// as closed too; only a FIN is passed on as one.
-			if tcp.EndpointState(r.ep.State()) == tcp.StateError {
+			if r.clientReset() {
 				r.reset(EndClientReset)
 				return false
 			}
@@ -581,6 +598,7 @@ func (r *relay) halfClosed() {
 // armInactivity keeps the relay's timer on its inactivity deadline: the
 // half-close timeout once a direction has finished, counted from the
 // half-close or the last byte after it, else the idle timeout (none if 0).
+// A relay is inactive when it moves nothing and holds nothing to move.
 // The deadline is re-read when the timer fires, so a busy relay costs the
 // wheel nothing per byte.
 func (r *relay) armInactivity() {
@@ -614,8 +632,17 @@ func (r *relay) inactive() {
 	if t == 0 {
 		return
 	}
-	if deadline := from.Add(t); time.Now().Before(deadline) {
+	now := time.Now()
+	if deadline := from.Add(t); now.Before(deadline) {
 		r.sh.wheel.set(&r.timer, deadline)
+		return
+	}
+	if r.up.held() || r.down.held() {
+		// Stalled, not idle: a direction holds bytes its receiver has
+		// no room for (a window closed, its TCP answering the probes).
+		// Its leg's user timeout gives it up if the receiver stays so;
+		// Linux gives up no socket its application holds open.
+		r.sh.wheel.set(&r.timer, now.Add(t))
 		return
 	}
 	r.reset(EndTimeout)
