@@ -719,6 +719,23 @@ func (t *Table) lookupTuple(tu Tuple) *entry {
 	return t.shardOf(h).lookupKey(k, h)
 }
 
+// Acknowledged returns how much of what tcpd sent after its SYN (its data,
+// then its FIN) the client has acknowledged on id's connection, modulo
+// 2^32; ok is false if id has no entry or the client has acknowledged
+// nothing yet.
+func (t *Table) Acknowledged(id ID) (n uint32, ok bool) {
+	_, e := t.lookup(id)
+	if e == nil {
+		return 0, false
+	}
+	defer e.mu.Unlock()
+	d, c := &e.ends[sideTCPD], &e.ends[sideClient]
+	if !d.synSent || !c.ackSent {
+		return 0, false
+	}
+	return c.ack - d.iss - 1, true
+}
+
 // Unacknowledged reports whether seq lies in what tcpd has sent on tu's
 // connection and the client has not acknowledged (SND.UNA to SND.NXT, as
 // Linux checks the segment an ICMP error quotes: RFC 5927 4.1). An error

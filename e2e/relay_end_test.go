@@ -867,3 +867,54 @@ func TestRelayStalledIsNotIdle(t *testing.T) {
 
 	assertEnds(t, g, before, map[string]float64{"clean": 2})
 }
+
+// TestRelayUpstreamResetAfterData: a destination that sends a response and
+// then resets (SO_LINGER 0, as a server that closes with a request still
+// unread does) once its TCP has seen every byte acknowledged. On a direct
+// connection the client reads the whole response and then ECONNRESET:
+// Linux hands an application every byte its TCP took before the reset.
+// tcpd took them (it acknowledged them to the destination), so the client
+// must read them all too, and then the reset.
+func TestRelayUpstreamResetAfterData(t *testing.T) {
+	const size = 1 << 20 // far more than the client's receive buffer holds at first
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true})
+	before := sample(t, g)
+	acked := make(chan int64, 1)
+	port := serve(t, g.Server, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		n, _ := c.Write(make([]byte, size))
+		// Wait for tcpd to acknowledge all of it: SIOCOUTQ, what is
+		// sent and not yet acknowledged, falls to 0.
+		rc, _ := c.(*net.TCPConn).SyscallConn()
+		outq := func() (q int) {
+			rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+			return q
+		}
+		for deadline := time.Now().Add(10 * time.Second); outq() > 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		acked <- int64(n - outq())
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The client reads only once the destination's reset has reached
+	// tcpd: all it gets beyond its own receive buffer comes from what
+	// tcpd holds. It waits less than the half second a flush waits for
+	// a client that takes nothing.
+	a := <-acked
+	if a != size {
+		t.Fatalf("the destination's TCP saw %s of %s acknowledged before its reset", mibs(float64(a)), mibs(size))
+	}
+	time.Sleep(150 * time.Millisecond)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	if n != size || !isReset(err) {
+		t.Fatalf("the client read %s then %s; want the %s the destination's TCP saw acknowledged, then a reset", mibs(float64(n)), endName(err), mibs(size))
+	}
+	assertEnds(t, g, before, map[string]float64{"upstream_reset": 1})
+}

@@ -44,6 +44,8 @@ const relayBudget = 8
 //	connected   the handler completes the client's handshake
 //	relaying    bytes move; EOF on one side becomes a FIN on the other, an
 //	            error on one side a reset of both
+//	flushing    the destination reset its leg: what it sent before goes to
+//	            the client, then the client's leg is reset
 //	done        both legs closed or reset; the stack has forgotten it
 //
 // Each direction borrows a buffer only while it holds bytes read from its
@@ -114,6 +116,9 @@ type relay struct {
 	// lastActive is when a byte last moved; halfClosedAt when the first
 	// FIN was passed on (zero: none yet).
 	lastActive, halfClosedAt time.Time
+	// flushAcked is how much of what tcpd sent the client had
+	// acknowledged when a flush last looked (phaseFlushing).
+	flushAcked uint32
 
 	// bytes is what the relay moved each way, for its last log line; the
 	// shard's counters (sh.stats) are the ones read elsewhere.
@@ -131,6 +136,9 @@ const (
 	phaseConnecting phase = iota
 	phaseConnected
 	phaseRelaying
+	// phaseFlushing: the upstream leg was reset; the client's leg takes
+	// what the destination sent before it, then is reset (flush).
+	phaseFlushing
 	// phaseGone: the client reset the connection as its handshake
 	// completed; the upstream leg is reset, and the client's endpoint
 	// waits for the netstack to take the client's RST (clientGone).
@@ -266,6 +274,8 @@ func (r *relay) step() {
 		}
 	case phaseRelaying:
 		r.pump()
+	case phaseFlushing:
+		r.flush()
 	case phaseGone:
 		r.clientGone(false)
 	}
@@ -290,7 +300,7 @@ func (r *relay) kill() {
 	case phaseConnected:
 		r.killed = true
 		r.s.abortIfIn(r.tid, tcp.StateSynRecv)
-	case phaseRelaying:
+	case phaseRelaying, phaseFlushing:
 		r.reset(EndAborted)
 	}
 }
@@ -365,6 +375,8 @@ func (r *relay) onTimer() {
 		r.handshakeTimedOut()
 	case phaseRelaying:
 		r.inactive()
+	case phaseFlushing:
+		r.flush()
 	case phaseGone:
 		r.clientGone(true)
 	}
@@ -396,14 +408,10 @@ func (r *relay) pump() {
 	if r.upError && (r.down.held() || r.downEOF) {
 		// The upstream failed while the client's window was closed, or
 		// after its FIN (the destination's RST to what the client sent
-		// after it, as a closed socket answers): what the client can
-		// take goes out, then the reset. Bytes still in the socket are
-		// lost with the connection, as they would be on a direct one.
-		// Else the socket is read to its error first.
-		if r.down.held() {
-			r.writeClient()
-		}
-		r.reset(EndUpstreamReset)
+		// after it, as a closed socket answers). Bytes still in the
+		// socket are lost with the connection. Else the socket is read
+		// to its error first.
+		r.upstreamReset()
 		return
 	}
 	more := false
@@ -451,7 +459,7 @@ func (r *relay) moveUp(more *bool) bool {
 				r.upWritable = false
 				return true
 			case err != nil:
-				r.reset(EndUpstreamReset)
+				r.upstreamReset()
 				return false
 			}
 			r.moved(conntrack.FromClient, n)
@@ -461,7 +469,7 @@ func (r *relay) moveUp(more *bool) bool {
 		if r.upEOF {
 			if !r.upFIN {
 				if err := shutdownWrite(r.fd); err != nil {
-					r.reset(EndUpstreamReset)
+					r.upstreamReset()
 					return false
 				}
 				r.upFIN = true
@@ -541,7 +549,7 @@ func (r *relay) moveDown(more *bool) bool {
 			return true
 		case err != nil:
 			relayBufs.Put(bp)
-			r.reset(EndUpstreamReset)
+			r.upstreamReset()
 			return false
 		case n == 0:
 			// read returns 0 only for the peer's FIN; an error is an
@@ -559,6 +567,65 @@ func (r *relay) moveDown(more *bool) bool {
 	}
 	*more = true
 	return true
+}
+
+// flushStall bounds how long a flush waits for the client to take or
+// acknowledge another byte before it resets the client's leg: a client
+// that reads keeps its window moving, one whose window stays closed learns
+// of the reset at once, as it would from the destination itself.
+const flushStall = 500 * time.Millisecond
+
+// flushPoll is how often a flush looks at what the client acknowledged:
+// the netstack says when its send buffer has room, not when it is empty.
+const flushPoll = 20 * time.Millisecond
+
+// upstreamReset follows the destination's reset of its leg (or the leg's
+// death: keepalive, the user timeout, unreachable). tcpd has acknowledged
+// to the destination what it read, and the destination's TCP takes those
+// bytes as delivered, as a direct connection's would have been: on Linux
+// an application reads every byte its TCP acknowledged before the reset.
+// So the client's leg gets them first, and is reset once it has
+// acknowledged them all, or has taken nothing for flushStall. What the
+// client sends meanwhile has nowhere to go. A connection conntrack does
+// not track, whose acknowledgments tcpd cannot see, is reset at once.
+func (r *relay) upstreamReset() {
+	r.closeUpstream(true)
+	r.up.release()
+	if r.id == 0 {
+		r.reset(EndUpstreamReset)
+		return
+	}
+	r.phase = phaseFlushing
+	r.lastActive = time.Now()
+	r.flushAcked, _ = r.s.table.Acknowledged(r.id)
+	r.flush()
+}
+
+// flush is a step of phaseFlushing: it writes what it holds to the client
+// and resets the client's leg once the client has acknowledged all tcpd
+// sent, or has stalled.
+func (r *relay) flush() {
+	if r.clientReset() {
+		r.reset(EndUpstreamReset)
+		return
+	}
+	if r.down.held() && !r.writeClient() && r.phase == phaseDone {
+		return // the client's leg failed
+	}
+	now := time.Now()
+	acked, ok := r.s.table.Acknowledged(r.id)
+	if ok && acked != r.flushAcked {
+		r.flushAcked, r.lastActive = acked, now
+	}
+	sent := uint32(r.bytes[conntrack.ToClient])
+	if r.downFIN {
+		sent++
+	}
+	if !ok || (!r.down.held() && acked == sent) || now.Sub(r.lastActive) >= flushStall {
+		r.reset(EndUpstreamReset)
+		return
+	}
+	r.sh.wheel.set(&r.timer, now.Add(flushPoll))
 }
 
 // writeClient writes what the down direction holds to the client, as much
@@ -716,7 +783,7 @@ func (r *relay) recoverPanic() {
 		if r.dialed != nil {
 			r.dialed <- errRelayPanic
 		}
-	case phaseRelaying, phaseConnected:
+	case phaseRelaying, phaseFlushing, phaseConnected:
 		r.reset(EndAborted)
 	}
 }
