@@ -169,28 +169,46 @@ func Listen(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// removeStale removes path if it is a socket nobody answers on.
-func removeStale(path string) error {
+// CheckFree returns the error Listen would for path if another tcpd
+// answers on it, or it is not a socket, and removes nothing. A daemon asks
+// before it takes anything else, such as its TUN device, that a second
+// instance started by mistake would take from the first.
+func CheckFree(path string) error {
+	_, err := stale(path)
+	return err
+}
+
+// stale reports whether path is a socket nobody answers on, to be removed;
+// an error if it must not be.
+func stale(path string) (bool, error) {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
+		return false, fmt.Errorf("admin socket: %w", err)
 	}
 	if fi.Mode()&fs.ModeSocket == 0 {
-		return fmt.Errorf("admin socket: %s exists and is not a socket", path)
+		return false, fmt.Errorf("admin socket: %s exists and is not a socket", path)
 	}
 	c, err := net.DialTimeout("unix", path, dialTimeout)
 	if err == nil {
 		c.Close()
-		return fmt.Errorf("another tcpd is running on %s", path)
+		return false, fmt.Errorf("another tcpd is running on %s", path)
 	}
 	// ECONNREFUSED is the kernel's answer for a socket file with no
 	// listener behind it; anything else (a permission, a timeout) is not
 	// proof that the file is stale.
 	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("admin socket: check existing %s: %w", path, err)
+		return false, fmt.Errorf("admin socket: check existing %s: %w", path, err)
+	}
+	return true, nil
+}
+
+// removeStale removes path if it is a socket nobody answers on.
+func removeStale(path string) error {
+	if st, err := stale(path); !st {
+		return err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("admin socket: remove stale %s: %w", path, err)

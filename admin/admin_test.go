@@ -632,6 +632,31 @@ func TestListenLive(t *testing.T) {
 	}
 }
 
+// TestCheckFree: the check a daemon makes before it takes anything else
+// says what Listen would, and removes nothing.
+func TestCheckFree(t *testing.T) {
+	_, cfg, _ := start(t, nil)
+	if want := "another tcpd is running on " + cfg.Path; admin.CheckFree(cfg.Path) == nil || admin.CheckFree(cfg.Path).Error() != want {
+		t.Errorf("CheckFree of a live socket: %v, want %q", admin.CheckFree(cfg.Path), want)
+	}
+	if err := admin.CheckFree(filepath.Join(t.TempDir(), "none.sock")); err != nil {
+		t.Errorf("CheckFree of no file: %v", err)
+	}
+	stale := filepath.Join(t.TempDir(), "tcpd.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	if err := admin.CheckFree(stale); err != nil {
+		t.Errorf("CheckFree of a stale socket: %v", err)
+	}
+	if _, err := os.Lstat(stale); err != nil {
+		t.Errorf("CheckFree removed the stale socket: %v", err)
+	}
+}
+
 func TestListenStale(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tcpd.sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})

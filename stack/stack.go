@@ -65,6 +65,10 @@ type TUNConfig struct {
 	Queues int
 }
 
+// ErrTUNInUse says the TUN device TUNConfig.Name names has queues attached
+// by another process.
+var ErrTUNInUse = errors.New("the TUN device is in use by another process (another tcpd?)")
+
 // MaxAutoQueues bounds the queues TUNConfig.Queues 0 opens: a packet loop
 // per core up to the 64 cores tcpd is planned for (bench/README.md).
 const MaxAutoQueues = 64

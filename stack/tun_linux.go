@@ -97,6 +97,9 @@ func (d *queueTUN) Close() error {
 // it has and says so. The flags are checked as the kernel reports them
 // (TUNGETIFF), not assumed.
 func openTUN(name string, want int, vnet bool, log *zap.Logger) (*queueTUN, error) {
+	if err := tunInUse(name); err != nil {
+		return nil, err
+	}
 	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
 	if vnet {
 		flags |= unix.IFF_VNET_HDR
@@ -137,6 +140,24 @@ func openTUN(name string, want int, vnet bool, log *zap.Logger) (*queueTUN, erro
 	return d, nil
 }
 
+// tunInUse returns ErrTUNInUse if a multi-queue TUN device named name
+// exists with a queue attached: another process holds it, such as a tcpd
+// started twice (a single-queue one in use, the kernel refuses: EBUSY).
+// The kernel would let tcpd attach a further queue to a multi-queue device
+// and then steer some of the other process's flows to it, and tcpd would
+// answer those connections, unknown to it, with RST; nor may tcpd set the
+// other's MTU and addresses. A persistent device nobody holds is taken.
+func tunInUse(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil // none yet: tcpd creates it
+	}
+	if t, ok := l.(*netlink.Tuntap); ok && t.Queues+t.DisabledQueues > 0 {
+		return fmt.Errorf("%s has %d queues attached: %w", name, t.Queues+t.DisabledQueues, ErrTUNInUse)
+	}
+	return nil
+}
+
 // openQueue opens /dev/net/tun and attaches it to the TUN name with flags,
 // creating the device if it does not exist, and returns it non-blocking
 // with the flags the kernel reports for the device.
@@ -155,6 +176,11 @@ func openQueue(name string, flags uint16, vnet bool) (*os.File, uint16, error) {
 	}
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			// A single-queue device another process holds (the kernel
+			// reports no queue count for one).
+			return fail(fmt.Errorf("%s: %w", name, ErrTUNInUse))
+		}
 		return fail(fmt.Errorf("TUNSETIFF %s flags %#x: %w", name, flags, err))
 	}
 	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {

@@ -189,6 +189,17 @@ func (d *daemon) run() error {
 		budget = b.conns
 		d.fd = b
 	}
+	// A second tcpd started by mistake stops here, before it takes the
+	// first one's TUN (see stack.ErrTUNInUse for one with another admin
+	// socket).
+	if path := cfg.adminSocket(); path != "" {
+		if err := admin.CheckFree(path); err != nil {
+			err = fmt.Errorf("admin.socket %s: %w", path, err)
+			d.log.Error("start failed", zap.Error(err))
+			d.stopEndpoints()
+			return err
+		}
+	}
 	d.health.starting("creating the TUN and the netstack")
 	d.holdStartForTest()
 	memLimit, memSource := applyMemoryLimit(cfg, budget)
@@ -396,6 +407,9 @@ func (d *daemon) reload() admin.ReloadResult {
 // source addresses against the host's at start and at every reload, which
 // check-config cannot.
 func keyedStackError(err error) error {
+	if errors.Is(err, stack.ErrTUNInUse) {
+		return fmt.Errorf("tun.name: %w; stop that process, or give this one another tun.name", err)
+	}
 	var se *stack.SourceAddressError
 	if !errors.As(err, &se) {
 		return err
