@@ -77,6 +77,13 @@ const MaxAutoQueues = 64
 // linux/if_tun.h).
 const MaxQueues = 256
 
+// PerCPUDescriptors is how many descriptors a Stack started now with TUN
+// configuration c holds that grow with the CPUs: one per TUN queue and one
+// per relay shard's epoll set (a shard per P).
+func PerCPUDescriptors(c TUNConfig) int {
+	return c.queueCount() + runtime.GOMAXPROCS(0)
+}
+
 // queueCount resolves Queues.
 func (c TUNConfig) queueCount() int {
 	if c.Queues > 0 {

@@ -5,6 +5,7 @@ import (
 
 	"tcpd/admin"
 	"tcpd/metrics"
+	"tcpd/stack"
 )
 
 // tcpd's descriptors: one per relayed connection and per handshake in
@@ -15,14 +16,20 @@ import (
 // while it makes room).
 
 // fdOwnBase covers tcpd's own descriptors other than its listeners'
-// connections: stdio, the TUN, the Go runtime's and the relay watcher's
-// epoll sets and wake-ups, the listeners themselves, the netlink sockets
-// of the policy and the TUN setup, the log, and a margin for the odd file
-// opened for a moment (/proc, /sys).
+// connections and those it holds per CPU: stdio, the Go runtime's epoll
+// set and wake-up, the listeners themselves, the netlink sockets of the
+// policy and the TUN setup, the log, and a margin for the odd file opened
+// for a moment (/proc, /sys).
 const fdOwnBase = 64
 
-// fdReserve is what tcpd keeps for itself out of its open-file limit.
-const fdReserve = fdOwnBase + metrics.MaxConnections + 1 + admin.MaxConnections + 1
+// fdReserve is what tcpd keeps for itself out of its open-file limit: the
+// base, a descriptor per TUN queue and per relay shard (one per CPU each
+// with tun.queues auto: 128 on a 64-core gateway, which a fixed reserve
+// left /metrics and /healthz without at full load), and its listeners'
+// connections.
+func fdReserve(c *config) int {
+	return fdOwnBase + stack.PerCPUDescriptors(c.stack.TUN) + metrics.MaxConnections + 1 + admin.MaxConnections + 1
+}
 
 // fdBudget is how tcpd's open-file limit divides.
 type fdBudget struct {
@@ -34,8 +41,8 @@ type fdBudget struct {
 	conns int
 }
 
-func newFDBudget(limit int) fdBudget {
-	return fdBudget{limit: limit, conns: limit - fdReserve}
+func newFDBudget(limit int, c *config) fdBudget {
+	return fdBudget{limit: limit, conns: limit - fdReserve(c)}
 }
 
 // fdNeed is the open-file limit the caps of c need: limits.max_connections
@@ -43,7 +50,7 @@ func newFDBudget(limit int) fdBudget {
 // admission compares both together against it), so it bounds every
 // upstream socket.
 func fdNeed(c *config) int {
-	return c.stack.MaxConnections + fdReserve
+	return c.stack.MaxConnections + fdReserve(c)
 }
 
 // check says whether the caps of c fit in the limit. It returns an error
@@ -54,7 +61,7 @@ func (b fdBudget) check(c *config) (warning string, err error) {
 	need := fdNeed(c)
 	if b.conns < 1 {
 		return "", fmt.Errorf("the open-file limit (RLIMIT_NOFILE) is %d: tcpd keeps %d descriptors for itself and has none left for connections; "+
-			"raise the limit (LimitNOFILE= under systemd, ulimit -n) to at least %d", b.limit, fdReserve, need)
+			"raise the limit (LimitNOFILE= under systemd, ulimit -n) to at least %d", b.limit, fdReserve(c), need)
 	}
 	if need <= b.limit {
 		return "", nil
@@ -62,7 +69,7 @@ func (b fdBudget) check(c *config) (warning string, err error) {
 	return fmt.Sprintf("the open-file limit (RLIMIT_NOFILE) is %d, and limits.max_connections (%d) "+
 		"upstream sockets plus %d of tcpd's own need %d: at most %d connections and handshakes at once, more are refused "+
 		"(tcpd_dropped_total{reason=\"fd_limit\"}); raise the limit (LimitNOFILE=) to %d, or lower limits.max_connections to %d",
-		b.limit, c.stack.MaxConnections, fdReserve, need, b.conns, need, b.conns), nil
+		b.limit, c.stack.MaxConnections, fdReserve(c), need, b.conns, need, b.conns), nil
 }
 
 // checkFDCaps is check-config's view: an error when the caps of c cannot
@@ -74,12 +81,12 @@ func checkFDCaps(c *config, nrOpen, own int) (warning string, err error) {
 	if nrOpen > 0 && need > nrOpen {
 		return "", fmt.Errorf("limits.max_connections: %d connections and %d descriptors of tcpd's own need "+
 			"%d open files, more than this host allows any process (fs.nr_open %d) (allowed: at most %d, or raise the sysctl fs.nr_open)",
-			c.stack.MaxConnections, fdReserve, need, nrOpen, max(nrOpen-fdReserve, 1))
+			c.stack.MaxConnections, fdReserve(c), need, nrOpen, max(nrOpen-fdReserve(c), 1))
 	}
 	if own > 0 && need > own {
 		return fmt.Sprintf("warning: limits.max_connections (%d) and %d of tcpd's own need %d open files; "+
 			"this shell's limit is %d: run tcpd with a higher one (the unit's LimitNOFILE=), or it refuses connections beyond %d",
-			c.stack.MaxConnections, fdReserve, need, own, max(own-fdReserve, 0)), nil
+			c.stack.MaxConnections, fdReserve(c), need, own, max(own-fdReserve(c), 0)), nil
 	}
 	return "", nil
 }

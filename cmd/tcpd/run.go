@@ -176,7 +176,7 @@ func (d *daemon) run() error {
 	// the log working when the connections reach it.
 	var budget int
 	if lim := openFileLimit(); lim > 0 {
-		b := newFDBudget(lim)
+		b := newFDBudget(lim, cfg)
 		warning, err := b.check(cfg)
 		if err != nil {
 			d.log.Error("start failed", zap.Error(err))
