@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"time"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -93,8 +94,27 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		fmt.Fprintf(stderr, "tcpd %s: %s\n", args[0], strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		writeLast(stderr, fmt.Sprintf("tcpd %s: %s\n", args[0], strings.ReplaceAll(err.Error(), "\n", "\n  ")))
 		return 1
+	}
+}
+
+// lastLineWait bounds writeLast.
+const lastLineWait = 2 * time.Second
+
+// writeLast writes the last line of a failed command, and gives up after
+// lastLineWait: stderr may be a pipe nobody reads (a stuck journal), and a
+// daemon that failed must still exit, so that systemd restarts it. The
+// log has said why already; nothing else waits for the log either.
+func writeLast(w io.Writer, line string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.WriteString(w, line)
+	}()
+	select {
+	case <-done:
+	case <-time.After(lastLineWait):
 	}
 }
 

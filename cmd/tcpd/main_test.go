@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCLI(t *testing.T) {
@@ -62,5 +64,36 @@ func TestCLI(t *testing.T) {
 				t.Errorf("usage error of %d lines, want 2: %q", strings.Count(errb.String(), "\n"), errb.String())
 			}
 		})
+	}
+}
+
+// blockedWriter is a stderr nobody reads, a full pipe: every Write blocks
+// until the test ends.
+type blockedWriter struct{ release chan struct{} }
+
+func (w blockedWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
+
+// TestFailureExitsWithStderrBlocked: a command that fails exits, within
+// lastLineWait, even when its last line cannot be written: a daemon whose
+// start failed with the journal stuck must still exit for systemd to
+// restart it.
+func TestFailureExitsWithStderrBlocked(t *testing.T) {
+	w := blockedWriter{make(chan struct{})}
+	defer close(w.release)
+	start := time.Now()
+	done := make(chan int, 1)
+	go func() {
+		done <- runMain([]string{"check-config", filepath.Join(t.TempDir(), "none.yaml")}, io.Discard, w)
+	}()
+	select {
+	case code := <-done:
+		if code != 1 {
+			t.Errorf("exit %d, want 1", code)
+		}
+		if took := time.Since(start); took < lastLineWait/2 {
+			t.Errorf("returned after %v: the blocked write did not happen", took)
+		}
+	case <-time.After(lastLineWait + 5*time.Second):
+		t.Fatal("a failed command with its stderr blocked did not return")
 	}
 }
