@@ -276,6 +276,7 @@ tcpd_upstream_connect_failures_total{reason="no_descriptor"} 0
 tcpd_upstream_connect_failures_total{reason="no_local_port"} 0
 tcpd_upstream_connect_failures_total{reason="other"} 0
 tcpd_upstream_connect_failures_total{reason="refused"} 4
+tcpd_upstream_connect_failures_total{reason="source_address"} 0
 tcpd_upstream_connect_failures_total{reason="timeout"} 1
 tcpd_upstream_connect_failures_total{reason="unreachable"} 0
 # HELP tcpd_relay_ended_total Finished relays, by how they ended.

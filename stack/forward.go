@@ -416,8 +416,13 @@ func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
 
 // classifyDial maps a dial error to its failure class.
 func classifyDial(err error) DialFailure {
-	var ne net.Error
+	var (
+		ne net.Error
+		se *SourceAddressError
+	)
 	switch {
+	case errors.As(err, &se) && se.NotLocal:
+		return DialSourceAddress
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return DialRefused
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),

@@ -161,18 +161,22 @@ const (
 	// DialNoLocalPort: no local address and port free toward the
 	// destination (EADDRNOTAVAIL, or EADDRINUSE binding a source address).
 	DialNoLocalPort
+	// DialSourceAddress: the source address the connection was to come
+	// from is no longer an address of this host (bind: EADDRNOTAVAIL).
+	DialSourceAddress
 	// DialOther: anything else.
 	DialOther
 	NumDialFailures
 )
 
 var dialFailureNames = [NumDialFailures]string{
-	DialRefused:      "refused",
-	DialTimeout:      "timeout",
-	DialUnreachable:  "unreachable",
-	DialNoDescriptor: "no_descriptor",
-	DialNoLocalPort:  "no_local_port",
-	DialOther:        "other",
+	DialRefused:       "refused",
+	DialTimeout:       "timeout",
+	DialUnreachable:   "unreachable",
+	DialNoDescriptor:  "no_descriptor",
+	DialNoLocalPort:   "no_local_port",
+	DialSourceAddress: "source_address",
+	DialOther:         "other",
 }
 
 // String gives the label value.

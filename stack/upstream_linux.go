@@ -52,7 +52,7 @@ func upstreamSocket(src netip.Addr, dst netip.AddrPort, t *Tunables) (int, error
 		}
 		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, 0))); err != nil {
 			unix.Close(fd)
-			return -1, fmt.Errorf("bind %s: %w", src, err)
+			return -1, &SourceAddressError{Addr: src, NotLocal: errors.Is(err, unix.EADDRNOTAVAIL), Err: fmt.Errorf("bind: %w", err)}
 		}
 	}
 	if err := unix.Connect(fd, sockaddr(dst)); err != nil && err != unix.EINPROGRESS {

@@ -39,6 +39,8 @@ var dialAdvice = [NumDialFailures]string{
 	DialNoDescriptor: "the process is out of file descriptors: raise its open-file limit (LimitNOFILE=) or lower limits.max_connections",
 	DialNoLocalPort: "no local port is free toward this destination: widen net.ipv4.ip_local_port_range, set net.ipv4.tcp_tw_reuse=1, " +
 		"or spread the connections over more upstream.source_addresses",
+	DialSourceAddress: "a source address of upstream.source_addresses is no longer an address of this host: " +
+		"restore it, or reload without it",
 }
 
 // warnDialFailure logs, at most once per warnEvery for each kind, an

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"testing"
@@ -34,6 +35,9 @@ func TestClassifyDial(t *testing.T) {
 		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.ENFILE)}, DialNoDescriptor},
 		{op(syscall.EADDRNOTAVAIL), DialNoLocalPort},
 		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}, DialNoLocalPort},
+		// The source address left the host (DHCP, a failover): not a
+		// want of ports.
+		{&SourceAddressError{Addr: netip.MustParseAddr("198.51.100.1"), NotLocal: true, Err: fmt.Errorf("bind: %w", syscall.EADDRNOTAVAIL)}, DialSourceAddress},
 		{errors.New("something else"), DialOther},
 	} {
 		if got := classifyDial(tc.err); got != tc.want {
