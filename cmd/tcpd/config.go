@@ -343,9 +343,6 @@ func prefixErrors(prefix string, err error) error {
 	return errors.Join(out...)
 }
 
-// parseConfig decodes and validates a YAML configuration. An empty document
-// means every default. All problems are reported together, in line order,
-// each naming its line and dotted key.
 // yamlError is the YAML parser's error, with a hint where a tab indents a
 // line: YAML forbids tabs there, and the parser's words ("found character
 // that cannot start any token") do not say so.
@@ -358,6 +355,17 @@ func yamlError(err error, data []byte) error {
 	return err
 }
 
+// errNoSettings is a file that sets no key. An empty file, one of only
+// comments, or "~" is what a write cut short (a full disk) leaves of any
+// configuration; taken as the defaults, it would drop the file's settings
+// (its deny list, say) at the next reload without a word. No --config is
+// how to run on the defaults.
+var errNoSettings = errors.New("no settings: the file sets no key (is it empty, only comments, or cut short?); " +
+	"to run on the defaults, start tcpd without --config")
+
+// parseConfig decodes and validates a YAML configuration, which must set at
+// least one key (errNoSettings). All problems are reported together, in
+// line order, each naming its line and dotted key.
 func parseConfig(data []byte) (*config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
@@ -380,6 +388,9 @@ func parseConfig(data []byte) (*config, error) {
 	c := defaultConfig()
 	values := map[string]*yaml.Node{}
 	d.walk(root, "", values)
+	if len(values) == 0 && len(d.errs) == 0 {
+		return nil, errNoSettings
+	}
 	for _, k := range keys {
 		if n := values[k.path]; n != nil {
 			k.spec.decode(d, n, k.path, c)

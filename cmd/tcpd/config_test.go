@@ -81,12 +81,9 @@ func TestDefaults(t *testing.T) {
 		t.Error("configs.Default differs from configs/tcpd.yaml")
 	}
 	for name, data := range map[string]string{
-		"embedded":      string(configs.Default),
-		"on disk":       string(onDisk),
-		"empty":         "",
-		"comments only": "# nothing here\n\n# at all\n",
-		"null document": "~\n",
-		"empty section": "tun:\nlog: {}\n",
+		"embedded":               string(configs.Default),
+		"on disk":                string(onDisk),
+		"one key at its default": "tun:\nlog: {level: info}\n",
 	} {
 		if got := mustParse(t, data); !reflect.DeepEqual(got, want) {
 			t.Errorf("%s: got %+v\nwant %+v", name, got, want)
@@ -297,7 +294,7 @@ func TestMSSClampKey(t *testing.T) {
 		want int
 		text string
 	}{
-		{"", stack.MSSClampAuto, "auto"},
+		{"log:\n  level: info\n", stack.MSSClampAuto, "auto"}, // the default
 		{"tcp:\n  mss_clamp: auto\n", stack.MSSClampAuto, "auto"},
 		{"tcp:\n  mss_clamp: off\n", stack.MSSClampOff, "off"},
 		{"tcp:\n  mss_clamp: \"off\"\n", stack.MSSClampOff, "off"},
@@ -316,7 +313,7 @@ func TestQueuesKey(t *testing.T) {
 		yaml string
 		want int
 	}{
-		{"", 0},
+		{"log:\n  level: info\n", 0}, // the default
 		{"tun:\n  queues: auto\n", 0},
 		{"tun:\n  queues: 1\n", 1},
 		{"tun:\n  queues: 8\n", 8},
@@ -530,6 +527,61 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+// TestNoSettingsIsAnError: a file that sets no key (empty, only comments,
+// "~", or only empty sections) is what a write cut short leaves, not a
+// request for the defaults: tcpd refuses it at start, at reload (keeping
+// the running configuration) and in check-config. Only no --config means
+// the defaults.
+func TestNoSettingsIsAnError(t *testing.T) {
+	const want = "no settings: the file sets no key (is it empty, only comments, or cut short?); " +
+		"to run on the defaults, start tcpd without --config"
+	files := map[string]string{
+		"empty":          "",
+		"comments only":  "# nothing here\n\n# at all\n",
+		"null document":  "~\n",
+		"empty mapping":  "{}\n",
+		"empty sections": "tun:\nlog: {}\npolicy:\n  # deny: [192.0.2.0/24]\n",
+		"empty document": "---\n# cut short\n",
+	}
+	dir := t.TempDir()
+	for name, data := range files {
+		if c, err := parseConfig([]byte(data)); err == nil || err.Error() != want {
+			t.Errorf("%s: parseConfig = %+v, %v; want %q", name, c, err, want)
+		}
+		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".yaml")
+		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr bytes.Buffer
+		code := runMain([]string{"check-config", path}, &stdout, &stderr)
+		if wantErr := "tcpd check-config: " + path + ": " + want + "\n"; code != 1 || stderr.String() != wantErr {
+			t.Errorf("%s: check-config exit %d, stdout %q, stderr:\n%s\nwant:\n%s", name, code, stdout.String(), stderr.String(), wantErr)
+		}
+	}
+	// An unknown key is reported as such, not as no settings.
+	if _, err := parseConfig([]byte("tunn: {}\n")); err == nil || !strings.Contains(err.Error(), "tunn: unknown key") {
+		t.Errorf("unknown key only: %v", err)
+	}
+
+	// A reload that finds the file cut short keeps the deny list in force.
+	running := mustParse(t, "policy:\n  deny: [192.0.2.0/24]\n")
+	path := filepath.Join(dir, "tcpd.yaml")
+	if err := os.WriteFile(path, []byte("# Destination policy.\npolicy:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{path: path, cfg: running, log: zap.NewNop(), reloadOK: true}
+	res := d.reload()
+	if res.OK || !strings.Contains(res.Error, path+": "+want) {
+		t.Errorf("reload of a file cut short: %+v; want it rejected with %q", res, want)
+	}
+	if ok, _ := d.LastReload(); ok {
+		t.Error("last_reload_successful stays 1 after the rejected reload")
+	}
+	if d.cfg != running || !slices.Equal(d.cfg.policy.Deny, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}) {
+		t.Errorf("the rejected reload changed the configuration in force: deny %v", d.cfg.policy.Deny)
+	}
+}
+
 func TestCheckConfigCommand(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
@@ -587,7 +639,7 @@ func TestReloaded(t *testing.T) {
 		name, yaml string
 		changed    []string
 	}{
-		{"same", "", nil},
+		{"same", "log:\n  level: info\n", nil},
 		{"live settings only", "log:\n  level: debug\npolicy:\n  deny: [192.0.2.0/24]\nshutdown_grace: 1m\n" +
 			"tcp:\n  congestion_control: cubic\n  loss_detection: dupack\n  handshake_timeout: 3s\n", nil},
 		{"mtu", "tun:\n  mtu: 9000\n", []string{"tun.mtu: 1500 → 9000"}},
