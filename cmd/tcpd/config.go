@@ -318,7 +318,7 @@ func loadConfig(path string) (*config, error) {
 	data, name := configs.Default, "embedded default configuration"
 	if path != "" {
 		var err error
-		if data, err = os.ReadFile(path); err != nil {
+		if data, err = readConfigFile(path); err != nil {
 			return nil, err
 		}
 		name = path
@@ -328,6 +328,74 @@ func loadConfig(path string) (*config, error) {
 		return nil, prefixErrors(name, err)
 	}
 	return c, nil
+}
+
+// maxConfigSize bounds what tcpd reads of a configuration file: the
+// documented file, every key with its comment, is about 10 KiB, so 1 MiB is
+// far beyond any real configuration.
+const maxConfigSize = 1 << 20
+
+// readConfigFile reads the configuration file at path, which must be a
+// regular file, or a symlink to one, of at most maxConfigSize bytes. A
+// reload reads it on the loop that also takes SIGTERM: a FIFO would block
+// that loop, and with it shutdown, until something wrote to it, and a
+// device such as /dev/zero would be read until memory ran out.
+func readConfigFile(path string) ([]byte, error) {
+	// Stat first, so that nothing but a regular file is ever opened
+	// (opening some devices does something).
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := regularFile(path, fi); err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK because the path may have become a FIFO since the Stat,
+	// and opening a FIFO without it waits for a writer; it changes nothing
+	// for a regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if err := regularFile(path, fi); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxConfigSize {
+		return nil, fmt.Errorf("%s: larger than %s, the most tcpd reads of a configuration file "+
+			"(the documented one, with every key, is about 10KiB)", path, fmtBytes(maxConfigSize))
+	}
+	return data, nil
+}
+
+// regularFile says what path is when fi, its mode after symlinks, is not
+// a regular file.
+func regularFile(path string, fi os.FileInfo) error {
+	m := fi.Mode()
+	if m.IsRegular() {
+		return nil
+	}
+	what := "not a regular file"
+	switch {
+	case m.IsDir():
+		what = "a directory"
+	case m&os.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		what = "a socket"
+	case m&os.ModeCharDevice != 0:
+		what = "a character device"
+	case m&os.ModeDevice != 0:
+		what = "a block device"
+	}
+	return fmt.Errorf("%s: is %s; a configuration file must be a regular file (or a symlink to one)", path, what)
 }
 
 // prefixErrors prefixes each error that errors.Join combined in err.

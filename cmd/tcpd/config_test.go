@@ -582,6 +582,99 @@ func TestNoSettingsIsAnError(t *testing.T) {
 	}
 }
 
+// loadWithin is loadConfig(path), failing the test if it takes longer
+// than a few seconds; unblock is called then, to free what it waits on.
+func loadWithin(t *testing.T, path string, unblock func()) (*config, error) {
+	t.Helper()
+	type result struct {
+		c   *config
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := loadConfig(path)
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		return r.c, r.err
+	case <-time.After(5 * time.Second):
+		unblock()
+		<-done
+		t.Fatalf("loadConfig(%s) still waiting after 5s", path)
+		return nil, nil
+	}
+}
+
+// TestConfigFileKind: a reload reads the file on the loop that also takes
+// SIGTERM, so anything but a regular file of bounded size is refused at
+// once: a FIFO would block reload and shutdown until written to, and
+// /dev/zero would be read until memory ran out.
+func TestConfigFileKind(t *testing.T) {
+	dir := t.TempDir()
+	const valid = "log:\n  level: info\n"
+	pad := func(n int) string { return valid + "#" + strings.Repeat("x", n-len(valid)-2) + "\n" }
+
+	t.Run("fifo", func(t *testing.T) {
+		fifo := filepath.Join(dir, "fifo.yaml")
+		if err := unix.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(dir, "fifo-link.yaml")
+		if err := os.Symlink(fifo, link); err != nil {
+			t.Fatal(err)
+		}
+		// What the old code blocked in (open, then read) ends once a
+		// writer comes and goes.
+		unblock := func() {
+			if fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+				unix.Close(fd)
+			}
+		}
+		for _, path := range []string{fifo, link} {
+			_, err := loadWithin(t, path, unblock)
+			want := path + ": is a named pipe (FIFO); a configuration file must be a regular file (or a symlink to one)"
+			if err == nil || err.Error() != want {
+				t.Errorf("error %v, want %q", err, want)
+			}
+		}
+		var stdout, stderr bytes.Buffer
+		if code := runMain([]string{"check-config", fifo}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "named pipe") {
+			t.Errorf("check-config of a FIFO: exit %d, stderr %q", code, stderr.String())
+		}
+	})
+	t.Run("size", func(t *testing.T) {
+		atBound := filepath.Join(dir, "1MiB.yaml")
+		if err := os.WriteFile(atBound, []byte(pad(maxConfigSize)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadWithin(t, atBound, func() {}); err != nil {
+			t.Errorf("a file of exactly 1MiB: %v", err)
+		}
+		over := filepath.Join(dir, "over.yaml")
+		if err := os.WriteFile(over, []byte(pad(maxConfigSize+1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadWithin(t, over, func() {})
+		want := over + ": larger than 1MiB, the most tcpd reads of a configuration file (the documented one, with every key, is about 10KiB)"
+		if err == nil || err.Error() != want {
+			t.Errorf("error %v, want %q", err, want)
+		}
+	})
+	t.Run("device and directory", func(t *testing.T) {
+		zero := filepath.Join(dir, "zero.yaml")
+		if err := os.Symlink("/dev/zero", zero); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadWithin(t, zero, func() {}); err == nil || !strings.HasSuffix(err.Error(), ": is a character device; a configuration file must be a regular file (or a symlink to one)") {
+			t.Errorf("a symlink to /dev/zero: %v", err)
+		}
+		if _, err := loadWithin(t, dir, func() {}); err == nil || !strings.Contains(err.Error(), ": is a directory;") {
+			t.Errorf("a directory: %v", err)
+		}
+	})
+}
+
 func TestCheckConfigCommand(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
