@@ -325,6 +325,14 @@ func TestQueuesKey(t *testing.T) {
 	}
 }
 
+func TestMetricsListenKey(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:9810", ":9810", "0.0.0.0:1", "[::1]:9810", "[::]:65535", "[fe80::1%eth0]:9810", ""} {
+		if got := mustParse(t, fmt.Sprintf("metrics:\n  listen: %q\n", addr)).metricsListen(); got != addr {
+			t.Errorf("%q: metrics.listen %q", addr, got)
+		}
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	topKeys := "tun, clients, policy, upstream, tcp, limits, metrics, admin, log, shutdown_grace"
 	tests := []struct {
@@ -465,7 +473,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"upstream interface is the TUN", "upstream:\n  interface: tcpd0\n",
 			[]string{`line 2: upstream.interface: "tcpd0" is tun.name; upstream sockets would loop back into tcpd (allowed: another interface, or "" for none)`}},
 		{"metrics listen without host", "metrics:\n  listen: 9810\n",
-			[]string{`line 2: metrics.listen: "9810" is not host:port (allowed: host:port, e.g. 127.0.0.1:9810 or [::1]:9810, or "" to disable)`}},
+			[]string{`line 2: metrics.listen: "9810" is not address:port (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
+		{"metrics listen host not an address", "metrics:\n  listen: 300.1.1.1:9810\n",
+			[]string{`line 2: metrics.listen: "300.1.1.1:9810" has host "300.1.1.1", not an IP address (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
+		{"metrics listen host name", "log:\n  level: info\nmetrics: {listen: \"localhost:9810\"}\n",
+			[]string{`line 3: metrics.listen: "localhost:9810" has host "localhost", not an IP address (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
+		{"metrics listen IPv6 without brackets", "metrics:\n  listen: \"::1:9810\"\n",
+			[]string{`line 2: metrics.listen: "::1:9810" is not address:port (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
 		{"metrics listen bad port", "metrics:\n  listen: \"localhost:0\"\n",
 			[]string{`line 2: metrics.listen: "localhost:0" has port "0" (allowed: 1..65535)`}},
 		{"admin socket relative", "admin:\n  socket: tcpd.sock\n",

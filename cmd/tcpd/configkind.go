@@ -327,9 +327,12 @@ func ifName(emptyOK bool) kind[string] {
 	}
 }
 
-// listenAddr is a host:port listen address, or "" (off).
+// listenAddr is a listen address, or "" (off): an IP address (IPv6 in
+// brackets) or nothing, for every address, then a port. A host name is
+// refused here rather than resolved at start, where it would fail only then,
+// or listen wherever the resolver of the day pointed.
 func listenAddr() kind[string] {
-	const allowed = `host:port, e.g. 127.0.0.1:9810 or [::1]:9810, or "" to disable`
+	const allowed = `address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable`
 	return kind[string]{
 		allowed: allowed,
 		format:  yamlString,
@@ -339,13 +342,17 @@ func listenAddr() kind[string] {
 				return "", false
 			}
 			if s != "" {
-				_, port, err := net.SplitHostPort(s)
+				host, port, err := net.SplitHostPort(s)
 				if err != nil {
-					d.errorf(n, key, "%s is not host:port (allowed: %s)", shown(s), allowed)
+					d.errorf(n, key, "%s is not address:port (allowed: %s)", shown(s), allowed)
 					return "", false
 				}
 				if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
 					d.errorf(n, key, "%s has port %s (allowed: 1..65535)", shown(s), shown(port))
+					return "", false
+				}
+				if _, err := netip.ParseAddr(host); host != "" && err != nil {
+					d.errorf(n, key, "%s has host %s, not an IP address (allowed: %s)", shown(s), shown(host), allowed)
 					return "", false
 				}
 			}
