@@ -22,6 +22,7 @@ type Tunables struct {
 	// DialTimeout bounds the upstream connect. Zero means 10s.
 	DialTimeout time.Duration
 	// Interface, when set, binds upstream sockets to it (SO_BINDTODEVICE).
+	// It must be an interface of this host.
 	Interface string
 	// Mark, when non-zero, is set on upstream sockets (SO_MARK).
 	Mark uint32
@@ -161,7 +162,8 @@ func (s *Stack) SetTunables(t Tunables) error {
 	return nil
 }
 
-// check rejects what the netstack would refuse.
+// check rejects what the netstack would refuse, and an upstream source
+// address or interface that every dial would fail on.
 func (t *Tunables) check() error {
 	if !slices.Contains(CongestionControls, t.CongestionControl) {
 		return fmt.Errorf("congestion control %q: not one of %v", t.CongestionControl, CongestionControls)
@@ -169,7 +171,10 @@ func (t *Tunables) check() error {
 	if t.TimeWait < 0 {
 		return fmt.Errorf("TIME_WAIT timeout %v: negative", t.TimeWait)
 	}
-	return checkSourceAddresses(t.SourceAddresses)
+	if err := checkSourceAddresses(t.SourceAddresses); err != nil {
+		return err
+	}
+	return checkInterface(t.Interface)
 }
 
 // setTunableTCPOptions sets the netstack's stack-wide TCP options that t

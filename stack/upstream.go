@@ -26,6 +26,26 @@ func (e *SourceAddressError) Error() string {
 
 func (e *SourceAddressError) Unwrap() error { return e.Err }
 
+// InterfaceError is a Tunables.Interface that an upstream socket cannot be
+// bound to (SO_BINDTODEVICE), as every dial would then fail. New and
+// SetTunables return it, so that the caller can name the setting it came
+// from.
+type InterfaceError struct {
+	Name string
+	// NotFound says that the host has no interface of that name (ENODEV).
+	NotFound bool
+	Err      error
+}
+
+func (e *InterfaceError) Error() string {
+	if e.NotFound {
+		return fmt.Sprintf("upstream interface %q: no such interface on this host", e.Name)
+	}
+	return fmt.Sprintf("upstream interface %q: %v", e.Name, e.Err)
+}
+
+func (e *InterfaceError) Unwrap() error { return e.Err }
+
 // sourceFor picks the source address of the connection from client to
 // dst among addrs, by a hash of the 4-tuple, so that connections to one
 // destination spread evenly over the addresses of its family. It returns

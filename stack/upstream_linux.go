@@ -229,6 +229,25 @@ func checkSourceAddresses(addrs []netip.Addr) error {
 	return nil
 }
 
+// checkInterface checks that upstream sockets can be bound to the
+// interface name, as every dial binds them ("" binds none): the kernel
+// refuses a name it does not have with ENODEV, and would refuse each
+// connection's socket the same way.
+func checkInterface(name string) error {
+	if name == "" {
+		return nil
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return &InterfaceError{Name: name, Err: fmt.Errorf("socket: %w", err)}
+	}
+	defer unix.Close(fd)
+	if err := unix.BindToDevice(fd, name); err != nil {
+		return &InterfaceError{Name: name, NotFound: errors.Is(err, unix.ENODEV), Err: fmt.Errorf("SO_BINDTODEVICE: %w", err)}
+	}
+	return nil
+}
+
 func bindable(a netip.Addr) error {
 	family := unix.AF_INET
 	if !a.Is4() {

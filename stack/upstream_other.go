@@ -55,5 +55,13 @@ func checkSourceAddresses(addrs []netip.Addr) error {
 	return nil
 }
 
+// checkInterface: binding to an interface needs Linux's SO_BINDTODEVICE.
+func checkInterface(name string) error {
+	if name != "" {
+		return errors.ErrUnsupported
+	}
+	return nil
+}
+
 // CheckKeepalive has no kernel to ask here.
 func CheckKeepalive(Keepalive) error { return nil }

@@ -162,7 +162,9 @@ var keys = []key{
 		doc:  "How long a connect to the destination may take; then the client gets RST."},
 	{path: "upstream.interface", apply: newConns,
 		spec: field(func(c *config) *string { return &c.stack.Interface }, "", ifName(true)),
-		doc:  "Network interface upstream sockets are bound to (SO_BINDTODEVICE); \"\" binds none."},
+		doc:  "Network interface upstream sockets are bound to (SO_BINDTODEVICE); \"\" binds none.",
+		more: "It must be an interface of this host, or every upstream connect would fail: tcpd checks at start and at every reload " +
+			"(check-config does not, as it may run on another host)."},
 	{path: "upstream.mark", apply: newConns,
 		spec: field(func(c *config) *uint32 { return &c.stack.Mark }, 0, integer[uint32](0, math.MaxUint32)),
 		doc:  "Firewall mark set on upstream sockets (SO_MARK), for policy routing; 0 sets none."},

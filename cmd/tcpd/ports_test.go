@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -79,5 +81,27 @@ func TestSourceAddressErrorNamesKey(t *testing.T) {
 	other := errors.New("stack: no client prefixes configured")
 	if got := keyedStackError(other); got != other {
 		t.Errorf("an error without a key became %q", got)
+	}
+}
+
+// TestInterfaceErrorNamesKey: an upstream interface the host does not
+// have, which only the stack can find (at start and at every reload), is
+// reported against upstream.interface.
+func TestInterfaceErrorNamesKey(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("upstream interfaces need Linux")
+	}
+	name := fmt.Sprintf("tcpdnx%08x", rand.Uint32())
+	// stack.New checks the tunables before it creates anything.
+	_, err := stack.New(stack.Config{
+		Clients:  []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
+		Tunables: stack.Tunables{Interface: name},
+	})
+	if err == nil {
+		t.Fatalf("stack.New accepted %s, which the host does not have, as the upstream interface", name)
+	}
+	want := fmt.Sprintf(`upstream.interface: %q is not an interface of this host (allowed: an existing interface, or "" for none)`, name)
+	if got := keyedStackError(err).Error(); got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -404,20 +404,26 @@ func (d *daemon) reload() admin.ReloadResult {
 
 // keyedStackError is err, from stack.New or SetTunables, said against the
 // configuration key it comes from when it has one: the stack checks the
-// source addresses against the host's at start and at every reload, which
-// check-config cannot.
+// source addresses and the upstream interface against the host's at start
+// and at every reload, which check-config cannot (it may run on another
+// host).
 func keyedStackError(err error) error {
 	if errors.Is(err, stack.ErrTUNInUse) {
 		return fmt.Errorf("tun.name: %w; stop that process, or give this one another tun.name", err)
 	}
 	var se *stack.SourceAddressError
-	if !errors.As(err, &se) {
-		return err
-	}
-	if se.NotLocal {
+	var ie *stack.InterfaceError
+	switch {
+	case errors.As(err, &se) && se.NotLocal:
 		return fmt.Errorf("upstream.source_addresses: %s is not an address of this host", se.Addr)
+	case se != nil:
+		return fmt.Errorf("upstream.source_addresses: %s: %w", se.Addr, se.Err)
+	case errors.As(err, &ie) && ie.NotFound:
+		return fmt.Errorf("upstream.interface: %q is not an interface of this host (allowed: an existing interface, or \"\" for none)", ie.Name)
+	case ie != nil:
+		return fmt.Errorf("upstream.interface: %q: upstream sockets cannot be bound to it: %w", ie.Name, ie.Err)
 	}
-	return fmt.Errorf("upstream.source_addresses: %s: %w", se.Addr, se.Err)
+	return err
 }
 
 // reloadNotifying is a reload, with systemd told it is under way.
