@@ -109,7 +109,7 @@ func openTUN(name string, want int, vnet bool, log *zap.Logger) (*queueTUN, erro
 		flags |= unix.IFF_MULTI_QUEUE
 	}
 	f, got, err := openQueue(name, flags, vnet)
-	if err != nil && multi && !errors.Is(err, errNoOffload) {
+	if err != nil && multi && !errors.Is(err, errNoOffload) && !errors.Is(err, errNotTUN) {
 		log.Warn("the kernel refused a multi-queue TUN; using one queue", zap.String("tun", name),
 			zap.Int("queues_wanted", want), zap.Error(err))
 		multi, flags = false, flags&^unix.IFF_MULTI_QUEUE
@@ -176,9 +176,14 @@ func openQueue(name string, flags uint16, vnet bool) (*os.File, uint16, error) {
 	}
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EBUSY) {
+			if why := notTUN(name, err); why != nil {
+				return fail(why)
+			}
+		}
 		if errors.Is(err, unix.EBUSY) {
-			// A single-queue device another process holds (the kernel
-			// reports no queue count for one).
+			// A single-queue TUN device another process holds (the
+			// kernel reports no queue count for one).
 			return fail(fmt.Errorf("%s: %w", name, ErrTUNInUse))
 		}
 		return fail(fmt.Errorf("TUNSETIFF %s flags %#x: %w", name, flags, err))
@@ -196,6 +201,33 @@ func openQueue(name string, flags uint16, vnet bool) (*os.File, uint16, error) {
 		return fail(err)
 	}
 	return os.NewFile(uintptr(fd), "/dev/net/tun"), got, nil
+}
+
+// errNotTUN says that the TUN's name is taken by an interface of another
+// kind.
+var errNotTUN = errors.New("not a TUN device")
+
+// notTUN explains TUNSETIFF's refusal, err, when name is an interface that
+// is not a TUN device: the kernel's answer then is EINVAL (EBUSY with
+// IFF_TUN_EXCL), which says nothing of the cause. It returns nil when name
+// is a TUN device, or no interface at all.
+func notTUN(name string, err error) error {
+	l, lerr := netlink.LinkByName(name)
+	if lerr != nil || l.Type() == "tuntap" {
+		return nil
+	}
+	kind := l.Type()
+	switch {
+	case kind == "device":
+		// No link kind: a physical NIC, or loopback.
+		kind = "a hardware or loopback device"
+	case strings.IndexAny(kind, "aeiou") == 0:
+		kind = "an " + kind
+	default:
+		kind = "a " + kind
+	}
+	return fmt.Errorf("an interface named %s already exists and is %s, %w (TUNSETIFF: %w); set tun.name to a name no other interface has",
+		name, kind, errNotTUN, err)
 }
 
 // configureTUN sets the queue length, the addresses and the up flag, and

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"tcpd/internal/netlab"
 )
@@ -55,5 +57,41 @@ func TestTUNInUse(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTUNNameTakenByAnotherKind: when tun.name is an interface that is not
+// a TUN device, here one end of a veth in a namespace of the test's own,
+// creating the TUN fails saying so, not with TUNSETIFF's bare "invalid
+// argument", and without first retrying as a single queue.
+func TestTUNNameTakenByAnotherKind(t *testing.T) {
+	l := netlab.NewT(t, netlab.Options{})
+	name := l.GatewayClientLink // a veth, removed with the lab
+	for _, queues := range []int{1, 2} {
+		core, logs := observer.New(zap.WarnLevel)
+		var err error
+		if derr := l.Gateway.Do(func() error {
+			dev, cerr := createTUN(TUNConfig{Name: name, MTU: 1500, Queues: queues, Offload: OffloadAuto}, zap.New(core))
+			if cerr == nil {
+				dev.Close()
+			}
+			err = cerr
+			return nil
+		}); derr != nil {
+			t.Fatal(derr)
+		}
+		want := "create TUN " + name + ": an interface named " + name + " already exists and is a veth, not a TUN device " +
+			"(TUNSETIFF: invalid argument); set tun.name to a name no other interface has"
+		if err == nil || err.Error() != want {
+			t.Errorf("%d queues: error %v\nwant %s", queues, err, want)
+		}
+		if !errors.Is(err, errNotTUN) {
+			t.Errorf("%d queues: error %v is not errNotTUN", queues, err)
+		}
+		for _, e := range logs.All() {
+			if strings.Contains(e.Message, "queue") {
+				t.Errorf("%d queues: logged %q, as if the kernel had refused a multi-queue TUN", queues, e.Message)
+			}
+		}
 	}
 }
