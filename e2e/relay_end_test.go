@@ -918,3 +918,61 @@ func TestRelayUpstreamResetAfterData(t *testing.T) {
 	}
 	assertEnds(t, g, before, map[string]float64{"upstream_reset": 1})
 }
+
+// TestRelayClientResetAfterData is the mirror of
+// TestRelayUpstreamResetAfterData: a client that sends a request and then
+// resets once its TCP has seen every byte acknowledged. The destination,
+// which starts reading only after the reset reached tcpd, must read every
+// byte and then the reset.
+func TestRelayClientResetAfterData(t *testing.T) {
+	const size = 512 << 10 // more than the destination's receive buffer holds at first
+	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true})
+	before := sample(t, g)
+	type read struct {
+		n   int64
+		err error
+	}
+	got := make(chan read, 1)
+	reset := make(chan struct{})
+	port := serve(t, g.Server, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		<-reset
+		// Less than the half second a flush waits for a destination that
+		// takes nothing.
+		time.Sleep(150 * time.Millisecond)
+		n, err := io.Copy(io.Discard, c)
+		got <- read{n, err}
+	})
+	c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		t.Fatalf("the client's write: %v", err)
+	}
+	rc, _ := c.(*net.TCPConn).SyscallConn()
+	outq := func() (q int) {
+		rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		return q
+	}
+	for deadline := time.Now().Add(10 * time.Second); outq() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if q := outq(); q != 0 {
+		t.Fatalf("tcpd left %d of the client's bytes unacknowledged", q)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	close(reset)
+	select {
+	case r := <-got:
+		if r.n != size || !isReset(r.err) {
+			t.Fatalf("the destination read %s then %s; want the %s the client's TCP saw acknowledged, then a reset", mibs(float64(r.n)), endName(r.err), mibs(size))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the destination never finished reading")
+	}
+	assertEnds(t, g, before, map[string]float64{"client_reset": 1})
+}

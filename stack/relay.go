@@ -44,8 +44,8 @@ const relayBudget = 8
 //	connected   the handler completes the client's handshake
 //	relaying    bytes move; EOF on one side becomes a FIN on the other, an
 //	            error on one side a reset of both
-//	flushing    the destination reset its leg: what it sent before goes to
-//	            the client, then the client's leg is reset
+//	flushing    one side reset its leg: what it sent before goes to the
+//	            other, then the other's leg is reset
 //	done        both legs closed or reset; the stack has forgotten it
 //
 // Each direction borrows a buffer only while it holds bytes read from its
@@ -117,8 +117,10 @@ type relay struct {
 	// FIN was passed on (zero: none yet).
 	lastActive, halfClosedAt time.Time
 	// flushAcked is how much of what tcpd sent the client had
-	// acknowledged when a flush last looked (phaseFlushing).
+	// acknowledged when a flush last looked (phaseFlushDown); flushOutQ
+	// what the upstream socket had not had acknowledged (phaseFlushUp).
 	flushAcked uint32
+	flushOutQ  int
 
 	// bytes is what the relay moved each way, for its last log line; the
 	// shard's counters (sh.stats) are the ones read elsewhere.
@@ -136,9 +138,12 @@ const (
 	phaseConnecting phase = iota
 	phaseConnected
 	phaseRelaying
-	// phaseFlushing: the upstream leg was reset; the client's leg takes
-	// what the destination sent before it, then is reset (flush).
-	phaseFlushing
+	// phaseFlushDown: the upstream leg was reset; the client's leg takes
+	// what the destination sent before it, then is reset (flushDown).
+	phaseFlushDown
+	// phaseFlushUp: the client's leg was reset; the upstream leg takes
+	// what the client sent before it, then is reset (flushUp).
+	phaseFlushUp
 	// phaseGone: the client reset the connection as its handshake
 	// completed; the upstream leg is reset, and the client's endpoint
 	// waits for the netstack to take the client's RST (clientGone).
@@ -274,8 +279,10 @@ func (r *relay) step() {
 		}
 	case phaseRelaying:
 		r.pump()
-	case phaseFlushing:
-		r.flush()
+	case phaseFlushDown:
+		r.flushDown()
+	case phaseFlushUp:
+		r.flushUp()
 	case phaseGone:
 		r.clientGone(false)
 	}
@@ -300,7 +307,7 @@ func (r *relay) kill() {
 	case phaseConnected:
 		r.killed = true
 		r.s.abortIfIn(r.tid, tcp.StateSynRecv)
-	case phaseRelaying, phaseFlushing:
+	case phaseRelaying, phaseFlushDown, phaseFlushUp:
 		r.reset(EndAborted)
 	}
 }
@@ -375,8 +382,10 @@ func (r *relay) onTimer() {
 		r.handshakeTimedOut()
 	case phaseRelaying:
 		r.inactive()
-	case phaseFlushing:
-		r.flush()
+	case phaseFlushDown:
+		r.flushDown()
+	case phaseFlushUp:
+		r.flushUp()
 	case phaseGone:
 		r.clientGone(true)
 	}
@@ -402,7 +411,7 @@ func (r *relay) handshakeTimedOut() {
 // or has used its budget, then decides what comes next.
 func (r *relay) pump() {
 	if r.clientReset() {
-		r.reset(EndClientReset)
+		r.clientLegReset()
 		return
 	}
 	if r.upError && (r.down.held() || r.downEOF) {
@@ -501,13 +510,13 @@ func (r *relay) moveUp(more *bool) bool {
 			// A leg whose error the other direction took first reads
 			// as closed too; only a FIN is passed on as one.
 			if r.clientReset() {
-				r.reset(EndClientReset)
+				r.clientLegReset()
 				return false
 			}
 			r.upEOF = true
 		default:
 			relayBufs.Put(bp)
-			r.reset(EndClientReset)
+			r.clientLegReset()
 			return false
 		}
 	}
@@ -528,7 +537,7 @@ func (r *relay) moveDown(more *bool) bool {
 		if r.downEOF {
 			if !r.downFIN {
 				if terr := r.ep.Shutdown(tcpip.ShutdownWrite); terr != nil {
-					r.reset(EndClientReset)
+					r.clientLegReset()
 					return false
 				}
 				r.downFIN = true
@@ -595,16 +604,90 @@ func (r *relay) upstreamReset() {
 		r.reset(EndUpstreamReset)
 		return
 	}
-	r.phase = phaseFlushing
+	r.phase = phaseFlushDown
 	r.lastActive = time.Now()
 	r.flushAcked, _ = r.s.table.Acknowledged(r.id)
-	r.flush()
+	r.flushDown()
 }
 
-// flush is a step of phaseFlushing: it writes what it holds to the client
-// and resets the client's leg once the client has acknowledged all tcpd
-// sent, or has stalled.
-func (r *relay) flush() {
+// readClient reads what the client's endpoint holds into the up
+// direction's buffer; false if it holds nothing more.
+func (r *relay) readClient() bool {
+	bp := relayBufs.Get().(*[]byte)
+	r.w = tcpip.SliceWriter(*bp)
+	res, terr := r.ep.Read(&r.w, tcpip.ReadOptions{})
+	r.w = nil
+	if terr != nil || res.Count == 0 {
+		relayBufs.Put(bp)
+		return false
+	}
+	r.up = pending{buf: bp, data: (*bp)[:res.Count]}
+	return true
+}
+
+// clientLegReset follows the client's reset of its leg (or the leg's
+// death: keepalive, the user timeout, retransmissions), as upstreamReset
+// the destination's: tcpd acknowledged to the client what it read, so the
+// destination gets it first, and its leg is reset once its TCP has
+// acknowledged it all (SIOCOUTQ 0), or has taken nothing for flushStall.
+// In phaseFlushDown, with the upstream leg gone already, it ends the
+// relay.
+func (r *relay) clientLegReset() {
+	if r.phase != phaseRelaying || r.fd < 0 {
+		r.reset(EndClientReset)
+		return
+	}
+	r.down.release()
+	r.phase = phaseFlushUp
+	r.lastActive = time.Now()
+	r.flushOutQ = -1
+	r.flushUp()
+}
+
+// flushUp is a step of phaseFlushUp: it writes what it holds to the
+// destination and resets the upstream leg once the destination's TCP has
+// acknowledged all of it, or has stalled, or the leg has failed.
+func (r *relay) flushUp() {
+	for !r.upError {
+		if !r.up.held() {
+			// The netstack hands out what it queued before the reset
+			// first, then the error.
+			if r.upEOF || !r.readClient() {
+				r.upEOF = true
+				break
+			}
+		}
+		if !r.upWritable {
+			break
+		}
+		n, err := writeFD(r.fd, r.up.data)
+		if err == errAgain {
+			r.upWritable = false
+			break
+		}
+		if err != nil {
+			r.upError = true
+			break
+		}
+		r.moved(conntrack.FromClient, n)
+		r.up.take(n)
+	}
+	now := time.Now()
+	q, ok := unsentUpstream(r.fd)
+	if ok && q != r.flushOutQ {
+		r.flushOutQ, r.lastActive = q, now
+	}
+	if !ok || r.upError || (r.upEOF && !r.up.held() && q == 0) || now.Sub(r.lastActive) >= flushStall {
+		r.reset(EndClientReset)
+		return
+	}
+	r.sh.wheel.set(&r.timer, now.Add(flushPoll))
+}
+
+// flushDown is a step of phaseFlushDown: it writes what it holds to the
+// client and resets the client's leg once the client has acknowledged all
+// tcpd sent, or has stalled.
+func (r *relay) flushDown() {
 	if r.clientReset() {
 		r.reset(EndUpstreamReset)
 		return
@@ -645,7 +728,7 @@ func (r *relay) writeClient() bool {
 		// netstack signals when it has room.
 		return false
 	default:
-		r.reset(EndClientReset)
+		r.clientLegReset()
 		return false
 	}
 }
@@ -783,7 +866,7 @@ func (r *relay) recoverPanic() {
 		if r.dialed != nil {
 			r.dialed <- errRelayPanic
 		}
-	case phaseRelaying, phaseFlushing, phaseConnected:
+	case phaseRelaying, phaseFlushDown, phaseFlushUp, phaseConnected:
 		r.reset(EndAborted)
 	}
 }

@@ -203,6 +203,13 @@ func upstreamTCPInfo(fd int) (UpstreamTCP, bool) {
 	return u, true
 }
 
+// unsentUpstream is what the socket holds that its peer has not
+// acknowledged (SIOCOUTQ); ok is false if it cannot be read.
+func unsentUpstream(fd int) (int, bool) {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	return n, err == nil
+}
+
 // sockName is the socket's local address, "" if it cannot be read.
 func sockName(fd int) string {
 	sa, err := unix.Getsockname(fd)

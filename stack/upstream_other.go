@@ -28,6 +28,7 @@ func readFD(int, []byte) (int, error)  { return 0, errors.ErrUnsupported }
 func writeFD(int, []byte) (int, error) { return 0, errors.ErrUnsupported }
 func shutdownWrite(int) error          { return errors.ErrUnsupported }
 func closeFD(int, bool)                {}
+func unsentUpstream(int) (int, bool)   { return 0, false }
 func sockName(int) string              { return "" }
 
 func upstreamTCPInfo(int) (UpstreamTCP, bool) { return UpstreamTCP{}, false }
