@@ -216,6 +216,20 @@ const (
 	idleBeforeFIN    = 3 * time.Second
 )
 
+// dialPort connects the client through tcpd to the destination's port,
+// closes the connection when the test ends, and gives it a deadline d
+// away.
+func dialPort(t *testing.T, g *gateway, port int, d time.Duration) net.Conn {
+	t.Helper()
+	c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(d))
+	return c
+}
+
 // TestRelayHalfCloseAfterIdle half-closes connections that were idle for
 // longer than tcp.half_close_timeout. The timeout bounds how long a
 // half-closed connection may stay silent, counted from the half-close: the
@@ -226,15 +240,7 @@ func TestRelayHalfCloseAfterIdle(t *testing.T) {
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, HalfCloseTimeout: halfCloseTimeout.String(), TimeWait: "1s"})
 	watchRelays(t, g)
 	before := sample(t, g)
-	dial := func(t *testing.T, port int) net.Conn {
-		c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		return c
-	}
+	dial := func(t *testing.T, port int) net.Conn { return dialPort(t, g, port, 30*time.Second) }
 
 	t.Run("client half-closes", func(t *testing.T) {
 		// An echo server that answers only once the request has ended,
@@ -741,15 +747,7 @@ func TestRelayFINWithLastBytes(t *testing.T) {
 func TestRelayResetAfterFIN(t *testing.T) {
 	const halfClose = 30 * time.Second // far beyond resetWithin
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, HalfCloseTimeout: halfClose.String()})
-	dial := func(t *testing.T, port int) net.Conn {
-		c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		return c
-	}
+	dial := func(t *testing.T, port int) net.Conn { return dialPort(t, g, port, 20*time.Second) }
 
 	t.Run("destination", func(t *testing.T) {
 		before := sample(t, g)
@@ -812,15 +810,7 @@ func TestRelayStalledIsNotIdle(t *testing.T) {
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, HalfCloseTimeout: timeout.String(), IdleTimeout: timeout.String()})
 	watchRelays(t, g)
 	before := sample(t, g)
-	dial := func(t *testing.T, port int) net.Conn {
-		c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(pause + 30*time.Second))
-		return c
-	}
+	dial := func(t *testing.T, port int) net.Conn { return dialPort(t, g, port, pause+30*time.Second) }
 
 	t.Run("half-closed download, the client pauses", func(t *testing.T) {
 		port := serve(t, g.Server, func(c net.Conn) {
