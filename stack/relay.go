@@ -414,12 +414,9 @@ func (r *relay) pump() {
 		r.clientLegReset()
 		return
 	}
-	if r.upError && (r.down.held() || r.downEOF) {
-		// The upstream failed while the client's window was closed, or
-		// after its FIN (the destination's RST to what the client sent
-		// after it, as a closed socket answers). Bytes still in the
-		// socket are lost with the connection. Else the socket is read
-		// to its error first.
+	if r.upError {
+		// The destination reset its leg, or the leg died: what it sent
+		// before goes to the client first (upstreamReset).
 		r.upstreamReset()
 		return
 	}
@@ -458,6 +455,9 @@ func (r *relay) clientReset() bool {
 // the relay ended.
 func (r *relay) moveUp(more *bool) bool {
 	for range relayBudget {
+		if r.upError {
+			return true // nowhere to go: moveDown reads the socket to its end
+		}
 		if r.up.held() {
 			if !r.upWritable {
 				return true
@@ -468,8 +468,11 @@ func (r *relay) moveUp(more *bool) bool {
 				r.upWritable = false
 				return true
 			case err != nil:
-				r.upstreamReset()
-				return false
+				// The write took the socket's error: a destination
+				// that answered and reset (an upload it would not
+				// finish reading) has its answer still in the socket.
+				r.upError, r.upReadable = true, true
+				return true
 			}
 			r.moved(conntrack.FromClient, n)
 			r.up.take(n)
@@ -478,8 +481,8 @@ func (r *relay) moveUp(more *bool) bool {
 		if r.upEOF {
 			if !r.upFIN {
 				if err := shutdownWrite(r.fd); err != nil {
-					r.upstreamReset()
-					return false
+					r.upError, r.upReadable = true, true
+					return true
 				}
 				r.upFIN = true
 				r.halfClosed()
@@ -528,9 +531,13 @@ func (r *relay) moveUp(more *bool) bool {
 // if the relay ended.
 func (r *relay) moveDown(more *bool) bool {
 	for range relayBudget {
+		if r.upError {
+			r.upstreamReset()
+			return false
+		}
 		if r.down.held() {
 			if !r.writeClient() {
-				return r.phase != phaseDone
+				return r.phase == phaseRelaying
 			}
 			continue
 		}
@@ -589,16 +596,17 @@ const flushStall = 500 * time.Millisecond
 const flushPoll = 20 * time.Millisecond
 
 // upstreamReset follows the destination's reset of its leg (or the leg's
-// death: keepalive, the user timeout, unreachable). tcpd has acknowledged
-// to the destination what it read, and the destination's TCP takes those
-// bytes as delivered, as a direct connection's would have been: on Linux
-// an application reads every byte its TCP acknowledged before the reset.
-// So the client's leg gets them first, and is reset once it has
-// acknowledged them all, or has taken nothing for flushStall. What the
-// client sends meanwhile has nowhere to go. A connection conntrack does
-// not track, whose acknowledgments tcpd cannot see, is reset at once.
+// death: keepalive, the user timeout, unreachable). tcpd's kernel has
+// acknowledged to the destination what is in the socket, and tcpd what it
+// read, and the destination's TCP takes those bytes as delivered, as a
+// direct connection's would have been: on Linux an application reads
+// every byte its TCP acknowledged before the reset. So the client's leg
+// gets them first (the socket read to its end, which a reset makes final),
+// and is reset once the client has acknowledged them all, or has taken
+// nothing for flushStall. What the client sends meanwhile has nowhere to
+// go. A connection conntrack does not track, whose acknowledgments tcpd
+// cannot see, is reset at once.
 func (r *relay) upstreamReset() {
-	r.closeUpstream(true)
 	r.up.release()
 	if r.id == 0 {
 		r.reset(EndUpstreamReset)
@@ -633,7 +641,11 @@ func (r *relay) readClient() bool {
 // In phaseFlushDown, with the upstream leg gone already, it ends the
 // relay.
 func (r *relay) clientLegReset() {
-	if r.phase != phaseRelaying || r.fd < 0 {
+	switch {
+	case r.phase == phaseFlushDown:
+		r.reset(EndUpstreamReset) // the first cause
+		return
+	case r.phase != phaseRelaying || r.fd < 0:
 		r.reset(EndClientReset)
 		return
 	}
@@ -684,15 +696,37 @@ func (r *relay) flushUp() {
 	r.sh.wheel.set(&r.timer, now.Add(flushPoll))
 }
 
-// flushDown is a step of phaseFlushDown: it writes what it holds to the
-// client and resets the client's leg once the client has acknowledged all
-// tcpd sent, or has stalled.
+// flushDown is a step of phaseFlushDown: it writes to the client what it
+// holds and what the upstream socket still holds, closes the socket once
+// drained, and resets the client's leg once the client has acknowledged
+// all tcpd sent, or has stalled.
 func (r *relay) flushDown() {
 	if r.clientReset() {
 		r.reset(EndUpstreamReset)
 		return
 	}
-	if r.down.held() && !r.writeClient() && r.phase == phaseDone {
+	for r.phase == phaseFlushDown {
+		if r.down.held() {
+			if !r.writeClient() {
+				break
+			}
+			continue
+		}
+		if r.fd < 0 {
+			break
+		}
+		bp := relayBufs.Get().(*[]byte)
+		n, err := readFD(r.fd, (*bp)[:downReadMax])
+		if err != nil || n == 0 {
+			// Drained: after the reset nothing more comes (EAGAIN),
+			// or the socket says so (its error, or 0).
+			relayBufs.Put(bp)
+			r.closeUpstream(true)
+			break
+		}
+		r.down = pending{buf: bp, data: (*bp)[:n]}
+	}
+	if r.phase != phaseFlushDown {
 		return // the client's leg failed
 	}
 	now := time.Now()
@@ -704,7 +738,7 @@ func (r *relay) flushDown() {
 	if r.downFIN {
 		sent++
 	}
-	if !ok || (!r.down.held() && acked == sent) || now.Sub(r.lastActive) >= flushStall {
+	if !ok || (r.fd < 0 && !r.down.held() && acked == sent) || now.Sub(r.lastActive) >= flushStall {
 		r.reset(EndUpstreamReset)
 		return
 	}
@@ -787,15 +821,36 @@ func (r *relay) inactive() {
 		r.sh.wheel.set(&r.timer, deadline)
 		return
 	}
-	if r.up.held() || r.down.held() {
-		// Stalled, not idle: a direction holds bytes its receiver has
-		// no room for (a window closed, its TCP answering the probes).
+	if r.holding() {
+		// Stalled, not idle: bytes wait for a receiver that has no room
+		// for them (a window closed, its TCP answering the probes).
 		// Its leg's user timeout gives it up if the receiver stays so;
 		// Linux gives up no socket its application holds open.
 		r.sh.wheel.set(&r.timer, now.Add(t))
 		return
 	}
 	r.reset(EndTimeout)
+}
+
+// holding reports whether bytes wait to be taken by either side: in the
+// relay's buffers, in the upstream socket's send queue, or sent to the
+// client by the netstack and not yet acknowledged (conntrack's record; the
+// netstack does not say what its send queue holds).
+func (r *relay) holding() bool {
+	if r.up.held() || r.down.held() {
+		return true
+	}
+	if q, ok := unsentUpstream(r.fd); ok && q > 0 {
+		return true
+	}
+	if acked, ok := r.s.table.Acknowledged(r.id); ok && r.id != 0 {
+		sent := uint32(r.bytes[conntrack.ToClient])
+		if r.downFIN {
+			sent++
+		}
+		return acked != sent
+	}
+	return false
 }
 
 // reset ends the relay with a reset of both legs: RST to the client from
