@@ -92,8 +92,8 @@ func (w *wheel) stop(t *timer) {
 }
 
 // advance fires every timer whose deadline is at or before now. A fire
-// function may arm and stop timers; one it arms already due fires at the
-// next advance.
+// function may arm and stop timers; one it arms already due fires in the
+// same advance (a fire must not do so for ever).
 func (w *wheel) advance(now time.Time) {
 	to := w.since(now)
 	tick := int64(wheelTick)
@@ -103,19 +103,24 @@ func (w *wheel) advance(now time.Time) {
 	}
 	for {
 		i := slotOf(w.now)
-		for t := w.slots[i]; t != nil; {
-			next := t.next
-			if t.when <= to {
-				w.stop(t)
-				t.fire()
+		// Again while a fire armed a timer already due: it went into
+		// this slot, which the wheel is about to leave.
+		for due := true; due; {
+			for t := w.slots[i]; t != nil; {
+				next := t.next
+				if t.when <= to {
+					w.stop(t)
+					t.fire()
+				}
+				t = next
 			}
-			t = next
-		}
-		// What is left (and what a fire armed here) is due in a later
-		// turn, or later in this slot.
-		w.soonest[i] = math.MaxInt64
-		for t := w.slots[i]; t != nil; t = t.next {
-			w.soonest[i] = min(w.soonest[i], t.when)
+			// What is left is due in a later turn, or later in this
+			// slot.
+			w.soonest[i] = math.MaxInt64
+			for t := w.slots[i]; t != nil; t = t.next {
+				w.soonest[i] = min(w.soonest[i], t.when)
+			}
+			due = w.soonest[i] <= to
 		}
 		if w.now/tick >= to/tick {
 			return

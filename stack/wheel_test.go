@@ -162,3 +162,23 @@ func earliestByScan(w *wheel) (int64, bool) {
 	}
 	return earliest, armed
 }
+
+// TestWheelFireArmsDue: a timer that a fire arms already due, while an
+// advance passes several slots, fires in that advance, not a turn later.
+func TestWheelFireArmsDue(t *testing.T) {
+	start := time.Unix(1000, 0)
+	w := newWheel(start)
+	var now, bFired time.Time
+	b := &timer{fire: func() { bFired = now }}
+	a := &timer{fire: func() { w.set(b, start.Add(5*time.Millisecond)) }}
+	w.set(a, start.Add(5*time.Millisecond))
+	now = start.Add(100 * time.Millisecond) // a late wake: ten slots on
+	w.advance(now)
+	if bFired.IsZero() {
+		d, ok := w.next(now)
+		t.Fatalf("a timer armed already due by a fire did not fire in the same advance (next: %v, %v)", d, ok)
+	}
+	if w.armed != 0 {
+		t.Fatalf("%d timers still armed", w.armed)
+	}
+}
