@@ -8,7 +8,9 @@ import "time"
 // expires. The link shows it every segment the client sends to the 4-tuple
 // and does what Segment answers: nothing reaches the netstack, save a SYN
 // that reopens the 4-tuple. The duties, as RFC 9293 3.10.7.4 prescribes
-// and Linux's tcp_timewait_state_process does them:
+// them (Linux's tcp_timewait_state_process also acknowledges a segment
+// without ACK, and restarts the timer for any out-of-window segment with
+// one; tcpd keeps to the RFC there):
 //   - an RST is ignored (RFC 1337, fix 1: no TIME-WAIT assassination);
 //   - a SYN reopens the 4-tuple if it is a new incarnation (RFC 6191);
 //     any other SYN, and a SYN-ACK, gets a challenge ACK (RFC 9293
@@ -92,11 +94,12 @@ func (e *machine) timeWaitVerdict(s Segment) twVerdict {
 	if e.ts && s.TS && tsLT(s.TSVal, e.tsEcr) {
 		return ack // PAWS
 	}
+	if s.Flags&FlagSYN != 0 {
+		return twAckLimited // a SYN-ACK: challenged, its TSval not taken
+	}
 	rcvNxt := e.ends[sideTCPD].ack
 	e.noteTSVal(s, rcvNxt)
 	switch {
-	case s.Flags&FlagSYN != 0:
-		return twAckLimited
 	case s.Flags&FlagFIN != 0 && s.Seq+s.Len+1 == rcvNxt:
 		return twAckRestart
 	case s.Seq != rcvNxt || s.Len != 0:
