@@ -473,13 +473,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"upstream interface is the TUN", "upstream:\n  interface: tcpd0\n",
 			[]string{`line 2: upstream.interface: "tcpd0" is tun.name; upstream sockets would loop back into tcpd (allowed: another interface, or "" for none)`}},
 		{"metrics listen without host", "metrics:\n  listen: 9810\n",
-			[]string{`line 2: metrics.listen: "9810" is not address:port (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
+			[]string{`line 2: metrics.listen: "9810" is not address:port (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810, localhost:9810 or :9810 (every address), or "" to disable)`}},
 		{"metrics listen host not an address", "metrics:\n  listen: 300.1.1.1:9810\n",
-			[]string{`line 2: metrics.listen: "300.1.1.1:9810" has host "300.1.1.1", not an IP address (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
-		{"metrics listen host name", "log:\n  level: info\nmetrics: {listen: \"localhost:9810\"}\n",
-			[]string{`line 3: metrics.listen: "localhost:9810" has host "localhost", not an IP address (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
+			[]string{`line 2: metrics.listen: "300.1.1.1:9810" has host "300.1.1.1", not an IP address (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810, localhost:9810 or :9810 (every address), or "" to disable)`}},
+		{"metrics listen host name", "log:\n  level: info\nmetrics: {listen: \"gateway.example:9810\"}\n",
+			[]string{`line 3: metrics.listen: "gateway.example:9810" has host "gateway.example", not an IP address (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810, localhost:9810 or :9810 (every address), or "" to disable)`}},
 		{"metrics listen IPv6 without brackets", "metrics:\n  listen: \"::1:9810\"\n",
-			[]string{`line 2: metrics.listen: "::1:9810" is not address:port (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable)`}},
+			[]string{`line 2: metrics.listen: "::1:9810" is not address:port (allowed: address:port, e.g. 127.0.0.1:9810, [::1]:9810, localhost:9810 or :9810 (every address), or "" to disable)`}},
 		{"metrics listen bad port", "metrics:\n  listen: \"localhost:0\"\n",
 			[]string{`line 2: metrics.listen: "localhost:0" has port "0" (allowed: 1..65535)`}},
 		{"admin socket relative", "admin:\n  socket: tcpd.sock\n",
@@ -954,4 +954,16 @@ func mustNode(t *testing.T, text string) *yaml.Node {
 		t.Fatalf("%s: %v", text, err)
 	}
 	return doc.Content[0].Content[1]
+}
+
+// TestMetricsListenLocalhost: localhost, which configurations written
+// before host names were refused use, still loads.
+func TestMetricsListenLocalhost(t *testing.T) {
+	c, err := parseConfig([]byte("metrics:\n  listen: localhost:9810\n"))
+	if err != nil {
+		t.Fatalf("metrics.listen localhost:9810: %v", err)
+	}
+	if got := c.metricsListen(); got != "localhost:9810" {
+		t.Errorf("metrics.listen = %q, want localhost:9810", got)
+	}
 }

@@ -328,11 +328,13 @@ func ifName(emptyOK bool) kind[string] {
 }
 
 // listenAddr is a listen address, or "" (off): an IP address (IPv6 in
-// brackets) or nothing, for every address, then a port. A host name is
-// refused here rather than resolved at start, where it would fail only then,
-// or listen wherever the resolver of the day pointed.
+// brackets), localhost, or nothing, for every address, then a port. Any
+// other host name is refused here rather than resolved at start, where it
+// would fail only then, or listen wherever the resolver of the day pointed;
+// localhost, which configurations written before this check use, is the
+// loopback everywhere.
 func listenAddr() kind[string] {
-	const allowed = `address:port, e.g. 127.0.0.1:9810, [::1]:9810 or :9810 (every address), or "" to disable`
+	const allowed = `address:port, e.g. 127.0.0.1:9810, [::1]:9810, localhost:9810 or :9810 (every address), or "" to disable`
 	return kind[string]{
 		allowed: allowed,
 		format:  yamlString,
@@ -351,7 +353,7 @@ func listenAddr() kind[string] {
 					d.errorf(n, key, "%s has port %s (allowed: 1..65535)", shown(s), shown(port))
 					return "", false
 				}
-				if _, err := netip.ParseAddr(host); host != "" && err != nil {
+				if _, err := netip.ParseAddr(host); host != "" && host != "localhost" && err != nil {
 					d.errorf(n, key, "%s has host %s, not an IP address (allowed: %s)", shown(s), shown(host), allowed)
 					return "", false
 				}
