@@ -357,21 +357,24 @@ func TestSlowReaderGetsTheWholeListing(t *testing.T) {
 // and then, never stalling for the write timeout, is cut off ten timeouts
 // after the listing began, freeing its slot and the copy of the table.
 func TestTricklingReaderIsCut(t *testing.T) {
-	const timeout = time.Second
+	// A write timeout of 2 s: under the race detector, beside other
+	// packages' tests, a reader that slept 20 ms between reads stalled for
+	// the 1 s it once was, and was cut after 5.4 s.
+	const timeout = 2 * time.Second
 	c := askListing(t, 100000, timeout) // about 40 MB of JSON
-	// 64 KiB every 20 ms: no write waits near the timeout, and the whole
-	// listing would take about 13 s.
+	// 64 KiB every 40 ms: no write waits near the timeout, and the whole
+	// listing would take about 25 s.
 	buf := make([]byte, 64<<10)
 	var got bytes.Buffer
 	start := time.Now()
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
 	for {
 		n, err := c.Read(buf)
 		got.Write(buf[:n])
 		if err != nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(40 * time.Millisecond)
 	}
 	took := time.Since(start)
 	// A whole answer ends with the last chunk of its chunked encoding.
