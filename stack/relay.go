@@ -492,24 +492,17 @@ func (r *relay) moveUp(more *bool) bool {
 		if !r.clientReadable {
 			return true
 		}
-		bp := relayBufs.Get().(*[]byte)
-		r.w = tcpip.SliceWriter(*bp)
-		res, terr := r.ep.Read(&r.w, tcpip.ReadOptions{})
-		r.w = nil
-		switch terr.(type) {
+		switch terr := r.readClient(); terr.(type) {
 		case nil:
-			r.up = pending{buf: bp, data: (*bp)[:res.Count]}
 			// Receive moderation grows the leg's buffer, and the
 			// window offered to the client, from what the reader
 			// takes per round trip; without this the window of every
 			// upload stays at the 1 MiB default.
-			r.ep.ModerateRecvBuf(res.Count)
+			r.ep.ModerateRecvBuf(len(r.up.data))
 		case *tcpip.ErrWouldBlock:
-			relayBufs.Put(bp)
 			r.clientReadable = false
 			return true
 		case *tcpip.ErrClosedForReceive:
-			relayBufs.Put(bp)
 			// A leg whose error the other direction took first reads
 			// as closed too; only a FIN is passed on as one.
 			if r.clientReset() {
@@ -518,7 +511,6 @@ func (r *relay) moveUp(more *bool) bool {
 			}
 			r.upEOF = true
 		default:
-			relayBufs.Put(bp)
 			r.clientLegReset()
 			return false
 		}
@@ -555,26 +547,20 @@ func (r *relay) moveDown(more *bool) bool {
 		if !r.upReadable {
 			return true
 		}
-		bp := relayBufs.Get().(*[]byte)
-		buf := (*bp)[:downReadMax]
-		n, err := readFD(r.fd, buf)
+		n, err := r.readUpstream()
 		switch {
 		case err == errAgain:
-			relayBufs.Put(bp)
 			r.upReadable = false
 			return true
 		case err != nil:
-			relayBufs.Put(bp)
 			r.upstreamReset()
 			return false
 		case n == 0:
 			// read returns 0 only for the peer's FIN; an error is an
 			// error.
-			relayBufs.Put(bp)
 			r.downEOF = true
 		default:
-			r.down = pending{buf: bp, data: (*bp)[:n]}
-			if n < len(buf) && !r.upHangup {
+			if n < downReadMax && !r.upHangup {
 				// The socket is drained: skip the read that would
 				// say EAGAIN.
 				r.upReadable = false
@@ -619,18 +605,47 @@ func (r *relay) upstreamReset() {
 }
 
 // readClient reads what the client's endpoint holds into the up
-// direction's buffer; false if it holds nothing more.
-func (r *relay) readClient() bool {
+// direction, in a buffer borrowed only if it read something; an empty read
+// is ErrWouldBlock.
+func (r *relay) readClient() tcpip.Error {
 	bp := relayBufs.Get().(*[]byte)
 	r.w = tcpip.SliceWriter(*bp)
 	res, terr := r.ep.Read(&r.w, tcpip.ReadOptions{})
 	r.w = nil
-	if terr != nil || res.Count == 0 {
+	if terr == nil && res.Count == 0 {
+		terr = &tcpip.ErrWouldBlock{}
+	}
+	if terr != nil {
 		relayBufs.Put(bp)
-		return false
+		return terr
 	}
 	r.up = pending{buf: bp, data: (*bp)[:res.Count]}
-	return true
+	return nil
+}
+
+// readUpstream reads at most downReadMax bytes of the upstream socket into
+// the down direction, in a buffer borrowed only if it read something.
+func (r *relay) readUpstream() (int, error) {
+	bp := relayBufs.Get().(*[]byte)
+	n, err := readFD(r.fd, (*bp)[:downReadMax])
+	if err != nil || n == 0 {
+		relayBufs.Put(bp)
+		return n, err
+	}
+	r.down = pending{buf: bp, data: (*bp)[:n]}
+	return n, nil
+}
+
+// sentToClient is how much of its sequence space after the SYN tcpd has
+// given the client's leg: the bytes the relay wrote, and its FIN. The
+// client has acknowledged all of it when conntrack's Acknowledged says as
+// much (both modulo 2^32).
+func (r *relay) sentToClient() uint32 {
+	sent := uint32(r.bytes[conntrack.ToClient])
+	if r.downFIN {
+		sent++
+	}
+	return sent
 }
 
 // clientLegReset follows the client's reset of its leg (or the leg's
@@ -664,7 +679,7 @@ func (r *relay) flushUp() {
 		if !r.up.held() {
 			// The netstack hands out what it queued before the reset
 			// first, then the error.
-			if r.upEOF || !r.readClient() {
+			if r.upEOF || r.readClient() != nil {
 				r.upEOF = true
 				break
 			}
@@ -715,16 +730,12 @@ func (r *relay) flushDown() {
 		if r.fd < 0 {
 			break
 		}
-		bp := relayBufs.Get().(*[]byte)
-		n, err := readFD(r.fd, (*bp)[:downReadMax])
-		if err != nil || n == 0 {
+		if n, err := r.readUpstream(); err != nil || n == 0 {
 			// Drained: after the reset nothing more comes (EAGAIN),
 			// or the socket says so (its error, or 0).
-			relayBufs.Put(bp)
 			r.closeUpstream(true)
 			break
 		}
-		r.down = pending{buf: bp, data: (*bp)[:n]}
 	}
 	if r.phase != phaseFlushDown {
 		return // the client's leg failed
@@ -734,11 +745,7 @@ func (r *relay) flushDown() {
 	if ok && acked != r.flushAcked {
 		r.flushAcked, r.lastActive = acked, now
 	}
-	sent := uint32(r.bytes[conntrack.ToClient])
-	if r.downFIN {
-		sent++
-	}
-	if !ok || (r.fd < 0 && !r.down.held() && acked == sent) || now.Sub(r.lastActive) >= flushStall {
+	if !ok || (r.fd < 0 && !r.down.held() && acked == r.sentToClient()) || now.Sub(r.lastActive) >= flushStall {
 		r.reset(EndUpstreamReset)
 		return
 	}
@@ -843,14 +850,8 @@ func (r *relay) holding() bool {
 	if q, ok := unsentUpstream(r.fd); ok && q > 0 {
 		return true
 	}
-	if acked, ok := r.s.table.Acknowledged(r.id); ok && r.id != 0 {
-		sent := uint32(r.bytes[conntrack.ToClient])
-		if r.downFIN {
-			sent++
-		}
-		return acked != sent
-	}
-	return false
+	acked, ok := r.s.table.Acknowledged(r.id)
+	return ok && acked != r.sentToClient()
 }
 
 // reset ends the relay with a reset of both legs: RST to the client from
