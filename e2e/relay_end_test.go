@@ -858,6 +858,21 @@ func TestRelayStalledIsNotIdle(t *testing.T) {
 	assertEnds(t, g, before, map[string]float64{"clean": 2})
 }
 
+// awaitAcked waits at most d for the peer's TCP to acknowledge all that c
+// sent (SIOCOUTQ, sent and not yet acknowledged, falls to 0), and returns
+// what it has not.
+func awaitAcked(c net.Conn, d time.Duration) int {
+	rc, _ := c.(*net.TCPConn).SyscallConn()
+	outq := func() (q int) {
+		rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		return q
+	}
+	for deadline := time.Now().Add(d); outq() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return outq()
+}
+
 // TestRelayUpstreamResetAfterData: a destination that sends a response and
 // then resets (SO_LINGER 0, as a server that closes with a request still
 // unread does) once its TCP has seen every byte acknowledged. On a direct
@@ -873,17 +888,7 @@ func TestRelayUpstreamResetAfterData(t *testing.T) {
 	port := serve(t, g.Server, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		n, _ := c.Write(make([]byte, size))
-		// Wait for tcpd to acknowledge all of it: SIOCOUTQ, what is
-		// sent and not yet acknowledged, falls to 0.
-		rc, _ := c.(*net.TCPConn).SyscallConn()
-		outq := func() (q int) {
-			rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
-			return q
-		}
-		for deadline := time.Now().Add(10 * time.Second); outq() > 0 && time.Now().Before(deadline); {
-			time.Sleep(5 * time.Millisecond)
-		}
-		acked <- int64(n - outq())
+		acked <- int64(n - awaitAcked(c, 10*time.Second))
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	})
@@ -942,15 +947,7 @@ func TestRelayClientResetAfterData(t *testing.T) {
 	if _, err := c.Write(make([]byte, size)); err != nil {
 		t.Fatalf("the client's write: %v", err)
 	}
-	rc, _ := c.(*net.TCPConn).SyscallConn()
-	outq := func() (q int) {
-		rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
-		return q
-	}
-	for deadline := time.Now().Add(10 * time.Second); outq() > 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if q := outq(); q != 0 {
+	if q := awaitAcked(c, 10*time.Second); q != 0 {
 		t.Fatalf("tcpd left %d of the client's bytes unacknowledged", q)
 	}
 	c.(*net.TCPConn).SetLinger(0)

@@ -246,7 +246,7 @@ var keys = []key{
 	{path: "metrics.listen", apply: restart,
 		spec: field(func(c *config) *string { return &c.metrics }, "127.0.0.1:9810", listenAddr()),
 		doc:  "Listen address of the Prometheus endpoint (/metrics) and the health probes (/healthz, /readyz); \"\" turns them off.",
-		more: "A host name is refused: check-config could not tell whether it resolves where tcpd starts."},
+		more: "A host name other than localhost is refused: check-config could not tell whether it resolves where tcpd starts."},
 	{path: "admin.socket", apply: restart,
 		spec: field(func(c *config) *string { return &c.admin }, "/run/tcpd/tcpd.sock", socketPath()),
 		doc:  "Unix socket of the admin API that tcpd conns uses (mode 0660); \"\" turns it off."},
