@@ -139,7 +139,7 @@ func TestNewISNAfterAnswer(t *testing.T) {
 	t.Run("answered", func(t *testing.T) {
 		tab, _ := newTable(ct.Config{})
 		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
-		tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1})
+		tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1, Wnd: testWnd})
 		tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next})
 		if id, stale := tab.Claim(tuple, next); id != 0 || !stale {
 			t.Fatalf("Claim of the new ISN after tcpd's SYN-ACK = %d, stale %v; want 0, stale", id, stale)
@@ -194,5 +194,42 @@ func TestNewISNKeepsCounts(t *testing.T) {
 			t.Errorf("state %v counted %d (tcpd) and %d (client), want %d", ct.State(s),
 				int64(snap.States[s]), int64(snap.ClientStates[s]), want)
 		}
+	}
+}
+
+// TestOldIncarnationACKBeforeSYNACK checks that what the 4-tuple's last
+// connection's endpoint sent after the client reset and reopened it (an
+// ACK of the last data, which crosses the new SYN) touches neither end of
+// the new entry, and that the client's answer to it (a RST from SYN-SENT
+// whose sequence number is the ACK's acknowledgment number, RFC 9293
+// 3.10.7.3) leaves the entry for its handler to claim.
+func TestOldIncarnationACKBeforeSYNACK(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	old := uint32(cISS + 1 + 5) // the last connection's SND.NXT after 5 bytes
+	next := uint32(cISS + 70000)
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+	tab.Claim(tuple, cISS)
+	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS, Ack: cISS + 1, Wnd: testWnd})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 1, Ack: tISS + 1})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: cISS + 1, Ack: tISS + 1, Len: 5})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagRST | ct.FlagACK, Seq: old, Ack: tISS + 1})
+	if a := tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: next}); a.Kind != ct.ActionOpen {
+		t.Fatalf("the next connection's SYN: %v, want ActionOpen", a.Kind)
+	}
+	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: tISS + 1, Ack: old, Wnd: 1000, TS: true, TSVal: 7, TSEcr: 9})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagRST, Seq: old})
+	id, stale := tab.Claim(tuple, next)
+	if id == 0 || stale {
+		t.Fatalf("Claim of the next connection's SYN after the old ACK and the client's RST: id %d, stale %v; want its entry", id, stale)
+	}
+	if snap := tab.Snapshot(); snap.Live != 1 || snap.States[ct.StateSynRecv] != 1 || snap.ClientStates[ct.StateSynSent] != 1 {
+		t.Fatalf("%d entries, tcpd's ends %v, the client's %v; want one, SYN_RCVD and SYN_SENT", snap.Live, snap.States, snap.ClientStates)
+	}
+	// The handshake goes on as if the old ACK had never crossed: the
+	// client's ACK without timestamps completes it.
+	tab.Segment(ct.ToClient, tuple, ct.Segment{Flags: ct.FlagSYN | ct.FlagACK, Seq: tISS + 90000, Ack: next + 1, Wnd: testWnd})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: next + 1, Ack: tISS + 90001})
+	if snap := tab.Snapshot(); snap.Live != 1 || snap.States[ct.StateEstablished] != 1 || snap.ClientStates[ct.StateEstablished] != 1 {
+		t.Fatalf("after the handshake: %d entries, tcpd's ends %v, the client's %v; want one, both ESTABLISHED", snap.Live, snap.States, snap.ClientStates)
 	}
 }

@@ -124,6 +124,17 @@ func (m *machine) setState(side int, s State, now mono) {
 // both ends, outside TIME_WAIT (timewait.go has those duties).
 func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if dir == ToClient {
+		if !m.ends[sideTCPD].synSent && s.Flags&(FlagSYN|FlagRST) == 0 {
+			// tcpd has not answered this connection's SYN yet: the
+			// segment is the 4-tuple's last connection's, which the
+			// netstack sent before it took the client's RST (an ACK of
+			// the last data). It is none of this connection's: taken for
+			// tcpd's ACK, it would make the client's answer to it (a
+			// RST from SYN-SENT, at the old connection's sequence
+			// number) look acceptable, and end the new entry before its
+			// handler could claim it.
+			return outNone
+		}
 		m.sentByTCPD(s, now)
 	}
 	xs, ys := sideClient, sideTCPD
