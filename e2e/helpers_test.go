@@ -42,6 +42,7 @@ type gwConfig struct {
 	// apply.
 	KeepaliveIdle, KeepaliveInterval string   // tcp.keepalive.idle, .interval
 	KeepaliveCount                   int      // tcp.keepalive.count
+	UserTimeout                      string   // tcp.user_timeout
 	IdleTimeout                      string   // tcp.idle_timeout
 	HandshakeTimeout                 string   // tcp.handshake_timeout
 	CongestionControl                string   // tcp.congestion_control
@@ -130,6 +131,9 @@ func (c gwConfig) yaml() string {
 	}
 	if len(ka) > 0 {
 		extraTCP = append(extraTCP, "keepalive: {"+strings.Join(ka, ", ")+"}")
+	}
+	if c.UserTimeout != "" {
+		extraTCP = append(extraTCP, "user_timeout: "+c.UserTimeout)
 	}
 	if c.IdleTimeout != "" {
 		extraTCP = append(extraTCP, "idle_timeout: "+c.IdleTimeout)

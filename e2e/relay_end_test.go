@@ -963,3 +963,87 @@ func TestRelayClientResetAfterData(t *testing.T) {
 	}
 	assertEnds(t, g, before, map[string]float64{"client_reset": 1})
 }
+
+// TestRelayPausedReaderUserTimeout: a reader that keeps its window closed
+// (a paused download: the client; a paused upload: the destination) while
+// its TCP answers every window probe. tcp.user_timeout decides its fate on
+// both legs: by default as long as keepalive takes to give up (here 2s),
+// a value of its own (here 2s under the default keepalive of 4 minutes),
+// or none (0s), which keeps the connection as a Linux socket without
+// TCP_USER_TIMEOUT would, and delivers every byte once the reader resumes.
+func TestRelayPausedReaderUserTimeout(t *testing.T) {
+	const (
+		pause = 6 * time.Second // three times the user timeouts below
+		size  = 8 << 20         // beyond every buffer on the way
+	)
+	fast := gwConfig{Metrics: true, KeepaliveIdle: "1s", KeepaliveInterval: "1s", KeepaliveCount: 1}
+	own := gwConfig{Metrics: true, UserTimeout: "2s"}
+	none := fast
+	none.UserTimeout = "0s"
+	for _, tc := range []struct {
+		name  string
+		cfg   gwConfig
+		reset bool
+	}{
+		{"keepalive's 2s", fast, true},
+		{"its own 2s", own, true},
+		{"none", none, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := startGateway(t, netlab.Options{}, tc.cfg)
+			before := sample(t, g)
+			dial := func(t *testing.T, port int) net.Conn { return dialPort(t, g, port, pause+30*time.Second) }
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				// Download: the client pauses.
+				port := serve(t, g.Server, func(c net.Conn) {
+					c.SetDeadline(time.Now().Add(pause + 30*time.Second))
+					c.Write(make([]byte, size))
+				})
+				c := dial(t, port)
+				time.Sleep(pause)
+				n, err := io.Copy(io.Discard, c)
+				c.Close()
+				switch {
+				case tc.reset && !isReset(err):
+					t.Errorf("download: after a pause of %v the client read %s then %s; want a reset", pause, mibs(float64(n)), endName(err))
+				case !tc.reset && (n != size || err != nil):
+					t.Errorf("download: after a pause of %v the client read %s then %s; want %s then EOF", pause, mibs(float64(n)), endName(err), mibs(size))
+				}
+			})
+			wg.Go(func() {
+				// Upload: the destination pauses.
+				got := make(chan int64, 1)
+				port := serve(t, g.Server, func(c net.Conn) {
+					c.SetDeadline(time.Now().Add(pause + 30*time.Second))
+					time.Sleep(pause)
+					n, _ := io.Copy(io.Discard, c)
+					got <- n
+				})
+				c := dial(t, port)
+				_, werr := c.Write(make([]byte, size))
+				if werr == nil {
+					c.(*net.TCPConn).CloseWrite()
+				}
+				n := <-got
+				b, rerr := readAllString(c)
+				switch {
+				case tc.reset && n == size:
+					t.Errorf("upload: after a pause of %v the destination read all %s; want a reset before", pause, mibs(size))
+				case tc.reset && !isReset(werr) && !isReset(rerr):
+					t.Errorf("upload: the client's write ended with %v and its read with %s; want a reset", werr, endName(rerr))
+				case !tc.reset && (n != size || werr != nil || b != "" || rerr != nil):
+					t.Errorf("upload: after a pause of %v the destination read %s; the client's write: %v, its read %q then %s; want %s, no error, EOF",
+						pause, mibs(float64(n)), werr, b, endName(rerr), mibs(size))
+				}
+			})
+			wg.Wait()
+			want := map[string]float64{"clean": 2}
+			if tc.reset {
+				want = map[string]float64{"client_reset": 1, "upstream_reset": 1}
+			}
+			assertEnds(t, g, before, want)
+		})
+	}
+}

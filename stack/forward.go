@@ -398,7 +398,8 @@ func (s *Stack) Relays() (active int64, tracked int) { return s.adm.relays() }
 
 // setKeepalive turns on keepalive for the client leg of a connection.
 func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
-	ka := s.tune.Load().Keepalive
+	tune := s.tune.Load()
+	ka := tune.Keepalive
 	ep.SocketOptions().SetKeepAlive(true)
 	idle := tcpip.KeepaliveIdleOption(ka.Idle)
 	interval := tcpip.KeepaliveIntervalOption(ka.Interval)
@@ -409,9 +410,12 @@ func (s *Stack) setKeepalive(ep tcpip.Endpoint) {
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, ka.Count)
 	// Keepalive probes only while nothing is in flight; a client that
 	// vanishes in the middle of a download is noticed by the user timeout
-	// (RFC 5482) instead, after as long as keepalive would take.
-	ut := tcpip.TCPUserTimeoutOption(ka.userTimeout())
-	_ = ep.SetSockOpt(&ut)
+	// (RFC 5482) instead, by default after as long as keepalive would
+	// take. The netstack's default is none.
+	if d := tune.userTimeout(); d > 0 {
+		ut := tcpip.TCPUserTimeoutOption(d)
+		_ = ep.SetSockOpt(&ut)
+	}
 }
 
 // classifyDial maps a dial error to its failure class.

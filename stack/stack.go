@@ -102,13 +102,6 @@ type Keepalive struct {
 	Count int
 }
 
-// userTimeout is how long sent data may stay unacknowledged before the
-// connection is given up: as long as keepalive takes to declare a silent
-// peer dead.
-func (k Keepalive) userTimeout() time.Duration {
-	return k.Idle + k.Interval*time.Duration(k.Count)
-}
-
 // Config configures a Stack. The zero value works except for Clients, which
 // must name at least one prefix. Each default is stated on its field;
 // WithDefaults applies them.

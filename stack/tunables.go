@@ -36,6 +36,17 @@ type Tunables struct {
 	SourceAddresses []netip.Addr
 	// Keepalive applies to both legs.
 	Keepalive Keepalive
+	// UserTimeout is how long a leg's sent data may go unacknowledged, or
+	// its peer's window stay closed, before that leg is given up and the
+	// connection reset (TCP_USER_TIMEOUT, RFC 5482), on both legs. Zero
+	// means as long as keepalive takes to declare a silent peer dead:
+	// Keepalive's Idle + Interval × Count. UserTimeoutOff (any negative
+	// value) sets none, as a Linux socket has none by default: the TCP's
+	// own retransmission limit gives a dead peer up (Linux's
+	// tcp_retries2, about 15 minutes; the netstack's 15 retransmissions),
+	// and a peer that answers window probes with its window closed is
+	// kept for as long as it does.
+	UserTimeout time.Duration
 	// HalfCloseTimeout bounds how long a half-closed connection may go without
 	// moving a byte in its open direction, counted from the half-close or
 	// the last byte after it. Zero means 60s.
@@ -81,6 +92,20 @@ type Tunables struct {
 	MSSClamp int
 }
 
+// UserTimeoutOff is the UserTimeout that sets none.
+const UserTimeoutOff time.Duration = -1
+
+// userTimeout is the TCP user timeout both legs get: 0 for none.
+func (t *Tunables) userTimeout() time.Duration {
+	switch {
+	case t.UserTimeout < 0:
+		return 0
+	case t.UserTimeout == 0:
+		return t.Keepalive.Idle + t.Keepalive.Interval*time.Duration(t.Keepalive.Count)
+	}
+	return t.UserTimeout
+}
+
 // CongestionControls are the values CongestionControl takes.
 var CongestionControls = []string{"reno", "cubic"}
 
@@ -124,6 +149,9 @@ func (t Tunables) WithDefaults() Tunables {
 	}
 	if t.MSSClamp < 0 {
 		t.MSSClamp = MSSClampOff
+	}
+	if t.UserTimeout < 0 {
+		t.UserTimeout = UserTimeoutOff
 	}
 	return t
 }

@@ -62,16 +62,17 @@ func upstreamSocket(src netip.Addr, dst netip.AddrPort, t *Tunables) (int, error
 	return fd, nil
 }
 
-// CheckKeepalive sets ka's options, as every dial does, on a socket that
-// is then closed: an error wrapping unix.EINVAL says this kernel refuses
-// them, and with them every upstream connection.
-func CheckKeepalive(ka Keepalive) error {
+// CheckKeepalive sets ka's options and the user timeout ut (as
+// Tunables.UserTimeout), as every dial does, on a socket that is then
+// closed: an error wrapping unix.EINVAL says this kernel refuses them, and
+// with them every upstream connection.
+func CheckKeepalive(ka Keepalive, ut time.Duration) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
 	defer unix.Close(fd)
-	return setUpstreamOptions(fd, &Tunables{Keepalive: ka})
+	return setUpstreamOptions(fd, &Tunables{Keepalive: ka, UserTimeout: ut})
 }
 
 // setUpstreamOptions applies what both legs share (keepalive, and the user
@@ -90,7 +91,11 @@ func setUpstreamOptions(fd int, t *Tunables) error {
 		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, max(int(ka.Idle.Seconds()), 1)},
 		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(int(ka.Interval.Seconds()), 1)},
 		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count},
-		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ka.userTimeout().Milliseconds())},
+		// Last, and left out when none is set: a socket has none.
+		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(t.userTimeout().Milliseconds())},
+	}
+	if t.userTimeout() == 0 {
+		opts = opts[:len(opts)-1]
 	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.value); err != nil {

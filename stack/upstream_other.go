@@ -65,4 +65,4 @@ func checkInterface(name string) error {
 }
 
 // CheckKeepalive has no kernel to ask here.
-func CheckKeepalive(Keepalive) error { return nil }
+func CheckKeepalive(Keepalive, time.Duration) error { return nil }

@@ -182,11 +182,19 @@ var keys = []key{
 	{path: "tcp.keepalive.interval", apply: newConns,
 		spec: field(func(c *config) *time.Duration { return &c.stack.Keepalive.Interval }, 30*time.Second, duration(time.Second, maxKeepaliveTime, false)),
 		doc:  "Time between unanswered keepalive probes.",
-		more: "idle + interval × count, the time keepalive takes to give up, is also each leg's TCP user timeout: " +
-			"at most 596h31m23s, Linux's limit for TCP_USER_TIMEOUT."},
+		more: "idle + interval × count is the time keepalive takes to give up; under tcp.user_timeout: keepalive (the default) it is also each leg's TCP user timeout, " +
+			"and then at most 596h31m23s, Linux's limit for TCP_USER_TIMEOUT."},
 	{path: "tcp.keepalive.count", apply: newConns,
 		spec: field(func(c *config) *int { return &c.stack.Keepalive.Count }, 4, integer[int](1, maxKeepaliveCount)),
 		doc:  "Unanswered keepalive probes before the connection is reset."},
+	{path: "tcp.user_timeout", apply: newConns,
+		spec: field(func(c *config) *time.Duration { return &c.stack.UserTimeout }, 0, userTimeout(time.Second, maxUserTimeout.Truncate(time.Second))),
+		doc: "How long a leg's sent data may go unacknowledged, or its peer's window stay closed, before the connection is reset (TCP_USER_TIMEOUT, on both legs): " +
+			"keepalive for as long as keepalive takes to give up (idle + interval × count, 4 minutes by default), 0s for none.",
+		more: "A peer that vanishes with data in flight is noticed after it, where keepalive, which probes only an idle connection, would not notice it; " +
+			"a reader that keeps its window closed for longer (a paused download) is reset after it too, even though its TCP answers every window probe. " +
+			"0s is what a Linux socket has by default: a dead peer is given up after the TCP's retransmissions (tcp_retries2, about 15 minutes; the netstack's 15), " +
+			"and a paused reader is kept for as long as it answers."},
 	{path: "tcp.half_close_timeout", apply: atOnce,
 		spec: field(func(c *config) *time.Duration { return &c.stack.HalfCloseTimeout }, 60*time.Second, duration(time.Second, day, false)),
 		doc:  "A half-closed connection that moves no byte in its open direction for this long after its half-close, and holds none waiting for a closed window, is reset."},
@@ -496,7 +504,7 @@ func (d *decoder) crossCheck(c *config) {
 		}
 	}
 
-	if ka := c.stack.Keepalive; !d.bad["tcp.keepalive.idle"] && !d.bad["tcp.keepalive.interval"] && !d.bad["tcp.keepalive.count"] {
+	if ka := c.stack.Keepalive; !d.bad["tcp.keepalive.idle"] && !d.bad["tcp.keepalive.interval"] && !d.bad["tcp.keepalive.count"] && !d.bad["tcp.user_timeout"] {
 		// Reported at the first of interval, count and idle the file sets.
 		key := "tcp.keepalive.idle"
 		for _, k := range []string{"tcp.keepalive.count", "tcp.keepalive.interval"} {
@@ -504,12 +512,12 @@ func (d *decoder) crossCheck(c *config) {
 				key = k
 			}
 		}
-		if ut := ka.Idle + ka.Interval*time.Duration(ka.Count); ut > maxUserTimeout {
+		if ut := ka.Idle + ka.Interval*time.Duration(ka.Count); c.stack.UserTimeout == 0 && ut > maxUserTimeout {
 			d.errs = append(d.errs, &configError{line: d.lines[key], msg: fmt.Sprintf(
 				"%s: idle %s + interval %s × count %d is %s, more than the user timeout Linux allows (TCP_USER_TIMEOUT, at most %s), "+
-					"which tcpd sets to the time keepalive takes to give up (allowed: values whose sum is at most that)",
+					"which tcpd sets to the time keepalive takes to give up under tcp.user_timeout: keepalive (allowed: values whose sum is at most that, or a tcp.user_timeout of its own)",
 				key, fmtDuration(ka.Idle), fmtDuration(ka.Interval), ka.Count, fmtDuration(ut), fmtDuration(maxUserTimeout.Truncate(time.Second)))})
-		} else if err := stack.CheckKeepalive(ka); errors.Is(err, unix.EINVAL) {
+		} else if err := stack.CheckKeepalive(ka, c.stack.UserTimeout); errors.Is(err, unix.EINVAL) {
 			// The ranges are Linux's; a kernel that still refuses them
 			// would fail every dial. Other errors (no descriptor left)
 			// say nothing of the values.

@@ -403,7 +403,7 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{"line 3: tcp.keepalive.interval: 10h is out of range (allowed 1s..9h)"}},
 		{"keepalive past Linux's TCP_USER_TIMEOUT", "tcp:\n  keepalive:\n    idle: 9h\n    interval: 9h\n    count: 127\n",
 			[]string{"line 4: tcp.keepalive.interval: idle 9h + interval 9h × count 127 is 1152h, more than the user timeout Linux allows " +
-				"(TCP_USER_TIMEOUT, at most 596h31m23s), which tcpd sets to the time keepalive takes to give up (allowed: values whose sum is at most that)"}},
+				"(TCP_USER_TIMEOUT, at most 596h31m23s), which tcpd sets to the time keepalive takes to give up under tcp.user_timeout: keepalive (allowed: values whose sum is at most that, or a tcp.user_timeout of its own)"}},
 		{"duration off or range", "tcp:\n  idle_timeout: 500ms\n",
 			[]string{"line 2: tcp.idle_timeout: 500ms is out of range (allowed 0s (off) or 1s..168h)"}},
 		{"duration without unit", "upstream:\n  dial_timeout: 10\n",
@@ -909,7 +909,7 @@ func TestTimeWaitLimitZeroKeepsNone(t *testing.T) {
 // the bounds were Linux's, 24h passed the check and every dial failed).
 func TestKeepaliveBoundsAreTheKernels(t *testing.T) {
 	largest := mustParse(t, "tcp:\n  keepalive: {idle: 9h, interval: 9h, count: 65}\n")
-	if err := stack.CheckKeepalive(largest.stack.Keepalive); err != nil {
+	if err := stack.CheckKeepalive(largest.stack.Keepalive, largest.stack.UserTimeout); err != nil {
 		t.Errorf("the largest keepalive accepted (%+v): %v", largest.stack.Keepalive, err)
 	}
 	if _, err := parseConfig([]byte("tcp:\n  keepalive: {idle: 9h, interval: 9h, count: 66}\n")); err == nil {
@@ -924,9 +924,18 @@ func TestKeepaliveBoundsAreTheKernels(t *testing.T) {
 		{Idle: hour, Interval: linuxMaxKeepTime + time.Second, Count: 1},
 		{Idle: 9 * hour, Interval: 9 * hour, Count: 127},
 	} {
-		if err := stack.CheckKeepalive(ka); !errors.Is(err, unix.EINVAL) {
+		if err := stack.CheckKeepalive(ka, 0); !errors.Is(err, unix.EINVAL) {
 			t.Errorf("keepalive %+v: %v, want EINVAL", ka, err)
 		}
+	}
+	// A user timeout of its own frees keepalive from TCP_USER_TIMEOUT's
+	// bound; the largest user timeout accepted is one the kernel takes.
+	own := mustParse(t, "tcp:\n  keepalive: {idle: 9h, interval: 9h, count: 127}\n  user_timeout: 596h31m23s\n")
+	if err := stack.CheckKeepalive(own.stack.Keepalive, own.stack.UserTimeout); err != nil {
+		t.Errorf("the largest keepalive and user timeout accepted (%+v, %v): %v", own.stack.Keepalive, own.stack.UserTimeout, err)
+	}
+	if _, err := parseConfig([]byte("tcp:\n  user_timeout: 596h31m24s\n")); err == nil {
+		t.Error("tcp.user_timeout 596h31m24s accepted, past TCP_USER_TIMEOUT's int of milliseconds")
 	}
 	if maxKeepaliveTime > linuxMaxKeepTime {
 		t.Errorf("tcp.keepalive allows up to %v, past Linux's %v", maxKeepaliveTime, linuxMaxKeepTime)

@@ -188,6 +188,42 @@ func duration(lo, hi time.Duration, zeroOK bool) kind[time.Duration] {
 	if zeroOK && lo > 0 {
 		allowed = "0s (off) or " + allowed
 	}
+	return durationIn(lo, hi, zeroOK, allowed)
+}
+
+// userTimeout is tcp.user_timeout: keepalive (0: as long as keepalive
+// takes to give up), 0s (stack.UserTimeoutOff: none) or a duration in
+// lo..hi.
+func userTimeout(lo, hi time.Duration) kind[time.Duration] {
+	allowed := "keepalive, 0s (none) or " + fmtDuration(lo) + ".." + fmtDuration(hi)
+	k := durationIn(lo, hi, true, allowed)
+	return kind[time.Duration]{
+		allowed: allowed,
+		format: func(x time.Duration) string {
+			switch {
+			case x == 0:
+				return "keepalive"
+			case x < 0:
+				return "0s"
+			}
+			return fmtDefaultDuration(x)
+		},
+		decode: func(d *decoder, n *yaml.Node, key string) (time.Duration, bool) {
+			if v := deref(n); v.Kind == yaml.ScalarNode && v.Value == "keepalive" {
+				return 0, true
+			}
+			x, ok := k.decode(d, n, key)
+			if ok && x == 0 {
+				x = stack.UserTimeoutOff
+			}
+			return x, ok
+		},
+	}
+}
+
+// durationIn is duration with allowed, the values it takes as its errors
+// name them.
+func durationIn(lo, hi time.Duration, zeroOK bool, allowed string) kind[time.Duration] {
 	return kind[time.Duration]{
 		allowed: allowed,
 		format:  fmtDefaultDuration,
