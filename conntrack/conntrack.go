@@ -43,6 +43,10 @@ type Segment struct {
 	ClampedFrom uint16
 	// Wnd is the window field as sent, unscaled.
 	Wnd uint16
+	// WS says a SYN carries the window scale option (RFC 7323 2.2), whose
+	// shift count is WScale.
+	WS     bool
+	WScale uint8
 	// TS says the segment carries the timestamps option (RFC 7323 3.2),
 	// with TSVal and TSEcr.
 	TS           bool
@@ -340,7 +344,7 @@ func (t *Table) Segment(dir Dir, tu Tuple, s Segment) Action {
 				// on meanwhile (a SYN-ACK of its own: SYN-RECEIVED),
 				// so the restart is counted as any move is.
 				before := e.states()
-				e.restartClientSYN(s.Seq, now)
+				e.restartClientSYN(s, now)
 				sh.settleLocked(t, e, before, now)
 				restarted = true
 			}

@@ -230,10 +230,43 @@ func TestTransitions(t *testing.T) {
 			c("PA", cISS+1, tISS+1, 100, Est, Est),
 			gone(c("R", cISS+101, 0, 0, 0, 0)),
 		},
-		"RST in window but not at RCV.NXT is ignored (RFC 5961)": {
+		"RST below RCV.NXT is ignored, and is not the client's (old or forged, RFC 5961)": {
+			// The client aborts at its SND.NXT, never behind what tcpd
+			// has in order from it; its connection goes on, as the
+			// netstack's does.
 			c("PA", cISS+1, tISS+1, 100, Est, Est),
 			s("A", tISS+1, cISS+101, 0, Est, Est),
-			c("R", cISS+50, 0, 0, Est, Closed),
+			c("R", cISS+50, 0, 0, Est, Est),
+			c("RA", cISS+100, tISS+1, 0, Est, Est),
+			c("PA", cISS+101, tISS+1, 10, Est, Est),
+			gone(c("R", cISS+111, 0, 0, 0, 0)),
+		},
+		"an old FIN below RCV.NXT changes nothing": {
+			// An old duplicate: the netstack acknowledges RCV.NXT and
+			// drops it (RFC 9293 3.10.7.4); that ACK is not one of a FIN.
+			c("PA", cISS+1, tISS+1, 100, Est, Est),
+			s("A", tISS+1, cISS+101, 0, Est, Est),
+			c("FA", cISS+94, tISS+1, 0, Est, Est),
+			s("A", tISS+1, cISS+101, 0, Est, Est),
+			c("FA", cISS+101, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+102, 0, CW, FW2),
+		},
+		"a FIN beyond the window changes nothing, and TIME_WAIT still comes": {
+			c("FA", cISS+1+5_000_000, tISS+1, 0, Est, Est),
+			s("A", tISS+1, cISS+1, 0, Est, Est),
+			s("FA", tISS+1, cISS+1, 0, FW1, Est),
+			c("A", cISS+1, tISS+2, 0, FW2, CW),
+			c("FA", cISS+1, tISS+2, 0, FW2, LA),
+			s("A", tISS+2, cISS+2, 0, TW, Closed),
+		},
+		"a FIN after a hole, in the window, is the client's": {
+			// Its data was lost on the way: the client is in FIN_WAIT_1
+			// all the same, and the netstack takes the FIN once the
+			// hole fills.
+			c("FA", cISS+101, tISS+1, 0, Est, FW1),
+			s("A", tISS+1, cISS+1, 0, Est, FW1),
+			c("PA", cISS+1, tISS+1, 100, Est, FW1),
+			s("A", tISS+1, cISS+102, 0, CW, FW2),
 		},
 		"RST past out-of-order data is not at RCV.NXT": {
 			// The netstack queues the data beyond the hole and keeps
@@ -821,6 +854,75 @@ func TestTimeWaitTSRecentAfterClosing(t *testing.T) {
 	a := tab.Segment(ct.FromClient, tuple, ts("FA", cISS+1, tISS+2, 140, 9001))
 	if a.Kind != ct.ActionReply || a.Reply.TSEcr != 150 {
 		t.Fatalf("old FIN in TIME_WAIT: %v, TSecr %d; want a reply echoing 150", a.Kind, a.Reply.TSEcr)
+	}
+}
+
+// TestTimeWaitTSRecentAfterFINsACK: the netstack acknowledges a client's
+// FIN before it takes the FIN's TSval, so that ACK echoes the TSval before
+// it. TS.Recent must not go back with it: TIME_WAIT echoes the FIN's
+// TSval, as Linux's would, and a SYN with a TSval between the two is not a
+// new incarnation (RFC 6191).
+func TestTimeWaitTSRecentAfterFINsACK(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	ts := func(fl string, seq, ack, val, ecr uint32) ct.Segment {
+		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
+	}
+	for _, st := range []struct {
+		dir ct.Dir
+		seg ct.Segment
+	}{
+		{ct.FromClient, ts("S", cISS, 0, 100, 0)},
+		{ct.ToClient, ts("SA", tISS, cISS+1, 9000, 100)},
+		{ct.FromClient, ts("A", cISS+1, tISS+1, 101, 9000)},
+		{ct.ToClient, ts("FA", tISS+1, cISS+1, 9001, 101)},  // tcpd closes first
+		{ct.FromClient, ts("A", cISS+1, tISS+2, 120, 9001)}, // FIN_WAIT_2
+		{ct.FromClient, ts("FA", cISS+1, tISS+2, 199, 9001)},
+		{ct.ToClient, ts("A", tISS+2, cISS+2, 9002, 120)}, // echoes the TSval before the FIN's
+	} {
+		tab.Segment(st.dir, tuple, st.seg)
+	}
+	if c := tab.Conns(nil)[0]; c.State != TW {
+		t.Fatalf("tcpd %v, want time_wait", c.State)
+	}
+	a := tab.Segment(ct.FromClient, tuple, ts("S", cISS+100000, 0, 150, 0))
+	if a.Kind != ct.ActionReply || a.Reply.TSEcr != 199 {
+		t.Fatalf("a SYN with a TSval older than the FIN's: %v, TSecr %d; want a challenge ACK echoing 199", a.Kind, a.Reply.TSEcr)
+	}
+}
+
+// TestFINInScaledWindow: a client's FIN after a hole is its own if it lies
+// in the window tcpd offered, which the window scale option of both SYNs
+// multiplies (RFC 7323 2.2), and not if it lies beyond.
+func TestFINInScaledWindow(t *testing.T) {
+	const shift = 7
+	for _, tc := range []struct {
+		name     string
+		clientWS bool
+		fin      uint32
+		want     ct.State
+	}{
+		{"scaled, the FIN in the window", true, cISS + 1 + 100_000, FW1},
+		{"scaled, the FIN beyond it", true, cISS + 1 + 1000<<shift + 1, Est},
+		{"the client offered no scaling: the window is not scaled", false, cISS + 1 + 100_000, Est},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab, _ := newTable(ct.Config{})
+			seg := func(fl string, seq, ack uint32, wnd uint16) ct.Segment {
+				return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: wnd}
+			}
+			syn := seg("S", cISS, 0, 64240)
+			syn.WS, syn.WScale = tc.clientWS, 7
+			synAck := seg("SA", tISS, cISS+1, 500) // a SYN-ACK's window is never scaled
+			synAck.WS, synAck.WScale = true, shift
+			tab.Segment(ct.FromClient, tuple, syn)
+			tab.Segment(ct.ToClient, tuple, synAck)
+			tab.Segment(ct.FromClient, tuple, seg("A", cISS+1, tISS+1, 502))
+			tab.Segment(ct.ToClient, tuple, seg("A", tISS+1, cISS+1, 1000)) // 128,000 bytes, scaled
+			tab.Segment(ct.FromClient, tuple, seg("FA", tc.fin, tISS+1, 502))
+			if c := tab.Conns(nil)[0]; c.ClientState != tc.want || c.State != Est {
+				t.Fatalf("tcpd %v, the client %v; want established, %v", c.State, c.ClientState, tc.want)
+			}
+		})
 	}
 }
 

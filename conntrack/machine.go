@@ -62,6 +62,15 @@ type machine struct {
 	ts           bool
 	tsVal, tsEcr uint32
 	tsAt         mono
+	// rcvEdge is the right edge of the receive window tcpd has offered
+	// the client (RCV.NXT + RCV.WND, the furthest any of its segments
+	// reached), once edgeKnown: the window field scaled by rcvShift, the
+	// shift tcpd's SYN-ACK gave when the client's SYN offered scaling too
+	// (cliWS).
+	rcvEdge   uint32
+	rcvShift  uint8
+	cliWS     bool
+	edgeKnown bool
 	// oowAckAt is when TIME_WAIT last sent a rate-limited ACK (see
 	// oowAckInterval).
 	oowAckAt mono
@@ -85,6 +94,7 @@ func opened(s Segment, now mono) machine {
 	var m machine
 	m.ends[sideTCPD] = end{state: StateSynRecv, since: now}
 	m.ends[sideClient] = synSent(s.Seq, now)
+	m.cliWS = s.WS
 	return m
 }
 
@@ -99,13 +109,52 @@ func synSent(iss uint32, since mono) end {
 // has answered that: the client end as opened would have it, in SYN-SENT
 // since it first was (or since now, if the client's own segments had moved
 // it on). The caller counts the move.
-func (m *machine) restartClientSYN(seq uint32, now mono) {
+func (m *machine) restartClientSYN(s Segment, now mono) {
 	c := &m.ends[sideClient]
 	since := c.since
 	if c.state != StateSynSent {
 		since = now
 	}
-	*c = synSent(seq, since)
+	*c = synSent(s.Seq, since)
+	m.cliWS = s.WS
+}
+
+// offered records the right edge of the receive window tcpd offered in s,
+// one of its segments: the window field counts from its acknowledgment
+// number, scaled except in a SYN-ACK (RFC 7323 2.2). The edge only moves
+// right: a window is not shrunk (RFC 9293 3.8.6.2.2).
+func (m *machine) offered(s Segment) {
+	if s.Flags&FlagACK == 0 {
+		return
+	}
+	wnd := uint32(s.Wnd)
+	if s.Flags&FlagSYN != 0 {
+		if s.WS && m.cliWS {
+			m.rcvShift = min(s.WScale, 14) // RFC 7323 2.3
+		}
+	} else {
+		wnd <<= m.rcvShift
+	}
+	if edge := s.Ack + wnd; !m.edgeKnown || seqGT(edge, m.rcvEdge) {
+		m.rcvEdge, m.edgeKnown = edge, true
+	}
+}
+
+// clientFINAcceptable reports whether a FIN from the client at sequence
+// number seq is one the netstack can take: not below what it has in order
+// from the client already (an old duplicate: RFC 9293 3.10.7.4 has it
+// acknowledged and dropped), not beyond the window it offered (a FIN
+// exactly at the edge of a window offered as zero is allowed: Linux sends
+// and takes one). A client's real FIN always is: it follows all the
+// client's data, and the client keeps to the window.
+func (m *machine) clientFINAcceptable(seq uint32) bool {
+	return seqGEQ(seq, m.ends[sideClient].nxt) && m.clientWithinEdge(seq)
+}
+
+// clientWithinEdge reports whether the client's sequence number seq is
+// not beyond the right edge of the window tcpd offered it.
+func (m *machine) clientWithinEdge(seq uint32) bool {
+	return !m.edgeKnown || seqLEQ(seq, m.rcvEdge)
 }
 
 // states returns both ends' states, tcpd's first.
@@ -136,6 +185,7 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 			return outNone
 		}
 		m.sentByTCPD(s, now)
+		m.offered(s)
 	}
 	xs, ys := sideClient, sideTCPD
 	if dir == ToClient {
@@ -270,6 +320,9 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if syn {
 		dataStart++
 	}
+	// Judged before this segment moves the client's end: an in-order FIN
+	// would move RCV.NXT past itself.
+	fin := s.Flags&FlagFIN != 0 && !x.finSent && (xs == sideTCPD || m.clientFINAcceptable(dataStart+s.Len))
 	// A client's segment counts only in order: one that starts beyond
 	// what the netstack has in sequence is out of order (queued until the
 	// hole fills, whereupon tcpd's ACK says so) or out of its window
@@ -279,7 +332,10 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	if s.Flags&FlagFIN != 0 {
 		segEnd++
 	}
-	if x.synSent && seqGT(segEnd, x.sent) {
+	// A client's segment beyond the window tcpd offered was not sent on
+	// this connection (a client keeps to the window): it is an old
+	// duplicate from far back in the sequence space, or forged.
+	if x.synSent && seqGT(segEnd, x.sent) && (xs == sideTCPD || m.clientWithinEdge(s.Seq)) {
 		x.sent = segEnd
 	}
 	if x.synSent && (xs == sideTCPD || m.clientInWindow(s.Seq, segEnd)) {
@@ -291,7 +347,7 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		}
 	}
 
-	if s.Flags&FlagFIN != 0 && !x.finSent {
+	if fin {
 		x.finSent, x.finSeq = true, dataStart+s.Len
 		switch x.state {
 		case StateSynRecv, StateEstablished:
@@ -381,6 +437,14 @@ func (m *machine) rst(xs, ys int, s Segment, now mono) outcome {
 			return outRSTIgnored
 		}
 		if s.Flags&FlagACK == 0 && (!x.synSent || !(seqGEQ(s.Seq, x.iss) && seqLEQ(s.Seq, x.sent))) {
+			return outRSTIgnored
+		}
+		// A client that aborts sends its RST at its SND.NXT, which is
+		// never behind what tcpd has in order from it (nor is its
+		// answer to what tcpd sends, at that segment's ACK): a RST
+		// below it is an old duplicate or forged, and the client's
+		// connection goes on (RFC 5961 3.2).
+		if xs == sideClient && seqLT(s.Seq, x.nxt) {
 			return outRSTIgnored
 		}
 	}

@@ -66,7 +66,14 @@ func tsLT(a, b uint32) bool { return int32(a-b) < 0 }
 func (m *machine) sentByTCPD(s Segment, now mono) {
 	m.wnd = s.Wnd
 	if s.TS {
-		m.ts, m.tsVal, m.tsAt, m.tsEcr = true, s.TSVal, now, s.TSEcr
+		// TS.Recent only moves forward: the netstack acknowledges a FIN
+		// before it takes the FIN's TSval (gVisor's consumeSegment), so
+		// that ACK echoes the TSval before it, which the client's
+		// FIN has already moved TS.Recent past (noteTSVal).
+		if !m.ts || tsLT(m.tsEcr, s.TSEcr) {
+			m.tsEcr = s.TSEcr
+		}
+		m.ts, m.tsVal, m.tsAt = true, s.TSVal, now
 	}
 }
 

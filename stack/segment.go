@@ -99,6 +99,9 @@ func parseTCPHeader(pkt []byte, wireLen int) (src, dst netip.AddrPort, seg connt
 		if at := mssOptionAt(opts); at >= 0 {
 			seg.MSS = binary.BigEndian.Uint16(tcp[tcpMinHeader+at:])
 		}
+		if at := optionAt(opts, optWS, optWSLen); at >= 0 {
+			seg.WS, seg.WScale = true, opts[at]
+		}
 	}
 	if at := optionAt(opts, optTimestamps, optTSLen); at >= 0 {
 		seg.TS, seg.TSVal, seg.TSEcr = true, binary.BigEndian.Uint32(opts[at:]), binary.BigEndian.Uint32(opts[at+4:])
@@ -112,6 +115,8 @@ const (
 	optNOP        = 1
 	optMSS        = 2
 	optMSSLen     = 4
+	optWS         = 3
+	optWSLen      = 3
 	optTimestamps = 8
 	optTSLen      = 10
 )

@@ -31,6 +31,15 @@ func buildV6(src, dst netip.AddrPort, flags header.TCPFlags, seq, ack uint32, pa
 	return pkt
 }
 
+// withOptions returns the IPv4 packet pkt, whose TCP header has none,
+// with opts (a multiple of 4 bytes) as its TCP options.
+func withOptions(pkt, opts []byte) []byte {
+	out := append(append(append([]byte(nil), pkt[:header.IPv4MinimumSize+header.TCPMinimumSize]...), opts...), pkt[header.IPv4MinimumSize+header.TCPMinimumSize:]...)
+	header.IPv4(out).SetTotalLength(uint16(len(out)))
+	out[header.IPv4MinimumSize+12] = byte((header.TCPMinimumSize + len(opts)) / 4 << 4)
+	return out
+}
+
 func TestParseTCP(t *testing.T) {
 	c4, d4 := netip.MustParseAddrPort("100.64.1.2:40000"), netip.MustParseAddrPort("198.18.1.2:80")
 	c6, d6 := netip.MustParseAddrPort("[fd64::2]:40000"), netip.MustParseAddrPort("[2001:db8:1::2]:443")
@@ -49,6 +58,20 @@ func TestParseTCP(t *testing.T) {
 		src, dst, seg, ok := parseTCP(tc.pkt)
 		if !ok || src != tc.src || dst != tc.dst || seg != tc.seg {
 			t.Errorf("%s: parseTCP = %v %v %+v %v", tc.name, src, dst, seg, ok)
+		}
+	}
+
+	// A SYN's options: MSS, window scale and timestamps, as Linux sends
+	// them; the window scale is read from a SYN only.
+	opts := []byte{2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0, 1, 3, 3, 7}
+	for _, flags := range []header.TCPFlags{header.TCPFlagSyn, header.TCPFlagSyn | header.TCPFlagAck, header.TCPFlagAck} {
+		pkt := withOptions(buildV4(c4, d4, flags, 7, 0, 0), opts)
+		want := conntrack.Segment{Flags: uint8(flags), Seq: 7, TS: true, TSVal: 9}
+		if flags&header.TCPFlagSyn != 0 {
+			want.MSS, want.WS, want.WScale = 1460, true, 7
+		}
+		if _, _, seg, ok := parseTCP(pkt); !ok || seg != want {
+			t.Errorf("flags %v with options: parseTCP = %+v %v, want %+v", flags, seg, ok, want)
 		}
 	}
 
