@@ -2,6 +2,7 @@ package conntrack_test
 
 import (
 	"testing"
+	"time"
 
 	ct "tcpd/conntrack"
 )
@@ -231,5 +232,38 @@ func TestOldIncarnationACKBeforeSYNACK(t *testing.T) {
 	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagACK, Seq: next + 1, Ack: tISS + 90001})
 	if snap := tab.Snapshot(); snap.Live != 1 || snap.States[ct.StateEstablished] != 1 || snap.ClientStates[ct.StateEstablished] != 1 {
 		t.Fatalf("after the handshake: %d entries, tcpd's ends %v, the client's %v; want one, both ESTABLISHED", snap.Live, snap.States, snap.ClientStates)
+	}
+}
+
+// TestRejectReplies checks what tcpd answers for a client's segment whose
+// acknowledgment no TCP takes: in SYN-RECEIVED, a RST at its acknowledgment
+// number; in ESTABLISHED, for one acknowledging what tcpd never sent, the
+// ACK the netstack would send, at most one each half second.
+func TestRejectReplies(t *testing.T) {
+	tab, clk := newTable(ct.Config{})
+	seg := func(fl string, seq, ack, n uint32) ct.Segment {
+		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Len: n, Wnd: testWnd}
+	}
+	tab.Segment(ct.FromClient, tuple, seg("S", cISS, 0, 0))
+	tab.Segment(ct.ToClient, tuple, seg("SA", tISS, cISS+1, 0))
+	a := tab.Segment(ct.FromClient, tuple, seg("A", cISS+1, tISS+77, 0))
+	if want := (ct.Reply{RST: true, Seq: tISS + 77}); a.Kind != ct.ActionReject || !a.Answer || a.Reply != want {
+		t.Fatalf("ACK of tcpd's ISS+77 in SYN-RECEIVED: %v answer %v %+v, want a reject answered with %+v", a.Kind, a.Answer, a.Reply, want)
+	}
+	tab.Segment(ct.FromClient, tuple, seg("A", cISS+1, tISS+1, 0))
+	tab.Segment(ct.ToClient, tuple, seg("PA", tISS+1, cISS+1, 10))
+	want := ct.Reply{Seq: tISS + 11, Ack: cISS + 1, Wnd: testWnd}
+	for i, tc := range []struct {
+		after  time.Duration
+		answer bool
+	}{{0, true}, {100 * time.Millisecond, false}, {400 * time.Millisecond, true}} {
+		clk.advance(tc.after)
+		a := tab.Segment(ct.FromClient, tuple, seg("PA", cISS+1, tISS+12, 5))
+		if a.Kind != ct.ActionReject || a.Answer != tc.answer || (tc.answer && a.Reply != want) {
+			t.Fatalf("data acknowledging unsent data, %d: %v answer %v %+v; want a reject answered %v with %+v", i, a.Kind, a.Answer, a.Reply, tc.answer, want)
+		}
+	}
+	if c := tab.Conns(nil)[0]; c.State != Est || c.ClientState != Est || c.BytesIn != 0 {
+		t.Fatalf("tcpd %v, the client %v, %d bytes in; want both established and no bytes taken", c.State, c.ClientState, c.BytesIn)
 	}
 }

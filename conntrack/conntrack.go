@@ -151,13 +151,25 @@ const (
 	// SYN with another ISN in a SYN-RECEIVED connection's window, which
 	// the netstack answers with RST and ends the handshake).
 	ActionStale
+	// ActionReject: a client's segment whose acknowledgment no TCP takes
+	// (RFC 9293 3.10.7.4): in SYN-RECEIVED, one that is not of tcpd's
+	// SYN, which the netstack's forwarder would take all the same and
+	// complete the handshake on (a blind forger who knows only its own
+	// ISN would have a connection); in a synchronized state, one that
+	// acknowledges what tcpd never sent, whose data the netstack would
+	// take in ESTABLISHED (RFC 5961 5.2). Drop it; if Answer, send Reply:
+	// a RST at its acknowledgment number for the first, as Linux does; an
+	// ACK for the second, at most one per connection each half second.
+	ActionReject
 )
 
 // Action is Segment's answer.
 type Action struct {
 	Kind ActionKind
-	// Reply is the ACK to send to the client for ActionReply.
-	Reply Reply
+	// Reply is the segment to send to the client for ActionReply, and
+	// for ActionReject if Answer.
+	Reply  Reply
+	Answer bool
 	// Queue is, for a tracked connection, one more than the index of the
 	// TUN queue its client's segments last arrived on (Segment.Queue); 0
 	// when the table knows none. A segment to the client leaves on that
@@ -394,6 +406,14 @@ func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono)
 		sh.counters.inc(cRSTIgnored)
 	case outReset:
 		sh.counters.inc(cResets)
+	case outBadHandshakeACK:
+		return Action{Kind: ActionReject, Answer: true, Reply: Reply{RST: true, Seq: s.Ack}}
+	case outAckUnsent:
+		if e.oowAckAt != 0 && now.sub(e.oowAckAt) < oowAckInterval {
+			return Action{Kind: ActionReject}
+		}
+		e.oowAckAt = now
+		return Action{Kind: ActionReject, Answer: true, Reply: e.timeWaitReply(now)}
 	}
 	sh.settleLocked(t, e, before, now)
 	sh.afterLocked(t, e, now)

@@ -284,29 +284,29 @@ func TestTransitions(t *testing.T) {
 			gone(c("R", cISS+151, 0, 0, 0, 0)),
 		},
 		"an ACK beyond SND.NXT acknowledges nothing (LAST_ACK)": {
-			// The netstack drops it and answers with an ACK (RFC 9293
-			// 3.10.7.4); only FIN.SEQ+1 itself closes.
+			// Dropped and answered with an ACK (RFC 9293 3.10.7.4);
+			// only FIN.SEQ+1 itself closes.
 			c("FA", cISS+1, tISS+1, 0, Est, FW1),
 			s("A", tISS+1, cISS+2, 0, CW, FW2),
 			s("FA", tISS+1, cISS+2, 0, LA, FW2),
-			c("A", cISS+2, tISS+2+100000, 0, LA, FW2),
+			act(c("A", cISS+2, tISS+2+100000, 0, LA, FW2), ct.ActionReject),
 			gone(c("A", cISS+2, tISS+2, 0, 0, 0)),
 		},
 		"an ACK beyond SND.NXT acknowledges nothing (CLOSING)": {
 			s("FA", tISS+1, cISS+1, 0, FW1, Est),
 			c("FA", cISS+1, tISS+1, 0, FW1, FW1),
 			s("A", tISS+2, cISS+2, 0, Clsg, FW2),
-			c("A", cISS+2, tISS+2+5001, 0, Clsg, FW2),
+			act(c("A", cISS+2, tISS+2+5001, 0, Clsg, FW2), ct.ActionReject),
 			c("A", cISS+2, tISS+2, 0, TW, TW),
 		},
-		"in ESTABLISHED an ACK beyond SND.NXT is ignored and its FIN taken": {
-			// As the netstack does (and Linux): the acknowledgment
-			// alone is dropped there.
+		"in ESTABLISHED a segment that acknowledges unsent data is dropped, data and FIN": {
+			// As Linux does (tcp_ack, RFC 5961 5.2); the netstack would
+			// take its data and FIN.
 			s("PA", tISS+1, cISS+1, 10, Est, Est),
-			c("FA", cISS+1, tISS+100, 0, Est, FW1),
+			act(c("FPA", cISS+1, tISS+100, 4, Est, Est), ct.ActionReject),
+			c("FA", cISS+1, tISS+11, 0, Est, FW1),
 			s("A", tISS+11, cISS+2, 0, CW, FW2),
 			s("FA", tISS+11, cISS+2, 0, LA, FW2),
-			c("A", cISS+2, tISS+11, 0, LA, FW2), // acknowledges the data, not the FIN
 			gone(c("A", cISS+2, tISS+12, 0, 0, 0)),
 		},
 		"data into a zero window is not taken": {
@@ -378,14 +378,16 @@ func TestHandshakeFailures(t *testing.T) {
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			c("A", cISS+1, tISS+1, 0, Est, Est),
 		},
-		"any ACK in the window completes the handshake, as the netstack's forwarder does": {
-			// It has no listener to check the acknowledgment against
-			// (gVisor's synRcvdState); the client's end moves only on
-			// an ACK of the SYN-ACK.
+		"only an ACK of the SYN-ACK completes the handshake": {
+			// RFC 9293 3.10.7.4: any other is answered with RST at its
+			// acknowledgment number and dropped, as Linux does
+			// (tcp_check_req); the netstack's forwarder, which has no
+			// listener to check it against, would take it.
 			synOpen(cISS),
 			s("SA", tISS, cISS+1, 0, SynR, SynS),
 			c("A", cISS+1+testWnd, tISS+1, 0, SynR, SynS), // beyond the window
-			c("A", cISS+1, tISS+9, 0, Est, SynS),
+			act(c("A", cISS+1, tISS+9, 0, SynR, SynS), ct.ActionReject),
+			act(c("PA", cISS+1, tISS, 5, SynR, SynS), ct.ActionReject),
 			c("A", cISS+1, tISS+1, 0, Est, Est),
 		},
 		"RST anywhere in the window ends SYN_RCVD": {

@@ -85,6 +85,12 @@ const (
 	outRSTIgnored
 	// outReset: an acceptable RST closed both ends.
 	outReset
+	// outBadHandshakeACK: a client's ACK in SYN-RECEIVED that is not of
+	// tcpd's SYN; it moved nothing.
+	outBadHandshakeACK
+	// outAckUnsent: a client's segment that acknowledges what tcpd never
+	// sent; it moved nothing.
+	outAckUnsent
 )
 
 // opened starts a machine from a client's SYN: tcpd's netstack is
@@ -210,18 +216,24 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		if !y.ackSent || !m.inSynRecvWindow(s.Seq) {
 			return outNone // out of its window: dropped, answered with an ACK
 		}
+		// RFC 9293 3.10.7.4: in SYN-RECEIVED only SND.UNA < SEG.ACK <=
+		// SND.NXT, that is ISS+1, is acceptable; anything else is
+		// answered with <SEQ=SEG.ACK><CTL=RST>, as Linux does
+		// (tcp_check_req). The netstack's forwarder would take it.
+		if y.synSent && s.Ack != y.iss+1 {
+			return outBadHandshakeACK
+		}
 		m.setState(ys, StateEstablished, now)
 	}
 	// A client's segment that acknowledges what tcpd never sent (SEG.ACK >
-	// SND.NXT): outside ESTABLISHED the netstack drops it and answers with
-	// an ACK (RFC 9293 3.10.7.4), so it moves neither end; in ESTABLISHED
-	// it ignores the acknowledgment and takes the data and FIN, as Linux
-	// does (gVisor's handleRcvdSegment). tcpd's own segments are seen
-	// before they are written, so its end's nxt is never behind what the
-	// client can have received.
-	ackBeyond := xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt)
-	if ackBeyond && y.state != StateEstablished {
-		return outNone
+	// SND.NXT) is dropped and answered with an ACK (RFC 9293 3.10.7.4,
+	// RFC 5961 5.2), as Linux does (tcp_ack); the netstack would take its
+	// data and FIN in ESTABLISHED (gVisor's handleRcvdSegment), so the
+	// link drops it and answers. tcpd's own segments are seen before they
+	// are written, so its end's nxt is never behind what the client can
+	// have received.
+	if xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt) {
+		return outAckUnsent
 	}
 	// RFC 7323 4.3: the netstack's TS.Recent follows the newest TSval of
 	// a client's segment that does not lie beyond what it acknowledged;
@@ -264,7 +276,7 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 		}
 	}
 
-	if s.Flags&FlagACK != 0 && !ackBeyond {
+	if s.Flags&FlagACK != 0 {
 		if !x.ackSent || seqGT(s.Ack, x.ack) {
 			x.ack, x.ackSent = s.Ack, true
 		}

@@ -35,9 +35,13 @@ import "time"
 // connection in TIME_WAIT: Linux's net.ipv4.tcp_invalid_ratelimit default.
 const oowAckInterval = 500 * time.Millisecond
 
-// Reply is an ACK tcpd sends for a connection in TIME_WAIT. The link builds
-// the packet: addresses and ports from the entry's tuple, reversed.
+// Reply is a segment tcpd sends for a connection itself: an ACK in
+// TIME_WAIT, or where the netstack must not see what the client sent
+// (ActionReject). The link builds the packet: addresses and ports from the
+// entry's tuple, reversed.
 type Reply struct {
+	// RST makes it <SEQ=Seq><CTL=RST>: no ACK, no window, no options.
+	RST      bool
 	Seq, Ack uint32
 	// Wnd is the window field, unscaled, as the endpoint last sent it.
 	Wnd uint16
@@ -136,7 +140,8 @@ func (e *machine) newIncarnation(s Segment) bool {
 	return seqNewer
 }
 
-// timeWaitReply is the ACK the endpoint would send now.
+// timeWaitReply is the ACK the endpoint would send now: TIME_WAIT's, and
+// the answer to an acknowledgment of what tcpd never sent.
 func (e *machine) timeWaitReply(now mono) Reply {
 	d := &e.ends[sideTCPD]
 	r := Reply{Seq: d.nxt, Ack: d.ack, Wnd: e.wnd}

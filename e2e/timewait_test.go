@@ -59,6 +59,32 @@ func TestTimeWaitDuties(t *testing.T) {
 	}
 }
 
+// scriptClient returns the address a scapy script plays a client at: one
+// the client's kernel does not own, behind a MAC address nobody has. The
+// gateway sends tcpd's packets for it onto the client's veth, where the
+// script sniffs them and the client's kernel drops them without a word (a
+// kernel that took them would answer RST or ICMP host unreachable, and
+// tcpd would give up the connection).
+func scriptClient(t *testing.T, g *gateway, v6 bool) netip.Addr {
+	t.Helper()
+	src, family := netip.MustParseAddr("100.64.1.77"), netlink.FAMILY_V4
+	if v6 {
+		src, family = netip.MustParseAddr("fd64::77"), netlink.FAMILY_V6
+	}
+	clientMAC := net.HardwareAddr{0x02, 0, 0x5e, 0, 0, 0x77}
+	if err := g.Gateway.Do(func() error {
+		l, err := netlink.LinkByName(g.GatewayClientLink)
+		if err != nil {
+			return err
+		}
+		return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
+			IP: src.AsSlice(), HardwareAddr: clientMAC})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
 // twReport is what testdata/timewait.py prints.
 type twReport struct {
 	Conns map[string]struct {
@@ -100,27 +126,9 @@ func timeWaitDuties(t *testing.T, python string, v6 bool) {
 			c.Write([]byte{'x'})
 		}
 	})
-	// The script's client address, which the client's kernel does not
-	// own, behind a MAC address nobody has: the gateway sends tcpd's
-	// packets for it onto the client's veth, where the script sniffs them
-	// and the client's kernel drops them without a word (a kernel that
-	// took them would answer ICMP host unreachable, and tcpd would give
-	// up the handshake).
-	src, dst := netip.MustParseAddr("100.64.1.77"), g.ServerAddr4
-	family := netlink.FAMILY_V4
+	src, dst := scriptClient(t, g, v6), g.ServerAddr4
 	if v6 {
-		src, dst, family = netip.MustParseAddr("fd64::77"), g.ServerAddr6, netlink.FAMILY_V6
-	}
-	clientMAC := net.HardwareAddr{0x02, 0, 0x5e, 0, 0, 0x77}
-	if err := g.Gateway.Do(func() error {
-		l, err := netlink.LinkByName(g.GatewayClientLink)
-		if err != nil {
-			return err
-		}
-		return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
-			IP: src.AsSlice(), HardwareAddr: clientMAC})
-	}); err != nil {
-		t.Fatal(err)
+		dst = g.ServerAddr6
 	}
 
 	// While the script runs, watch for the mini-socket: a connection in

@@ -260,6 +260,7 @@ tcpd_dropped_total{reason="syn_in_flight"} 0
 tcpd_dropped_total{reason="time_wait_overflow"} 5
 tcpd_dropped_total{reason="tun_read_error"} 0
 tcpd_dropped_total{reason="tun_write_error"} 1
+tcpd_dropped_total{reason="unacceptable_ack"} 0
 tcpd_dropped_total{reason="unverifiable"} 0
 tcpd_dropped_total{reason="untracked"} 0
 `},

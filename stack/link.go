@@ -105,9 +105,9 @@ type tunQueue struct {
 	// io is the read loop's: its reads, and the packets it writes itself
 	// (writeQueueRaw).
 	io queueIO
-	// ackBuf is the read loop's too: it builds the ACKs for connections
-	// in TIME_WAIT there (writeTimeWaitACK).
-	ackBuf [writeHeadroom + timeWaitACKMax]byte
+	// ackBuf is the read loop's too: it builds the segments conntrack
+	// answers with there (writeReply).
+	ackBuf [writeHeadroom + replyMax]byte
 }
 
 // queueDevice is a real TUN as createTUN opens it: a file per queue, with
@@ -337,7 +337,13 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 			q.stats.Dropped[DropStaleSYN].Add(1)
 			return
 		case conntrack.ActionReply:
-			l.writeTimeWaitACK(q, tu, a.Reply)
+			l.writeReply(q, tu, a.Reply)
+			return
+		case conntrack.ActionReject:
+			q.stats.Dropped[DropUnacceptableACK].Add(1)
+			if a.Answer {
+				l.writeReply(q, tu, a.Reply)
+			}
 			return
 		case conntrack.ActionReuse, conntrack.ActionOpen:
 			if l.reuse != nil && !l.reuse(proto, pkt, tu, seg.Seq, true) {

@@ -71,10 +71,10 @@ func TestTimeWaitACKDoesNotAllocate(t *testing.T) {
 	l := &link{}
 	tu := conntrack.Tuple{Client: netip.MustParseAddrPort("[fd64::2]:40000"), Dst: netip.MustParseAddrPort("[2001:db8::2]:443")}
 	r := conntrack.Reply{Seq: 9, Ack: 10, Wnd: 1, TS: true, TSVal: 3, TSEcr: 4}
-	want := appendTimeWaitACK(nil, tu, r)
+	want := appendReply(nil, tu, r)
 	peer := make([]byte, 2048)
 	allocs := testing.AllocsPerRun(100, func() {
-		l.writeTimeWaitACK(q, tu, r)
+		l.writeReply(q, tu, r)
 		n, err := unix.Read(peerFD, peer)
 		if err != nil || !bytes.Equal(peer[:n], want) {
 			t.Fatalf("peer read % x, %v; want % x", peer[:n], err, want)

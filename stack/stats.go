@@ -84,6 +84,13 @@ const (
 	// DropICMPMTUTooSmall: an IPv6 "packet too big" naming an MTU below
 	// 1280, which IPv6 does not allow.
 	DropICMPMTUTooSmall
+	// DropUnacceptableACK: a client's segment whose acknowledgment no TCP
+	// takes (conntrack.ActionReject): in SYN-RECEIVED one that is not of
+	// tcpd's SYN-ACK (answered with RST, as Linux), which the netstack's
+	// forwarder would complete the handshake on; or one that acknowledges
+	// what tcpd never sent, whose data the netstack would take (answered
+	// with an ACK, at most one per connection each half second).
+	DropUnacceptableACK
 	NumDropReasons
 )
 
@@ -108,6 +115,7 @@ var dropReasonNames = [NumDropReasons]string{
 	DropMaxInFlight:             "max_in_flight",
 	DropICMPOutOfWindow:         "icmp_out_of_window",
 	DropICMPMTUTooSmall:         "icmp_mtu_too_small",
+	DropUnacceptableACK:         "unacceptable_ack",
 }
 
 // String gives the label value.

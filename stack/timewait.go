@@ -33,16 +33,21 @@ const ipTTL = 64
 // NOP, NOP, kind 8, length 10, TSval, TSecr (RFC 7323 3.2, appendix A).
 const tcpTSOptionLen = 12
 
-// timeWaitACKMax is the largest ACK appendTimeWaitACK builds: IPv6 with
+// replyMax is the largest segment appendReply builds: an IPv6 ACK with
 // timestamps.
-const timeWaitACKMax = header.IPv6MinimumSize + header.TCPMinimumSize + tcpTSOptionLen
+const replyMax = header.IPv6MinimumSize + header.TCPMinimumSize + tcpTSOptionLen
 
-// appendTimeWaitACK appends the IP packet of the ACK r, from tu.Dst to
-// tu.Client, built field for field as the netstack builds the ACKs of an
-// endpoint: IPv4 with DF and ID 0 (RFC 6864 4.1, an atomic datagram),
-// TTL 64; IPv6 with traffic class and flow label 0, hop limit 64; TCP with
-// no options but timestamps, laid out as NOP, NOP, TS.
-func appendTimeWaitACK(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
+// appendReply appends the IP packet of r, an ACK or a RST conntrack
+// answered, from tu.Dst to tu.Client, built field for field as the
+// netstack builds the ACKs and RSTs of an endpoint: IPv4 with DF and ID 0
+// (RFC 6864 4.1, an atomic datagram), TTL 64; IPv6 with traffic class and
+// flow label 0, hop limit 64; TCP with no options but timestamps on an
+// ACK, laid out as NOP, NOP, TS.
+func appendReply(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
+	flags, ack, wnd := header.TCPFlagAck, r.Ack, r.Wnd
+	if r.RST {
+		flags, ack, wnd, r.TS = header.TCPFlagRst, 0, 0, false
+	}
 	tcpLen := header.TCPMinimumSize
 	if r.TS {
 		tcpLen += tcpTSOptionLen
@@ -81,10 +86,10 @@ func appendTimeWaitACK(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
 		SrcPort:    tu.Dst.Port(),
 		DstPort:    tu.Client.Port(),
 		SeqNum:     r.Seq,
-		AckNum:     r.Ack,
+		AckNum:     ack,
 		DataOffset: uint8(tcpLen),
-		Flags:      header.TCPFlagAck,
-		WindowSize: r.Wnd,
+		Flags:      flags,
+		WindowSize: wnd,
 	})
 	if r.TS {
 		opts := t[header.TCPMinimumSize:]
@@ -97,12 +102,13 @@ func appendTimeWaitACK(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
 	return b
 }
 
-// writeTimeWaitACK sends the ACK conntrack answered for a connection in
-// TIME_WAIT, on q, the queue the client's segment came in on. It runs on
-// q's packet loop, and builds the ACK in q.ackBuf; a failed write is counted as any
-// other and, like a lost ACK, mended by the client's next retransmission.
-func (l *link) writeTimeWaitACK(q *tunQueue, tu conntrack.Tuple, r conntrack.Reply) {
-	pkt := appendTimeWaitACK(q.ackBuf[:writeHeadroom], tu, r)
+// writeReply sends the segment conntrack answered for a client's segment
+// (an ACK in TIME_WAIT, a RST or ACK for one rejected), on q, the queue the
+// client's segment came in on. It runs on q's packet loop, and builds the
+// segment in q.ackBuf; a failed write is counted as any other and, like a
+// lost segment, mended by the client's next retransmission.
+func (l *link) writeReply(q *tunQueue, tu conntrack.Tuple, r conntrack.Reply) {
+	pkt := appendReply(q.ackBuf[:writeHeadroom], tu, r)
 	if err := l.writeRaw(q, pkt, writeHeadroom); err != nil {
 		if !isClosedErr(err) {
 			q.stats.Dropped[DropTUNWriteError].Add(1)

@@ -66,8 +66,14 @@ func TestTimeWaitACKPacket(t *testing.T) {
 			conntrack.Reply{Seq: 1, Ack: 2, Wnd: 65535}},
 		{"IPv6 with timestamps", conntrack.Tuple{Client: netip.MustParseAddrPort("[fd64::2]:40000"), Dst: netip.MustParseAddrPort("[2001:db8::2]:443")},
 			conntrack.Reply{Seq: 9, Ack: 10, Wnd: 1, TS: true, TSVal: 3, TSEcr: 4}},
+		// A RST carries no ACK, window or options, whatever else the
+		// reply says.
+		{"IPv4 RST", conntrack.Tuple{Client: netip.MustParseAddrPort("100.64.1.2:40000"), Dst: netip.MustParseAddrPort("198.18.1.2:80")},
+			conntrack.Reply{RST: true, Seq: 12345, Ack: 7, Wnd: 9, TS: true, TSVal: 1, TSEcr: 2}},
+		{"IPv6 RST", conntrack.Tuple{Client: netip.MustParseAddrPort("[fd64::2]:40000"), Dst: netip.MustParseAddrPort("[2001:db8::2]:443")},
+			conntrack.Reply{RST: true, Seq: 0xffffffff}},
 	} {
-		pkt := appendTimeWaitACK([]byte{0xaa}, tc.tu, tc.r)
+		pkt := appendReply([]byte{0xaa}, tc.tu, tc.r)
 		if pkt[0] != 0xaa {
 			t.Fatalf("%s: the buffer's head was overwritten", tc.name)
 		}
@@ -78,6 +84,10 @@ func TestTimeWaitACKPacket(t *testing.T) {
 		src, dst, seg, ok := parseTCP(pkt)
 		want := conntrack.Segment{Flags: conntrack.FlagACK, Seq: tc.r.Seq, Ack: tc.r.Ack, Wnd: tc.r.Wnd,
 			TS: tc.r.TS, TSVal: tc.r.TSVal, TSEcr: tc.r.TSEcr}
+		if tc.r.RST {
+			want = conntrack.Segment{Flags: conntrack.FlagRST, Seq: tc.r.Seq}
+			tc.r.TS = false // for the options below
+		}
 		if !ok || src != tc.tu.Dst || dst != tc.tu.Client || seg != want {
 			t.Errorf("%s: parsed %v > %v %+v %v, want %v > %v %+v", tc.name, src, dst, seg, ok, tc.tu.Dst, tc.tu.Client, want)
 		}
