@@ -3,13 +3,9 @@
 package e2e_test
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -28,14 +24,7 @@ import (
 // ACK, at most one each half second (RFC 5961 5.2). The destination must
 // read only what the client sent with acceptable acknowledgments.
 func TestUnacceptableACK(t *testing.T) {
-	const python = "/usr/bin/python3"
-	if err := exec.Command(python, "-c", "import scapy").Run(); err != nil {
-		t.Skipf("%s cannot import scapy (%v); Debian's python3-scapy package brings it (.ci/run installs it)", python, err)
-	}
-	script, err := filepath.Abs(filepath.Join("testdata", "badack.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	needScapy(t)
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, LogLevel: "info"})
 	before := sample(t, g)
 	got := make(chan string, 1)
@@ -45,17 +34,6 @@ func TestUnacceptableACK(t *testing.T) {
 		got <- string(b)
 	})
 	src := scriptClient(t, g, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := g.Client.Command(ctx, python, script, "--iface", g.ClientLink, "--dst-mac", gatewayMAC(t, g).String(),
-		"--src", src.String(), "--dst", g.ServerAddr4.String(), "--port", fmt.Sprint(port)).Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("badack.py: %v\n%s%s", err, out, stderr)
-	}
 	var rep struct {
 		ISS   uint32 `json:"iss"`
 		Steps []struct {
@@ -63,9 +41,7 @@ func TestUnacceptableACK(t *testing.T) {
 			Replies []string `json:"replies"`
 		} `json:"steps"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("badack.py printed %q: %v", out, err)
-	}
+	runScapy(t, g, 60*time.Second, &rep, "badack.py", "--src", src.String(), "--dst", g.ServerAddr4.String(), "--port", fmt.Sprint(port))
 	const iss = 700000 // the script's
 	type want struct {
 		flags    header.TCPFlags

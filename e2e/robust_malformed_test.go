@@ -3,12 +3,8 @@
 package e2e_test
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,14 +33,7 @@ func TestRobustMalformedPackets(t *testing.T) {
 }
 
 func malformedPackets(t *testing.T, offload string) {
-	const python = "/usr/bin/python3"
-	if err := exec.Command(python, "-c", "import scapy").Run(); err != nil {
-		t.Skipf("%s cannot import scapy (%v); Debian's python3-scapy package brings it (.ci/run installs it)", python, err)
-	}
-	script, err := filepath.Abs(filepath.Join("testdata", "malformed.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	needScapy(t)
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, Offload: offload, HandshakeTimeout: "2s", LogLevel: "info"})
 	port := serve(t, g.Server, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -63,27 +52,12 @@ func malformedPackets(t *testing.T, offload string) {
 	before := sample(t, g)
 	tun0 := tunTxPackets(t, g)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := g.Client.Command(ctx, python, script,
-		"--iface", g.ClientLink, "--dst-mac", gatewayMAC(t, g).String(),
-		"--dst4", g.ServerAddr4.String(), "--dst6", g.ServerAddr6.String(),
-		"--port", fmt.Sprint(port), "--count", fmt.Sprint(malformedCount))
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("malformed.py: %v\n%s%s", err, out, stderr)
-	}
 	var sent struct {
 		Sent  int            `json:"sent"`
 		Kinds map[string]int `json:"kinds"`
 	}
-	if err := json.Unmarshal(out, &sent); err != nil {
-		t.Fatalf("malformed.py printed %q: %v", out, err)
-	}
+	runScapy(t, g, 2*time.Minute, &sent, "malformed.py", "--dst4", g.ServerAddr4.String(), "--dst6", g.ServerAddr6.String(),
+		"--port", fmt.Sprint(port), "--count", fmt.Sprint(malformedCount))
 	if sent.Sent != malformedCount {
 		t.Fatalf("malformed.py sent %d packets, want %d", sent.Sent, malformedCount)
 	}

@@ -4,21 +4,15 @@ package e2e_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -47,42 +41,13 @@ import (
 //
 // While a record holds TIME_WAIT, the netstack holds no endpoint.
 func TestTimeWaitDuties(t *testing.T) {
-	const python = "/usr/bin/python3"
-	if err := exec.Command(python, "-c", "import scapy").Run(); err != nil {
-		t.Skipf("%s cannot import scapy (%v); Debian's python3-scapy package brings it (.ci/run installs it)", python, err)
-	}
+	needScapy(t)
 	for _, family := range []string{"IPv4", "IPv6"} {
 		t.Run(family, func(t *testing.T) {
 			t.Parallel()
-			timeWaitDuties(t, python, family == "IPv6")
+			timeWaitDuties(t, family == "IPv6")
 		})
 	}
-}
-
-// scriptClient returns the address a scapy script plays a client at: one
-// the client's kernel does not own, behind a MAC address nobody has. The
-// gateway sends tcpd's packets for it onto the client's veth, where the
-// script sniffs them and the client's kernel drops them without a word (a
-// kernel that took them would answer RST or ICMP host unreachable, and
-// tcpd would give up the connection).
-func scriptClient(t *testing.T, g *gateway, v6 bool) netip.Addr {
-	t.Helper()
-	src, family := netip.MustParseAddr("100.64.1.77"), netlink.FAMILY_V4
-	if v6 {
-		src, family = netip.MustParseAddr("fd64::77"), netlink.FAMILY_V6
-	}
-	clientMAC := net.HardwareAddr{0x02, 0, 0x5e, 0, 0, 0x77}
-	if err := g.Gateway.Do(func() error {
-		l, err := netlink.LinkByName(g.GatewayClientLink)
-		if err != nil {
-			return err
-		}
-		return netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT,
-			IP: src.AsSlice(), HardwareAddr: clientMAC})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return src
 }
 
 // twReport is what testdata/timewait.py prints.
@@ -113,11 +78,7 @@ type twReport struct {
 	} `json:"others"`
 }
 
-func timeWaitDuties(t *testing.T, python string, v6 bool) {
-	script, err := filepath.Abs(filepath.Join("testdata", "timewait.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+func timeWaitDuties(t *testing.T, v6 bool) {
 	g := startGateway(t, netlab.Options{}, gwConfig{Metrics: true, TimeWait: "4s", TimeWaitLimit: 1, LogLevel: "info"})
 	port := serve(t, g.Server, func(c net.Conn) {
 		// One byte in, one byte out, and the server closes first.
@@ -154,24 +115,14 @@ func timeWaitDuties(t *testing.T, python string, v6 bool) {
 			}
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	out, err := g.Client.Command(ctx, python, script,
-		"--iface", g.ClientLink, "--dst-mac", gatewayMAC(t, g).String(),
-		"--src", src.String(), "--dst", dst.String(), "--port", fmt.Sprint(port)).Output()
-	close(stop)
-	wg.Wait()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("timewait.py: %v\n%s%s", err, out, stderr)
-	}
+	stopWatching := sync.OnceFunc(func() {
+		close(stop)
+		wg.Wait()
+	})
+	defer stopWatching()
 	var rep twReport
-	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("timewait.py printed %q: %v", out, err)
-	}
+	runScapy(t, g, 90*time.Second, &rep, "timewait.py", "--src", src.String(), "--dst", dst.String(), "--port", fmt.Sprint(port))
+	stopWatching()
 
 	for _, name := range []string{"A", "B", "C"} {
 		c := rep.Conns[name]
