@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -250,4 +251,51 @@ func TestReloadCommandWaits(t *testing.T) {
 	if rows := connsJSON(t, sock); len(rows) != 1 || rows[0].CongestionControl != "cubic" {
 		t.Errorf("a connection opened right after tcpd reload: %+v, want cubic", rows)
 	}
+}
+
+// TestReloadTimeoutsApplyAtOnce: tcp.idle_timeout and
+// tcp.half_close_timeout apply at once on reload, to the connections that
+// run, as their documentation says: turning the idle timeout on resets
+// idle connections that had none once they have been idle that long, and
+// lowering the half-close timeout resets a half-closed connection whose
+// old deadline was an hour away. Before, a relay kept the deadline it had
+// armed, or none.
+func TestReloadTimeoutsApplyAtOnce(t *testing.T) {
+	t.Parallel()
+	const (
+		timeout = 2 * time.Second
+		slack   = 3 * time.Second
+	)
+	cfg := gwConfig{Metrics: true, LogLevel: "info", IdleTimeout: "0s", HalfCloseTimeout: "1h"}
+	g := startGateway(t, netlab.Options{}, cfg)
+	before := sample(t, g)
+	hold := make(chan struct{})
+	port := serve(t, g.Server, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(time.Minute))
+		io.Copy(io.Discard, c)
+		<-hold // the destination never closes its direction
+	})
+	t.Cleanup(func() { close(hold) })
+	idle := []net.Conn{dialPort(t, g, port, time.Minute), dialPort(t, g, port, time.Minute)}
+	half := dialPort(t, g, port, time.Minute)
+	half.(*net.TCPConn).CloseWrite()
+	// Every relay is running, idle since the dials.
+	waitMetrics(t, g, 5*time.Second, func(m map[string]float64) bool { return m["tcpd_relays_active"] == 3 })
+
+	cfg.IdleTimeout, cfg.HalfCloseTimeout = timeout.String(), timeout.String()
+	if err := os.WriteFile(g.tcpd.ConfigPath(), []byte(cfg.yaml()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reloaded := time.Now()
+	reload(t, g, 1)
+	for i, c := range append(idle, half) {
+		b, err := readAllString(c)
+		took := time.Since(reloaded)
+		if !isReset(err) || b != "" {
+			t.Errorf("connection %d read %q then %s after the reload; want a reset", i, b, endName(err))
+		} else if took > timeout+slack {
+			t.Errorf("connection %d was reset %v after the reload, want within %v", i, took.Round(10*time.Millisecond), timeout+slack)
+		}
+	}
+	assertEnds(t, g, before, map[string]float64{"timeout": 3})
 }

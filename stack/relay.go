@@ -176,6 +176,9 @@ const (
 	// reqKill: tcpd conns kill, before the handler registered the
 	// endpoint: end the connection in whatever phase it is (kill).
 	reqKill
+	// reqRetune: the idle or half-close timeout changed (a reload): a
+	// relaying relay takes the new inactivity deadline at once.
+	reqRetune
 )
 
 // pending is what one direction holds between a read and a write.
@@ -278,6 +281,16 @@ func (r *relay) step() {
 			r.pump()
 		}
 	case phaseRelaying:
+		if req&reqRetune != 0 {
+			// The deadline armed, or none, was the old timeout's:
+			// as the timer would, with the new one. A relay whose new
+			// deadline has passed ends now, unless it is stalled.
+			r.sh.wheel.stop(&r.timer)
+			r.inactive()
+			if r.phase != phaseRelaying {
+				return
+			}
+		}
 		r.pump()
 	case phaseFlushDown:
 		r.flushDown()
@@ -821,6 +834,7 @@ func (r *relay) inactive() {
 	}
 	t, from := r.inactivity()
 	if t == 0 {
+		r.sh.wheel.stop(&r.timer)
 		return
 	}
 	now := time.Now()

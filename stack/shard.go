@@ -158,6 +158,19 @@ func (sh *shard) remove(r *relay) {
 	}
 }
 
+// postAll posts req to every relay whose upstream socket the shard holds.
+func (sh *shard) postAll(req uint32) {
+	sh.mu.Lock()
+	relays := make([]*relay, 0, len(sh.relays))
+	for _, r := range sh.relays {
+		relays = append(relays, r)
+	}
+	sh.mu.Unlock()
+	for _, r := range relays {
+		r.post(req)
+	}
+}
+
 // close stops the loop, once every relay has ended, and waits for it.
 func (sh *shard) close() {
 	sh.mu.Lock()

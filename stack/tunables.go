@@ -14,8 +14,8 @@ import (
 
 // Tunables are the settings that may change while the stack runs. A change
 // applies to what happens next: new connections take the new caps,
-// timeouts, keepalive, congestion control and loss detection; a running
-// relay re-reads its idle and half-close timeouts at its next deadline; a
+// timeouts, keepalive, congestion control and loss detection; every running
+// relay takes new idle and half-close timeouts at once (SetTunables); a
 // connection entering TIME_WAIT takes the new duration and cap. Each
 // default is stated on its field; WithDefaults applies them.
 type Tunables struct {
@@ -186,7 +186,15 @@ func (s *Stack) SetTunables(t Tunables) error {
 		return err
 	}
 	s.table.Tune(t.conntrackConfig())
-	s.tune.Store(&t)
+	old := s.tune.Swap(&t)
+	if old == nil || old.IdleTimeout != t.IdleTimeout || old.HalfCloseTimeout != t.HalfCloseTimeout {
+		// Running relays re-arm with the new timeouts now: one that had
+		// none (idle_timeout 0s) would otherwise never take one, and
+		// one armed with the old would keep its deadline.
+		for _, sh := range s.shards {
+			sh.postAll(reqRetune)
+		}
+	}
 	return nil
 }
 

@@ -200,7 +200,7 @@ var keys = []key{
 		doc:  "A half-closed connection that moves no byte in its open direction for this long after its half-close, and holds none waiting for a closed window, is reset."},
 	{path: "tcp.idle_timeout", apply: atOnce,
 		spec: field(func(c *config) *time.Duration { return &c.stack.IdleTimeout }, 0, duration(time.Second, 7*day, true)),
-		doc:  "A connection that moves no byte in either direction for this long, and holds none waiting for a closed window, is closed; 0s never."},
+		doc:  "A connection that moves no byte in either direction for this long, and holds none waiting for a closed window, is reset (RST both ways); 0s never."},
 	{path: "tcp.time_wait", apply: "connections entering TIME_WAIT",
 		spec: field(func(c *config) *time.Duration { return &c.stack.TimeWait }, 30*time.Second, duration(time.Second, 5*time.Minute, false)),
 		doc:  "How long a closed client connection is held in TIME_WAIT.",
