@@ -154,6 +154,28 @@ func (s *systemdTest) journalHas(t *testing.T, re string) string {
 	return s.journalWithin(t, 5*time.Second, re)
 }
 
+// journalAtPriority waits up to 5 s for the messages the unit's journal
+// holds at priority prio or above (journalctl -p) to match re, and returns
+// them.
+func (s *systemdTest) journalAtPriority(t *testing.T, prio, re string) string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		j, err := s.c.Run(s.ctx, "journalctl", "--no-pager", "-o", "cat", "-u", "tcpd", "-p", prio)
+		if err != nil {
+			t.Fatalf("journalctl -p %s: %v", prio, err)
+		}
+		if rx.MatchString(j) {
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5s the journal of tcpd.service at priority %s and above has not matched %q; it ends:\n%s", prio, re, tail(j, 40))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // journalWithin waits up to d for the unit's journal to match re, and
 // returns the journal.
 func (s *systemdTest) journalWithin(t *testing.T, d time.Duration, re string) string {
@@ -482,6 +504,16 @@ func (s *systemdTest) reload(t *testing.T) {
 	}
 	s.journalHas(t, `tcpd reload: reload rejected[^\n]*tun\.mtu`)
 	s.journalHas(t, `"msg":"reload rejected[^\n]*tun\.mtu`)
+	// The journal files each line at its level: the daemon's error and
+	// ExecReload's at err, the restart warning at warning, the rest
+	// below (without the "<N>" prefixes, every line of a service's output
+	// is info, and journalctl -p err shows none of tcpd's).
+	s.journalAtPriority(t, "err", `(?m)^tcpd reload: reload rejected[^\n]*tun\.mtu`)
+	errs := s.journalAtPriority(t, "err", `(?m)^\{"level":"error"[^\n]*"msg":"reload rejected[^\n]*tun\.mtu`)
+	warns := s.journalAtPriority(t, "warning", `(?m)^\{"level":"warn"[^\n]*"msg":"reload: these settings need a restart`)
+	if strings.Contains(errs, "these settings need a restart") || strings.Contains(warns, `"msg":"reloaded"`) {
+		t.Errorf("a line filed above its level:\nat err:\n%s\nat warning:\n%s", tail(errs, 20), tail(warns, 20))
+	}
 	if st := s.show(t); st["ActiveState"] != "active" || st["SubState"] != "running" || st["MainPID"] != pid {
 		t.Errorf("after a rejected reload: %v, want active/running with main PID %s", st, pid)
 	}

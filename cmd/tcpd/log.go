@@ -14,7 +14,8 @@ import (
 // journal announces itself with JOURNAL_STREAM, or in a pipe) and console
 // on a terminal. The level is atomic so that reload and the admin socket can
 // change it. Lines go to stderr through a logOutput, already started; Close
-// it last.
+// it last. When stderr is the journal, each line starts with its level's
+// syslog priority, which the journal files it under.
 func newLogger(format string, level zap.AtomicLevel) (*zap.Logger, *logOutput, error) {
 	if format == "auto" || format == "" {
 		format = "console"
@@ -22,11 +23,12 @@ func newLogger(format string, level zap.AtomicLevel) (*zap.Logger, *logOutput, e
 			format = "json"
 		}
 	}
-	return newLoggerTo(os.Stderr, format, level)
+	return newLoggerTo(os.Stderr, format, level, isJournal(os.Stderr))
 }
 
-// newLoggerTo is newLogger writing to w, in format json or console.
-func newLoggerTo(w io.Writer, format string, level zapcore.LevelEnabler) (*zap.Logger, *logOutput, error) {
+// newLoggerTo is newLogger writing to w, in format json or console; with
+// journal, each line starts with its syslog priority (w is the journal).
+func newLoggerTo(w io.Writer, format string, level zapcore.LevelEnabler, journal bool) (*zap.Logger, *logOutput, error) {
 	var enc zapcore.Encoder
 	switch format {
 	case "json":
@@ -39,6 +41,9 @@ func newLoggerTo(w io.Writer, format string, level zapcore.LevelEnabler) (*zap.L
 		enc = zapcore.NewConsoleEncoder(ec)
 	default:
 		return nil, nil, fmt.Errorf("log format %q: want auto, json or console", format)
+	}
+	if journal {
+		enc = journalEncoder{enc}
 	}
 	out := newLogOutput(w)
 	log := zap.New(zapcore.NewCore(enc, out, level), zap.ErrorOutput(out))

@@ -74,7 +74,7 @@ func within(t *testing.T, d time.Duration, what string, f func()) {
 // first is followed by the report of what was lost.
 func TestLogOutputStalled(t *testing.T) {
 	w := newGateWriter()
-	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel)
+	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestLogOutputFull(t *testing.T) {
 		t.Skipf("no /dev/full: %v", err)
 	}
 	defer f.Close()
-	log, out, err := newLoggerTo(f, "console", zapcore.DebugLevel)
+	log, out, err := newLoggerTo(f, "console", zapcore.DebugLevel, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func (w *failWriter) Write(p []byte) (int, error) {
 // reported when the output closes, not lost.
 func TestLogOutputReportsOncePerInterval(t *testing.T) {
 	w := &failWriter{n: 3}
-	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel)
+	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,7 @@ func TestLogOutputBoundedBytes(t *testing.T) {
 // up Sync or Close (the daemon's exit) beyond logFlushTimeout.
 func TestLogOutputCloseBounded(t *testing.T) {
 	w := newGateWriter() // opened only once the test is over
-	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel)
+	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestREADMEStatesTheLogQueue(t *testing.T) {
 func TestLogOutputAfterClose(t *testing.T) {
 	w := newGateWriter()
 	close(w.gate)
-	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel)
+	log, out, err := newLoggerTo(w, "json", zapcore.DebugLevel, false)
 	if err != nil {
 		t.Fatal(err)
 	}

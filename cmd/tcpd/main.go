@@ -94,7 +94,11 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		writeLast(stderr, fmt.Sprintf("tcpd %s: %s\n", args[0], strings.ReplaceAll(err.Error(), "\n", "\n  ")))
+		line := fmt.Sprintf("tcpd %s: %s\n", args[0], strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		if f, ok := stderr.(*os.File); ok && isJournal(f) {
+			line = journalError(line)
+		}
+		writeLast(stderr, line)
 		return 1
 	}
 }
