@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -34,8 +35,8 @@ const adminSocketEnv = "TCPD_ADMIN_SOCKET"
 
 // adminTimeout bounds how long the admin socket may stay silent in one
 // request; the daemon answers from memory, so anything slower means it is
-// wedged.
-const adminTimeout = 10 * time.Second
+// wedged. A variable so that a test need not wait as long.
+var adminTimeout = 10 * time.Second
 
 const connsSynopsis = `Usage:
   tcpd conns [--socket PATH | --config FILE] [FILTER] [-o table|json] [-i] [-s]
@@ -597,7 +598,7 @@ func (c *adminClient) once(method, path string) (_ []byte, busy bool, _ error) {
 	defer body.Close()
 	b, err := io.ReadAll(io.LimitReader(body, maxReply+1))
 	if err != nil {
-		return nil, false, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+		return nil, false, c.noAnswer(method, path, err)
 	}
 	if len(b) > maxReply {
 		return nil, false, fmt.Errorf("%s %s on %s: reply longer than %d bytes", method, path, c.path, maxReply)
@@ -616,7 +617,7 @@ func (c *adminClient) send(method, path string) (_ io.ReadCloser, busy bool, _ e
 	if err != nil {
 		var ue *unreachableError
 		if !errors.As(err, &ue) {
-			return nil, false, fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
+			return nil, false, c.noAnswer(method, path, err)
 		}
 		cause := ue.err
 		var oe *net.OpError
@@ -640,6 +641,23 @@ func (c *adminClient) send(method, path string) (_ io.ReadCloser, busy bool, _ e
 		return nil, busy, &statusError{resp.StatusCode, errors.New(e.Error)}
 	}
 	return nil, busy, &statusError{resp.StatusCode, fmt.Errorf("%s %s on %s: %s", method, path, c.path, resp.Status)}
+}
+
+// noAnswer is the error of a request the daemon took and did not answer
+// whole: it said nothing for adminTimeout (stopped, or wedged: under
+// systemd its watchdog restarts it), or it closed the connection (it
+// exited or restarted meanwhile). Anything else is err as it is.
+func (c *adminClient) noAnswer(method, path string, err error) error {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("tcpd at %s took %s %s and said nothing for %v (is it stopped or wedged? systemctl status tcpd): %w",
+			c.path, method, path, adminTimeout, err)
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("tcpd at %s closed the connection before it answered %s %s (did it exit or restart? systemctl status tcpd): %w",
+			c.path, method, path, err)
+	}
+	return fmt.Errorf("%s %s on %s: %w", method, path, c.path, err)
 }
 
 // statusError is an answer of the daemon other than 2xx; its message is

@@ -383,6 +383,48 @@ func TestConnsUnreachable(t *testing.T) {
 	}
 }
 
+// TestConnsNoAnswer: a daemon that takes the request and says nothing
+// (stopped, wedged) or closes the connection (it exited) gets an error
+// that says so, not the HTTP client's.
+func TestConnsNoAnswer(t *testing.T) {
+	defer func(d time.Duration) { adminTimeout = d }(adminTimeout)
+	adminTimeout = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		// answer is what the daemon does with the request.
+		answer func(net.Conn)
+		want   string
+	}{
+		{"silent", func(c net.Conn) { time.Sleep(2 * time.Second) }, "took GET /v1/conns and said nothing for 300ms (is it stopped or wedged? systemctl status tcpd)"},
+		{"closes", func(c net.Conn) {}, "closed the connection before it answered GET /v1/conns (did it exit or restart? systemctl status tcpd)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "tcpd.sock")
+			l, err := net.Listen("unix", p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					c.Read(make([]byte, 4096)) // the request
+					tc.answer(c)
+					c.Close()
+				}
+			}()
+			code, out, errs := runConns(t, "--socket", p)
+			want := "tcpd conns: tcpd at " + p + " " + tc.want
+			if code != 1 || out != "" || !strings.HasPrefix(errs, want) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 1 and %q…", code, out, errs, want)
+			}
+		})
+	}
+}
+
 func TestConnsSocketEnv(t *testing.T) {
 	_, p := startAdmin(t)
 	t.Setenv(adminSocketEnv, p)
