@@ -248,7 +248,7 @@ func TestConns(t *testing.T) {
 	slices.Sort(keys)
 	wantKeys := []string{"adv_mss", "age_seconds", "bytes_in", "bytes_out", "client", "client_mss", "client_state",
 		"congestion_control", "cwnd", "dial_seconds", "dst", "handshake_seconds", "id", "in_state_seconds", "mss", "mss_clamped",
-		"recv_q", "retransmits", "rto_seconds", "rtt_seconds", "rttvar_seconds", "ssthresh", "state", "time_wait_left_seconds", "upstream"}
+		"recv_q", "retransmits", "rto_seconds", "rtt_seconds", "rttvar_seconds", "send_q", "ssthresh", "state", "time_wait_left_seconds", "upstream"}
 	if !slices.Equal(keys, wantKeys) {
 		t.Errorf("keys %q, want %q", keys, wantKeys)
 	}

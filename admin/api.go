@@ -70,11 +70,14 @@ type Conn struct {
 	// RTOSeconds is the netstack's retransmission timeout toward the
 	// client; Cwnd its congestion window and Ssthresh its slow-start
 	// threshold, in segments (0: still in slow start); RecvQ the bytes the
-	// client sent that tcpd has not read yet (ss's Recv-Q).
+	// client sent that tcpd has not read yet, SendQ those tcpd wrote to
+	// the client that it has not acknowledged, sent or not (ss's Recv-Q
+	// and Send-Q).
 	RTOSeconds float64 `json:"rto_seconds"`
 	Cwnd       uint32  `json:"cwnd"`
 	Ssthresh   uint32  `json:"ssthresh"`
 	RecvQ      int     `json:"recv_q"`
+	SendQ      int     `json:"send_q"`
 	// UpstreamTCP is the kernel's view of the upstream socket, present
 	// when the listing asks for it (info=1) and tcpd holds the socket.
 	UpstreamTCP *UpstreamTCP `json:"upstream_tcp,omitempty"`
@@ -354,6 +357,7 @@ func connRow(c stack.ConnInfo, now time.Time) Conn {
 		Cwnd:                c.Cwnd,
 		Ssthresh:            c.Ssthresh,
 		RecvQ:               c.RecvQ,
+		SendQ:               c.SendQ,
 	}
 	if c.ClampedFrom != 0 {
 		row.ClientMSS = int(c.ClampedFrom)

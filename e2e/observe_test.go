@@ -189,6 +189,86 @@ func TestConnsInfoShowsQueues(t *testing.T) {
 	}
 }
 
+// TestConnsInfoShowsDownloadQueues: the mirror, a client that reads
+// nothing of a download. What the destination's TCP has had acknowledged
+// is then all in the queues on the way: the gateway's upstream socket's
+// Recv-Q, the relay's one read in hand, what tcpd wrote to the client that
+// the client has not acknowledged (the client leg's send-q, which the
+// netstack holds), and the client's own Recv-Q. `tcpd conns -i` must show
+// tcpd's share: before it showed no send-q for the client leg, and about
+// a megabyte was nowhere to be seen.
+func TestConnsInfoShowsDownloadQueues(t *testing.T) {
+	t.Parallel()
+	g, sock, port, accepted := stateLab(t, gwConfig{})
+	_, servers := dialN(t, g, port, 1, accepted)
+	go io.Copy(servers[0], bytes.NewReader(make([]byte, 64<<20))) // blocks once every queue is full
+
+	// The queues fill, then stay as they are.
+	var last connRow
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		time.Sleep(500 * time.Millisecond)
+		rows := connsJSON(t, sock, "-i")
+		if len(rows) != 1 || rows[0].UpstreamTCP == nil {
+			t.Fatalf("rows %+v, want one with upstream_tcp", rows)
+		}
+		r := rows[0]
+		if r.SendQ > 0 && r.SendQ == last.SendQ && r.UpstreamTCP.RecvQ == last.UpstreamTCP.RecvQ && r.UpstreamTCP.RecvQ > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 15s of a client that reads nothing: client leg send-q %d, upstream recv-q %d; want both above 0 and settled",
+				r.SendQ, r.UpstreamTCP.RecvQ)
+		}
+		last = r
+	}
+	acked := ssField(t, g.Server, "bytes_acked", "sport", "=", fmt.Sprintf(":%d", port))
+	clientRecvQ := ssField(t, g.Client, "recv-q", "dport", "=", fmt.Sprintf(":%d", port))
+	r := connsJSON(t, sock, "-i")[0]
+	held := acked - (r.UpstreamTCP.RecvQ + r.SendQ + clientRecvQ)
+	t.Logf("the destination had %d bytes acknowledged: upstream recv-q %d, client leg send-q %d, the client's recv-q %d; %d elsewhere\n%s",
+		acked, r.UpstreamTCP.RecvQ, r.SendQ, clientRecvQ, held, tcpdConns(t, sock, "-i"))
+	// What is left is the relay's read in hand: at most one read.
+	if held < 0 || held > 64<<10 {
+		t.Errorf("%d bytes acknowledged to the destination are in none of the queues, want at most one read of the relay's (64 KiB)", held)
+	}
+}
+
+// ssField returns a number `ss -Htni` in ns gives the one TCP socket that
+// filter selects: "recv-q" or "send-q", or a TCP_INFO field such as
+// bytes_acked.
+func ssField(t *testing.T, ns *netlab.NS, field string, filter ...string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := ns.Command(ctx, "ss", append([]string{"-Htni"}, filter...)...).Output()
+	if err != nil {
+		t.Fatalf("ss -Htni %v: %v", filter, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 5 {
+		t.Fatalf("ss -Htni %v: %q, want one socket", filter, out)
+	}
+	v := ""
+	switch field {
+	case "recv-q":
+		v = f[1]
+	case "send-q":
+		v = f[2]
+	default:
+		for _, x := range f[5:] {
+			if s, ok := strings.CutPrefix(x, field+":"); ok {
+				v = s
+			}
+		}
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("ss -Htni %v: no %s in %q", filter, field, out)
+	}
+	return n
+}
+
 // upstreamSendQ is the Send-Q the gateway's `ss -tn` gives the socket whose
 // local address is local.
 func upstreamSendQ(t *testing.T, g *gateway, local string) int {

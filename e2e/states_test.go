@@ -53,8 +53,10 @@ type connRow struct {
 	ClientMSS  int  `json:"client_mss"`
 	MSSClamped bool `json:"mss_clamped"`
 	AdvMSS     int  `json:"adv_mss"`
-	// RecvQ is what the client sent that tcpd has not read yet.
+	// RecvQ is what the client sent that tcpd has not read yet, SendQ what
+	// tcpd wrote to the client that it has not acknowledged.
 	RecvQ int `json:"recv_q"`
+	SendQ int `json:"send_q"`
 	// UpstreamTCP is the kernel's view of the upstream socket (-i).
 	UpstreamTCP *struct {
 		RTT   float64 `json:"rtt_seconds"`

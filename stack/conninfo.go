@@ -30,10 +30,13 @@ type ConnInfo struct {
 	// RTO is the netstack's retransmission timeout toward the client;
 	// Cwnd its congestion window and Ssthresh its slow-start threshold,
 	// in segments (0: not set yet, still slow start). RecvQ is what the
-	// client sent that tcpd has not read yet, in bytes, as ss's Recv-Q.
+	// client sent that tcpd has not read yet, and SendQ what tcpd has
+	// written to the client that the client has not acknowledged (sent or
+	// still in the netstack's send buffer), in bytes, as ss's Recv-Q and
+	// Send-Q.
 	RTO            time.Duration
 	Cwnd, Ssthresh uint32
-	RecvQ          int
+	RecvQ, SendQ   int
 }
 
 // UpstreamTCP is what the kernel says of a connection's upstream socket,

@@ -360,7 +360,7 @@ func (s *Stack) relayEnded(r *relay) {
 	s.adm.detach(r.client.Addr(), r.id, r)
 	if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 		ce.Write(zap.Stringer("client", r.client), zap.Stringer("dst", r.dst),
-			zap.Uint64("bytes_in", r.bytes[conntrack.FromClient]), zap.Uint64("bytes_out", r.bytes[conntrack.ToClient]),
+			zap.Uint64("bytes_in", r.bytes[conntrack.FromClient].Load()), zap.Uint64("bytes_out", r.bytes[conntrack.ToClient].Load()),
 			zap.Stringer("end", r.end))
 	}
 	s.conns.Done()

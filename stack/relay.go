@@ -122,9 +122,10 @@ type relay struct {
 	flushAcked uint32
 	flushOutQ  int
 
-	// bytes is what the relay moved each way, for its last log line; the
-	// shard's counters (sh.stats) are the ones read elsewhere.
-	bytes [conntrack.NumDirs]uint64
+	// bytes is what the relay moved each way: written by the shard, read
+	// for its last log line and by tcpd conns (the client leg's Send-Q);
+	// the shard's counters (sh.stats) are the totals.
+	bytes [conntrack.NumDirs]atomic.Uint64
 	// end is how the relay ended, set on the shard before done.
 	end End
 	// local is the upstream socket's local address, looked up once asked.
@@ -654,7 +655,7 @@ func (r *relay) readUpstream() (int, error) {
 // client has acknowledged all of it when conntrack's Acknowledged says as
 // much (both modulo 2^32).
 func (r *relay) sentToClient() uint32 {
-	sent := uint32(r.bytes[conntrack.ToClient])
+	sent := uint32(r.bytes[conntrack.ToClient].Load())
 	if r.downFIN {
 		sent++
 	}
@@ -789,7 +790,7 @@ func (r *relay) writeClient() bool {
 
 func (r *relay) moved(d conntrack.Dir, n int) {
 	r.lastActive = time.Now()
-	r.bytes[d] += uint64(n)
+	r.bytes[d].Add(uint64(n))
 	r.sh.stats.Bytes[d].Add(uint64(n))
 }
 
@@ -951,6 +952,21 @@ func (r *relay) upstreamTCP() (UpstreamTCP, bool) {
 		return UpstreamTCP{}, false
 	}
 	return upstreamTCPInfo(r.fd)
+}
+
+// clientSendQ is what tcpd has written to the client's leg that the
+// client has not acknowledged, data only, as ss's Send-Q: in the netstack's
+// send buffer, sent or not. acked is conntrack's count of what the client
+// acknowledged (Table.Acknowledged; ok false if nothing yet). Any
+// goroutine may call it.
+func (r *relay) clientSendQ(acked uint32, ok bool) int {
+	sent := uint32(r.bytes[conntrack.ToClient].Load())
+	if !ok {
+		return int(sent)
+	}
+	// Modulo 2^32, as conntrack counts; the FIN, once acknowledged, is
+	// one past the data.
+	return int(max(int32(sent-acked), 0))
 }
 
 // localAddr is the upstream socket's local address, for tcpd conns: looked

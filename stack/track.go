@@ -105,6 +105,7 @@ func (s *Stack) Conns(keep func(*conntrack.Conn) bool) []ConnInfo {
 		if n, err := e.ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption); err == nil {
 			out[i].RecvQ = n
 		}
+		out[i].SendQ = e.relay.clientSendQ(s.table.Acknowledged(c.ID))
 		if st, ok := e.ep.Stats().(*tcp.Stats); ok {
 			out[i].Retransmits = st.SendErrors.Retransmits.Value()
 		}

@@ -714,9 +714,9 @@ func detailLine(r admin.Conn) string {
 	if cc == "" {
 		cc = "-"
 	}
-	client := fmt.Sprintf("client: %s rtt:%s/%s rto:%s cwnd:%d ssthresh:%s retrans:%d recv-q:%d",
+	client := fmt.Sprintf("client: %s rtt:%s/%s rto:%s cwnd:%d ssthresh:%s retrans:%d recv-q:%d send-q:%d",
 		cc, knownDuration(r.RTTSeconds), knownDuration(r.RTTVarSeconds), knownDuration(r.RTOSeconds),
-		r.Cwnd, ssthresh, r.Retransmits, r.RecvQ)
+		r.Cwnd, ssthresh, r.Retransmits, r.RecvQ, r.SendQ)
 	u := r.UpstreamTCP
 	if u == nil {
 		return client + " | upstream: none"

@@ -89,7 +89,7 @@ func connsFixture() []stack.ConnInfo {
 	est.RTT, est.RTTVar, est.Retransmits = 3200*time.Microsecond, time.Millisecond, 2
 	est.Upstream = "192.0.2.1:33000"
 	est.MSS, est.ClampedFrom, est.AdvMSS, est.SendMSS = 1380, 1460, 1460, 1380
-	est.CongestionControl, est.RTO, est.Cwnd, est.RecvQ = "cubic", 204*time.Millisecond, 10, 512
+	est.CongestionControl, est.RTO, est.Cwnd, est.RecvQ, est.SendQ = "cubic", 204*time.Millisecond, 10, 512, 1448
 
 	tw := testConn(9, "100.64.0.8:40000", "198.51.100.7:80", conntrack.StateTimeWait, conntrack.StateFinWait2, 95*time.Second, 4*time.Second)
 	tw.BytesIn, tw.BytesOut = 300, 1<<20
@@ -314,8 +314,8 @@ func TestConnsInfo(t *testing.T) {
 		t.Fatalf("%d lines, want a header and two rows each with its details:\n%s", len(lines), out)
 	}
 	want := []string{
-		"\tclient: cubic rtt:3.2ms/1ms rto:204ms cwnd:10 ssthresh:- retrans:2 recv-q:512 | upstream 192.0.2.1:33000: rtt:1.2ms/300µs cwnd:10 retrans:1 recv-q:0 send-q:4096",
-		"\tclient: - rtt:-/- rto:- cwnd:0 ssthresh:- retrans:0 recv-q:0 | upstream: none",
+		"\tclient: cubic rtt:3.2ms/1ms rto:204ms cwnd:10 ssthresh:- retrans:2 recv-q:512 send-q:1448 | upstream 192.0.2.1:33000: rtt:1.2ms/300µs cwnd:10 retrans:1 recv-q:0 send-q:4096",
+		"\tclient: - rtt:-/- rto:- cwnd:0 ssthresh:- retrans:0 recv-q:0 send-q:0 | upstream: none",
 	}
 	if lines[2] != want[0] || lines[4] != want[1] {
 		t.Errorf("details\n%q\n%q\nwant\n%q\n%q", lines[2], lines[4], want[0], want[1])
@@ -669,7 +669,7 @@ func writeListing(w http.ResponseWriter, n int, cut bool) int {
 		AgeSeconds: 250.123456789, InStateSeconds: 249.987654321, BytesIn: 123456789, BytesOut: 987654321,
 		RTTSeconds: 0.0032, RTTVarSeconds: 0.001, RTOSeconds: 0.204, Retransmits: 2,
 		HandshakeSeconds: 0.012, DialSeconds: 0.03, MSS: 1380, MSSClamped: true,
-		CongestionControl: "cubic", Cwnd: 10, RecvQ: 512,
+		CongestionControl: "cubic", Cwnd: 10, RecvQ: 512, SendQ: 1448,
 	}
 	var b []byte
 	for i := range n {
