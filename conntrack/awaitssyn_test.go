@@ -267,3 +267,39 @@ func TestRejectReplies(t *testing.T) {
 		t.Fatalf("tcpd %v, the client %v, %d bytes in; want both established and no bytes taken", c.State, c.ClientState, c.BytesIn)
 	}
 }
+
+// TestRejectOldACKAndScaledWindow: a client's segment that acknowledges
+// less than SND.UNA - MAX.SND.WND is rejected as one that acknowledges
+// unsent data is (RFC 5961 5.2), one within the window below SND.UNA (a
+// reordered one) is not; and the ACK tcpd answers with carries the window
+// tcpd last offered as a segment without SYN carries it: a SYN-ACK's
+// window field is not scaled, and is shifted down for the answer.
+func TestRejectOldACKAndScaledWindow(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	seg := func(fl string, seq, ack, n uint32, wnd uint16) ct.Segment {
+		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Len: n, Wnd: wnd}
+	}
+	syn := seg("S", cISS, 0, 0, 64240)
+	syn.WS, syn.WScale = true, 7
+	synAck := seg("SA", tISS, cISS+1, 0, 29184)
+	synAck.WS, synAck.WScale = true, 7
+	tab.Segment(ct.FromClient, tuple, syn)
+	tab.Segment(ct.ToClient, tuple, synAck)
+	tab.Segment(ct.FromClient, tuple, seg("A", cISS+1, tISS+1, 0, 502)) // 502 << 7 = 64,256 bytes
+	a := tab.Segment(ct.FromClient, tuple, seg("PA", cISS+1, tISS+2, 4, 502))
+	if want := (ct.Reply{Seq: tISS + 1, Ack: cISS + 1, Wnd: 29184 >> 7}); a.Kind != ct.ActionReject || a.Reply != want {
+		t.Fatalf("data acknowledging unsent data after the handshake: %v %+v, want a reject answered with %+v", a.Kind, a.Reply, want)
+	}
+	// tcpd sends 200,000 bytes, which the client acknowledges.
+	tab.Segment(ct.ToClient, tuple, seg("PA", tISS+1, cISS+1, 200_000, 300))
+	tab.Segment(ct.FromClient, tuple, seg("A", cISS+1, tISS+1+200_000, 0, 502))
+	if a := tab.Segment(ct.FromClient, tuple, seg("PA", cISS+1, tISS+1+200_000-64_000, 3, 502)); a.Kind != ct.ActionNone {
+		t.Fatalf("data with an ACK 64,000 below SND.UNA, inside the client's window: %v, want it taken", a.Kind)
+	}
+	if a := tab.Segment(ct.FromClient, tuple, seg("PA", cISS+4, tISS+1+200_000-70_000, 3, 502)); a.Kind != ct.ActionReject {
+		t.Fatalf("data with an ACK 70,000 below SND.UNA, beyond the client's 64,256-byte window: %v, want a reject", a.Kind)
+	}
+	if c := tab.Conns(nil)[0]; c.BytesIn != 3 {
+		t.Fatalf("%d bytes in, want the 3 of the segment taken", c.BytesIn)
+	}
+}

@@ -156,8 +156,9 @@ const (
 	// SYN, which the netstack's forwarder would take all the same and
 	// complete the handshake on (a blind forger who knows only its own
 	// ISN would have a connection); in a synchronized state, one that
-	// acknowledges what tcpd never sent, whose data the netstack would
-	// take in ESTABLISHED (RFC 5961 5.2). Drop it; if Answer, send Reply:
+	// acknowledges what tcpd never sent, or less than SND.UNA - MAX.SND.WND,
+	// whose data the netstack would take in ESTABLISHED (RFC 5961 5.2: a
+	// blind forger's). Drop it; if Answer, send Reply:
 	// a RST at its acknowledgment number for the first, as Linux does; an
 	// ACK for the second, at most one per connection each half second.
 	ActionReject
@@ -408,7 +409,7 @@ func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono)
 		sh.counters.inc(cResets)
 	case outBadHandshakeACK:
 		return Action{Kind: ActionReject, Answer: true, Reply: Reply{RST: true, Seq: s.Ack}}
-	case outAckUnsent:
+	case outAckUnacceptable:
 		if e.oowAckAt != 0 && now.sub(e.oowAckAt) < oowAckInterval {
 			return Action{Kind: ActionReject}
 		}

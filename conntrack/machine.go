@@ -71,6 +71,11 @@ type machine struct {
 	rcvShift  uint8
 	cliWS     bool
 	edgeKnown bool
+	// cliShift is the client's window shift, its SYN's (cliScale) once
+	// tcpd's SYN-ACK agreed to scaling; maxCliWnd the largest window the
+	// client has offered (MAX.SND.WND, RFC 5961 5.2), scaled.
+	cliShift, cliScale uint8
+	maxCliWnd          uint32
 	// oowAckAt is when TIME_WAIT last sent a rate-limited ACK (see
 	// oowAckInterval).
 	oowAckAt mono
@@ -88,9 +93,10 @@ const (
 	// outBadHandshakeACK: a client's ACK in SYN-RECEIVED that is not of
 	// tcpd's SYN; it moved nothing.
 	outBadHandshakeACK
-	// outAckUnsent: a client's segment that acknowledges what tcpd never
-	// sent; it moved nothing.
-	outAckUnsent
+	// outAckUnacceptable: a client's segment that acknowledges what tcpd
+	// never sent, or far less than the client has acknowledged already;
+	// it moved nothing.
+	outAckUnacceptable
 )
 
 // opened starts a machine from a client's SYN: tcpd's netstack is
@@ -100,7 +106,7 @@ func opened(s Segment, now mono) machine {
 	var m machine
 	m.ends[sideTCPD] = end{state: StateSynRecv, since: now}
 	m.ends[sideClient] = synSent(s.Seq, now)
-	m.cliWS = s.WS
+	m.cliWS, m.cliScale = s.WS, s.WScale
 	return m
 }
 
@@ -122,7 +128,7 @@ func (m *machine) restartClientSYN(s Segment, now mono) {
 		since = now
 	}
 	*c = synSent(s.Seq, since)
-	m.cliWS = s.WS
+	m.cliWS, m.cliScale = s.WS, s.WScale
 }
 
 // offered records the right edge of the receive window tcpd offered in s,
@@ -137,6 +143,7 @@ func (m *machine) offered(s Segment) {
 	if s.Flags&FlagSYN != 0 {
 		if s.WS && m.cliWS {
 			m.rcvShift = min(s.WScale, 14) // RFC 7323 2.3
+			m.cliShift = min(m.cliScale, 14)
 		}
 	} else {
 		wnd <<= m.rcvShift
@@ -190,8 +197,8 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 			// handler could claim it.
 			return outNone
 		}
-		m.sentByTCPD(s, now)
 		m.offered(s)
+		m.sentByTCPD(s, now)
 	}
 	xs, ys := sideClient, sideTCPD
 	if dir == ToClient {
@@ -232,8 +239,20 @@ func (m *machine) segment(dir Dir, s Segment, now mono) outcome {
 	// link drops it and answers. tcpd's own segments are seen before they
 	// are written, so its end's nxt is never behind what the client can
 	// have received.
-	if xs == sideClient && s.Flags&FlagACK != 0 && y.synSent && seqGT(s.Ack, y.nxt) {
-		return outAckUnsent
+	//
+	// Likewise one that acknowledges less than SND.UNA - MAX.SND.WND
+	// (RFC 5961 5.2, Linux's tcp_ack): no ACK of this connection is that
+	// old, and the netstack would take its data.
+	if xs == sideClient && s.Flags&FlagACK != 0 && y.synSent &&
+		(seqGT(s.Ack, y.nxt) || (x.ackSent && seqLT(s.Ack, x.ack-m.maxCliWnd))) {
+		return outAckUnacceptable
+	}
+	if xs == sideClient && s.Flags&FlagACK != 0 {
+		wnd := uint32(s.Wnd)
+		if s.Flags&FlagSYN == 0 {
+			wnd <<= m.cliShift
+		}
+		m.maxCliWnd = max(m.maxCliWnd, wnd)
 	}
 	// RFC 7323 4.3: the netstack's TS.Recent follows the newest TSval of
 	// a client's segment that does not lie beyond what it acknowledged;

@@ -68,7 +68,13 @@ func tsLT(a, b uint32) bool { return int32(a-b) < 0 }
 // sentByTCPD records what a segment from tcpd's netstack says about how
 // the netstack would answer in TIME_WAIT.
 func (m *machine) sentByTCPD(s Segment, now mono) {
+	// The window field as a segment without SYN carries it: a SYN-ACK's
+	// is not scaled (RFC 7323 2.2), so the same window is its value
+	// shifted by the scale tcpd gave.
 	m.wnd = s.Wnd
+	if s.Flags&FlagSYN != 0 {
+		m.wnd = s.Wnd >> m.rcvShift
+	}
 	if s.TS {
 		// TS.Recent only moves forward: the netstack acknowledges a FIN
 		// before it takes the FIN's TSval (gVisor's consumeSegment), so

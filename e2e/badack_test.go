@@ -20,8 +20,9 @@ import (
 // is answered <SEQ=SEG.ACK><CTL=RST> and completes nothing, with or without
 // data (the netstack's forwarder alone would take it, and a forger who
 // knows only its own ISN would have a connection); in ESTABLISHED data
-// that acknowledges what tcpd never sent is dropped and answered with an
-// ACK, at most one each half second (RFC 5961 5.2). The destination must
+// that acknowledges what tcpd never sent, or far less than the client has
+// acknowledged already, is dropped and answered with an ACK, at most one
+// each half second (RFC 5961 5.2). The destination must
 // read only what the client sent with acceptable acknowledgments.
 func TestUnacceptableACK(t *testing.T) {
 	needScapy(t)
@@ -54,6 +55,7 @@ func TestUnacceptableACK(t *testing.T) {
 		"unsent":  {{header.TCPFlagAck, rep.ISS + 1, iss + 6}},
 		"unsent2": nil, // the half-second limit
 		"data":    {{header.TCPFlagAck, rep.ISS + 1, iss + 11}},
+		"tooold":  {{header.TCPFlagAck, rep.ISS + 1, iss + 11}},
 	}
 	for _, st := range rep.Steps {
 		var replies []want
@@ -88,7 +90,7 @@ func TestUnacceptableACK(t *testing.T) {
 		t.Fatal("the destination's connection never ended")
 	}
 	m := sample(t, g)
-	if d := m[`tcpd_dropped_total{reason="unacceptable_ack"}`] - before[`tcpd_dropped_total{reason="unacceptable_ack"}`]; d != 4 {
-		t.Errorf(`tcpd_dropped_total{reason="unacceptable_ack"} rose by %v, want 4`, d)
+	if d := m[`tcpd_dropped_total{reason="unacceptable_ack"}`] - before[`tcpd_dropped_total{reason="unacceptable_ack"}`]; d != 5 {
+		t.Errorf(`tcpd_dropped_total{reason="unacceptable_ack"} rose by %v, want 5`, d)
 	}
 }

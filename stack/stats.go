@@ -88,8 +88,9 @@ const (
 	// takes (conntrack.ActionReject): in SYN-RECEIVED one that is not of
 	// tcpd's SYN-ACK (answered with RST, as Linux), which the netstack's
 	// forwarder would complete the handshake on; or one that acknowledges
-	// what tcpd never sent, whose data the netstack would take (answered
-	// with an ACK, at most one per connection each half second).
+	// what tcpd never sent, or less than SND.UNA - MAX.SND.WND (RFC 5961
+	// 5.2), whose data the netstack would take (answered with an ACK, at
+	// most one per connection each half second).
 	DropUnacceptableACK
 	NumDropReasons
 )

@@ -12,6 +12,8 @@ timestamps, each step one crafted segment:
   unsent      "EVIL" acknowledging 100000 bytes tcpd never sent
   unsent2     the same again at once
   data        "world" with the right acknowledgment
+  tooold      "EVIL" acknowledging 2,000,000,000 bytes below what it has
+              acknowledged already, far more than its window (RFC 5961 5.2)
 then a RST ends the connection. The destination must read exactly
 "helloworld".
 
@@ -85,6 +87,8 @@ def main():
     step("unsent", "PA", iss + 6, tiss + 1 + 100000, b"EVIL")
     step("unsent2", "PA", iss + 6, tiss + 1 + 100000, b"EVIL")
     step("data", "PA", iss + 6, tiss + 1, b"world")
+    time.sleep(0.3)  # past the half second since the last answered ACK
+    step("tooold", "PA", iss + 11, (tiss + 1 - 2000000000) % (1 << 32), b"EVIL")
     seg("R", iss + 11, 0)
     time.sleep(0.2)
     sniff.stop()
