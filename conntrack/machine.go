@@ -58,24 +58,23 @@ type machine struct {
 	// TIME_WAIT: the window field, and with the timestamps option (ts) its
 	// TSval, when it was seen (tsAt) and the TSecr it echoed, which
 	// TIME_WAIT keeps as TS.Recent (RFC 7323 4.3).
-	wnd          uint16
-	ts           bool
-	tsVal, tsEcr uint32
-	tsAt         mono
+	wnd uint16
+	ts  bool
+	// rcvShift is the shift of the window tcpd offers, which its SYN-ACK
+	// gave when the client's SYN offered scaling too (cliWS); cliShift the
+	// client's: its SYN's until tcpd's SYN-ACK answers it, then the shift
+	// in force (0 without scaling).
+	rcvShift, cliShift uint8
+	cliWS              bool
+	tsVal, tsEcr       uint32
+	tsAt               mono
 	// rcvEdge is the right edge of the receive window tcpd has offered
 	// the client (RCV.NXT + RCV.WND, the furthest any of its segments
-	// reached), once edgeKnown: the window field scaled by rcvShift, the
-	// shift tcpd's SYN-ACK gave when the client's SYN offered scaling too
-	// (cliWS).
-	rcvEdge   uint32
-	rcvShift  uint8
-	cliWS     bool
-	edgeKnown bool
-	// cliShift is the client's window shift, its SYN's (cliScale) once
-	// tcpd's SYN-ACK agreed to scaling; maxCliWnd the largest window the
-	// client has offered (MAX.SND.WND, RFC 5961 5.2), scaled.
-	cliShift, cliScale uint8
-	maxCliWnd          uint32
+	// reached), once tcpd's end has sent an ACK. maxCliWnd is the largest
+	// window the client has offered (MAX.SND.WND, RFC 5961 5.2), scaled.
+	// (The fields are laid out so that a TIME_WAIT entry stays under 512
+	// bytes.)
+	rcvEdge, maxCliWnd uint32
 	// oowAckAt is when TIME_WAIT last sent a rate-limited ACK (see
 	// oowAckInterval).
 	oowAckAt mono
@@ -106,7 +105,7 @@ func opened(s Segment, now mono) machine {
 	var m machine
 	m.ends[sideTCPD] = end{state: StateSynRecv, since: now}
 	m.ends[sideClient] = synSent(s.Seq, now)
-	m.cliWS, m.cliScale = s.WS, s.WScale
+	m.cliWS, m.cliShift = s.WS, s.WScale
 	return m
 }
 
@@ -128,7 +127,7 @@ func (m *machine) restartClientSYN(s Segment, now mono) {
 		since = now
 	}
 	*c = synSent(s.Seq, since)
-	m.cliWS, m.cliScale = s.WS, s.WScale
+	m.cliWS, m.cliShift = s.WS, s.WScale
 }
 
 // offered records the right edge of the receive window tcpd offered in s,
@@ -143,13 +142,15 @@ func (m *machine) offered(s Segment) {
 	if s.Flags&FlagSYN != 0 {
 		if s.WS && m.cliWS {
 			m.rcvShift = min(s.WScale, 14) // RFC 7323 2.3
-			m.cliShift = min(m.cliScale, 14)
+			m.cliShift = min(m.cliShift, 14)
+		} else {
+			m.cliShift = 0
 		}
 	} else {
 		wnd <<= m.rcvShift
 	}
-	if edge := s.Ack + wnd; !m.edgeKnown || seqGT(edge, m.rcvEdge) {
-		m.rcvEdge, m.edgeKnown = edge, true
+	if edge := s.Ack + wnd; !m.ends[sideTCPD].ackSent || seqGT(edge, m.rcvEdge) {
+		m.rcvEdge = edge
 	}
 }
 
@@ -167,7 +168,7 @@ func (m *machine) clientFINAcceptable(seq uint32) bool {
 // clientWithinEdge reports whether the client's sequence number seq is
 // not beyond the right edge of the window tcpd offered it.
 func (m *machine) clientWithinEdge(seq uint32) bool {
-	return !m.edgeKnown || seqLEQ(seq, m.rcvEdge)
+	return !m.ends[sideTCPD].ackSent || seqLEQ(seq, m.rcvEdge)
 }
 
 // states returns both ends' states, tcpd's first.
