@@ -96,6 +96,41 @@ func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) (
 	return 0, true
 }
 
+// quotedClient returns the client an ICMP error in pkt is about: the
+// destination of the TCP segment it quotes, which tcpd sent. Routers send
+// errors from their own addresses, outside the client prefixes: a
+// "fragmentation needed" or "packet too big" from a narrow hop beyond the
+// gateway is how a download learns its path's MTU (RFC 1191, RFC 8201),
+// and dropped as spoofed it would stall for good. So the link lets an
+// error through by whom it is about; checkICMP then takes only one that
+// quotes a segment tcpd has in flight, as Linux takes an error from any
+// router. ok is false for anything else, an error that quotes no TCP
+// among them. pkt holds at least the fixed IP header.
+func quotedClient(pkt []byte) (netip.Addr, bool) {
+	v4 := pkt[0]>>4 == 4
+	var icmp []byte
+	if v4 {
+		ihl := int(pkt[0]&0x0f) * 4
+		if pkt[9] != protoICMPv4 || binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 || ihl < ipv4MinHeader || len(pkt) < ihl+icmpHeader {
+			return netip.Addr{}, false
+		}
+		icmp = pkt[ihl:]
+		switch icmp[0] {
+		case icmpv4DestUnreachable, icmpv4TimeExceeded, icmpv4ParamProblem:
+		default:
+			return netip.Addr{}, false
+		}
+	} else {
+		off, next, frag := ipv6Transport(pkt, ipv6Header, pkt[6])
+		if frag || next != protoICMPv6 || len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError {
+			return netip.Addr{}, false
+		}
+		icmp = pkt[off:]
+	}
+	tu, _, ok := quotedTCP(icmp[icmpHeader:], v4)
+	return tu.Client.Addr(), ok
+}
+
 // quotedTCP reads the connection and sequence number of the TCP segment
 // that an ICMP error quotes: its IP header and at least the first eight
 // bytes of TCP (ports and sequence number), sent by tcpd (from the

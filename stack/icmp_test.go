@@ -168,3 +168,46 @@ func TestForgedICMPLeavesConnectionsAlone(t *testing.T) {
 		t.Errorf("icmp_out_of_window %d, want 1", n)
 	}
 }
+
+// TestRouterICMPLowersMSS: a router past the gateway sends its "fragmentation
+// needed" from its own address, outside the client prefixes. One about a
+// segment tcpd has in flight to a client lowers the connection's segments,
+// as it would on a path through Linux; one that quotes a segment out of
+// window is dropped as out of window, one about another destination than a
+// client, or any ICMP that is not an error, as spoofed. Before, all of them
+// were dropped as spoofed, and a download through a narrow hop stalled.
+func TestRouterICMPLowersMSS(t *testing.T) {
+	e := newEchoConn(t)
+	full, _ := e.segmentSizes(t, 20000)
+	if full < 1000 {
+		t.Fatalf("segments of at most %d bytes before any ICMP error", full)
+	}
+	router := netip.MustParseAddr("192.0.2.1")
+	st := e.h.s.Stats()
+	sndNxt, _ := e.sequence()
+	stranger := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), e.client.Port())
+	e.h.inject <- icmpError(router, 8, 0, 0, e.dst, e.client, sndNxt) // an echo request
+	e.h.inject <- icmpError(router, 3, 4, 1000, e.dst, stranger, sndNxt)
+	waitFor(t, "the router's echo request and its error about a stranger to be dropped as spoofed", func() bool {
+		return st.Drops(DropSpoofedSource) == 2
+	})
+	e.h.inject <- icmpError(router, 3, 4, 1000, e.dst, e.client, sndNxt+100000)
+	waitFor(t, "the router's error out of window to be dropped", func() bool { return st.Drops(DropICMPOutOfWindow) == 1 })
+	if largest, _ := e.segmentSizes(t, 20000); largest != full {
+		t.Fatalf("after errors that must change nothing, segments of at most %d bytes, want %d", largest, full)
+	}
+
+	sndNxt, _ = e.sequence()
+	e.h.inject <- icmpError(router, 3, 4, 1000, e.dst, e.client, sndNxt)
+	var largest uint32
+	waitFor(t, "the router's error in window to lower the MSS", func() bool {
+		largest, _ = e.segmentSizes(t, 20000)
+		return largest < full
+	})
+	if largest > 1000-40 || largest < 900 {
+		t.Errorf("after fragmentation needed with MTU 1000 from a router, segments of at most %d bytes, want 900..960", largest)
+	}
+	if n := st.Drops(DropSpoofedSource); n != 2 {
+		t.Errorf("spoofed_source %d, want 2", n)
+	}
+}

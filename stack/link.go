@@ -287,8 +287,13 @@ func (l *link) deliverPacket(q *tunQueue, pkt []byte, csum kernelCsum) {
 		return
 	}
 	if !l.clientAllowed(src) {
-		q.stats.Dropped[DropSpoofedSource].Add(1)
-		return
+		// A router's ICMP error about one of tcpd's segments to a
+		// client is let through for checkICMP to judge (quotedClient).
+		// Without tracking nothing could judge it: only clients' pass.
+		if c, ok := quotedClient(pkt); l.noTrack || !ok || !l.clientAllowed(c) {
+			q.stats.Dropped[DropSpoofedSource].Add(1)
+			return
+		}
 	}
 	if !forNetstack(pkt) {
 		q.stats.Dropped[DropNotTCP].Add(1)

@@ -12,7 +12,9 @@ import (
 type DropReason uint8
 
 const (
-	// DropSpoofedSource: the source address is outside the client prefixes.
+	// DropSpoofedSource: the source address is outside the client
+	// prefixes, and the packet is not a router's ICMP error about a
+	// segment tcpd sent a client (quotedClient).
 	DropSpoofedSource DropReason = iota
 	// DropDeniedDestination: the destination policy denied it (answered RST).
 	DropDeniedDestination
