@@ -18,7 +18,8 @@ const (
 	// csumUnverifiable: the link cannot verify the transport checksum: an
 	// IP fragment (the checksum covers the reassembled datagram), a
 	// transport protocol other than TCP, UDP, ICMP and ICMPv6, or an IPv6
-	// extension header in front of the transport header.
+	// routing or fragment header in front of the transport header (those
+	// of hop-by-hop and destination options are walked past, ipv6Upper).
 	csumUnverifiable
 )
 
@@ -53,7 +54,11 @@ func verifyChecksums(pkt []byte) csumVerdict {
 		if end > len(pkt) {
 			return csumBad
 		}
-		l4, proto, src, dst = pkt[header.IPv6MinimumSize:end], ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress()
+		off, next, ok := ipv6Upper(pkt[:end])
+		if !ok {
+			return csumUnverifiable
+		}
+		l4, proto, src, dst = pkt[off:end], tcpip.TransportProtocolNumber(next), ip.SourceAddress(), ip.DestinationAddress()
 	default:
 		return csumUnverifiable
 	}

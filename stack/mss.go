@@ -71,7 +71,9 @@ func setMSS(pkt []byte, mss uint16, fixCsum bool) bool {
 		tcp = pkt[ihl:total]
 		src, dst = tcpip.AddrFrom4([4]byte(pkt[12:16])), tcpip.AddrFrom4([4]byte(pkt[16:20]))
 	} else {
-		tcp = pkt[ipv6Header : ipv6Header+int(binary.BigEndian.Uint16(pkt[4:6]))]
+		end := ipv6Header + int(binary.BigEndian.Uint16(pkt[4:6]))
+		off, _, _ := ipv6Upper(pkt[:end]) // past hop-by-hop and destination options
+		tcp = pkt[off:end]
 		src, dst = tcpip.AddrFrom16([16]byte(pkt[8:24])), tcpip.AddrFrom16([16]byte(pkt[24:40]))
 	}
 	off := int(tcp[12]>>4) * 4

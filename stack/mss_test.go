@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"tcpd/conntrack"
 )
 
 // fakeRoutes answers the clamp's questions about routes back to clients.
@@ -283,4 +286,68 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// withIPv6Headers returns pkt, an IPv6 packet with no extension header,
+// with the headers of kinds kinds (each 8 bytes, options padding only, or
+// an empty routing header) put between its fixed header and its payload.
+func withIPv6Headers(pkt []byte, kinds ...byte) []byte {
+	out := append([]byte(nil), pkt[:ipv6Header]...)
+	next := pkt[6]
+	out[6] = kinds[0]
+	for i, k := range kinds {
+		nh := next
+		if i+1 < len(kinds) {
+			nh = kinds[i+1]
+		}
+		ext := []byte{nh, 0, 1, 4, 0, 0, 0, 0} // PadN
+		if k == 43 {
+			ext = []byte{nh, 0, 4, 0, 0, 0, 0, 0} // segment routing, no segment left
+		}
+		out = append(out, ext...)
+	}
+	out = append(out, pkt[ipv6Header:]...)
+	binary.BigEndian.PutUint16(out[4:6], uint16(len(out)-ipv6Header))
+	return out
+}
+
+// TestIPv6ExtensionHeaders: TCP behind hop-by-hop and destination options
+// headers, which RFC 8200 allows on any packet and the netstack takes, is
+// parsed, tracked, checked and clamped as without them; behind a routing
+// header (whose final destination the checksum counts) it is left to the
+// netstack, unverifiable and untracked. Before, any extension header made
+// a SYN untracked, and the handler refused it (RST, counted untracked).
+func TestIPv6ExtensionHeaders(t *testing.T) {
+	c6, d6 := netip.MustParseAddrPort("[fd64::2]:40000"), netip.MustParseAddrPort("[2001:db8:1::2]:443")
+	syn := synWithOptions(c6, d6, []byte{2, 4, 0x05, 0xa0})
+	for _, kinds := range [][]byte{{0}, {60}, {0, 60}} {
+		pkt := withIPv6Headers(syn, kinds...)
+		if v := verifyChecksums(pkt); v != csumValid {
+			t.Fatalf("headers %v: checksums %v, want valid", kinds, v)
+		}
+		src, dst, seg, ok := parseTCP(pkt)
+		if !ok || src != c6 || dst != d6 || seg.Flags != conntrack.FlagSYN || seg.Seq != 1 || seg.MSS != 1440 {
+			t.Fatalf("headers %v: parseTCP = %v %v %+v %v", kinds, src, dst, seg, ok)
+		}
+		if !setMSS(pkt, 1200, true) {
+			t.Fatalf("headers %v: setMSS found no MSS option", kinds)
+		}
+		if _, _, seg, _ := parseTCP(pkt); seg.MSS != 1200 || verifyChecksums(pkt) != csumValid {
+			t.Fatalf("headers %v: after setMSS, MSS %d and checksums %v; want 1200, valid", kinds, seg.MSS, verifyChecksums(pkt))
+		}
+		if !slices.Equal(pkt[ipv6Header:ipv6Header+8*len(kinds)], withIPv6Headers(syn, kinds...)[ipv6Header:ipv6Header+8*len(kinds)]) {
+			t.Fatalf("headers %v: setMSS wrote into the extension headers", kinds)
+		}
+		pkt[len(pkt)-1] ^= 0x40 // a bit of the MSS option
+		if v := verifyChecksums(pkt); v != csumBad {
+			t.Fatalf("headers %v: a flipped bit, checksums %v, want bad", kinds, v)
+		}
+	}
+	routed := withIPv6Headers(syn, 43)
+	if _, _, _, ok := parseTCP(routed); ok {
+		t.Error("TCP behind a routing header parsed")
+	}
+	if v := verifyChecksums(routed); v != csumUnverifiable {
+		t.Errorf("TCP behind a routing header: checksums %v, want unverifiable", v)
+	}
 }

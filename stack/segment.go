@@ -65,16 +65,22 @@ func parseTCPHeader(pkt []byte, wireLen int) (src, dst netip.AddrPort, seg connt
 		if len(pkt) < ipv6Header {
 			return
 		}
-		payload = int(binary.BigEndian.Uint16(pkt[4:6]))
-		// Extension headers are not followed: the netstack sees those
-		// segments, conntrack does not (they are counted as untracked
-		// only if they matter, which for TCP from real stacks they do not).
-		if pkt[6] != protoTCP || ipv6Header+payload > wireLen {
+		end := ipv6Header + int(binary.BigEndian.Uint16(pkt[4:6]))
+		if end > wireLen {
 			return
 		}
+		// Hop-by-hop and destination options are walked past (RFC 8200
+		// allows them on any packet, and the netstack takes TCP behind
+		// them); a routing header, which changes the destination the
+		// checksum counts, or a fragment is left to the netstack.
+		off, next, walked := ipv6Upper(pkt[:min(end, len(pkt))])
+		if !walked || next != protoTCP {
+			return
+		}
+		payload = end - off
 		srcIP = netip.AddrFrom16([16]byte(pkt[8:24]))
 		dstIP = netip.AddrFrom16([16]byte(pkt[24:40]))
-		tcp = pkt[ipv6Header:min(ipv6Header+payload, len(pkt))]
+		tcp = pkt[off:min(end, len(pkt))]
 	default:
 		return
 	}
@@ -162,6 +168,22 @@ func linkScoped(pkt []byte) bool {
 	src := netip.AddrFrom16([16]byte(pkt[8:24]))
 	dst := netip.AddrFrom16([16]byte(pkt[24:40]))
 	return src.IsUnspecified() || src.IsLinkLocalUnicast() || dst.IsMulticast()
+}
+
+// ipv6Upper walks an IPv6 packet's hop-by-hop and destination options
+// headers to the header after them, and returns where it starts and its
+// kind. ok is false for a routing header (the final destination, which
+// the transport checksum counts, is then another) or a fragment header,
+// and for a header that pkt cuts short.
+func ipv6Upper(pkt []byte) (off int, next byte, ok bool) {
+	off, next = ipv6Header, pkt[6]
+	for next == 0 || next == 60 {
+		if len(pkt) < off+2 {
+			return off, next, false
+		}
+		next, off = pkt[off], off+(int(pkt[off+1])+1)*8
+	}
+	return off, next, next != 43 && next != 44 && off <= len(pkt)
 }
 
 // IP protocol numbers and ICMP error types the netstack may use for the

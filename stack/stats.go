@@ -35,7 +35,8 @@ const (
 	DropBadChecksum
 	// DropUnverifiable: a packet the kernel did not vouch for whose
 	// transport checksum tcpd cannot check before the netstack sees it: an
-	// IP fragment, or an IPv6 extension header before the transport's.
+	// IP fragment, or an IPv6 routing or fragment header before the
+	// transport's (hop-by-hop and destination options are walked past).
 	DropUnverifiable
 	// DropTUNReadError: a read from the TUN failed (a malformed virtio-net
 	// frame, for example).
