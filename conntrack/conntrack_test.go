@@ -892,6 +892,35 @@ func TestTimeWaitTSRecentAfterFINsACK(t *testing.T) {
 	}
 }
 
+// TestTimeWaitTSRecentZero: a client that sent TSval 0 leaves TS.Recent 0,
+// which rejects nothing (Linux's tcp_paws_check): a SYN with a TSval that
+// looks old against 0 but a newer sequence number reopens the 4-tuple.
+func TestTimeWaitTSRecentZero(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	ts := func(fl string, seq, ack, val, ecr uint32) ct.Segment {
+		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
+	}
+	for _, st := range []struct {
+		dir ct.Dir
+		seg ct.Segment
+	}{
+		{ct.FromClient, ts("S", cISS, 0, 0, 0)},
+		{ct.ToClient, ts("SA", tISS, cISS+1, 9000, 0)},
+		{ct.FromClient, ts("A", cISS+1, tISS+1, 0, 9000)},
+		{ct.ToClient, ts("FA", tISS+1, cISS+1, 9001, 0)},
+		{ct.FromClient, ts("FA", cISS+1, tISS+2, 0, 9001)},
+		{ct.ToClient, ts("A", tISS+2, cISS+2, 9002, 0)},
+	} {
+		tab.Segment(st.dir, tuple, st.seg)
+	}
+	if c := tab.Conns(nil)[0]; c.State != TW {
+		t.Fatalf("tcpd %v, want time_wait", c.State)
+	}
+	if a := tab.Segment(ct.FromClient, tuple, ts("S", cISS+100000, 0, 0x90000000, 0)); a.Kind != ct.ActionReuse {
+		t.Fatalf("a SYN with a newer sequence number and TSval 0x90000000 against TS.Recent 0: %v, want it to reopen the 4-tuple", a.Kind)
+	}
+}
+
 // TestFINInScaledWindow: a client's FIN after a hole is its own if it lies
 // in the window tcpd offered, which the window scale option of both SYNs
 // multiplies (RFC 7323 2.2), and not if it lies beyond.

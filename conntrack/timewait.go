@@ -108,8 +108,8 @@ func (e *machine) timeWaitVerdict(s Segment) twVerdict {
 	if s.Len != 0 || s.Flags&FlagFIN != 0 {
 		ack = twAck
 	}
-	if e.ts && s.TS && tsLT(s.TSVal, e.tsEcr) {
-		return ack // PAWS
+	if e.pawsReject(s) {
+		return ack
 	}
 	if s.Flags&FlagSYN != 0 {
 		return twAckLimited // a SYN-ACK: challenged, its TSval not taken
@@ -140,10 +140,26 @@ func (e *machine) noteTSVal(s Segment, rcvNxt uint32) {
 // connection's; otherwise a sequence number beyond the old connection's.
 func (e *machine) newIncarnation(s Segment) bool {
 	seqNewer := seqGT(s.Seq, e.ends[sideClient].nxt)
-	if e.ts && s.TS {
+	switch {
+	case e.pawsReject(s):
+		return false
+	case e.ts && s.TS && e.tsEcr != 0:
 		return tsLT(e.tsEcr, s.TSVal) || (s.TSVal == e.tsEcr && seqNewer)
+	case e.ts && s.TS:
+		// A TS.Recent of 0 says nothing (pawsReject): a newer sequence
+		// number will do, as will a TSval after 0, as in Linux's
+		// tcp_timewait_state_process.
+		return seqNewer || tsLT(0, s.TSVal)
 	}
 	return seqNewer
+}
+
+// pawsReject reports whether the client's segment s is older than
+// TS.Recent (PAWS, RFC 7323 5.3). A TS.Recent of 0 rejects nothing, as in
+// Linux's tcp_paws_check: some stacks send TSval 0 on their SYN, and
+// against 0 half of all TSvals would look old.
+func (e *machine) pawsReject(s Segment) bool {
+	return e.ts && s.TS && e.tsEcr != 0 && tsLT(s.TSVal, e.tsEcr)
 }
 
 // timeWaitReply is the ACK the endpoint would send now: TIME_WAIT's, and
