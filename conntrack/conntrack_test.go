@@ -825,35 +825,45 @@ func TestBytesStopAtFIN(t *testing.T) {
 	run(t, tab, []step{gone(c("R", cISS+12, 0, 0, 0, 0))})
 }
 
+// tsSeg is a segment with the timestamps option TSval val, TSecr ecr.
+func tsSeg(fl string, seq, ack, val, ecr uint32) ct.Segment {
+	return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
+}
+
+// dirSeg is one segment of a script that feed runs, and its direction.
+type dirSeg struct {
+	dir ct.Dir
+	seg ct.Segment
+}
+
+// feed runs a script through tab.
+func feed(tab *ct.Table, script []dirSeg) {
+	for _, st := range script {
+		tab.Segment(st.dir, tuple, st.seg)
+	}
+}
+
 // TestTimeWaitTSRecentAfterClosing: the client's ACK that takes tcpd from
 // CLOSING to TIME_WAIT carries a newer TSval, which the netstack takes as
 // TS.Recent (RFC 7323 4.3); TIME_WAIT's ACKs must echo it, not the TSecr
 // of tcpd's last segment.
 func TestTimeWaitTSRecentAfterClosing(t *testing.T) {
 	tab, _ := newTable(ct.Config{})
-	ts := func(fl string, seq, ack, val, ecr uint32) ct.Segment {
-		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
-	}
-	for _, st := range []struct {
-		dir ct.Dir
-		seg ct.Segment
-	}{
-		{ct.FromClient, ts("S", cISS, 0, 100, 0)},
-		{ct.ToClient, ts("SA", tISS, cISS+1, 9000, 100)},
-		{ct.FromClient, ts("A", cISS+1, tISS+1, 101, 9000)},
-		{ct.ToClient, ts("FA", tISS+1, cISS+1, 9001, 101)},   // tcpd's FIN
-		{ct.FromClient, ts("FA", cISS+1, tISS+1, 102, 9000)}, // the client's, crossing it
-		{ct.ToClient, ts("A", tISS+2, cISS+2, 9002, 102)},    // CLOSING
-		{ct.FromClient, ts("A", cISS+2, tISS+2, 150, 9001)},  // ACK of tcpd's FIN: TIME_WAIT
-	} {
-		tab.Segment(st.dir, tuple, st.seg)
-	}
+	feed(tab, []dirSeg{
+		{ct.FromClient, tsSeg("S", cISS, 0, 100, 0)},
+		{ct.ToClient, tsSeg("SA", tISS, cISS+1, 9000, 100)},
+		{ct.FromClient, tsSeg("A", cISS+1, tISS+1, 101, 9000)},
+		{ct.ToClient, tsSeg("FA", tISS+1, cISS+1, 9001, 101)},   // tcpd's FIN
+		{ct.FromClient, tsSeg("FA", cISS+1, tISS+1, 102, 9000)}, // the client's, crossing it
+		{ct.ToClient, tsSeg("A", tISS+2, cISS+2, 9002, 102)},    // CLOSING
+		{ct.FromClient, tsSeg("A", cISS+2, tISS+2, 150, 9001)},  // ACK of tcpd's FIN: TIME_WAIT
+	})
 	if c := tab.Conns(nil)[0]; c.State != TW {
 		t.Fatalf("tcpd %v, want time_wait", c.State)
 	}
 	// An old copy of the client's FIN, from before its last ACK: the
 	// reply echoes TS.Recent, 150.
-	a := tab.Segment(ct.FromClient, tuple, ts("FA", cISS+1, tISS+2, 140, 9001))
+	a := tab.Segment(ct.FromClient, tuple, tsSeg("FA", cISS+1, tISS+2, 140, 9001))
 	if a.Kind != ct.ActionReply || a.Reply.TSEcr != 150 {
 		t.Fatalf("old FIN in TIME_WAIT: %v, TSecr %d; want a reply echoing 150", a.Kind, a.Reply.TSEcr)
 	}
@@ -866,27 +876,19 @@ func TestTimeWaitTSRecentAfterClosing(t *testing.T) {
 // new incarnation (RFC 6191).
 func TestTimeWaitTSRecentAfterFINsACK(t *testing.T) {
 	tab, _ := newTable(ct.Config{})
-	ts := func(fl string, seq, ack, val, ecr uint32) ct.Segment {
-		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
-	}
-	for _, st := range []struct {
-		dir ct.Dir
-		seg ct.Segment
-	}{
-		{ct.FromClient, ts("S", cISS, 0, 100, 0)},
-		{ct.ToClient, ts("SA", tISS, cISS+1, 9000, 100)},
-		{ct.FromClient, ts("A", cISS+1, tISS+1, 101, 9000)},
-		{ct.ToClient, ts("FA", tISS+1, cISS+1, 9001, 101)},  // tcpd closes first
-		{ct.FromClient, ts("A", cISS+1, tISS+2, 120, 9001)}, // FIN_WAIT_2
-		{ct.FromClient, ts("FA", cISS+1, tISS+2, 199, 9001)},
-		{ct.ToClient, ts("A", tISS+2, cISS+2, 9002, 120)}, // echoes the TSval before the FIN's
-	} {
-		tab.Segment(st.dir, tuple, st.seg)
-	}
+	feed(tab, []dirSeg{
+		{ct.FromClient, tsSeg("S", cISS, 0, 100, 0)},
+		{ct.ToClient, tsSeg("SA", tISS, cISS+1, 9000, 100)},
+		{ct.FromClient, tsSeg("A", cISS+1, tISS+1, 101, 9000)},
+		{ct.ToClient, tsSeg("FA", tISS+1, cISS+1, 9001, 101)},  // tcpd closes first
+		{ct.FromClient, tsSeg("A", cISS+1, tISS+2, 120, 9001)}, // FIN_WAIT_2
+		{ct.FromClient, tsSeg("FA", cISS+1, tISS+2, 199, 9001)},
+		{ct.ToClient, tsSeg("A", tISS+2, cISS+2, 9002, 120)}, // echoes the TSval before the FIN's
+	})
 	if c := tab.Conns(nil)[0]; c.State != TW {
 		t.Fatalf("tcpd %v, want time_wait", c.State)
 	}
-	a := tab.Segment(ct.FromClient, tuple, ts("S", cISS+100000, 0, 150, 0))
+	a := tab.Segment(ct.FromClient, tuple, tsSeg("S", cISS+100000, 0, 150, 0))
 	if a.Kind != ct.ActionReply || a.Reply.TSEcr != 199 {
 		t.Fatalf("a SYN with a TSval older than the FIN's: %v, TSecr %d; want a challenge ACK echoing 199", a.Kind, a.Reply.TSEcr)
 	}
@@ -897,26 +899,18 @@ func TestTimeWaitTSRecentAfterFINsACK(t *testing.T) {
 // looks old against 0 but a newer sequence number reopens the 4-tuple.
 func TestTimeWaitTSRecentZero(t *testing.T) {
 	tab, _ := newTable(ct.Config{})
-	ts := func(fl string, seq, ack, val, ecr uint32) ct.Segment {
-		return ct.Segment{Flags: flags(fl), Seq: seq, Ack: ack, Wnd: testWnd, TS: true, TSVal: val, TSEcr: ecr}
-	}
-	for _, st := range []struct {
-		dir ct.Dir
-		seg ct.Segment
-	}{
-		{ct.FromClient, ts("S", cISS, 0, 0, 0)},
-		{ct.ToClient, ts("SA", tISS, cISS+1, 9000, 0)},
-		{ct.FromClient, ts("A", cISS+1, tISS+1, 0, 9000)},
-		{ct.ToClient, ts("FA", tISS+1, cISS+1, 9001, 0)},
-		{ct.FromClient, ts("FA", cISS+1, tISS+2, 0, 9001)},
-		{ct.ToClient, ts("A", tISS+2, cISS+2, 9002, 0)},
-	} {
-		tab.Segment(st.dir, tuple, st.seg)
-	}
+	feed(tab, []dirSeg{
+		{ct.FromClient, tsSeg("S", cISS, 0, 0, 0)},
+		{ct.ToClient, tsSeg("SA", tISS, cISS+1, 9000, 0)},
+		{ct.FromClient, tsSeg("A", cISS+1, tISS+1, 0, 9000)},
+		{ct.ToClient, tsSeg("FA", tISS+1, cISS+1, 9001, 0)},
+		{ct.FromClient, tsSeg("FA", cISS+1, tISS+2, 0, 9001)},
+		{ct.ToClient, tsSeg("A", tISS+2, cISS+2, 9002, 0)},
+	})
 	if c := tab.Conns(nil)[0]; c.State != TW {
 		t.Fatalf("tcpd %v, want time_wait", c.State)
 	}
-	if a := tab.Segment(ct.FromClient, tuple, ts("S", cISS+100000, 0, 0x90000000, 0)); a.Kind != ct.ActionReuse {
+	if a := tab.Segment(ct.FromClient, tuple, tsSeg("S", cISS+100000, 0, 0x90000000, 0)); a.Kind != ct.ActionReuse {
 		t.Fatalf("a SYN with a newer sequence number and TSval 0x90000000 against TS.Recent 0: %v, want it to reopen the 4-tuple", a.Kind)
 	}
 }
