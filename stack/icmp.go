@@ -36,44 +36,13 @@ const (
 // why the packet must be dropped, or ok: an ICMP error that quotes no TCP
 // segment tcpd could have sent is not_tcp; one that came in fragments,
 // which an error never needs (RFC 792 and RFC 4443 bound it to 576 and
-// 1280 bytes), unverifiable. A packet that is not an ICMP error passes as
-// it is.
+// 1280 bytes), unverifiable (icmpMessage). TCP passes as it is.
 func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) (drop DropReason, ok bool) {
-	var icmp, quoted []byte
-	v4 := pkt[0]>>4 == 4
-	if v4 {
-		ihl := int(pkt[0]&0x0f) * 4
-		if pkt[9] != protoICMPv4 {
-			return 0, true
-		}
-		if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
-			return DropUnverifiable, false
-		}
-		if len(pkt) < ihl+icmpHeader {
-			return DropNotTCP, false
-		}
-		icmp = pkt[ihl:]
-	} else {
-		// The netstack walks past more kinds of header than these (AH,
-		// experimental ones, an atomic fragment) to an ICMPv6 message
-		// behind them: whatever is not TCP behind the walk's headers is
-		// dropped, so that no error reaches it unchecked. TCP in
-		// fragments goes on for the netstack to reassemble.
-		off, next, frag := ipv6Transport(pkt, ipv6Header, pkt[6])
-		switch {
-		case next == protoTCP:
-			return 0, true
-		case frag:
-			return DropUnverifiable, false
-		case next != protoICMPv6:
-			return DropNotTCP, false
-		}
-		if len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError {
-			return DropNotTCP, false
-		}
-		icmp = pkt[off:]
+	icmp, v4, drop, isError := icmpMessage(pkt)
+	if !isError {
+		return drop, drop == 0
 	}
-	quoted = icmp[icmpHeader:]
+	quoted := icmp[icmpHeader:]
 	tu, seq, ok := quotedTCP(quoted, v4)
 	if !ok {
 		return DropNotTCP, false
@@ -96,6 +65,43 @@ func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) (
 	return 0, true
 }
 
+// icmpMessage finds the ICMP error message in pkt, which holds at least the
+// fixed IP header. isError false with drop 0 says pkt is TCP (over IPv6,
+// behind extension headers, which the netstack walks past as it does to
+// an ICMPv6 message: whatever is not TCP behind them is dropped, so that
+// no error reaches it unchecked); with drop set, why it must be dropped:
+// an error in fragments, which an error never needs (RFC 792 and RFC 4443
+// bound it to 576 and 1280 bytes), is unverifiable; anything else that is
+// no ICMP error is not_tcp.
+func icmpMessage(pkt []byte) (icmp []byte, v4 bool, drop DropReason, isError bool) {
+	if pkt[0]>>4 == 4 {
+		ihl := int(pkt[0]&0x0f) * 4
+		switch {
+		case pkt[9] != protoICMPv4:
+			return nil, true, 0, false
+		case binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0:
+			return nil, true, DropUnverifiable, false
+		case ihl < ipv4MinHeader || len(pkt) < ihl+icmpHeader:
+			return nil, true, DropNotTCP, false
+		}
+		switch pkt[ihl] {
+		case icmpv4DestUnreachable, icmpv4TimeExceeded, icmpv4ParamProblem:
+			return pkt[ihl:], true, 0, true
+		}
+		return nil, true, DropNotTCP, false
+	}
+	off, next, frag, _ := ipv6Transport(pkt, ipv6Header, pkt[6])
+	switch {
+	case next == protoTCP:
+		return nil, false, 0, false
+	case frag:
+		return nil, false, DropUnverifiable, false
+	case next != protoICMPv6 || len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError:
+		return nil, false, DropNotTCP, false
+	}
+	return pkt[off:], false, 0, true
+}
+
 // quotedClient returns the client an ICMP error in pkt is about: the
 // destination of the TCP segment it quotes, which tcpd sent. Routers send
 // errors from their own addresses, outside the client prefixes: a
@@ -107,25 +113,9 @@ func checkICMP(pkt []byte, inFlight func(tu conntrack.Tuple, seq uint32) bool) (
 // router. ok is false for anything else, an error that quotes no TCP
 // among them. pkt holds at least the fixed IP header.
 func quotedClient(pkt []byte) (netip.Addr, bool) {
-	v4 := pkt[0]>>4 == 4
-	var icmp []byte
-	if v4 {
-		ihl := int(pkt[0]&0x0f) * 4
-		if pkt[9] != protoICMPv4 || binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 || ihl < ipv4MinHeader || len(pkt) < ihl+icmpHeader {
-			return netip.Addr{}, false
-		}
-		icmp = pkt[ihl:]
-		switch icmp[0] {
-		case icmpv4DestUnreachable, icmpv4TimeExceeded, icmpv4ParamProblem:
-		default:
-			return netip.Addr{}, false
-		}
-	} else {
-		off, next, frag := ipv6Transport(pkt, ipv6Header, pkt[6])
-		if frag || next != protoICMPv6 || len(pkt) < off+icmpHeader || pkt[off] > icmpv6LastError {
-			return netip.Addr{}, false
-		}
-		icmp = pkt[off:]
+	icmp, v4, _, isError := icmpMessage(pkt)
+	if !isError {
+		return netip.Addr{}, false
 	}
 	tu, _, ok := quotedTCP(icmp[icmpHeader:], v4)
 	return tu.Client.Addr(), ok
@@ -151,7 +141,7 @@ func quotedTCP(q []byte, v4 bool) (conntrack.Tuple, uint32, bool) {
 		if len(q) < ipv6Header || q[0]>>4 != 6 {
 			return conntrack.Tuple{}, 0, false
 		}
-		off, next, _ := ipv6Transport(q, ipv6Header, q[6])
+		off, next, _, _ := ipv6Transport(q, ipv6Header, q[6])
 		if next != protoTCP || len(q) < off+8 {
 			return conntrack.Tuple{}, 0, false
 		}
@@ -168,23 +158,25 @@ func quotedTCP(q []byte, v4 bool) (conntrack.Tuple, uint32, bool) {
 // header of kind next starts, to the first that is not hop-by-hop, routing
 // or destination options. It returns where that one starts and its kind,
 // and whether a fragment header came before it (frag; the walk stops
-// there, returning the fragment's payload kind). A header cut short ends
-// the walk with kind 255 (reserved).
-func ipv6Transport(pkt []byte, off int, next byte) (int, byte, bool) {
+// there, returning the fragment's payload kind), and whether a routing
+// header came before it (routed). A header cut short ends the walk with
+// kind 255 (reserved).
+func ipv6Transport(pkt []byte, off int, next byte) (_ int, _ byte, frag, routed bool) {
 	for {
 		switch next {
 		case 0, 43, 60: // hop-by-hop, routing, destination options
 			if len(pkt) < off+2 {
-				return off, 255, false
+				return off, 255, false, routed
 			}
+			routed = routed || next == 43
 			next, off = pkt[off], off+(int(pkt[off+1])+1)*8
 		case 44: // fragment
 			if len(pkt) < off+8 {
-				return off, 255, true
+				return off, 255, true, routed
 			}
-			return off + 8, pkt[off], true
+			return off + 8, pkt[off], true, routed
 		default:
-			return off, next, false
+			return off, next, false, routed
 		}
 	}
 }

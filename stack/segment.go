@@ -170,20 +170,14 @@ func linkScoped(pkt []byte) bool {
 	return src.IsUnspecified() || src.IsLinkLocalUnicast() || dst.IsMulticast()
 }
 
-// ipv6Upper walks an IPv6 packet's hop-by-hop and destination options
-// headers to the header after them, and returns where it starts and its
-// kind. ok is false for a routing header (the final destination, which
-// the transport checksum counts, is then another) or a fragment header,
-// and for a header that pkt cuts short.
+// ipv6Upper walks an IPv6 packet's extension headers (ipv6Transport) to
+// the transport header, and returns where it starts and its kind. ok is
+// false behind a routing header (the final destination, which the
+// transport checksum counts, is then another) or a fragment header, and
+// when pkt cuts a header short.
 func ipv6Upper(pkt []byte) (off int, next byte, ok bool) {
-	off, next = ipv6Header, pkt[6]
-	for next == 0 || next == 60 {
-		if len(pkt) < off+2 {
-			return off, next, false
-		}
-		next, off = pkt[off], off+(int(pkt[off+1])+1)*8
-	}
-	return off, next, next != 43 && next != 44 && off <= len(pkt)
+	off, next, frag, routed := ipv6Transport(pkt, ipv6Header, pkt[6])
+	return off, next, !frag && !routed && next != 255 && off <= len(pkt)
 }
 
 // IP protocol numbers and ICMP error types the netstack may use for the
