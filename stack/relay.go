@@ -286,8 +286,7 @@ func (r *relay) step() {
 			// The deadline armed, or none, was the old timeout's:
 			// as the timer would, with the new one. A relay whose new
 			// deadline has passed ends now, unless it is stalled.
-			r.sh.wheel.stop(&r.timer)
-			r.inactive()
+			r.inactive() // re-arms (set replaces), stops, or ends it
 			if r.phase != phaseRelaying {
 				return
 			}
