@@ -4,6 +4,7 @@ package stack
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -16,6 +17,7 @@ var (
 	errAgain       = errors.ErrUnsupported
 	errDialTimeout = errors.ErrUnsupported
 	errRelayPanic  = errors.New("connect: relay panicked")
+	errNeedsLinux  = fmt.Errorf("needs Linux socket options: %w", errors.ErrUnsupported)
 )
 
 func upstreamSocket(netip.Addr, netip.AddrPort, *Tunables) (int, error) {
@@ -51,7 +53,7 @@ func (pollEvent) apply(*relay)             {}
 // checkSourceAddresses: source addresses need Linux socket options.
 func checkSourceAddresses(addrs []netip.Addr) error {
 	if len(addrs) > 0 {
-		return errors.ErrUnsupported
+		return &SourceAddressError{Addr: addrs[0], Err: errNeedsLinux}
 	}
 	return nil
 }
@@ -59,7 +61,7 @@ func checkSourceAddresses(addrs []netip.Addr) error {
 // checkInterface: binding to an interface needs Linux's SO_BINDTODEVICE.
 func checkInterface(name string) error {
 	if name != "" {
-		return errors.ErrUnsupported
+		return &InterfaceError{Name: name, Err: errNeedsLinux}
 	}
 	return nil
 }
