@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -82,6 +83,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 		{"SIGKILL restarts it", func(t *testing.T) { s.crash(t, "SIGKILL", "signal") }},
 		{"a deleted TUN restarts it", s.tunDeleted},
 		{"stop", s.stop},
+		{"a configuration error fails the start once", s.badConfig},
 	}
 	for _, st := range steps {
 		t0 := time.Now()
@@ -558,6 +560,9 @@ func (s *systemdTest) watchdog(t *testing.T) {
 	t.Logf("restarted %v after the wedge (WatchdogSec=10s); Result values seen: %v; now %v",
 		time.Since(t0).Round(time.Millisecond), results, st)
 	j := s.journalHas(t, `tcpd\.service: Failed with result 'watchdog'`)
+	// The goroutine dump of the SIGABRT is the error that explains the
+	// kill: SyslogLevel=err files what tcpd's logger did not write.
+	s.journalAtPriority(t, "err", `(?m)^SIGABRT: abort$`)
 	for _, re := range []string{
 		`"msg":"data path wedged; withholding watchdog pings"`,
 		`tcpd\.service: Watchdog timeout`,
@@ -642,4 +647,33 @@ func (s *systemdTest) stop(t *testing.T) {
 		t.Errorf("/run/tcpd still exists after stop (RuntimeDirectory is removed): %s", out)
 	}
 	t.Logf("systemctl stop took %v", took.Round(time.Millisecond))
+}
+
+// badConfig: a start refused for its configuration exits with EX_CONFIG,
+// which RestartPreventExitStatus= keeps systemd from restarting, so
+// `systemctl status` shows tcpd's own reason.
+func (s *systemdTest) badConfig(t *testing.T) {
+	n0, _ := strconv.Atoi(s.show(t)["NRestarts"])
+	at := strings.Index(s.config, "max_connections: 65536")
+	if at < 0 {
+		t.Fatal("configs/tcpd.yaml has no max_connections: 65536 line")
+	}
+	line := 1 + strings.Count(s.config[:at], "\n")
+	s.writeConfig(t, strings.Replace(s.config, "max_connections: 65536", "max_connections: banana", 1))
+	if out, err := s.c.Systemctl(s.ctx, "start", "tcpd"); err == nil {
+		t.Fatalf("systemctl start with max_connections: banana succeeded: %s", out)
+	}
+	time.Sleep(3 * time.Second) // RestartSec=1s: a restart would have come
+	m, err := s.c.Show(s.ctx, "tcpd", "ActiveState", "Result", "NRestarts", "ExecMainStatus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := strconv.Atoi(m["NRestarts"]); m["ActiveState"] != "failed" || m["Result"] != "exit-code" || m["ExecMainStatus"] != "78" || n != n0 {
+		t.Errorf("after a start with a bad configuration: %v, want failed, Result=exit-code, ExecMainStatus=78 and no restart (NRestarts %d)", m, n0)
+	}
+	// systemctl status exits 3 for a failed unit; its output is what counts.
+	out, _ := s.c.Systemctl(s.ctx, "status", "-n", "20", "tcpd")
+	if want := fmt.Sprintf(`tcpd run: /etc/tcpd/tcpd.yaml: line %d: limits.max_connections: "banana" is not an integer`, line); !strings.Contains(out, want) {
+		t.Errorf("systemctl status does not show the configuration error:\n%s", out)
+	}
 }

@@ -54,6 +54,18 @@ Run "tcpd COMMAND --help" for a command's flags.
 // errUsage marks an error whose message is a usage problem (exit status 2).
 var errUsage = errors.New("usage")
 
+// exitConfig is the exit status of a daemon that refused to start for its
+// configuration: EX_CONFIG of sysexits.h, which the unit's
+// RestartPreventExitStatus= names, so that systemd does not restart into
+// the same error and `systemctl status` shows it.
+const exitConfig = 78
+
+// refusedConfig marks a start refused for the configuration itself (exit
+// status exitConfig), as against one that a restart may get past.
+type refusedConfig struct{ error }
+
+func (e refusedConfig) Unwrap() error { return e.error }
+
 func main() {
 	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -99,6 +111,9 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 			line = journalError(line)
 		}
 		writeLast(stderr, line)
+		if errors.As(err, new(refusedConfig)) {
+			return exitConfig
+		}
 		return 1
 	}
 }

@@ -45,6 +45,10 @@ func TestCLI(t *testing.T) {
 		{[]string{"check-config", "../../configs/tcpd.yaml"}, 0, "valid", ""},
 		{[]string{"check-config", bad}, 1, "", "line 2: tun.mtu: 70000 is out of range"},
 		{[]string{"check-config", filepath.Join(dir, "missing.yaml")}, 1, "", "no such file"},
+		// A daemon refused for its configuration exits with EX_CONFIG, which
+		// the unit's RestartPreventExitStatus= names.
+		{[]string{"run", "--config", bad}, 78, "", "tcpd run: " + bad + ": line 2: tun.mtu: 70000 is out of range"},
+		{[]string{"run", "--config", filepath.Join(dir, "missing.yaml")}, 78, "", "no such file"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

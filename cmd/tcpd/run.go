@@ -144,7 +144,7 @@ func (d *daemon) load() (*config, error) {
 func (d *daemon) run() error {
 	cfg, err := d.load()
 	if err != nil {
-		return err
+		return refusedConfig{err}
 	}
 	d.cfg = cfg
 	// A write to a stderr whose reader has gone (the journal restarted, a
@@ -160,7 +160,7 @@ func (d *daemon) run() error {
 
 	pol, err := policy.New(cfg.policyConfig())
 	if err != nil {
-		return fmt.Errorf("destination policy: %w", err)
+		return refusedConfig{fmt.Errorf("destination policy: %w", err)}
 	}
 	d.reloadOK = true
 	// The metrics listener comes first, so that a port already taken
@@ -181,7 +181,7 @@ func (d *daemon) run() error {
 		if err != nil {
 			d.log.Error("start failed", zap.Error(err))
 			d.stopEndpoints()
-			return err
+			return refusedConfig{err}
 		}
 		if warning != "" {
 			d.log.Warn(warning, zap.Int("open_file_limit", lim), zap.Int("needed", fdNeed(cfg)), zap.Int("fd_budget", b.conns))
