@@ -3,6 +3,9 @@ package stack
 import (
 	"net/netip"
 	"sync"
+	"time"
+
+	"go.uber.org/zap"
 
 	"tcpd/conntrack"
 )
@@ -27,6 +30,9 @@ type admission struct {
 	// activePeak and perClientPeak are the most entries each map has held
 	// since it was last built (compact).
 	activePeak, perClientPeak int
+
+	// capWarn rate-limits warnRefused, per cap.
+	capWarn [3]rateLimit
 }
 
 type clientCount struct {
@@ -153,4 +159,34 @@ func (a *admission) compact() {
 	if shrunk(len(a.perClient), a.perClientPeak) {
 		a.perClient, a.perClientPeak = compacted(a.perClient), len(a.perClient)
 	}
+}
+
+// warnRefused logs, at most once per warnEvery for each cap, a new
+// connection refused because a connection cap is reached, as Linux logs
+// "table full, dropping packet" for its connection tracking: the counter
+// says how many, the log says so where an operator reads first. The
+// per-client cap names the client.
+func (a *admission) warnRefused(reason DropReason, client netip.Addr) {
+	var i int
+	var msg string
+	var fields []zap.Field
+	tune := a.s.tune.Load()
+	switch reason {
+	case DropMaxConnections:
+		i, msg = 0, "new connections refused with RST: limits.max_connections connections and handshakes are open; raise it if memory allows, or move clients to another gateway"
+		fields = append(fields, zap.Int("limit", tune.MaxConnections))
+	case DropFDLimit:
+		i, msg = 1, "new connections refused with RST: the open-file limit leaves no descriptor for one more (tcpd_fd_budget); raise the unit's LimitNOFILE= or lower limits.max_connections"
+		fields = append(fields, zap.Int("fd_budget", a.s.cfg.FDBudget))
+	case DropMaxConnectionsPerClient:
+		i, msg = 2, "new connections from a client refused with RST: it holds limits.max_connections_per_client connections and handshakes"
+		fields = append(fields, zap.Int("limit", tune.MaxConnectionsPerClient))
+	default:
+		return
+	}
+	ok, held := a.capWarn[i].allow(time.Now())
+	if !ok {
+		return
+	}
+	a.s.log.Warn(msg, append(fields, zap.Stringer("client", client), zap.Int("more_since_last_warning", held))...)
 }

@@ -174,6 +174,7 @@ func (s *Stack) handle(fr *tcp.ForwarderRequest) {
 			return
 		}
 		s.refuse(req, reason)
+		s.adm.warnRefused(reason, client.Addr())
 		return
 	}
 	admitted := true

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
@@ -417,7 +419,8 @@ func TestSpoofedSourceDropped(t *testing.T) {
 }
 
 func TestPerClientCap(t *testing.T) {
-	h := newHarness(t, Config{Tunables: Tunables{MaxConnectionsPerClient: 2}}, clientAddr)
+	core, logs := observer.New(zap.WarnLevel)
+	h := newHarness(t, Config{Tunables: Tunables{MaxConnectionsPerClient: 2}, Logger: zap.New(core)}, clientAddr)
 	hold := make(chan struct{})
 	defer close(hold) // before the cleanups, which wait for the upstreams
 	h.listen(t, func(c net.Conn) { <-hold })
@@ -433,6 +436,26 @@ func TestPerClientCap(t *testing.T) {
 	if got := h.s.Stats().Dropped[DropMaxConnectionsPerClient].Load(); got != 1 {
 		t.Fatalf("max_connections_per_client drops = %d, want 1", got)
 	}
+	// A second refusal within warnEvery is counted into the next warning.
+	if _, err := h.dial(t, 80); err == nil {
+		t.Fatal("a second connection over the per-client cap was made")
+	}
+	checkCapWarning(t, logs, "max_connections_per_client", 2)
+}
+
+// checkCapWarning checks that refusals at a cap were logged once, naming
+// the cap, its limit and the client.
+func checkCapWarning(t *testing.T, logs *observer.ObservedLogs, key string, limit int64) {
+	t.Helper()
+	warned := logs.FilterMessageSnippet("refused with RST").All()
+	if len(warned) != 1 {
+		t.Fatalf("%d warnings of connections refused at a cap, want 1 (the second within warnEvery is held back): %v", len(warned), warned)
+	}
+	w := warned[0]
+	f := w.ContextMap()
+	if !strings.Contains(w.Message, key) || f["limit"] != limit || f["client"] != clientAddr.String() {
+		t.Errorf("warning %q %v, want it to name %s, limit %d and client %s", w.Message, f, key, limit, clientAddr)
+	}
 }
 
 // TestGlobalCapCountsHandshakes: limits.max_connections bounds the
@@ -440,7 +463,8 @@ func TestPerClientCap(t *testing.T) {
 // relays never exceed it once the handshakes complete, and every one of
 // them, holding an upstream socket, fits the descriptor budget built on it.
 func TestGlobalCapCountsHandshakes(t *testing.T) {
-	h := newHarness(t, Config{Tunables: Tunables{MaxConnections: 2, DialTimeout: time.Second}}, clientAddr)
+	core, logs := observer.New(zap.WarnLevel)
+	h := newHarness(t, Config{Tunables: Tunables{MaxConnections: 2, DialTimeout: time.Second}, Logger: zap.New(core)}, clientAddr)
 	hold := make(chan struct{})
 	defer close(hold)
 	h.listen(t, func(c net.Conn) { <-hold })
@@ -473,6 +497,10 @@ func TestGlobalCapCountsHandshakes(t *testing.T) {
 	if got := h.s.Stats().Dropped[DropMaxConnections].Load(); got != 1 {
 		t.Errorf("max_connections drops = %d, want 1", got)
 	}
+	if _, err := h.dial(t, 83); err == nil {
+		t.Fatal("a second connection over the cap was made")
+	}
+	checkCapWarning(t, logs, "limits.max_connections connections", 2)
 	if d := h.dialedAddrs(); len(d) != 2 {
 		t.Errorf("destinations dialled: %v, want 2 (the refused connection dials none)", d)
 	}
