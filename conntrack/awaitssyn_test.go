@@ -303,3 +303,32 @@ func TestRejectOldACKAndScaledWindow(t *testing.T) {
 		t.Fatalf("%d bytes in, want the 3 of the segment taken", c.BytesIn)
 	}
 }
+
+// TestUnanswered checks that a SYN the netstack dropped unanswered takes
+// away the entry it opened, and nothing else: not the entry of another ISN,
+// not one a handler has claimed.
+func TestUnanswered(t *testing.T) {
+	tab, _ := newTable(ct.Config{})
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+	tab.Unanswered(tuple, cISS+70000)
+	if tab.Len() != 1 || !tab.AwaitsSYN(tuple, cISS) {
+		t.Fatalf("after another ISN's SYN was dropped: %d entries, want the one awaiting its own SYN", tab.Len())
+	}
+	tab.Unanswered(tuple, cISS)
+	if n := tab.Len(); n != 0 {
+		t.Fatalf("after its SYN was dropped unanswered: %d entries, want 0", n)
+	}
+	if s := tab.Snapshot(); s.States[ct.StateSynRecv] != 0 || s.ClientStates[ct.StateSynSent] != 0 {
+		t.Errorf("state counts after the drop: tcpd SYN_RCVD %d, client SYN_SENT %d; want 0", s.States[ct.StateSynRecv], s.ClientStates[ct.StateSynSent])
+	}
+	// The client's retransmission opens it again; once claimed, a drop of
+	// a copy of the SYN leaves it alone.
+	tab.Segment(ct.FromClient, tuple, ct.Segment{Flags: ct.FlagSYN, Seq: cISS})
+	if id, _ := tab.Claim(tuple, cISS); id == 0 {
+		t.Fatal("Claim after the retransmission: 0")
+	}
+	tab.Unanswered(tuple, cISS)
+	if n := tab.Len(); n != 1 {
+		t.Fatalf("a claimed entry after a copy of its SYN was dropped: %d entries, want 1", n)
+	}
+}

@@ -528,6 +528,29 @@ func (e *entry) awaitsLocked(seq uint32) bool {
 	return !e.claimed && e.ends[sideTCPD].state == StateSynRecv && c.synSent && c.iss == seq
 }
 
+// Unanswered is called for the client's SYN with sequence number seq that
+// the netstack dropped before any handler took it (every handshake slot
+// was taken): tu's entry, if that SYN opened it and no handler has claimed
+// it, is removed, as Linux keeps nothing of a SYN its full queue drops. A
+// SYN flood then costs no entry per dropped SYN, and the state counts and
+// `tcpd conns` show the handshakes tcpd holds, not the SYNs it ignored. The
+// client's retransmission opens the 4-tuple again.
+func (t *Table) Unanswered(tu Tuple, seq uint32) {
+	k := keyOf(tu)
+	h := t.hash(k)
+	sh := t.shardOf(h)
+	e := sh.lookupKey(k, h)
+	if e == nil {
+		return
+	}
+	defer e.mu.Unlock()
+	if !e.awaitsLocked(seq) || e.held {
+		return
+	}
+	sh.counters.inc(cExpired)
+	sh.removeLocked(t, e, t.now())
+}
+
 // Relaying records that a relay now carries id's bytes. From then on the
 // entry outlives whatever ends the connection — a reset, a netstack timer,
 // the end of TIME_WAIT — until Released. It reports false, attaching

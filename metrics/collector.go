@@ -218,7 +218,7 @@ func NewCollector(cfg Config) *Collector {
 			"Finished relays, by how they ended.",
 			[]string{"end"}, nil),
 		handshakeTimeouts: prometheus.NewDesc("tcpd_handshake_timeouts_total",
-			"Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout.",
+			"Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout, or within 1s while SYNs found limits.max_in_flight handshakes in progress.",
 			nil, nil),
 		mssClamped: prometheus.NewDesc("tcpd_tcp_mss_clamped_total",
 			"Client SYNs whose MSS tcpd lowered to what the kernel's route back to the client carries (tcp.mss_clamp), so that no segment is too big for the VPN interface.",

@@ -231,7 +231,7 @@ tcpd_handshakes_in_flight 2
 # HELP tcpd_handler_panics_total Connection handlers that panicked; each reset only its own connection.
 # TYPE tcpd_handler_panics_total counter
 tcpd_handler_panics_total 1
-# HELP tcpd_handshake_timeouts_total Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout.
+# HELP tcpd_handshake_timeouts_total Half-open connections aborted because the client did not acknowledge the SYN-ACK within tcp.handshake_timeout, or within 1s while SYNs found limits.max_in_flight handshakes in progress.
 # TYPE tcpd_handshake_timeouts_total counter
 tcpd_handshake_timeouts_total 3
 # HELP tcpd_tcp_mss_clamped_total Client SYNs whose MSS tcpd lowered to what the kernel's route back to the client carries (tcp.mss_clamp), so that no segment is too big for the VPN interface.

@@ -3,6 +3,7 @@ package stack
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,6 +34,11 @@ type admission struct {
 
 	// capWarn rate-limits warnRefused, per cap.
 	capWarn [3]rateLimit
+
+	// squeezed is when squeeze last asked the shards to squeeze (ns since
+	// the Unix epoch); synWarn rate-limits its warning.
+	squeezed atomic.Int64
+	synWarn  rateLimit
 }
 
 type clientCount struct {
@@ -189,4 +195,37 @@ func (a *admission) warnRefused(reason DropReason, client netip.Addr) {
 		return
 	}
 	a.s.log.Warn(msg, append(fields, zap.Stringer("client", client), zap.Int("more_since_last_warning", held))...)
+}
+
+// squeezeEvery bounds how often squeeze asks the shards to look.
+const squeezeEvery = 100 * time.Millisecond
+
+// squeezeAge is how long a half-open connection may wait for the client's
+// ACK while SYNs find every handshake slot taken: past the netstack's
+// first SYN-ACK retransmission (1 s), a client that is there has answered.
+const squeezeAge = time.Second
+
+// squeeze is called when a SYN found limits.max_in_flight handshakes in
+// progress. As Linux cuts short the SYN-ACK retransmissions of its full
+// queue (inet_csk_reqsk_queue_prune), each shard aborts the half-open
+// connections that have waited squeezeAge for the client's ACK, instead of
+// tcp.handshake_timeout: a flood of SYNs from addresses that never answer
+// (spoofed, within the client prefixes) then holds the slots for a second
+// each, not for the timeout, and other clients' SYNs find room. The SYN
+// that found no slot is dropped all the same: its client retransmits it.
+// A warning says so, at most once per warnEvery.
+func (a *admission) squeeze() {
+	now := time.Now()
+	last := a.squeezed.Load()
+	if now.UnixNano()-last < int64(squeezeEvery) || !a.squeezed.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	for _, sh := range a.s.shards {
+		sh.squeezeSoon()
+	}
+	if ok, held := a.synWarn.allow(now); ok {
+		a.s.log.Warn("possible SYN flood: limits.max_in_flight handshakes are in progress and new SYNs are dropped; "+
+			"half-open connections that have waited 1s for the client's ACK are aborted",
+			zap.Int("max_in_flight", a.s.cfg.MaxInFlight), zap.Int("more_since_last_warning", held))
+	}
 }

@@ -63,6 +63,11 @@ func (s *Stack) forwardSYN(fwd *tcp.Forwarder) func(gvstack.TransportEndpointID,
 		case synFull:
 			s.ns.Stats().TCP.ForwardMaxInFlightDrop.Increment()
 			s.stats.Dropped[DropMaxInFlight].Add(1)
+			s.table.Unanswered(conntrack.Tuple{
+				Client: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
+				Dst:    netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
+			}, h.SequenceNumber())
+			s.adm.squeeze()
 			return true
 		}
 		if !fwd.HandlePacket(id, pkt) {

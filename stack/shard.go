@@ -23,6 +23,9 @@ type shard struct {
 	sleeping atomic.Bool
 	// stats are the shard's own counters (Stats.Relays[i]).
 	stats *RelayStats
+	// squeeze asks the loop to abort the handshakes that have waited
+	// squeezeAge for the client's ACK (admission.squeeze).
+	squeeze atomic.Bool
 
 	mu sync.Mutex
 	// queued are the relays with a request the loop has not seen.
@@ -93,6 +96,9 @@ func (sh *shard) loop() {
 			return
 		}
 		now := time.Now()
+		if sh.squeeze.Swap(false) {
+			sh.squeezeHandshakes(now)
+		}
 		sh.wheel.advance(now)
 
 		// The deadline first, then sleeping, then a last look at the
@@ -108,7 +114,7 @@ func (sh *shard) loop() {
 		}
 		sh.sleeping.Store(true)
 		sh.mu.Lock()
-		busy := len(sh.queued) > 0 || sh.closing
+		busy := len(sh.queued) > 0 || sh.closing || sh.squeeze.Load()
 		sh.mu.Unlock()
 		n := sh.poll.wait(events, !busy && timeout != 0)
 		sh.sleeping.Store(false)
@@ -122,6 +128,37 @@ func (sh *shard) loop() {
 			ev.apply(r)
 			sh.step(r)
 		}
+	}
+}
+
+// squeezeSoon has the loop squeeze its handshakes at its next turn. Any
+// goroutine may call it.
+func (sh *shard) squeezeSoon() {
+	sh.squeeze.Store(true)
+	if sh.sleeping.CompareAndSwap(true, false) {
+		sh.poll.wake()
+	}
+}
+
+// squeezeHandshakes aborts the half-open connections of the shard that have
+// waited squeezeAge or more for the client's ACK: those whose handshake
+// timer, armed for tcp.handshake_timeout when the SYN-ACK went out, has
+// less than that minus squeezeAge to run.
+func (sh *shard) squeezeHandshakes(now time.Time) {
+	due := sh.wheel.since(now.Add(sh.s.tune.Load().HandshakeTimeout - squeezeAge))
+	var old []*relay
+	sh.mu.Lock()
+	for _, r := range sh.relays {
+		if r.phase == phaseConnected && r.timer.armed && r.timer.when <= due {
+			old = append(old, r)
+		}
+	}
+	sh.mu.Unlock()
+	for _, r := range old {
+		func() {
+			defer r.recoverPanic()
+			r.handshakeTimedOut()
+		}()
 	}
 }
 

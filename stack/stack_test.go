@@ -574,6 +574,48 @@ func TestInFlightCapDrops(t *testing.T) {
 	if d := h.dialedAddrs(); len(d) != 2 {
 		t.Errorf("destinations dialled %v, want 2 (the dropped SYN dials none)", d)
 	}
+	// Nor does it keep a tracking entry, as Linux keeps no request for a
+	// SYN its full queue drops.
+	if n := h.s.table.Len(); n != 2 {
+		t.Errorf("%d tracking entries, want the 2 handshakes in progress", n)
+	}
+}
+
+// TestSYNFloodSqueeze: SYNs from addresses that never answer tcpd's
+// SYN-ACK (spoofed, within the client prefixes) hold every handshake slot;
+// a SYN that then finds none has the half-open connections that have waited
+// a second aborted, so a real client's retransmitted SYN gets in long
+// before tcp.handshake_timeout (10 s here) would have freed them, and a
+// warning says what happened.
+func TestSYNFloodSqueeze(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	h := newHarness(t, Config{MaxInFlight: 4, Logger: zap.New(core), Tunables: Tunables{HandshakeTimeout: 10 * time.Second}}, clientAddr)
+	h.listen(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	for i := range 4 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, 9, byte(1 + i)}), 40000)
+		h.inject <- synWithOptions(src, netip.AddrPortFrom(dstAddr, 80), nil)
+	}
+	waitFor(t, "four half-open connections waiting for their clients' ACKs", func() bool {
+		return h.s.Stats().InFlight.Load() == 4 && len(h.dialedAddrs()) == 4
+	})
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	c, err := h.client.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(dstAddr, 80))
+	if err != nil {
+		t.Fatalf("a real client behind four unanswered handshakes (cap 4): %v after %v", err, time.Since(t0).Round(time.Millisecond))
+	}
+	c.Close()
+	t.Logf("connected after %v", time.Since(t0).Round(time.Millisecond))
+	if n := h.s.Stats().HandshakeTimeouts.Load(); n != 4 {
+		t.Errorf("%d half-open connections aborted, want the 4 unanswered ones", n)
+	}
+	if h.s.Stats().Drops(DropMaxInFlight) == 0 {
+		t.Error("no SYN counted as dropped at max_in_flight")
+	}
+	if w := logs.FilterMessageSnippet("possible SYN flood").All(); len(w) != 1 {
+		t.Errorf("%d SYN flood warnings, want 1: %v", len(w), w)
+	}
 }
 
 func TestShutdownDrainsThenResets(t *testing.T) {
