@@ -121,9 +121,13 @@ fmt:
 # The Debian package, bin/tcpd_<version>_<arch>.deb, built with dpkg-deb
 # alone (deploy/deb/build.sh): the binary, the systemd unit, the sysusers
 # file, /etc/tcpd/tcpd.yaml as a conffile, the dashboard and alert rules.
+# DEB_VERSION increases along main's history (deploy/deb/version.sh:
+# 0~git<commit date>.<hash> before the first tag vX.Y.Z), so that each
+# newer build installs as an upgrade; outside a git checkout it is 0~devel.
 DEB_OUT ?= bin
+DEB_VERSION ?= $(shell sh deploy/deb/version.sh 2>/dev/null || echo 0~devel)
 deb:
-	GO='$(GO)' sh deploy/deb/build.sh '$(DEB_OUT)' '$(VERSION)'
+	GO='$(GO)' sh deploy/deb/build.sh '$(DEB_OUT)' '$(VERSION)' '$(DEB_VERSION)'
 
 # The container image, an OCI archive (bin/tcpd-image.tar) built offline
 # from scratch by deploy/image: the static binary, the default

@@ -16,8 +16,8 @@ import (
 	"tcpd/internal/nspawn"
 )
 
-// debVersion is the VERSION the test builds with, and debianVersion what
-// deploy/deb/build.sh makes of it.
+// debVersion is the VERSION the test builds with ("tcpd version"), and
+// debianVersion its DEB_VERSION (TestDebVersionOrder tests the default).
 const (
 	debVersion    = "1.2.3-test"
 	debianVersion = "1.2.3+test"
@@ -51,7 +51,7 @@ func TestDeb(t *testing.T) {
 	}
 	out := t.TempDir()
 	t0 := time.Now()
-	cmd := exec.Command(makeBin, "--no-print-directory", "deb", "VERSION="+debVersion, "DEB_OUT="+out, "GO="+goBin)
+	cmd := exec.Command(makeBin, "--no-print-directory", "deb", "VERSION="+debVersion, "DEB_VERSION="+debianVersion, "DEB_OUT="+out, "GO="+goBin)
 	cmd.Dir = root(t)
 	msg, err := cmd.CombinedOutput()
 	if err != nil {

@@ -1,17 +1,15 @@
 #!/bin/sh
 # Builds the Debian package of tcpd with dpkg-deb alone (no debhelper, no
-# network): deploy/deb/build.sh OUTDIR VERSION writes
-# OUTDIR/tcpd_<debian version>_<arch>.deb and prints its path. "make deb"
-# runs it. Environment: GO (default go), DEB_MAINTAINER.
-#
-# The Debian version is VERSION without a leading "v", with every character
-# Debian does not allow (and "-", which would start a Debian revision)
-# turned into "+", and "0~" in front unless it starts with a digit:
-# v1.2.0 -> 1.2.0, v1.2.0-3-gabc1234 -> 1.2.0+3+gabc1234, devel -> 0~devel.
+# network): deploy/deb/build.sh OUTDIR VERSION [DEBVERSION] writes
+# OUTDIR/tcpd_<DEBVERSION>_<arch>.deb and prints its path. "make deb"
+# runs it. VERSION is what "tcpd version" prints; DEBVERSION, the package's
+# version, defaults to what deploy/deb/version.sh says of the work tree
+# (ordered along main's history, which VERSION is not). Environment: GO
+# (default go), DEB_MAINTAINER.
 set -eu
 
-if [ $# -ne 2 ] || [ -z "$1" ] || [ -z "$2" ]; then
-	echo "usage: $0 OUTDIR VERSION" >&2
+if [ $# -lt 2 ] || [ $# -gt 3 ] || [ -z "$1" ] || [ -z "$2" ]; then
+	echo "usage: $0 OUTDIR VERSION [DEBVERSION]" >&2
 	exit 2
 fi
 out=$1
@@ -20,11 +18,13 @@ go=${GO:-go}
 maintainer=${DEB_MAINTAINER:-tcpd maintainers <tcpd@example.invalid>}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
-debversion=$(printf '%s' "$version" | sed -e 's/^v//' -e 's/[^A-Za-z0-9.+~]/+/g')
-case "$debversion" in
-[0-9]*) ;;
-*) debversion="0~$debversion" ;;
-esac
+debversion=${3:-$(sh "$root/deploy/deb/version.sh")}
+# An upstream version without a Debian revision: a digit first, then only
+# the characters Debian allows there other than "-" (Policy 5.6.12).
+if ! printf '%s\n' "$debversion" | grep -Eqx '[0-9][A-Za-z0-9.+~]*'; then
+	echo "$0: $debversion: not a Debian version (a digit, then letters, digits and . + ~)" >&2
+	exit 2
+fi
 
 goarch=$(cd "$root" && "$go" env GOARCH)
 case "$goarch" in
