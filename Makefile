@@ -1,6 +1,13 @@
 # tcpd — build, demo and tests. Targets that touch namespaces or TUN devices
 # need root.
-GO      ?= go
+# go from PATH, else from /usr/local/go, where Go's own archive installs it:
+# sudo replaces PATH with its secure_path, which leaves that out, so that
+# "sudo make demo" would find no go.
+ifeq ($(origin GO),undefined)
+GO      := $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+endif
+# The gofmt of the same Go installation as $(GO).
+GOFMT   ?= $(shell '$(GO)' env GOROOT 2>/dev/null)/bin/gofmt
 BIN     := bin/tcpd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X main.version=$(VERSION)
@@ -108,15 +115,19 @@ test-short:
 	$(GO) test -short -count=1 ./...
 	@for m in $(SUBMODULES); do (cd $$m && $(GO) test -short -count=1 ./...) || exit 1; done
 
+# The format check fails when gofmt cannot run, instead of finding nothing
+# to complain about.
 vet:
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@files=$$(git ls-files '*.go') && [ -n "$$files" ] || { echo "vet: no Go files listed by git ls-files"; exit 1; }; \
+	out=$$('$(GOFMT)' -l $$files) || { echo "vet: $(GOFMT) -l failed"; exit 1; }; \
+	if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	@# tcpd runs on Linux; elsewhere it must still build (stack's *_other.go).
 	GOOS=darwin $(GO) build ./...
 	@for m in $(SUBMODULES); do echo "cd $$m && $(GO) vet ./..."; (cd $$m && $(GO) vet ./...) || exit 1; done
 
 fmt:
-	gofmt -w $$(git ls-files '*.go')
+	'$(GOFMT)' -w $$(git ls-files '*.go')
 
 # The Debian package, bin/tcpd_<version>_<arch>.deb, built with dpkg-deb
 # alone (deploy/deb/build.sh): the binary, the systemd unit, the sysusers
