@@ -3,7 +3,10 @@ package deploy_test
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
 	"debug/elf"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +26,11 @@ const (
 	debianVersion = "1.2.3+test"
 )
 
+// debPackage is the package's name: not "tcpd", which is Debian's TCP
+// wrappers package (7.6.q-32 in bookworm, whose higher version apt would
+// install over ours).
+const debPackage = "tcpd-gateway"
+
 // debFiles are the files the package installs, by path in the package,
 // with their mode and where they come from in the repository ("" for the
 // binary).
@@ -33,15 +41,16 @@ var debFiles = []struct {
 	{"./lib/systemd/system/tcpd.service", "-rw-r--r--", "deploy/systemd/tcpd.service"},
 	{"./usr/bin/tcpd", "-rwxr-xr-x", ""},
 	{"./usr/lib/sysusers.d/tcpd.conf", "-rw-r--r--", "deploy/systemd/tcpd.sysusers"},
-	{"./usr/share/doc/tcpd/README.md", "-rw-r--r--", "README.md"},
-	{"./usr/share/doc/tcpd/grafana/tcpd.json", "-rw-r--r--", "deploy/grafana/tcpd.json"},
-	{"./usr/share/doc/tcpd/prometheus/alerts.yaml", "-rw-r--r--", "deploy/prometheus/alerts.yaml"},
-	{"./usr/share/doc/tcpd/prometheus/fleet.yaml", "-rw-r--r--", "deploy/prometheus/fleet.yaml"},
+	{"./usr/share/doc/tcpd-gateway/README.md", "-rw-r--r--", "README.md"},
+	{"./usr/share/doc/tcpd-gateway/grafana/tcpd.json", "-rw-r--r--", "deploy/grafana/tcpd.json"},
+	{"./usr/share/doc/tcpd-gateway/prometheus/alerts.yaml", "-rw-r--r--", "deploy/prometheus/alerts.yaml"},
+	{"./usr/share/doc/tcpd-gateway/prometheus/fleet.yaml", "-rw-r--r--", "deploy/prometheus/fleet.yaml"},
 }
 
 // TestDeb builds the package with `make deb`, checks it with dpkg-deb, and,
 // where a container can be booted, installs, starts and removes it under a
-// real systemd.
+// real systemd, then upgrades a running install of the package's earlier
+// name, tcpd, to it.
 func TestDeb(t *testing.T) {
 	makeBin := needTool(t, "make", "make")
 	dpkgDeb := needTool(t, "dpkg-deb", "dpkg")
@@ -66,7 +75,7 @@ func TestDeb(t *testing.T) {
 	if a, err := exec.Command("dpkg", "--print-architecture").Output(); err == nil {
 		arch = strings.TrimSpace(string(a)) // the same as GOARCH on a native build
 	}
-	deb := filepath.Join(out, "tcpd_"+debianVersion+"_"+arch+".deb")
+	deb := filepath.Join(out, debPackage+"_"+debianVersion+"_"+arch+".deb")
 	if got := strings.TrimSpace(string(msg)); !strings.HasSuffix(got, deb) {
 		t.Fatalf("make deb printed %q, want the path %s", got, deb)
 	}
@@ -74,7 +83,7 @@ func TestDeb(t *testing.T) {
 	t.Run("control", func(t *testing.T) { checkControl(t, dpkgDeb, deb, arch) })
 	t.Run("contents", func(t *testing.T) { checkContents(t, dpkgDeb, deb) })
 	t.Run("maintainer scripts", func(t *testing.T) { checkScripts(t, dpkgDeb, deb) })
-	t.Run("installs under systemd", func(t *testing.T) { installUnderSystemd(t, deb) })
+	t.Run("installs under systemd", func(t *testing.T) { installUnderSystemd(t, dpkgDeb, deb) })
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -92,16 +101,23 @@ func run(t *testing.T, name string, args ...string) string {
 // checkControl reads the control fields and the conffiles list.
 func checkControl(t *testing.T, dpkgDeb, deb, arch string) {
 	fields := map[string]string{}
-	for _, f := range []string{"Package", "Version", "Architecture", "Maintainer", "Installed-Size", "Depends", "Section", "Priority", "Description"} {
+	for _, f := range []string{"Package", "Version", "Architecture", "Maintainer", "Installed-Size", "Depends", "Conflicts", "Replaces", "Section", "Priority", "Description"} {
 		fields[f] = strings.TrimSpace(run(t, dpkgDeb, "--field", deb, f))
 	}
 	want := map[string]string{
-		"Package":      "tcpd",
+		"Package":      debPackage,
 		"Version":      debianVersion,
 		"Architecture": arch,
 		"Depends":      "systemd",
-		"Section":      "net",
-		"Priority":     "optional",
+		// Debian's TCP wrappers install /usr/sbin/tcpd, which comes first
+		// in root's PATH.
+		"Conflicts": "tcpd",
+		// This package's earlier builds, named tcpd, had versions from
+		// 0~<hash> to <7 hex digits> (558fdc9 > 7.6.q-32): no range holds
+		// them all and leaves out Debian's tcpd, so Replaces has none.
+		"Replaces": "tcpd",
+		"Section":  "net",
+		"Priority": "optional",
 	}
 	for f, v := range want {
 		if fields[f] != v {
@@ -197,14 +213,15 @@ func checkContents(t *testing.T, dpkgDeb, deb string) {
 }
 
 // checkScripts reads the maintainer scripts: postinst creates the user and
-// reloads systemd but starts nothing, prerm stops the service on removal.
+// reloads systemd but starts nothing (but in its takeover from the
+// package's earlier name), prerm stops the service on removal.
 func checkScripts(t *testing.T, dpkgDeb, deb string) {
 	dir := filepath.Join(t.TempDir(), "DEBIAN")
 	run(t, dpkgDeb, "--control", deb, dir)
 	scripts := map[string]struct{ must, mustNot []string }{
 		"postinst": {
 			must:    []string{"systemd-sysusers tcpd.conf", "systemctl daemon-reload"},
-			mustNot: []string{"systemctl start", "systemctl enable", "systemctl restart", "--now"},
+			mustNot: []string{"systemctl enable", "systemctl restart", "--now"},
 		},
 		"prerm":  {must: []string{"systemctl stop tcpd.service"}},
 		"postrm": {must: []string{"systemctl daemon-reload"}},
@@ -230,6 +247,17 @@ func checkScripts(t *testing.T, dpkgDeb, deb string) {
 			}
 		}
 		text := strings.Join(code, "\n")
+		if name == "postinst" {
+			// The one start allowed: in takeover, of a service the
+			// earlier package's prerm stopped (installUnderSystemd).
+			fn := regexp.MustCompile(`(?s)\ntakeover\(\) \{\n.*?\n\}\n`).FindString(text)
+			if !strings.Contains(fn, "systemctl start tcpd.service") {
+				t.Errorf("postinst has no takeover() that starts tcpd.service:\n%s", text)
+			}
+			if strings.Contains(strings.Replace(text, fn, "", 1), "systemctl start") {
+				t.Errorf("postinst starts tcpd outside takeover():\n%s", text)
+			}
+		}
 		for _, m := range s.must {
 			if !strings.Contains(text, m) {
 				t.Errorf("%s does not run %q", name, m)
@@ -247,8 +275,9 @@ func checkScripts(t *testing.T, dpkgDeb, deb string) {
 // /usr is writable, then checks what the maintainer scripts did: the user
 // exists, the unit is known but neither enabled nor started, it starts from
 // the packaged paths, removal stops it cleanly and keeps the conffile, and
-// purge removes it.
-func installUnderSystemd(t *testing.T, deb string) {
+// purge removes it. Then it installs the package over a running, enabled
+// install of its earlier name (tcpd) whose configuration was edited.
+func installUnderSystemd(t *testing.T, dpkgDeb, deb string) {
 	c := nspawn.BootT(t, nspawn.Options{WritableUsr: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -260,18 +289,23 @@ func installUnderSystemd(t *testing.T, deb string) {
 		}
 		return out
 	}
-	data, err := os.ReadFile(deb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WriteFile(ctx, "/tmp/tcpd.deb", data, 0o644); err != nil {
-		t.Fatal(err)
+	for path, src := range map[string]string{"/tmp/tcpd.deb": deb, "/tmp/tcpd-old.deb": oldNamedDeb(t, dpkgDeb, deb)} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WriteFile(ctx, path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// The container's /var is empty: give dpkg an empty database. The
 	// host's systemd is in the container, but not in that database.
 	must("sh", "-c", "mkdir -p /var/lib/dpkg/info /var/lib/dpkg/updates /var/lib/dpkg/triggers && touch /var/lib/dpkg/status /var/lib/dpkg/available")
 	t.Logf("dpkg -i:\n%s", must("dpkg", "--install", "--force-depends", "/tmp/tcpd.deb"))
 
+	if got := must("dpkg-query", "--show", "--showformat", "${Package} ${Version} ${Status}", debPackage); got != debPackage+" "+debianVersion+" install ok installed" {
+		t.Errorf("dpkg-query --show %s: %q", debPackage, got)
+	}
 	if pw := must("getent", "passwd", "tcpd"); !strings.Contains(pw, ":tcpd VPN TCP terminator:") {
 		t.Errorf("getent passwd tcpd: %q", pw)
 	}
@@ -292,7 +326,7 @@ func installUnderSystemd(t *testing.T, deb string) {
 	}
 
 	t0 := time.Now()
-	must("dpkg", "--remove", "tcpd")
+	must("dpkg", "--remove", debPackage)
 	took := time.Since(t0)
 	j, _ := c.Journal(ctx, "tcpd")
 	if !strings.Contains(j, "Main process exited, code=exited, status=0/SUCCESS") && !strings.Contains(j, "Deactivated successfully") {
@@ -304,9 +338,174 @@ func installUnderSystemd(t *testing.T, deb string) {
 	if _, err := c.Run(ctx, "test", "-e", "/etc/tcpd/tcpd.yaml"); err != nil {
 		t.Error("dpkg --remove removed the conffile /etc/tcpd/tcpd.yaml; only purge may")
 	}
-	must("dpkg", "--purge", "tcpd")
+	must("dpkg", "--purge", debPackage)
 	if _, err := c.Run(ctx, "test", "-e", "/etc/tcpd/tcpd.yaml"); err == nil {
 		t.Error("/etc/tcpd/tcpd.yaml survives dpkg --purge")
 	}
 	t.Logf("dpkg --remove stopped tcpd in %v", took.Round(time.Millisecond))
+
+	t.Run("takes over from tcpd", func(t *testing.T) { takeOver(ctx, t, c) })
+}
+
+// takeOver installs the package's earlier build, named tcpd, enables and
+// starts it, edits its configuration and adds a drop-in, as an operator
+// would, then installs this package over it, as an upgrade: the edited
+// configuration stays as it is and becomes this package's conffile, the
+// service runs again (the earlier prerm stopped it) with the drop-in,
+// enabled, and purging what is left of tcpd takes none of it away.
+func takeOver(ctx context.Context, t *testing.T, c *nspawn.Container) {
+	must := func(name string, args ...string) string {
+		t.Helper()
+		out, err := c.Run(ctx, name, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	must("dpkg", "--install", "--force-depends", "/tmp/tcpd-old.deb")
+	must("systemctl", "enable", "--now", "tcpd")
+	// A change tcpd checks when it starts: an operator's edit.
+	must("sed", "-i", "s/^  max_connections: .*/  max_connections: 12345/", "/etc/tcpd/tcpd.yaml")
+	edited := must("cat", "/etc/tcpd/tcpd.yaml")
+	if !strings.Contains(edited, "\n  max_connections: 12345\n") {
+		t.Fatal("sed did not edit limits.max_connections")
+	}
+	dropIn := "[Service]\nEnvironment=TCPD_TAKEOVER_TEST=1\n"
+	if err := c.WriteFile(ctx, "/etc/systemd/system/tcpd.service.d/local.conf", []byte(dropIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must("systemctl", "daemon-reload")
+	before, err := c.Show(ctx, "tcpd", "ActiveState", "MainPID")
+	if err != nil || before["ActiveState"] != "active" {
+		t.Fatalf("the earlier package's tcpd is not running: %v %v", before, err)
+	}
+
+	t.Logf("dpkg -i over tcpd:\n%s", must("dpkg", "--install", "--force-depends", "/tmp/tcpd.deb"))
+	if got := must("dpkg-query", "--show", "--showformat", "${Status}", debPackage); got != "install ok installed" {
+		t.Errorf("%s: %q, want installed", debPackage, got)
+	}
+	// dpkg keeps tcpd's record as "config-files", for its obsolete conffile.
+	if got, err := c.Run(ctx, "dpkg-query", "--show", "--showformat", "${db:Status-Status}", "tcpd"); err == nil && got != "config-files" && got != "not-installed" {
+		t.Errorf("the earlier package tcpd is %s, want it removed", got)
+	}
+	if got := must("cat", "/etc/tcpd/tcpd.yaml"); got != edited {
+		t.Error("the edited /etc/tcpd/tcpd.yaml was not kept")
+	}
+	if got := must("dpkg-query", "--search", "/etc/tcpd/tcpd.yaml"); got != debPackage+": /etc/tcpd/tcpd.yaml\n" {
+		t.Errorf("dpkg-query --search /etc/tcpd/tcpd.yaml: %q, want it %s's", got, debPackage)
+	}
+	if out, err := c.Run(ctx, "test", "-e", "/usr/share/doc/tcpd"); err == nil {
+		t.Errorf("/usr/share/doc/tcpd survives %s", out)
+	}
+	check := func(when string) {
+		t.Helper()
+		st, err := c.Show(ctx, "tcpd", "ActiveState", "UnitFileState", "MainPID", "Environment", "FragmentPath")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st["ActiveState"] != "active" || st["UnitFileState"] != "enabled" || st["MainPID"] == before["MainPID"] ||
+			st["Environment"] != "TCPD_TAKEOVER_TEST=1" || !strings.HasSuffix(st["FragmentPath"], "/lib/systemd/system/tcpd.service") {
+			j, _ := c.Journal(ctx, "tcpd")
+			t.Errorf("%s: %v, want tcpd running anew (not pid %s), enabled, with the drop-in\n%s", when, st, before["MainPID"], tail(j, 20))
+		}
+	}
+	check("after the upgrade")
+	// What dpkg kept of tcpd goes with "apt purge ~c" and the like; its
+	// postrm would remove the enablement and the drop-ins.
+	if _, err := c.Run(ctx, "dpkg-query", "--show", "tcpd"); err == nil {
+		must("dpkg", "--purge", "tcpd")
+	}
+	check("after dpkg --purge tcpd")
+	if got := must("cat", "/etc/tcpd/tcpd.yaml"); got != edited {
+		t.Error("dpkg --purge tcpd changed /etc/tcpd/tcpd.yaml")
+	}
+}
+
+// oldPostinst is the postinst of the package's builds named tcpd, which had
+// no takeover: its prerm and postrm are the same as this package's.
+const oldPostinst = `#!/bin/sh
+set -e
+
+case "$1" in
+configure)
+	systemd-sysusers tcpd.conf
+	if [ -d /run/systemd/system ]; then
+		systemctl daemon-reload
+		if [ -n "$2" ]; then
+			systemctl try-restart tcpd.service || true
+		fi
+	fi
+	;;
+esac
+
+exit 0
+`
+
+// oldNamedDeb builds, from the package deb, one as the builds before the
+// rename were: named tcpd, at a version as they had (an abbreviated commit
+// hash), without Conflicts or Replaces, with its documentation, dashboard
+// and rules under /usr/share/doc/tcpd, and without the takeover.
+func oldNamedDeb(t *testing.T, dpkgDeb, deb string) string {
+	tree := filepath.Join(t.TempDir(), "old")
+	run(t, dpkgDeb, "--raw-extract", deb, tree)
+	rename := func(from, to string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, to)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(tree, from), filepath.Join(tree, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rename("usr/share/doc/"+debPackage, "usr/share/doc/tcpd")
+	if err := os.WriteFile(filepath.Join(tree, "DEBIAN/postinst"), []byte(oldPostinst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	var sums bytes.Buffer
+	err := filepath.WalkDir(tree, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			if d != nil && d.Name() == "DEBIAN" {
+				return filepath.SkipDir
+			}
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(tree, path)
+		fmt.Fprintf(&sums, "%x  %s\n", md5.Sum(b), rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "DEBIAN/md5sums"), sums.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	control, err := os.ReadFile(filepath.Join(tree, "DEBIAN/control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old []string
+	for _, l := range strings.Split(string(control), "\n") {
+		switch {
+		case strings.HasPrefix(l, "Package: "):
+			l = "Package: tcpd"
+		case strings.HasPrefix(l, "Version: "):
+			// Above both 1 and Debian's 7.6.q-32, as many were.
+			l = "Version: 558fdc9"
+		case strings.HasPrefix(l, "Conflicts: "), strings.HasPrefix(l, "Replaces: "):
+			continue
+		}
+		old = append(old, l)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "DEBIAN/control"), []byte(strings.Join(old, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "tcpd_558fdc9.deb")
+	run(t, dpkgDeb, "--root-owner-group", "--build", tree, out)
+	return out
 }

@@ -1,11 +1,15 @@
 #!/bin/sh
 # Builds the Debian package of tcpd with dpkg-deb alone (no debhelper, no
 # network): deploy/deb/build.sh OUTDIR VERSION [DEBVERSION] writes
-# OUTDIR/tcpd_<DEBVERSION>_<arch>.deb and prints its path. "make deb"
+# OUTDIR/tcpd-gateway_<DEBVERSION>_<arch>.deb and prints its path. "make deb"
 # runs it. VERSION is what "tcpd version" prints; DEBVERSION, the package's
 # version, defaults to what deploy/deb/version.sh says of the work tree
 # (ordered along main's history, which VERSION is not). Environment: GO
 # (default go), DEB_MAINTAINER.
+#
+# The package is tcpd-gateway: "tcpd" is Debian's TCP wrappers package,
+# whose higher version apt would install over ours. The command, the unit,
+# the user and /etc/tcpd keep the name tcpd.
 set -eu
 
 if [ $# -lt 2 ] || [ $# -gt 3 ] || [ -z "$1" ] || [ -z "$2" ]; then
@@ -47,10 +51,12 @@ chmod 0755 "$stage/usr/bin/tcpd"
 install -D -m 0644 "$root/deploy/systemd/tcpd.service" "$stage/lib/systemd/system/tcpd.service"
 install -D -m 0644 "$root/deploy/systemd/tcpd.sysusers" "$stage/usr/lib/sysusers.d/tcpd.conf"
 install -D -m 0644 "$root/configs/tcpd.yaml" "$stage/etc/tcpd/tcpd.yaml"
-install -D -m 0644 "$root/README.md" "$stage/usr/share/doc/tcpd/README.md"
-install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$stage/usr/share/doc/tcpd/grafana/tcpd.json"
-install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$stage/usr/share/doc/tcpd/prometheus/alerts.yaml"
-install -D -m 0644 "$root/deploy/prometheus/fleet.yaml" "$stage/usr/share/doc/tcpd/prometheus/fleet.yaml"
+pkg=tcpd-gateway
+doc=$stage/usr/share/doc/$pkg
+install -D -m 0644 "$root/README.md" "$doc/README.md"
+install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$doc/grafana/tcpd.json"
+install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$doc/prometheus/alerts.yaml"
+install -D -m 0644 "$root/deploy/prometheus/fleet.yaml" "$doc/prometheus/fleet.yaml"
 
 mkdir -p "$stage/DEBIAN"
 for script in postinst prerm postrm; do
@@ -61,13 +67,20 @@ echo /etc/tcpd/tcpd.yaml >"$stage/DEBIAN/conffiles"
 	xargs md5sum) >"$stage/DEBIAN/md5sums"
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 
+# Conflicts: Debian's tcpd installs a command tcpd too, in /usr/sbin, which
+# comes before /usr/bin in root's PATH. Replaces: this package's earlier
+# builds were named tcpd, at versions that compare anywhere from 0~... to
+# 9999999: this one takes their files over, /etc/tcpd/tcpd.yaml as the
+# edited conffile it is, and removes them (see postinst).
 cat >"$stage/DEBIAN/control" <<CONTROL
-Package: tcpd
+Package: $pkg
 Version: $debversion
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $size
 Depends: systemd
+Conflicts: tcpd
+Replaces: tcpd
 Section: net
 Priority: optional
 Description: userspace TCP terminator for VPN gateways
@@ -77,14 +90,17 @@ Description: userspace TCP terminator for VPN gateways
  through the TCP state machine on both ends and exports connection states,
  handshake latency and TIME_WAIT use to Prometheus.
  .
- The package installs the systemd unit, not enabled: edit
- /etc/tcpd/tcpd.yaml, route the clients' traffic into the TUN (see
- /usr/share/doc/tcpd/README.md), then "systemctl enable --now tcpd". A
- Grafana dashboard and Prometheus alerting rules are under
- /usr/share/doc/tcpd.
+ The package installs the command tcpd and the systemd unit tcpd.service,
+ not enabled: edit /etc/tcpd/tcpd.yaml, route the clients' traffic into
+ the TUN (see /usr/share/doc/$pkg/README.md), then
+ "systemctl enable --now tcpd". A Grafana dashboard and Prometheus
+ alerting rules are under /usr/share/doc/$pkg.
+ .
+ Not related to Wietse Venema's TCP wrappers (Debian package tcpd), with
+ which it conflicts.
 CONTROL
 
 mkdir -p "$out"
-deb="$out/tcpd_${debversion}_${arch}.deb"
+deb="$out/${pkg}_${debversion}_${arch}.deb"
 dpkg-deb --root-owner-group --build "$stage" "$deb" >/dev/null
 echo "$deb"
