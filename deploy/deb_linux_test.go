@@ -42,9 +42,9 @@ var debFiles = []struct {
 	{"./usr/bin/tcpd", "-rwxr-xr-x", ""},
 	{"./usr/lib/sysusers.d/tcpd.conf", "-rw-r--r--", "deploy/systemd/tcpd.sysusers"},
 	{"./usr/share/doc/tcpd-gateway/README.md", "-rw-r--r--", "README.md"},
-	{"./usr/share/doc/tcpd-gateway/grafana/tcpd.json", "-rw-r--r--", "deploy/grafana/tcpd.json"},
-	{"./usr/share/doc/tcpd-gateway/prometheus/alerts.yaml", "-rw-r--r--", "deploy/prometheus/alerts.yaml"},
-	{"./usr/share/doc/tcpd-gateway/prometheus/fleet.yaml", "-rw-r--r--", "deploy/prometheus/fleet.yaml"},
+	{"./usr/share/tcpd-gateway/grafana/tcpd.json", "-rw-r--r--", "deploy/grafana/tcpd.json"},
+	{"./usr/share/tcpd-gateway/prometheus/alerts.yaml", "-rw-r--r--", "deploy/prometheus/alerts.yaml"},
+	{"./usr/share/tcpd-gateway/prometheus/fleet.yaml", "-rw-r--r--", "deploy/prometheus/fleet.yaml"},
 }
 
 // TestDeb builds the package with `make deb`, checks it with dpkg-deb, and,
@@ -458,6 +458,13 @@ func oldNamedDeb(t *testing.T, dpkgDeb, deb string) string {
 		}
 	}
 	rename("usr/share/doc/"+debPackage, "usr/share/doc/tcpd")
+	rename("usr/share/"+debPackage+"/grafana", "usr/share/doc/tcpd/grafana")
+	rename("usr/share/"+debPackage+"/prometheus", "usr/share/doc/tcpd/prometheus")
+	for _, gone := range []string{"usr/share/" + debPackage} {
+		if err := os.Remove(filepath.Join(tree, gone)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.WriteFile(filepath.Join(tree, "DEBIAN/postinst"), []byte(oldPostinst), 0o755); err != nil {
 		t.Fatal(err)
 	}

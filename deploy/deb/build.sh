@@ -54,9 +54,11 @@ install -D -m 0644 "$root/configs/tcpd.yaml" "$stage/etc/tcpd/tcpd.yaml"
 pkg=tcpd-gateway
 doc=$stage/usr/share/doc/$pkg
 install -D -m 0644 "$root/README.md" "$doc/README.md"
-install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$doc/grafana/tcpd.json"
-install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$doc/prometheus/alerts.yaml"
-install -D -m 0644 "$root/deploy/prometheus/fleet.yaml" "$doc/prometheus/fleet.yaml"
+# Not under /usr/share/doc, which container images and minimal systems
+# leave out (dpkg --path-exclude).
+install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$stage/usr/share/$pkg/grafana/tcpd.json"
+install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$stage/usr/share/$pkg/prometheus/alerts.yaml"
+install -D -m 0644 "$root/deploy/prometheus/fleet.yaml" "$stage/usr/share/$pkg/prometheus/fleet.yaml"
 
 mkdir -p "$stage/DEBIAN"
 for script in postinst prerm postrm; do
@@ -94,7 +96,7 @@ Description: userspace TCP terminator for VPN gateways
  not enabled: edit /etc/tcpd/tcpd.yaml, route the clients' traffic into
  the TUN (see /usr/share/doc/$pkg/README.md), then
  "systemctl enable --now tcpd". A Grafana dashboard and Prometheus
- alerting rules are under /usr/share/doc/$pkg.
+ alerting rules are under /usr/share/$pkg.
  .
  Not related to Wietse Venema's TCP wrappers (Debian package tcpd), with
  which it conflicts.
