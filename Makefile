@@ -132,7 +132,7 @@ fmt:
 # The Debian package, bin/tcpd-gateway_<version>_<arch>.deb ("tcpd" is
 # Debian's TCP wrappers), built with dpkg-deb alone (deploy/deb/build.sh):
 # the binary, the systemd unit, the sysusers file, /etc/tcpd/tcpd.yaml as a
-# conffile, the dashboard and alert rules.
+# conffile, copyright and changelog, the dashboard and alert rules.
 # DEB_VERSION increases along main's history (deploy/deb/version.sh:
 # 0~git<commit date>.<hash> before the first tag vX.Y.Z), so that each
 # newer build installs as an upgrade; outside a git checkout it is 0~devel.

@@ -2,10 +2,12 @@ package deploy_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/md5"
 	"debug/elf"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -33,7 +35,7 @@ const debPackage = "tcpd-gateway"
 
 // debFiles are the files the package installs, by path in the package,
 // with their mode and where they come from in the repository ("" for the
-// binary).
+// binary, the copyright file and the changelog, which the build makes).
 var debFiles = []struct {
 	path, mode, source string
 }{
@@ -42,6 +44,8 @@ var debFiles = []struct {
 	{"./usr/bin/tcpd", "-rwxr-xr-x", ""},
 	{"./usr/lib/sysusers.d/tcpd.conf", "-rw-r--r--", "deploy/systemd/tcpd.sysusers"},
 	{"./usr/share/doc/tcpd-gateway/README.md", "-rw-r--r--", "README.md"},
+	{"./usr/share/doc/tcpd-gateway/changelog.gz", "-rw-r--r--", ""},
+	{"./usr/share/doc/tcpd-gateway/copyright", "-rw-r--r--", ""},
 	{"./usr/share/tcpd-gateway/grafana/tcpd.json", "-rw-r--r--", "deploy/grafana/tcpd.json"},
 	{"./usr/share/tcpd-gateway/prometheus/alerts.yaml", "-rw-r--r--", "deploy/prometheus/alerts.yaml"},
 	{"./usr/share/tcpd-gateway/prometheus/fleet.yaml", "-rw-r--r--", "deploy/prometheus/fleet.yaml"},
@@ -194,7 +198,9 @@ func checkContents(t *testing.T, dpkgDeb, deb string) {
 			t.Errorf("%s differs from %s", d.path, d.source)
 		}
 	}
+	checkChangelog(t, filepath.Join(dir, "usr/share/doc", debPackage, "changelog.gz"))
 	bin := filepath.Join(dir, "usr/bin/tcpd")
+	checkCopyright(t, filepath.Join(dir, "usr/share/doc", debPackage, "copyright"), bin)
 	if v := run(t, bin, "version"); !strings.Contains(v, debVersion) {
 		t.Errorf("tcpd version: %q, want %s in it", v, debVersion)
 	}
@@ -209,6 +215,110 @@ func checkContents(t *testing.T, dpkgDeb, deb string) {
 		if p.Type == elf.PT_INTERP {
 			t.Error("/usr/bin/tcpd is dynamically linked; the package declares no libc dependency")
 		}
+	}
+}
+
+// checkChangelog reads the changelog the build writes: one entry, for this
+// package and version, in Debian's format (dpkg-parsechangelog, if
+// installed, must parse it).
+func checkChangelog(t *testing.T, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if want := debPackage + " (" + debianVersion + ") unstable; urgency=medium"; lines[0] != want {
+		t.Errorf("changelog starts %q, want %q", lines[0], want)
+	}
+	if len(lines) < 5 || !strings.HasPrefix(lines[2], "  * ") {
+		t.Errorf("changelog has no change listed:\n%s", b)
+	}
+	trailer := regexp.MustCompile(`^ -- .+ <[^ >]+@[^ >]+>  (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} \+0000$`)
+	if last := lines[len(lines)-1]; !trailer.MatchString(last) {
+		t.Errorf("changelog ends %q, not a Debian changelog trailer", last)
+	}
+	if parse, err := exec.LookPath("dpkg-parsechangelog"); err == nil {
+		plain := filepath.Join(t.TempDir(), "changelog")
+		if err := os.WriteFile(plain, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if v := strings.TrimSpace(run(t, parse, "-l", plain, "-S", "Version")); v != debianVersion {
+			t.Errorf("dpkg-parsechangelog: version %q, want %q", v, debianVersion)
+		}
+	}
+}
+
+// checkCopyright reads the copyright file: Debian's machine-readable
+// format, tcpd's own paragraphs (deploy/deb/copyright) first, then one
+// paragraph, with a licence, for the Go standard library and for each
+// module that go version -m says the binary was linked with.
+func checkCopyright(t *testing.T, path, bin string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	if !strings.HasPrefix(text, string(readFile(t, "deploy/deb/copyright"))) {
+		t.Error("the copyright file does not start with deploy/deb/copyright")
+	}
+	paragraphs := strings.Split(strings.TrimRight(text, "\n"), "\n\n")
+	if !strings.HasPrefix(paragraphs[0], "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n") {
+		t.Errorf("the copyright file's header has no Format field:\n%s", paragraphs[0])
+	}
+	field := regexp.MustCompile(`^[A-Za-z][A-Za-z-]*: ?`)
+	files := map[string]bool{}
+	for _, p := range paragraphs[1:] {
+		fields := map[string]string{}
+		for i, l := range strings.Split(p, "\n") {
+			switch {
+			case strings.HasPrefix(l, " ") && i > 0:
+			case field.MatchString(l):
+				k, v, _ := strings.Cut(l, ":")
+				fields[k] = strings.TrimSpace(v)
+			default:
+				t.Errorf("copyright: line %q is neither a field nor a continuation", l)
+			}
+		}
+		if fields["Files"] == "" || fields["Copyright"] == "" || fields["License"] == "" {
+			t.Errorf("copyright paragraph without Files, Copyright and License:\n%s", p)
+		}
+		files[fields["Files"]] = true
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	want := []string{"*"}
+	for _, l := range strings.Split(run(t, goBin, "version", "-m", bin), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && strings.HasSuffix(f[0], ":"):
+			want = append(want, "std@"+f[1]+"/*")
+		case len(f) >= 3 && f[0] == "dep":
+			want = append(want, f[1]+"@"+f[2]+"/*")
+		case len(f) >= 3 && f[0] == "=>":
+			want[len(want)-1] = f[1] + "@" + f[2] + "/*"
+		}
+	}
+	if len(want) < 5 {
+		t.Fatalf("go version -m %s lists %d modules: %v", bin, len(want), want)
+	}
+	for _, w := range want {
+		if !files[w] {
+			t.Errorf("the copyright file has no paragraph Files: %s", w)
+		}
+	}
+	if len(files) != len(want) {
+		t.Errorf("copyright paragraphs for %d file sets, want %d: %v", len(files), len(want), want)
 	}
 }
 
@@ -460,7 +570,7 @@ func oldNamedDeb(t *testing.T, dpkgDeb, deb string) string {
 	rename("usr/share/doc/"+debPackage, "usr/share/doc/tcpd")
 	rename("usr/share/"+debPackage+"/grafana", "usr/share/doc/tcpd/grafana")
 	rename("usr/share/"+debPackage+"/prometheus", "usr/share/doc/tcpd/prometheus")
-	for _, gone := range []string{"usr/share/" + debPackage} {
+	for _, gone := range []string{"usr/share/" + debPackage, "usr/share/doc/tcpd/copyright", "usr/share/doc/tcpd/changelog.gz"} {
 		if err := os.Remove(filepath.Join(tree, gone)); err != nil {
 			t.Fatal(err)
 		}

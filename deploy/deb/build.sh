@@ -54,11 +54,34 @@ install -D -m 0644 "$root/configs/tcpd.yaml" "$stage/etc/tcpd/tcpd.yaml"
 pkg=tcpd-gateway
 doc=$stage/usr/share/doc/$pkg
 install -D -m 0644 "$root/README.md" "$doc/README.md"
+GO="$go" sh "$root/deploy/deb/copyright.sh" "$stage/usr/bin/tcpd" >"$doc/copyright"
+chmod 0644 "$doc/copyright"
 # Not under /usr/share/doc, which container images and minimal systems
 # leave out (dpkg --path-exclude).
 install -D -m 0644 "$root/deploy/grafana/tcpd.json" "$stage/usr/share/$pkg/grafana/tcpd.json"
 install -D -m 0644 "$root/deploy/prometheus/alerts.yaml" "$stage/usr/share/$pkg/prometheus/alerts.yaml"
 install -D -m 0644 "$root/deploy/prometheus/fleet.yaml" "$stage/usr/share/$pkg/prometheus/fleet.yaml"
+
+# changelog.gz (Policy 12.7, a native package's): one entry for this
+# version, listing the commits since the release tag before this commit
+# (all of them before the first tag), dated as the commit is, so that the
+# same commit gives the same file.
+{
+	echo "$pkg ($debversion) unstable; urgency=medium"
+	echo
+	if commits=$(cd "$root" && git rev-parse --verify --quiet HEAD >/dev/null 2>&1 &&
+		since=$(git describe --tags --abbrev=0 --match 'v[0-9]*' HEAD^ 2>/dev/null || true) &&
+		git log --no-merges --format='  * %s' ${since:+"$since..HEAD"}) && [ -n "$commits" ]; then
+		echo "$commits"
+		date=$(cd "$root" && TZ=UTC LC_ALL=C git log -1 --format=%cd --date='format-local:%a, %d %b %Y %H:%M:%S +0000')
+	else
+		echo "  * Built from a source tree outside git, version $version."
+		date=$(TZ=UTC LC_ALL=C date ${SOURCE_DATE_EPOCH:+-d "@$SOURCE_DATE_EPOCH"} '+%a, %d %b %Y %H:%M:%S +0000')
+	fi
+	echo
+	echo " -- $maintainer  $date"
+} | gzip -9n >"$doc/changelog.gz"
+chmod 0644 "$doc/changelog.gz"
 
 mkdir -p "$stage/DEBIAN"
 for script in postinst prerm postrm; do
