@@ -551,6 +551,24 @@ func (t *Table) Unanswered(tu Tuple, seq uint32) {
 	sh.removeLocked(t, e, t.now())
 }
 
+// ResetToClient returns the RST tcpd's end of id's connection sends the
+// client when tcpd gives the connection up by a timer (keepalive, the user
+// timeout), <SEQ=tcpd's SND.NXT><CTL=RST> as Linux's tcp_send_active_reset
+// sends it, and the connection's tuple. ok is false when the client's end
+// is over already: it reset the connection, or closed it and tcpd saw it.
+func (t *Table) ResetToClient(id ID) (tu Tuple, r Reply, ok bool) {
+	_, e := t.lookup(id)
+	if e == nil {
+		return Tuple{}, Reply{}, false
+	}
+	defer e.mu.Unlock()
+	switch e.ends[sideClient].state {
+	case StateClosed, StateTimeWait:
+		return Tuple{}, Reply{}, false
+	}
+	return e.key.tuple(), Reply{RST: true, Seq: e.ends[sideTCPD].nxt}, true
+}
+
 // Relaying records that a relay now carries id's bytes. From then on the
 // entry outlives whatever ends the connection — a reset, a netstack timer,
 // the end of TIME_WAIT — until Released. It reports false, attaching

@@ -5,6 +5,7 @@ package e2e_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -428,5 +430,48 @@ func TestRobustSlowReader(t *testing.T) {
 	}
 	if err := <-serverErr; err != nil {
 		t.Fatalf("server: %v", err)
+	}
+}
+
+// TestKeepaliveResetsClient: a client that is still there but whose
+// segments are lost on the way (here dropped in the gateway, from the
+// moment the connection goes idle) does not answer tcpd's keepalive
+// probes, and tcpd gives the client leg up after idle + interval × count.
+// Like Linux's keepalive it then sends the client a RST, so that the
+// client learns the connection is over instead of holding it open until
+// it next sends; the netstack itself sends none.
+func TestKeepaliveResetsClient(t *testing.T) {
+	lookTool(t, "iptables", "iptables")
+	g := startGateway(t, netlab.Options{}, gwConfig{
+		Metrics: true, KeepaliveIdle: vanishIdle.String(), KeepaliveInterval: vanishInterval.String(), KeepaliveCount: vanishCount,
+		IdleTimeout: "1h", HalfCloseTimeout: "1h",
+	})
+	port := serve(t, g.Server, func(c net.Conn) { io.Copy(io.Discard, c) })
+	c, err := g.Client.DialTimeout("tcp", net.JoinHostPort(g.ServerAddr4.String(), fmt.Sprint(port)), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the write and its ACK are through
+	sport := fmt.Sprint(c.LocalAddr().(*net.TCPAddr).Port)
+	if out, err := g.Gateway.Command(context.Background(), "iptables", "-t", "raw", "-I", "PREROUTING",
+		"-i", g.GatewayClientLink, "-p", "tcp", "--sport", sport, "-j", "DROP").CombinedOutput(); err != nil {
+		t.Fatalf("iptables: %v: %s", err, out)
+	}
+	lost := time.Now()
+	bound := vanishIdle + vanishCount*vanishInterval + vanishSlack
+	c.SetReadDeadline(time.Now().Add(bound))
+	_, err = c.Read(make([]byte, 1))
+	took := time.Since(lost)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client's read %v after its segments began to be lost: %v; want ECONNRESET, the RST tcpd sends when keepalive (idle %v, %d × %v) gives the leg up",
+			took.Round(100*time.Millisecond), err, vanishIdle, vanishCount, vanishInterval)
+	}
+	t.Logf("the client was reset %v after its segments began to be lost", took.Round(100*time.Millisecond))
+	if min := vanishIdle + vanishCount*vanishInterval; took < min-time.Second {
+		t.Errorf("reset after %v, before keepalive could have given up (%v)", took, min)
 	}
 }

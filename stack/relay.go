@@ -875,8 +875,14 @@ func (r *relay) reset(e End) {
 		return
 	}
 	if r.ep != nil {
+		// A client leg that keepalive or the user timeout gave up is in
+		// the netstack's error state, in which Abort sends nothing.
+		dead := tcp.EndpointState(r.ep.State()) == tcp.StateError
 		r.ep.Abort()
 		r.ep.Close()
+		if dead {
+			r.s.resetClient(r.id)
+		}
 	}
 	r.closeUpstream(true)
 	r.done(e)

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -100,6 +101,26 @@ func appendReply(b []byte, tu conntrack.Tuple, r conntrack.Reply) []byte {
 	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen))
 	t.SetChecksum(^checksum.Checksum(t, sum))
 	return b
+}
+
+// resetClient sends the client of id's connection the RST that the
+// netstack does not send when keepalive, the user timeout or its
+// retransmissions give the client's leg up, where Linux's keepalive and
+// user timeout do (tcp_keepalive_timer): a client that is there, whose
+// answers were lost on the way, learns that the connection is over instead
+// of holding it open until it next sends. Nothing is sent to a client that
+// reset or closed its end. The RST leaves through the netstack's NIC, so
+// that the link tracks it as any segment of tcpd's.
+func (s *Stack) resetClient(id conntrack.ID) {
+	tu, r, ok := s.table.ResetToClient(id)
+	if !ok {
+		return
+	}
+	proto := header.IPv4ProtocolNumber
+	if tu.Client.Addr().Is6() {
+		proto = header.IPv6ProtocolNumber
+	}
+	s.ns.WriteRawPacket(nicID, proto, buffer.MakeWithData(appendReply(nil, tu, r)))
 }
 
 // writeReply sends the segment conntrack answered for a client's segment
