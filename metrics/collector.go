@@ -156,6 +156,7 @@ type Collector struct {
 	dropped, connections             *prometheus.Desc
 	dialFailures, ended              *prometheus.Desc
 	panics, active, inFlight         *prometheus.Desc
+	bufferPressure                   *prometheus.Desc
 	relayEntries                     *prometheus.Desc
 	handshakeTimeouts, mssClamped    *prometheus.Desc
 
@@ -235,6 +236,9 @@ func NewCollector(cfg Config) *Collector {
 		inFlight: prometheus.NewDesc("tcpd_handshakes_in_flight",
 			"Handshakes in progress in tcpd's connection handler.",
 			nil, nil),
+		bufferPressure: prometheus.NewDesc("tcpd_tcp_buffer_pressure",
+			"The netstack's TCP buffer level, as Linux's tcp_mem pressure: 0 none; 1 when the live heap passed 40% of the memory limit (new connections start with 64 KiB buffers, none grows past 256 KiB); 2 past 60% (16 KiB).",
+			nil, nil),
 	}
 	for _, v := range snapshotValues {
 		c.values = append(c.values, prometheus.NewDesc(v.name, v.help, nil, nil))
@@ -281,7 +285,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, d := range []*prometheus.Desc{
 		c.tunPackets, c.tunBytes, c.queuePackets, c.queueBytes, c.relayBytes, c.dropped, c.connections,
-		c.dialFailures, c.ended, c.panics, c.active, c.relayEntries, c.inFlight, c.handshakeTimeouts, c.mssClamped,
+		c.dialFailures, c.ended, c.panics, c.active, c.relayEntries, c.inFlight, c.bufferPressure, c.handshakeTimeouts, c.mssClamped,
 	} {
 		ch <- d
 	}
@@ -379,6 +383,7 @@ func (c *Collector) collectStack(ch chan<- prometheus.Metric, st *stack.Stats) {
 	send(ch, c.handshakeTimeouts, prometheus.CounterValue, float64(st.HandshakeTimeouts.Load()))
 	send(ch, c.mssClamped, prometheus.CounterValue, float64(st.MSSClamped.Load()))
 	send(ch, c.inFlight, prometheus.GaugeValue, float64(st.InFlight.Load()))
+	send(ch, c.bufferPressure, prometheus.GaugeValue, float64(st.BufferPressure.Load()))
 }
 
 // send emits one constant metric. A label mismatch is a bug in this file;

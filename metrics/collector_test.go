@@ -83,6 +83,7 @@ func testSources() (*fakeConntrack, *fakeStack) {
 	st.stats.Active.Store(4)
 	st.relayEntries = 5
 	st.stats.InFlight.Store(2)
+	st.stats.BufferPressure.Store(1)
 	return &fakeConntrack{snap: s}, st
 }
 
@@ -228,6 +229,9 @@ tcpd_conntrack_relay_entries 5
 # HELP tcpd_handshakes_in_flight Handshakes in progress in tcpd's connection handler.
 # TYPE tcpd_handshakes_in_flight gauge
 tcpd_handshakes_in_flight 2
+# HELP tcpd_tcp_buffer_pressure The netstack's TCP buffer level, as Linux's tcp_mem pressure: 0 none; 1 when the live heap passed 40% of the memory limit (new connections start with 64 KiB buffers, none grows past 256 KiB); 2 past 60% (16 KiB).
+# TYPE tcpd_tcp_buffer_pressure gauge
+tcpd_tcp_buffer_pressure 1
 # HELP tcpd_handler_panics_total Connection handlers that panicked; each reset only its own connection.
 # TYPE tcpd_handler_panics_total counter
 tcpd_handler_panics_total 1
@@ -457,6 +461,7 @@ func TestCollectorEveryFamily(t *testing.T) {
 		"tcpd_relay_bytes_total",
 		"tcpd_relay_ended_total",
 		"tcpd_relays_active",
+		"tcpd_tcp_buffer_pressure",
 		"tcpd_tcp_client_connection_states",
 		"tcpd_tcp_connection_setup_duration_seconds",
 		"tcpd_tcp_connection_states",

@@ -46,6 +46,7 @@ func (s *Stack) maintain() {
 			return
 		case <-tw.C:
 			s.table.ExpireTimeWait()
+			s.checkBuffers()
 		case <-tick.C:
 			s.reconcile()
 			s.maint.lastTick.Store(time.Now().UnixNano())

@@ -180,6 +180,9 @@ const (
 	// reqRetune: the idle or half-close timeout changed (a reload): a
 	// relaying relay takes the new inactivity deadline at once.
 	reqRetune
+	// reqBuffers: the buffer level changed (buffers.go): a relaying relay
+	// sets its client leg's buffers to the level's default.
+	reqBuffers
 )
 
 // pending is what one direction holds between a read and a write.
@@ -279,9 +282,18 @@ func (r *relay) step() {
 			r.sh.wheel.stop(&r.timer)
 			r.phase = phaseRelaying
 			r.lastActive = time.Now()
+			if r.s.stats.BufferPressure.Load() != uint32(bufNormal) {
+				// The netstack's forwarder gives a new endpoint a
+				// receive buffer of its own, not the level's; and a
+				// reqBuffers before now found no relaying.
+				r.setBuffers()
+			}
 			r.pump()
 		}
 	case phaseRelaying:
+		if req&reqBuffers != 0 {
+			r.setBuffers()
+		}
 		if req&reqRetune != 0 {
 			// The deadline armed, or none, was the old timeout's:
 			// as the timer would, with the new one. A relay whose new

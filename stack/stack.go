@@ -380,20 +380,15 @@ func (s *Stack) buildNetstack() error {
 func (s *Stack) setTCPOptions() error {
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	// 4 KiB minimum (Linux's tcp_rmem and tcp_wmem minimum), 1 MiB
-	// default, what a new connection starts with before receive moderation
-	// grows it, and 4 MiB maximum, which bounds what one connection's
-	// buffers hold in each direction.
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
+	// The buffer ranges of no pressure (buffers.go): 1 MiB, what a new
+	// connection starts with before receive moderation grows it, and 4 MiB
+	// at most in each direction.
 	tw := netstackTimeWait
-	return s.setTransportOptions([]transportOption{
+	return s.setTransportOptions(append([]transportOption{
 		{"TIME_WAIT timeout", &tw},
 		{"SACK", &sack},
 		{"receive moderation", &moderate},
-		{"receive buffer range", &rcv},
-		{"send buffer range", &snd},
-	})
+	}, bufferRangeOptions(bufNormal)...))
 }
 
 // transportOption is one stack-wide TCP option, named for errors.

@@ -240,6 +240,9 @@ type Stats struct {
 	// Relays are the relay shards' counters, one per shard, set when the
 	// stack is built: the relays count only there.
 	Relays []RelayStats
+	// BufferPressure is the netstack's buffer level (buffers.go): 0 none,
+	// 1 pressure, 2 severe.
+	BufferPressure atomic.Uint32
 	// Dropped counts what the connection handler refused or dropped; what
 	// the packet loops drop is in Queues. Drops sums both.
 	Dropped      [NumDropReasons]atomic.Uint64

@@ -249,7 +249,7 @@ var keys = []key{
 	{path: "limits.memory", apply: atOnce,
 		spec: field(func(c *config) *memLimit { return &c.memory }, memAuto, memorySize(memMin, memMax)),
 		doc:  "The Go runtime's memory limit, as GOMEMLIMIT sets it: auto follows the connection cap; off sets none.",
-		more: "auto is 64MiB and 64KiB for each connection tcpd can hold (limits.max_connections, or fewer if the open-file limit holds fewer), at most 3/4 of the memory tcpd may have (its cgroup's limit, else the machine's); it leaves a GOMEMLIMIT from the environment alone. Near the limit the runtime collects garbage harder instead of growing. go_gc_gomemlimit_bytes shows the limit in force."},
+		more: "auto is 64MiB and 64KiB for each connection tcpd can hold (limits.max_connections, or fewer if the open-file limit holds fewer), at most 3/4 of the memory tcpd may have (its cgroup's limit, else the machine's); it leaves a GOMEMLIMIT from the environment alone. Near the limit the runtime collects garbage harder instead of growing. The netstack's TCP buffers follow it, as Linux's follow tcp_mem: once the live heap passes 40% of the limit, new connections get 64KiB buffers and the open ones shrink to it (16KiB past 60%), until it is back under 30% (tcpd_tcp_buffer_pressure); with off, buffers are never shrunk. go_gc_gomemlimit_bytes shows the limit in force."},
 
 	{path: "metrics.listen", apply: restart,
 		spec: field(func(c *config) *string { return &c.metrics }, "127.0.0.1:9810", listenAddr()),
