@@ -176,6 +176,9 @@ type Action struct {
 	// when the table knows none. A segment to the client leaves on that
 	// queue, so the kernel's flow steering keeps the flow on one queue.
 	Queue uint16
+	// TSVal, if not 0, is the timestamp value a segment to the client must
+	// carry instead of its own (machine.freshSYNACKTS).
+	TSVal uint32
 }
 
 // Table tracks connections. All methods are safe for concurrent use; none
@@ -401,6 +404,12 @@ func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono)
 			return Action{Kind: ActionDrop}
 		}
 	}
+	var a Action
+	if dir == ToClient {
+		if ts, ok := e.freshSYNACKTS(s, now); ok {
+			a.TSVal, s.TSVal = ts, ts
+		}
+	}
 	before := e.states()
 	switch e.segment(dir, s, now) {
 	case outRSTIgnored:
@@ -418,7 +427,7 @@ func (sh *shard) segmentLocked(t *Table, e *entry, dir Dir, s Segment, now mono)
 	}
 	sh.settleLocked(t, e, before, now)
 	sh.afterLocked(t, e, now)
-	return Action{}
+	return a
 }
 
 // ExpireTimeWait removes the entries whose TIME_WAIT has run out, and

@@ -83,8 +83,37 @@ func (m *machine) sentByTCPD(s Segment, now mono) {
 		if !m.ts || tsLT(m.tsEcr, s.TSEcr) {
 			m.tsEcr = s.TSEcr
 		}
-		m.ts, m.tsVal, m.tsAt = true, s.TSVal, now
+		// tsAt is when tsVal was first seen: a segment sent again with
+		// the same value (a retransmitted SYN-ACK) says nothing of the
+		// clock now.
+		if !m.ts || s.TSVal != m.tsVal {
+			m.tsVal, m.tsAt = s.TSVal, now
+		}
+		m.ts = true
 	}
+}
+
+// freshSYNACKTS returns the timestamp value a SYN-ACK that tcpd's netstack
+// sends again must carry. The netstack resends its SYN-ACK with the first
+// one's options, TSval included (gVisor's retransmitHandlerLocked resends
+// h.sendSYNOpts), so a client that answers the retransmission echoes the
+// first SYN-ACK's TSval, and the netstack takes the time since that one, a
+// second or more after a loss, for the connection's first round trip: an
+// RTO of seconds for its first losses. RFC 7323 has every segment carry the
+// clock when it is sent. The value is the netstack's timestamp clock
+// (milliseconds) now, one less, so that it is never ahead of what the
+// netstack sends next (the client would drop that as old, PAWS); ok is
+// false when s is not such a SYN-ACK.
+func (m *machine) freshSYNACKTS(s Segment, now mono) (uint32, bool) {
+	if s.Flags&(FlagSYN|FlagACK) != FlagSYN|FlagACK || !s.TS || !m.ts || !m.ends[sideTCPD].synSent || s.TSVal != m.tsVal {
+		return 0, false
+	}
+	elapsed := now.sub(m.tsAt).Milliseconds()
+	if elapsed < 2 {
+		return 0, false
+	}
+	ts := m.tsVal + uint32(elapsed) - 1
+	return ts, ts != 0
 }
 
 // timeWaitVerdict decides what TIME_WAIT does with s, a segment from the

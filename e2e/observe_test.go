@@ -289,3 +289,37 @@ func upstreamSendQ(t *testing.T, g *gateway, local string) int {
 	}
 	return n
 }
+
+// TestLostSYNACKLeavesRTTAlone: the client's kernel loses tcpd's first
+// SYN-ACK (dropped in the client namespace) and answers its retransmission,
+// a second later. tcpd's round-trip time toward the client must be the
+// path's, not the second since the lost SYN-ACK: the netstack resends a
+// SYN-ACK with the first one's timestamp, and the client's echo of it would
+// make the RTT a second and the RTO three (Karn's rule, RFC 7323 4.1).
+func TestLostSYNACKLeavesRTTAlone(t *testing.T) {
+	lookTool(t, "iptables", "iptables")
+	g, sock, port, accepted := stateLab(t, gwConfig{})
+	rule := []string{"INPUT", "-p", "tcp", "--sport", fmt.Sprint(port), "--tcp-flags", "SYN,ACK", "SYN,ACK", "-j", "DROP"}
+	ipt := func(op string) {
+		t.Helper()
+		if out, err := g.Client.Command(context.Background(), "iptables", append([]string{op}, rule...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %s: %v: %s", op, err, out)
+		}
+	}
+	ipt("-I")
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the first SYN-ACK is lost; its retransmission, after 1 s, is not
+		ipt("-D")
+	}()
+	clients, _ := dialN(t, g, port, 1, accepted)
+	defer clients[0].Close()
+	rows := connsJSON(t, sock, "-i")
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1", len(rows))
+	}
+	r := rows[0]
+	t.Logf("after a lost SYN-ACK: tcpd's rtt %.1f ms, rto %.0f ms toward the client", r.RTT*1e3, r.RTO*1e3)
+	if r.RTT > 0.1 || r.RTO > 0.5 {
+		t.Errorf("after a lost SYN-ACK on a path of well under a millisecond, tcpd's rtt is %.3fs and its rto %.3fs toward the client; want the path's (rtt under 0.1s, rto at its 0.2s floor)", r.RTT, r.RTO)
+	}
+}

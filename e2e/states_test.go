@@ -42,6 +42,9 @@ type connRow struct {
 	Dst         string  `json:"dst"`
 	Retransmits uint64  `json:"retransmits"`
 	InState     float64 `json:"in_state_seconds"`
+	// RTT and RTO are the netstack's toward the client.
+	RTT float64 `json:"rtt_seconds"`
+	RTO float64 `json:"rto_seconds"`
 	// CongestionControl is the algorithm of tcpd's end ("reno", "cubic").
 	CongestionControl string `json:"congestion_control"`
 	// Upstream is the local address of tcpd's upstream socket.

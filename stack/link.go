@@ -457,8 +457,12 @@ func (l *link) writePacketsDev(pkts gvstack.PacketBufferList, wb *writeBatch) (i
 		}
 		// Observed before the write: the TUN's GRO may merge buffers.
 		if src, dst, seg, ok := parseTCP(b[writeHeadroom:]); ok && !l.noTrack {
-			if a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg); a.Kind == conntrack.ActionDrop {
+			a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg)
+			if a.Kind == conntrack.ActionDrop {
 				continue
+			}
+			if a.TSVal != 0 {
+				setTSVal(ownTCPHeader(b[writeHeadroom:]), a.TSVal)
 			}
 		}
 		bytes += uint64(len(b) - writeHeadroom)
@@ -506,6 +510,9 @@ func (l *link) observeOut(pkt *gvstack.PacketBuffer) (uint16, bool) {
 		return 0, true
 	}
 	a := l.table.Segment(conntrack.ToClient, conntrack.Tuple{Client: dst, Dst: src}, seg)
+	if a.TSVal != 0 {
+		setTSVal(pkt.TransportHeader().Slice(), a.TSVal)
+	}
 	return a.Queue, a.Kind != conntrack.ActionDrop
 }
 

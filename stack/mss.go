@@ -90,3 +90,62 @@ func setMSS(pkt []byte, mss uint16, fixCsum bool) bool {
 	}
 	return true
 }
+
+// setTSVal sets the timestamp value of the TCP header (with its options)
+// tcp, and updates its checksum for it (RFC 1624): the netstack's segments
+// have their checksums complete. It reports whether tcp has the option.
+func setTSVal(tcp []byte, tsval uint32) bool {
+	if len(tcp) < header.TCPMinimumSize {
+		return false
+	}
+	end := int(tcp[12]>>4) * 4
+	if end > len(tcp) {
+		return false
+	}
+	for i := header.TCPMinimumSize; i < end; {
+		switch kind := tcp[i]; kind {
+		case header.TCPOptionEOL:
+			return false
+		case header.TCPOptionNOP:
+			i++
+			continue
+		}
+		if i+1 >= end || tcp[i+1] < 2 || i+int(tcp[i+1]) > end {
+			return false
+		}
+		if tcp[i] == header.TCPOptionTS && tcp[i+1] == header.TCPOptionTSLength {
+			v := tcp[i+2 : i+6]
+			sum := binary.BigEndian.Uint16(tcp[16:18])
+			sum = csumReplace(sum, binary.BigEndian.Uint16(v[0:2]), uint16(tsval>>16))
+			sum = csumReplace(sum, binary.BigEndian.Uint16(v[2:4]), uint16(tsval))
+			binary.BigEndian.PutUint32(v, tsval)
+			binary.BigEndian.PutUint16(tcp[16:18], sum)
+			return true
+		}
+		i += int(tcp[i+1])
+	}
+	return false
+}
+
+// csumReplace updates the Internet checksum sum for a 16-bit word of the
+// data changed from old to new (RFC 1624, eqn. 3).
+func csumReplace(sum, old, new uint16) uint16 {
+	s := uint32(^sum) + uint32(^old) + uint32(new)
+	s = s&0xffff + s>>16
+	s = s&0xffff + s>>16
+	return ^uint16(s)
+}
+
+// ownTCPHeader returns the TCP header, with what follows, of a packet the
+// netstack built: IPv4, or IPv6 with no extension header.
+func ownTCPHeader(pkt []byte) []byte {
+	switch {
+	case len(pkt) >= header.IPv4MinimumSize && pkt[0]>>4 == 4:
+		if ihl := int(pkt[0]&0x0f) * 4; ihl <= len(pkt) {
+			return pkt[ihl:]
+		}
+	case len(pkt) >= header.IPv6MinimumSize && pkt[0]>>4 == 6 && pkt[6] == uint8(header.TCPProtocolNumber):
+		return pkt[header.IPv6MinimumSize:]
+	}
+	return nil
+}

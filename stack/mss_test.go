@@ -351,3 +351,52 @@ func TestIPv6ExtensionHeaders(t *testing.T) {
 		t.Errorf("TCP behind a routing header: checksums %v, want unverifiable", v)
 	}
 }
+
+// TestRetransmittedSYNACKTimestamp: the netstack resends a lost SYN-ACK
+// with the first one's TSval; the link gives the retransmission the clock
+// of its sending, so that the client's echo measures the round trip from
+// it, not from the lost one, and the connection's RTT is its own (about a
+// second, the SYN-ACK's retransmission timeout, without).
+func TestRetransmittedSYNACKTimestamp(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	h.listen(t, func(c net.Conn) { io.Copy(c, c) })
+	var mu sync.Mutex
+	var tsvals []uint32
+	var sent []time.Time
+	h.dropOut(func(p []byte) bool {
+		tcp := ownTCPHeader(p)
+		if len(tcp) < header.TCPMinimumSize || header.TCP(tcp).Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+			return false
+		}
+		opts := header.ParseSynOptions(tcp[header.TCPMinimumSize:int(tcp[12]>>4)*4], true)
+		mu.Lock()
+		defer mu.Unlock()
+		tsvals = append(tsvals, opts.TSVal)
+		sent = append(sent, time.Now())
+		return len(tsvals) == 1 // the first is lost
+	})
+	c, err := h.dial(t, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mu.Lock()
+	ts, at := append([]uint32(nil), tsvals...), append([]time.Time(nil), sent...)
+	mu.Unlock()
+	if len(ts) < 2 {
+		t.Fatalf("%d SYN-ACKs, want the lost one and its retransmission", len(ts))
+	}
+	gap := at[1].Sub(at[0]).Milliseconds()
+	if d := int64(ts[1] - ts[0]); d < gap-10 || d > gap+10 {
+		t.Errorf("the retransmitted SYN-ACK's TSval is %d ms after the first's, sent %d ms later; want the clock of its sending", d, gap)
+	}
+	waitFor(t, "the relay", func() bool { return h.s.Stats().Active.Load() == 1 })
+	_, eps := h.s.reg.snapshot(nil, nil)
+	var info tcpip.TCPInfoOption
+	if err := eps[0].GetSockOpt(&info); err != nil {
+		t.Fatal(err)
+	}
+	if info.RTT > 200*time.Millisecond {
+		t.Errorf("the connection's RTT is %v after a lost SYN-ACK (retransmitted %d ms after the first), want the client's own, well under 200ms", info.RTT, gap)
+	}
+}

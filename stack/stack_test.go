@@ -47,11 +47,16 @@ type harness struct {
 	// inject hands a raw IP packet to tcpd's TUN, as if a client sent it.
 	inject chan<- []byte
 	// out, when set, sees every packet tcpd writes to the TUN.
-	out atomic.Pointer[func([]byte)]
+	out  atomic.Pointer[func([]byte)]
+	drop atomic.Pointer[func([]byte) bool]
 }
 
 // observeOut has fn see every packet tcpd writes to its TUN from now on.
 func (h *harness) observeOut(fn func([]byte)) { h.out.Store(&fn) }
+
+// dropOut has the pump drop each packet to the client for which fn, called
+// after observeOut's function, reports true.
+func (h *harness) dropOut(fn func([]byte) bool) { h.drop.Store(&fn) }
 
 func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 	t.Helper()
@@ -110,6 +115,9 @@ func newHarness(t testing.TB, cfg Config, src netip.Addr) *harness {
 				}
 				if fn := h.out.Load(); fn != nil {
 					(*fn)(p)
+				}
+				if fn := h.drop.Load(); fn != nil && (*fn)(p) {
+					continue
 				}
 				client.write(p)
 			case <-ctx.Done():
