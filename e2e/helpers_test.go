@@ -50,6 +50,7 @@ type gwConfig struct {
 	MaxInFlightPerClient             int      // limits.max_in_flight_per_client
 	MaxConnections                   int      // limits.max_connections
 	Memory                           string   // limits.memory
+	RouteTable                       int      // tun.route_table
 	MSSClamp                         string   // tcp.mss_clamp
 	PolicyAllow                      []string // policy.allow
 	ShutdownGrace                    string   // shutdown_grace
@@ -181,6 +182,7 @@ func (c gwConfig) yaml() string {
   addresses: ["100.64.0.1/32", "fd64::1/128"]
   offload: %s
   queues: %s
+  route_table: %d
 clients: ["%s"]
 upstream:
   dial_timeout: %s
@@ -196,7 +198,7 @@ admin:
   socket: "%s"
 log:
   level: %s
-`, c.MTU, c.Offload, c.Queues, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, strings.Join(c.SourceAddresses, ", "), c.HalfCloseTimeout,
+`, c.MTU, c.Offload, c.Queues, c.RouteTable, strings.Join(c.Clients, `", "`), c.DialTimeout, c.Mark, strings.Join(c.SourceAddresses, ", "), c.HalfCloseTimeout,
 		c.TimeWait, c.TimeWaitLimit, extra.String(), listen, c.AdminSocket, c.LogLevel)
 }
 

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"tcpd/internal/netlab"
 )
 
@@ -322,4 +324,36 @@ func TestLostSYNACKLeavesRTTAlone(t *testing.T) {
 	if r.RTT > 0.1 || r.RTO > 0.5 {
 		t.Errorf("after a lost SYN-ACK on a path of well under a millisecond, tcpd's rtt is %.3fs and its rto %.3fs toward the client; want the path's (rtt under 0.1s, rto at its 0.2s floor)", r.RTT, r.RTO)
 	}
+}
+
+// TestRouteTable: with tun.route_table, tcpd gives its TUN a default route
+// in that table for each family as it starts, the route a restart (the
+// kernel removes it with the TUN) would otherwise leave out.
+func TestRouteTable(t *testing.T) {
+	const table = 150 // not the lab's own (netlab.TUNTable)
+	g := startGateway(t, netlab.Options{}, gwConfig{RouteTable: table})
+	link, err := g.Gateway.Netlink().LinkByName("tcpd0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := g.Gateway.Netlink().RouteListFiltered(fam, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, r := range routes {
+			if r.LinkIndex == link.Attrs().Index && (r.Dst == nil || isDefault(r.Dst)) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("family %d: table %d holds %v, want a default route dev tcpd0", fam, table, routes)
+		}
+	}
+}
+
+func isDefault(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
 }

@@ -63,6 +63,11 @@ type TUNConfig struct {
 	// of its own. Zero means one per CPU the process may use (GOMAXPROCS),
 	// at most MaxAutoQueues; where the kernel refuses several, one.
 	Queues int
+	// RouteTable, if not 0, is the routing table in which the device gets a
+	// default route for each family once it is up, the route through which
+	// the clients' policy rule sends their TCP into it. The kernel removes
+	// it with the device, so each start adds it again.
+	RouteTable int
 }
 
 // ErrTUNInUse says the TUN device TUNConfig.Name names has queues attached

@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -271,6 +272,17 @@ func configureTUN(cfg TUNConfig, log *zap.Logger) error {
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("bring %s up: %w", cfg.Name, err)
+	}
+	if cfg.RouteTable != 0 {
+		for _, dst := range []*net.IPNet{
+			{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+			{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
+		} {
+			r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: dst, Table: cfg.RouteTable, Scope: netlink.SCOPE_LINK}
+			if err := netlink.RouteReplace(r); err != nil {
+				return fmt.Errorf("add route %s dev %s table %d: %w", dst, cfg.Name, cfg.RouteTable, err)
+			}
+		}
 	}
 	return nil
 }

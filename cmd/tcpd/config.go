@@ -145,6 +145,12 @@ var keys = []key{
 		doc:  "Queues of the TUN device, each read by a packet loop of its own: auto for one per CPU tcpd may use, at most 64.",
 		more: "The kernel sends each flow from the clients to one queue and tcpd answers it on the same queue. " +
 			"Where the kernel refuses a multi-queue device, tcpd uses one queue and logs it; 1 is a single queue."},
+	{path: "tun.route_table", apply: restart,
+		spec: field(func(c *config) *int { return &c.stack.TUN.RouteTable }, 0, integer[int](0, 252)),
+		doc:  "A routing table in which tcpd gives the TUN a default route for each family at every start; 0 adds none.",
+		more: "The route the clients' policy rule sends their TCP into the TUN through (README, \"Running it on a WireGuard gateway\", step 4): " +
+			"the kernel removes it with the TUN when tcpd stops, so a restart (systemd's, or a Kubernetes pod's) must add it again, and this does. " +
+			"Never a table the host routes by otherwise: tcpd's own upstream connections would be routed into the TUN; 253 to 255 (default, main, local) are not allowed."},
 	{path: "clients", apply: restart,
 		spec: field(func(c *config) *[]netip.Prefix { return &c.stack.Clients },
 			[]netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd64::/64")}, prefixes(false, 1)),

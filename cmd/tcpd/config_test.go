@@ -346,13 +346,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"long unknown key", "log:\n  " + strings.Repeat("k", 100) + ": 1\n",
 			[]string{`line 2: "log.` + strings.Repeat("k", 44) + `"… (104 bytes): unknown key (allowed: level, format)`}},
 		{"long scalar for a section", "tun: " + strings.Repeat("t", 65) + "\n",
-			[]string{`line 1: tun: expected a mapping, got "` + strings.Repeat("t", 48) + `"… (65 bytes) (allowed keys: name, mtu, addresses, offload, queues)`}},
+			[]string{`line 1: tun: expected a mapping, got "` + strings.Repeat("t", 48) + `"… (65 bytes) (allowed keys: name, mtu, addresses, offload, queues, route_table)`}},
 		{"value of 64 bytes is whole", "tun:\n  name: " + strings.Repeat("n", 64) + "\n",
 			[]string{`line 2: tun.name: "` + strings.Repeat("n", 64) + `" is 64 characters long (allowed: 1..15 characters, no '/', ':' or whitespace)`}},
 		{"unknown top-level key", "tun:\n  mtu: 1500\ntunn: {}\n",
 			[]string{"line 3: tunn: unknown key (allowed: " + topKeys + ")"}},
 		{"unknown nested key", "tun:\n  name: tcpd0\n  offlaod: on\n",
-			[]string{"line 3: tun.offlaod: unknown key (allowed: name, mtu, addresses, offload, queues)"}},
+			[]string{"line 3: tun.offlaod: unknown key (allowed: name, mtu, addresses, offload, queues, route_table)"}},
 		{"unknown key two levels down", "tcp:\n  keepalive:\n    idel: 1s\n",
 			[]string{"line 3: tcp.keepalive.idel: unknown key (allowed: idle, interval, count)"}},
 		{"duplicate key", "log:\n  level: info\n  level: debug\n",
@@ -362,7 +362,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"document is a list", "- tun\n",
 			[]string{"line 1: expected a mapping, got a list (allowed keys: " + topKeys + ")"}},
 		{"section is a scalar", "tun: tcpd0\n",
-			[]string{`line 1: tun: expected a mapping, got "tcpd0" (allowed keys: name, mtu, addresses, offload, queues)`}},
+			[]string{`line 1: tun: expected a mapping, got "tcpd0" (allowed keys: name, mtu, addresses, offload, queues, route_table)`}},
 		{"integer is a list", "tun:\n  mtu: [1500]\n",
 			[]string{"line 2: tun.mtu: expected an integer, got a list"}},
 		{"list is a scalar", "clients: 100.64.0.0/10\n",
@@ -502,7 +502,7 @@ shutdown_grace: forever
 `, []string{
 			`line 2: log.format: "text" is not allowed (allowed: auto, json, console)`,
 			"line 4: tun.mtu: 100 is out of range (allowed 1280..65535)",
-			"line 6: tun.bogus: unknown key (allowed: name, mtu, addresses, offload, queues)",
+			"line 6: tun.bogus: unknown key (allowed: name, mtu, addresses, offload, queues, route_table)",
 			`line 7: clients[1]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)`,
 			"line 10: limits.max_in_flight_per_client: 20 is out of range (allowed 1..10, at most limits.max_in_flight)",
 			`line 11: shutdown_grace: "forever" is not a duration (allowed 0s..10m, with a unit: e.g. 10s, 1m30s)`,
@@ -707,7 +707,7 @@ func TestCheckConfigCommand(t *testing.T) {
 	stderr.Reset()
 	code := runMain([]string{"check-config", bad}, &stdout, &stderr)
 	want := "tcpd check-config: " + bad + ": line 2: tun.mtu: 1 is out of range (allowed 1280..65535)\n  " +
-		bad + ": line 3: tun.nmae: unknown key (allowed: name, mtu, addresses, offload, queues)\n"
+		bad + ": line 3: tun.nmae: unknown key (allowed: name, mtu, addresses, offload, queues, route_table)\n"
 	if code != 1 || stderr.String() != want {
 		t.Errorf("bad file: exit %d, stderr:\n%s\nwant:\n%s", code, stderr.String(), want)
 	}
