@@ -391,14 +391,7 @@ func installUnderSystemd(t *testing.T, dpkgDeb, deb string) {
 	c := nspawn.BootT(t, nspawn.Options{WritableUsr: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	must := func(name string, args ...string) string {
-		t.Helper()
-		out, err := c.Run(ctx, name, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	must := mustRun(ctx, t, c)
 	for path, src := range map[string]string{"/tmp/tcpd.deb": deb, "/tmp/tcpd-old.deb": oldNamedDeb(t, dpkgDeb, deb)} {
 		data, err := os.ReadFile(src)
 		if err != nil {
@@ -464,14 +457,7 @@ func installUnderSystemd(t *testing.T, dpkgDeb, deb string) {
 // service runs again (the earlier prerm stopped it) with the drop-in,
 // enabled, and purging what is left of tcpd takes none of it away.
 func takeOver(ctx context.Context, t *testing.T, c *nspawn.Container) {
-	must := func(name string, args ...string) string {
-		t.Helper()
-		out, err := c.Run(ctx, name, args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	must := mustRun(ctx, t, c)
 	must("dpkg", "--install", "--force-depends", "/tmp/tcpd-old.deb")
 	must("systemctl", "enable", "--now", "tcpd")
 	// A change tcpd checks when it starts: an operator's edit.
@@ -625,4 +611,17 @@ func oldNamedDeb(t *testing.T, dpkgDeb, deb string) string {
 	out := filepath.Join(t.TempDir(), "tcpd_558fdc9.deb")
 	run(t, dpkgDeb, "--root-owner-group", "--build", tree, out)
 	return out
+}
+
+// mustRun returns a function that runs a command in c and returns its
+// output, failing the test if it fails.
+func mustRun(ctx context.Context, t *testing.T, c *nspawn.Container) func(name string, args ...string) string {
+	return func(name string, args ...string) string {
+		t.Helper()
+		out, err := c.Run(ctx, name, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
 }
