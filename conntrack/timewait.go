@@ -102,18 +102,21 @@ func (m *machine) sentByTCPD(s Segment, now mono) {
 // RTO of seconds for its first losses. RFC 7323 has every segment carry the
 // clock when it is sent. The value is the netstack's timestamp clock
 // (milliseconds) now, one less, so that it is never ahead of what the
-// netstack sends next (the client would drop that as old, PAWS); ok is
-// false when s is not such a SYN-ACK.
+// netstack sends next (the client would drop that as old, PAWS), and never
+// behind what tcpd sent last; ok is false when s is not such a SYN-ACK or
+// already carries it.
 func (m *machine) freshSYNACKTS(s Segment, now mono) (uint32, bool) {
-	if s.Flags&(FlagSYN|FlagACK) != FlagSYN|FlagACK || !s.TS || !m.ts || !m.ends[sideTCPD].synSent || s.TSVal != m.tsVal {
+	// Not newer than the last TSval tcpd sent: the netstack may have
+	// answered the client's retransmitted SYN with a fresher segment
+	// before it resent the SYN-ACK.
+	if s.Flags&(FlagSYN|FlagACK) != FlagSYN|FlagACK || !s.TS || !m.ts || !m.ends[sideTCPD].synSent || tsLT(m.tsVal, s.TSVal) {
 		return 0, false
 	}
-	elapsed := now.sub(m.tsAt).Milliseconds()
-	if elapsed < 2 {
-		return 0, false
+	ts := m.tsVal
+	if elapsed := now.sub(m.tsAt).Milliseconds(); elapsed >= 2 {
+		ts += uint32(elapsed) - 1
 	}
-	ts := m.tsVal + uint32(elapsed) - 1
-	return ts, ts != 0
+	return ts, ts != s.TSVal && ts != 0
 }
 
 // timeWaitVerdict decides what TIME_WAIT does with s, a segment from the
