@@ -2,8 +2,10 @@ package stack
 
 import (
 	"math"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"time"
 
 	"go.uber.org/zap"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -74,8 +76,24 @@ func bufferRangeOptions(l bufferLevel) []transportOption {
 	return []transportOption{{"receive buffer range", &rcv}, {"send buffer range", &snd}}
 }
 
-// liveHeap is the heap the last garbage collection found live.
-var liveHeap = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+// staleLive is how long a raised level waits for a garbage collection
+// before the check runs one itself: the level reads the heap the last
+// collection found live, and a heap that has stopped growing (the
+// connections that held it have ended) is not collected again until the
+// runtime's forced collection, two minutes on, which would keep new
+// connections' buffers small all that time.
+const staleLive = 2 * time.Second
+
+// heapReading is what checkBuffers reads: the heap the last garbage
+// collection found live, and how many collections have run.
+func heapReading() (live int64, cycles uint64, ok bool) {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
+		return 0, 0, false
+	}
+	return int64(s[0].Value.Uint64()), s[1].Value.Uint64(), true
+}
 
 // setBuffers gives the relay's client leg the buffer level's default in
 // both directions. The netstack keeps what either buffer holds until it is
@@ -90,11 +108,24 @@ func (r *relay) setBuffers() {
 // checkBuffers moves the buffer level with the live heap. The maintenance
 // loop calls it every timeWaitResolution.
 func (s *Stack) checkBuffers() {
-	metrics.Read(liveHeap)
-	if liveHeap[0].Value.Kind() != metrics.KindUint64 {
+	live, cycles, ok := heapReading()
+	if !ok {
 		return
 	}
-	s.setBufferLevel(int64(liveHeap[0].Value.Uint64()), debug.SetMemoryLimit(-1))
+	now := time.Now().UnixNano()
+	m := &s.maint
+	if cycles != m.gcCycles.Load() {
+		m.gcCycles.Store(cycles)
+		m.gcSeen.Store(now)
+	} else if s.stats.BufferPressure.Load() != uint32(bufNormal) && now-m.gcSeen.Load() >= int64(staleLive) {
+		runtime.GC()
+		if live, cycles, ok = heapReading(); !ok {
+			return
+		}
+		m.gcCycles.Store(cycles)
+		m.gcSeen.Store(now)
+	}
+	s.setBufferLevel(live, debug.SetMemoryLimit(-1))
 }
 
 // setBufferLevel applies the level for a live heap of live bytes under the

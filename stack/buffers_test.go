@@ -3,7 +3,10 @@ package stack
 import (
 	"math"
 	"net"
+	"runtime"
+	"runtime/debug"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -109,5 +112,33 @@ func TestBufferPressure(t *testing.T) {
 	}
 	if w := logs.FilterMessageSnippet("pressure eased").All(); len(w) != 1 {
 		t.Errorf("messages of the pressure easing: %v, want one", w)
+	}
+}
+
+// TestBufferPressureEasesWhenIdle: once what raised the level is gone, the
+// level comes down within staleLive and a tick, though the runtime would
+// not collect the idle heap for two minutes.
+func TestBufferPressureEasesWhenIdle(t *testing.T) {
+	h := newHarness(t, Config{}, clientAddr)
+	runtime.GC()
+	base, _, _ := heapReading()
+	big := make([]byte, 64<<20)
+	for i := range big {
+		big[i] = 1
+	}
+	limit := (base + int64(len(big))) * 5 / 4 // the live heap at 80% of it
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(limit))
+	runtime.GC()
+	waitFor(t, "the level to rise with 64 MiB live", func() bool {
+		return h.s.Stats().BufferPressure.Load() == uint32(bufSevere)
+	})
+	runtime.KeepAlive(big)
+	big = nil
+	deadline := time.Now().Add(staleLive + 3*time.Second)
+	for h.s.Stats().BufferPressure.Load() != uint32(bufNormal) {
+		if time.Now().After(deadline) {
+			t.Fatalf("level %d %v after the heap was let go, want 0 within %v", h.s.Stats().BufferPressure.Load(), staleLive+3*time.Second, staleLive)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

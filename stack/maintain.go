@@ -21,6 +21,10 @@ type maintenance struct {
 	// mem decides when a burst is over and the heap goes back
 	// (returnMemory).
 	mem memReturn
+	// gcCycles is the garbage collections checkBuffers last saw, gcSeen
+	// when it saw them change (unix nanoseconds).
+	gcCycles atomic.Uint64
+	gcSeen   atomic.Int64
 	// ids and eps are reconcile's scratch, kept between ticks.
 	ids []conntrack.ID
 	eps []tcpip.Endpoint
